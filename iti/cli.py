@@ -1,0 +1,112 @@
+"""Command line: ``iti collect``, ``iti merge``, ``iti demo``. Scripts in the repo call :func:`main`."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+from .errors import ItiError
+
+DATASETS = ("tqa_mc2", "tqa_gen", "tqa_gen_end_q")
+
+
+def _flag(parser: argparse.ArgumentParser, name: str, **kwargs) -> None:
+    """Accept honest_llama's underscore spelling and the dashed one."""
+    names = [f"--{name}"] + ([f"--{name.replace('_', '-')}"] if "_" in name else [])
+    parser.add_argument(*names, dest=name, **kwargs)
+
+
+def add_collect_args(p: argparse.ArgumentParser) -> None:
+    _flag(p, "model_name", default="smollm2-135m", help="embedded name, honest_llama short name, hub id or local dir")
+    _flag(p, "dataset_name", default="tqa_mc2", choices=DATASETS)
+    _flag(p, "data_dir", default=None, help="data root holding truthfulqa/ (default: $ITI_DATA_DIR, then ../shared/data, then the hub)")
+    _flag(p, "output_dir", default=None, help="where feature directories go (default: features/ in the checkout)")
+    _flag(p, "batch_size", type=int, default=32)
+    _flag(p, "dtype", default=None, help="compute dtype (default float32 on CPU, float16 on GPU)")
+    _flag(p, "save_dtype", default="float16", choices=("float16", "float32"))
+    _flag(p, "device_map", default=None, help="e.g. auto (spread over GPUs), cpu, cuda:0")
+    _flag(p, "max_questions", type=int, default=None, help="first N questions only (quick runs)")
+    _flag(p, "seed", type=int, default=42, help="seed of the random questions in tqa_gen_end_q")
+    _flag(p, "no_layer_wise", action="store_true", help="skip the residual-stream (layer-wise) features")
+    _flag(p, "shard", default=None, help="collect shard i/n only (default under accelerate launch: RANK/WORLD_SIZE)")
+    _flag(p, "merge", action="store_true", help="merge finished shards instead of collecting")
+    _flag(p, "force", action="store_true", help="replace an existing output of a different job")
+    _flag(p, "trust_remote_code", action="store_true")
+    _flag(p, "quiet", action="store_true", help="no progress bar")
+
+
+def _shard_from(args: argparse.Namespace) -> tuple[int, int] | None:
+    from .features import parse_shard
+
+    if args.shard:
+        return parse_shard(args.shard)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1:  # one shard per process under accelerate launch / torchrun
+        return int(os.environ.get("RANK", "0")), world
+    return None
+
+
+def _describe(path: Path) -> str:
+    files = sorted(p for p in path.iterdir() if p.is_file())
+    size = sum(p.stat().st_size for p in files)
+    return f"{path} ({', '.join(p.name for p in files)}; {size / 1e6:.1f} MB)"
+
+
+def run_collect(args: argparse.Namespace) -> Path:
+    from .features import merge_shards, output_name, write_features
+    from .models import load_model, resolve_model
+    from .paths import features_dir
+    from .prompt_sets import build_prompt_set
+
+    out_root = Path(args.output_dir) if args.output_dir else features_dir()
+    name = resolve_model(args.model_name).name
+    if args.merge:
+        path = merge_shards(out_root / output_name(name, args.dataset_name), force=args.force)
+        print(f"[iti] merged shards into {_describe(path)}")
+        return path
+    ps = build_prompt_set(args.dataset_name, data_dir=args.data_dir, max_questions=args.max_questions, seed=args.seed)
+    model, tokenizer = load_model(args.model_name, device_map=args.device_map, dtype=args.dtype, trust_remote_code=args.trust_remote_code)
+    start = time.perf_counter()
+    path = write_features(
+        model, tokenizer, ps, out_root, model_name=name, batch_size=args.batch_size, dtype=args.save_dtype,
+        layer_wise=not args.no_layer_wise, shard=_shard_from(args), force=args.force, progress=not args.quiet,
+    )
+    print(f"[iti] {ps.name}: {len(ps)} prompts from {ps.meta['num_questions']} questions in {time.perf_counter() - start:.1f} s")
+    print(f"[iti] wrote {_describe(path)}")
+    return path
+
+
+def run_demo(args: argparse.Namespace) -> None:
+    from .demo import demo
+
+    demo(max_questions=args.max_questions, output_dir=args.output_dir, batch_size=args.batch_size)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="iti", description="Read and steer attention heads of Hugging Face LMs.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("collect", help="collect per-head activations on a TruthfulQA prompt set (get_activations)")
+    add_collect_args(p)
+    p.set_defaults(func=run_collect)
+    p = sub.add_parser("demo", help="the main job end to end on the embedded model, quick preset")
+    _flag(p, "max_questions", type=int, default=100)
+    _flag(p, "output_dir", default=None)
+    _flag(p, "batch_size", type=int, default=32)
+    p.set_defaults(func=run_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except ItiError as e:
+        print(f"iti: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("iti: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+    return 0

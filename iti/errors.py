@@ -1,0 +1,42 @@
+"""Exceptions with messages a user can act on.
+
+Each class also derives from the builtin a caller would naturally catch (ValueError, FileNotFoundError, ...),
+so generic handlers keep working.
+"""
+from __future__ import annotations
+
+
+class ItiError(Exception):
+    """Base class of every error this library raises on purpose."""
+
+
+class UnknownModelError(ItiError, ValueError):
+    """A model name that is neither a known short name, a hub id, nor a local directory."""
+
+
+class ModelLoadError(ItiError, OSError):
+    """A model that exists in principle but could not be loaded (offline hub, missing package, ...)."""
+
+
+class UnsupportedArchitectureError(ItiError, ValueError):
+    """A model whose head layout this library does not know."""
+
+
+class DataNotFoundError(ItiError, FileNotFoundError):
+    """A data set that was found in none of the places searched."""
+
+
+class EmptyInputError(ItiError, ValueError):
+    """An empty prompt list, data set or selection."""
+
+
+class FeatureFileError(ItiError, ValueError):
+    """A features file, manifest or shard that is missing, truncated, corrupt or inconsistent."""
+
+
+class OutputExistsError(ItiError, FileExistsError):
+    """An existing output that does not match the requested job; pass force to replace it."""
+
+
+class HeadIndexError(ItiError, IndexError):
+    """A layer or head index outside the model's geometry."""

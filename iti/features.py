@@ -1,0 +1,383 @@
+"""Activation features on disk: resumable, atomic, shardable collection, and loading with checks.
+
+One collection writes a directory ``<out>/<model>_<dataset>/``::
+
+    manifest.json           what was collected, how, and the question id of every row
+    head_wise.safetensors   "head_wise"  [N, L, H, D]   (float16 by default)
+    labels.safetensors      "labels"     [N]            (1 = true answer)
+    layer_wise.safetensors  "layer_wise" [N, L, hidden] (residual stream after each block; optional)
+
+Work in progress lives in ``<name>.partial/`` with a ``progress.json`` listing finished batches; rows are
+written in place into pre-allocated safetensors files, so an interrupted run resumes where it stopped and
+ends byte-identical to an uninterrupted one. The partial directory is renamed into place only when complete.
+A shard ``i/n`` takes every n-th batch of the same global batch plan, so merged shards equal a single run.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from safetensors.numpy import save_file
+from tqdm.auto import tqdm
+
+from . import __version__
+from .architectures import HeadGeometry, model_layout
+from .collect import check_context, encode_prompts, iter_last_token_batches, pad_token_id, plan_batches
+from .errors import EmptyInputError, FeatureFileError, OutputExistsError
+from .io import (allocate_safetensors, atomic_path, atomic_write_json, fsync_dir, open_safetensors_memmap,
+                 read_json, read_safetensors_header, sha256_file)
+from .paths import features_dir
+from .prompt_sets import PromptSet
+
+FORMAT = "iti-features"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+PROGRESS = "progress.json"
+_SHARD_RE = re.compile(r"^(?P<stem>.+)\.shard-(?P<i>\d+)-of-(?P<n>\d+)$")
+
+
+@dataclass
+class FeatureSet:
+    """Loaded features. ``head_wise`` and ``layer_wise`` are read-only memory maps unless loaded eagerly."""
+
+    path: Path
+    manifest: dict[str, Any]
+    head_wise: np.ndarray
+    labels: np.ndarray
+    question_ids: np.ndarray
+    layer_wise: np.ndarray | None
+
+    @property
+    def geometry(self) -> HeadGeometry:
+        return HeadGeometry.from_dict(self.manifest["model"]["geometry"])
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def output_name(model_name: str, dataset: str, shard: tuple[int, int] | None = None) -> str:
+    stem = f"{model_name}_{dataset}"
+    return stem if shard is None or shard[1] == 1 else f"{stem}.shard-{shard[0]}-of-{shard[1]}"
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"i/n"`` -> (i, n) with 0 <= i < n."""
+    m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text or "")
+    if not m or not 0 <= int(m.group(1)) < int(m.group(2)):
+        raise ValueError(f"shard must look like i/n with 0 <= i < n (e.g. 0/2), got {text!r}")
+    return int(m.group(1)), int(m.group(2))
+
+
+def _versions() -> dict[str, str]:
+    import transformers
+
+    return {"iti": __version__, "torch": torch.__version__, "transformers": transformers.__version__}
+
+
+def _job_description(model_name: str, model: torch.nn.Module, ps: PromptSet, *, dtype: str, batch_size: int, layer_wise: bool) -> dict[str, Any]:
+    layout = model_layout(model)
+    compute_dtype = str(next(model.parameters()).dtype).replace("torch.", "")
+    return {
+        "model": {"name": model_name, "model_type": layout.model_type, "geometry": layout.geometry.to_dict(), "compute_dtype": compute_dtype},
+        "dataset": {
+            "name": ps.name,
+            "prompt_format": ps.prompt_format,
+            "num_rows": len(ps),
+            "prompts_sha256": ps.fingerprint(),
+            **{k: v for k, v in ps.meta.items() if k != "source"},
+        },
+        "positions": "last",
+        "dtype": dtype,
+        "batch_size": int(batch_size),
+        "layer_wise": bool(layer_wise),
+    }
+
+
+def _job_id(job: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(job, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _refuse(path: Path, what: str, existing: Any, wanted: Any) -> OutputExistsError:
+    return OutputExistsError(
+        f"{path} already holds {what} for a different job (existing {existing}, requested {wanted}); "
+        "pass force=True (--force) to replace it, or choose another output directory"
+    )
+
+
+def _tensor_specs(g: HeadGeometry, n: int, dtype: np.dtype, layer_wise: bool) -> dict[str, dict[str, Any]]:
+    specs = {"head_wise": (dtype, (n, g.num_layers, g.num_heads, g.head_dim))}
+    if layer_wise:
+        specs["layer_wise"] = (dtype, (n, g.num_layers, g.hidden_size))
+    return specs
+
+
+def write_features(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    prompt_set: PromptSet,
+    out_dir: str | os.PathLike | None = None,
+    *,
+    model_name: str,
+    batch_size: int = 32,
+    dtype: str = "float16",
+    layer_wise: bool = True,
+    shard: tuple[int, int] | None = None,
+    force: bool = False,
+    progress: bool = True,
+    on_batch: Callable[[int, int], None] | None = None,
+) -> Path:
+    """Collect last-token head activations of ``prompt_set`` into ``out_dir`` and return the output directory.
+
+    An existing complete output of the same job is returned as is; one of a different job is refused unless
+    ``force``. An interrupted run resumes from its ``.partial`` directory. ``shard=(i, n)`` collects every
+    n-th batch only; join the shards with :func:`merge_shards`. ``on_batch(done, total)`` is called after each
+    batch is safely on disk.
+    """
+    if len(prompt_set) == 0:
+        raise EmptyInputError(f"prompt set {prompt_set.name!r} is empty: nothing to collect")
+    np_dtype = np.dtype(dtype)
+    if np_dtype not in (np.dtype("float16"), np.dtype("float32")):
+        raise ValueError(f"dtype must be float16 or float32, got {dtype}")
+    shard = shard or (0, 1)
+    out_root = Path(out_dir) if out_dir is not None else features_dir()
+    final = out_root / output_name(model_name, prompt_set.name, shard)
+    partial = final.with_name(final.name + ".partial")
+    job = _job_description(model_name, model, prompt_set, dtype=np_dtype.name, batch_size=batch_size, layer_wise=layer_wise)
+    job_id = _job_id(job)
+
+    if (final / MANIFEST).exists():
+        existing = read_json(final / MANIFEST, "features manifest")
+        if existing.get("job_id") == job_id and not force:
+            print(f"[iti] {final} is already complete for this job; nothing to do", flush=True)
+            return final
+        if not force:
+            raise _refuse(final, "features", existing.get("job_id"), job_id)
+    elif final.exists() and not force:
+        raise OutputExistsError(f"{final} exists but has no {MANIFEST}; remove it or pass force=True (--force)")
+
+    encoded = encode_prompts(tokenizer, prompt_set.prompts)
+    check_context(model, encoded)
+    batches = plan_batches([len(r) for r in encoded], batch_size)
+    my_batches = list(range(shard[0], len(batches), shard[1]))
+    if not my_batches:
+        raise EmptyInputError(f"shard {shard[0]}/{shard[1]} gets no batches: {len(batches)} batches in all")
+    rows = np.sort(np.concatenate([batches[b] for b in my_batches]))
+    row_pos = np.full(len(prompt_set), -1, dtype=np.int64)
+    row_pos[rows] = np.arange(len(rows))
+    geometry = model_layout(model).geometry
+    specs = _tensor_specs(geometry, len(rows), np_dtype, layer_wise)
+
+    done: set[int] = set()
+    progress_path = partial / PROGRESS
+    if partial.exists():
+        state = read_json(progress_path, "collection progress file") if progress_path.exists() else None
+        if state is not None and state.get("job_id") == job_id and state.get("shard") == list(shard):
+            done = set(int(b) for b in state.get("done_batches", []))
+            for name in specs:
+                read_safetensors_header(partial / f"{name}.safetensors")  # truncated -> clear error
+        elif not force:
+            raise _refuse(partial, "an unfinished collection", None if state is None else state.get("job_id"), job_id)
+        else:
+            shutil.rmtree(partial)
+    if not partial.exists():
+        partial.mkdir(parents=True)
+        for name, spec in specs.items():
+            allocate_safetensors(partial / f"{name}.safetensors", {name: spec})
+        atomic_write_json(progress_path, {"job_id": job_id, "shard": list(shard), "done_batches": []})
+    elif done:
+        print(f"[iti] resuming {partial}: {len(done)}/{len(my_batches)} batches already on disk", flush=True)
+
+    maps = {name: open_safetensors_memmap(partial / f"{name}.safetensors", name, mode="r+") for name in specs}
+    todo = [b for b in my_batches if b not in done]
+    bar = tqdm(total=len(rows), initial=sum(len(batches[b]) for b in done), unit="prompt",
+               desc=f"{model_name} {prompt_set.name}", disable=not progress)
+    try:
+        results = iter_last_token_batches(
+            model, encoded, [batches[b] for b in todo], pad_id=pad_token_id(tokenizer), residual=layer_wise, progress=bar
+        )
+        for b, (idx, heads, resid) in zip(todo, results):
+            pos = row_pos[idx]
+            maps["head_wise"][pos] = heads.numpy().astype(np_dtype, copy=False)
+            if layer_wise and resid is not None:
+                maps["layer_wise"][pos] = resid.numpy().astype(np_dtype, copy=False)
+            for m in maps.values():
+                m.flush()
+            done.add(b)
+            atomic_write_json(progress_path, {"job_id": job_id, "shard": list(shard), "done_batches": sorted(done)})
+            if on_batch is not None:
+                on_batch(len(done), len(my_batches))
+    finally:
+        bar.close()
+        for m in maps.values():
+            if isinstance(m, np.memmap):
+                m.flush()
+        del maps
+
+    manifest = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "job_id": job_id,
+        **job,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "versions": _versions(),
+        "shard": {"index": shard[0], "count": shard[1], "rows": rows.tolist()} if shard[1] > 1 else None,
+        "question_ids": prompt_set.question_ids[rows].tolist(),
+    }
+    if prompt_set.categories is not None:
+        manifest["categories"] = [prompt_set.categories[i] for i in rows]
+    _finalize(partial, final, manifest, prompt_set.labels[rows], prompt_set.question_ids[rows], specs, force)
+    return final
+
+
+def _finalize(partial: Path, final: Path, manifest: dict[str, Any], labels: np.ndarray, question_ids: np.ndarray,
+              specs: dict[str, Any], force: bool) -> None:
+    with atomic_path(partial / "labels.safetensors") as tmp:
+        save_file({"labels": np.ascontiguousarray(labels, dtype=np.int64), "question_ids": np.ascontiguousarray(question_ids, dtype=np.int64)}, str(tmp))
+    files = {}
+    for name, (dt, shape) in {**specs, "labels": (np.dtype("int64"), (len(labels),))}.items():
+        path = partial / f"{name}.safetensors"
+        with open(path, "rb+") as f:
+            os.fsync(f.fileno())
+        files[name] = {"file": path.name, "tensor": name, "shape": list(shape), "dtype": np.dtype(dt).name, "sha256": sha256_file(path)}
+    manifest["files"] = files
+    atomic_write_json(partial / MANIFEST, manifest)
+    (partial / PROGRESS).unlink(missing_ok=True)
+    if final.exists():
+        if not force:
+            raise OutputExistsError(f"{final} appeared while collecting; pass force=True to replace it")
+        shutil.rmtree(final)
+    os.replace(partial, final)
+    fsync_dir(final.parent)
+
+
+def load_features(path: str | os.PathLike, *, layer_wise: bool = False, mmap: bool = True, verify: bool = True) -> FeatureSet:
+    """Load a features directory written by :func:`write_features` or :func:`merge_shards`.
+
+    Every problem (missing, truncated or corrupt file, shapes that disagree with the manifest, checksum
+    mismatch with ``verify``) raises :class:`FeatureFileError` naming the file.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        hint = " (an unfinished collection: rerun it to resume)" if path.with_name(path.name + ".partial").exists() else ""
+        raise FeatureFileError(f"features directory {path} does not exist{hint}")
+    manifest = read_json(path / MANIFEST, "features manifest")
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise FeatureFileError(f"{path / MANIFEST} is not an iti features manifest")
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise FeatureFileError(f"{path / MANIFEST} has format_version {manifest.get('format_version')}; this iti reads {FORMAT_VERSION}")
+    for key in ("files", "question_ids", "model", "dataset"):
+        if key not in manifest:
+            raise FeatureFileError(f"{path / MANIFEST} lacks the key {key!r} (truncated or hand-edited?)")
+    files = manifest["files"]
+    wanted = ["head_wise", "labels"] + (["layer_wise"] if layer_wise else [])
+    arrays: dict[str, np.ndarray] = {}
+    for name in wanted:
+        if name not in files:
+            raise FeatureFileError(f"{path} has no {name} features (collected without them?)")
+        info = files[name]
+        file = path / info["file"]
+        _, header = read_safetensors_header(file)
+        if verify and sha256_file(file) != info["sha256"]:
+            raise FeatureFileError(f"{file} is corrupt: its sha256 differs from the one in {MANIFEST}")
+        tensors = ["labels", "question_ids"] if name == "labels" else [name]
+        for t in tensors:
+            if t not in header:
+                raise FeatureFileError(f"{file} has no tensor {t!r}")
+            arr = open_safetensors_memmap(file, t, mode="r")
+            arrays[t] = arr if mmap and name != "labels" else np.array(arr)
+        if list(arrays[tensors[0]].shape) != info["shape"]:
+            raise FeatureFileError(f"{file} holds shape {list(arrays[tensors[0]].shape)}, the manifest says {info['shape']}")
+    n = len(manifest["question_ids"])
+    if len(arrays["labels"]) != n or arrays["head_wise"].shape[0] != n:
+        raise FeatureFileError(f"{path}: {n} question ids, {len(arrays['labels'])} labels, {arrays['head_wise'].shape[0]} rows")
+    if not np.array_equal(arrays["question_ids"], np.asarray(manifest["question_ids"])):
+        raise FeatureFileError(f"{path}: question ids in labels.safetensors and {MANIFEST} disagree")
+    return FeatureSet(path, manifest, arrays["head_wise"], arrays["labels"], arrays["question_ids"], arrays.get("layer_wise"))
+
+
+def find_shards(final: Path) -> dict[int, Path]:
+    shards: dict[int, Path] = {}
+    counts = set()
+    for p in final.parent.glob(f"{final.name}.shard-*-of-*"):
+        m = _SHARD_RE.match(p.name)
+        if m and m.group("stem") == final.name and p.is_dir():
+            shards[int(m.group("i"))] = p
+            counts.add(int(m.group("n")))
+    if len(counts) > 1:
+        raise FeatureFileError(f"shards of {final.name} with different counts: {sorted(counts)}; remove the stale ones")
+    return shards
+
+
+def merge_shards(final: str | os.PathLike, *, force: bool = False, remove_shards: bool = False) -> Path:
+    """Join ``<final>.shard-i-of-n`` directories into ``final`` after checking that their manifests agree."""
+    final = Path(final)
+    shards = find_shards(final)
+    if not shards:
+        raise FeatureFileError(f"no shards found for {final} (expected {final.name}.shard-<i>-of-<n>/)")
+    some = next(iter(shards.values()))
+    n = int(_SHARD_RE.match(some.name).group("n"))  # type: ignore[union-attr]
+    missing = [i for i in range(n) if i not in shards or not (shards[i] / MANIFEST).exists()]
+    if missing:
+        raise FeatureFileError(f"cannot merge {final.name}: shards {missing} of {n} are missing or unfinished")
+    sets = [load_features(shards[i], layer_wise=True, verify=True) if _has_layer_wise(shards[i]) else load_features(shards[i]) for i in range(n)]
+    ref = sets[0].manifest
+    for fs in sets[1:]:
+        for key in ("job_id", "model", "dataset", "dtype", "batch_size", "layer_wise", "positions"):
+            if fs.manifest.get(key) != ref.get(key):
+                raise FeatureFileError(f"shard manifests disagree on {key!r}: {sets[0].path.name} vs {fs.path.name}")
+    total = int(ref["dataset"]["num_rows"])
+    rows = [np.asarray(fs.manifest["shard"]["rows"], dtype=np.int64) for fs in sets]
+    allrows = np.sort(np.concatenate(rows))
+    if not np.array_equal(allrows, np.arange(total)):
+        raise FeatureFileError(f"shards of {final.name} do not cover rows 0..{total - 1} exactly once")
+    if (final / MANIFEST).exists() and not force:
+        raise OutputExistsError(f"{final} already exists; pass force=True to replace it")
+    partial = final.with_name(final.name + ".partial")
+    if partial.exists():
+        shutil.rmtree(partial)
+    partial.mkdir(parents=True)
+    g = sets[0].geometry
+    specs = _tensor_specs(g, total, np.dtype(ref["dtype"]), bool(ref["layer_wise"]))
+    labels = np.empty(total, dtype=np.int64)
+    qids = np.empty(total, dtype=np.int64)
+    categories: list[Any] | None = [None] * total if "categories" in ref else None
+    for name, spec in specs.items():
+        allocate_safetensors(partial / f"{name}.safetensors", {name: spec})
+        out = open_safetensors_memmap(partial / f"{name}.safetensors", name, mode="r+")
+        for fs, r in zip(sets, rows):
+            out[r] = fs.head_wise if name == "head_wise" else fs.layer_wise
+        out.flush()
+        del out
+    for fs, r in zip(sets, rows):
+        labels[r] = fs.labels
+        qids[r] = fs.question_ids
+        if categories is not None:
+            for j, i in enumerate(r):
+                categories[i] = fs.manifest["categories"][j]
+    manifest = {k: v for k, v in ref.items() if k not in ("files", "shard", "question_ids", "categories", "created")}
+    manifest.update({
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "shard": None,
+        "merged_from": [fs.path.name for fs in sets],
+        "question_ids": qids.tolist(),
+    })
+    if categories is not None:
+        manifest["categories"] = categories
+    _finalize(partial, final, manifest, labels, qids, specs, force)
+    if remove_shards:
+        for p in shards.values():
+            shutil.rmtree(p)
+    return final
+
+
+def _has_layer_wise(path: Path) -> bool:
+    return "layer_wise" in read_json(path / MANIFEST, "features manifest").get("files", {})

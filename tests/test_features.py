@@ -1,0 +1,183 @@
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from iti import build_prompt_set, collect_head_activations, load_features, merge_shards, write_features
+from iti.errors import EmptyInputError, FeatureFileError, OutputExistsError
+from iti.features import output_name, parse_shard
+from iti.prompt_sets import PromptSet
+
+from .conftest import REPO, make_tiny_model, tiny_tokenizer
+
+
+@pytest.fixture(scope="module")
+def small_set(tqa):
+    return build_prompt_set("tqa_gen_end_q", truthfulqa=tqa, max_questions=5)
+
+
+@pytest.fixture
+def llama():
+    return make_tiny_model("llama"), tiny_tokenizer()
+
+
+def _write(model, tok, ps, out, **kw):
+    kw.setdefault("batch_size", 4)
+    return write_features(model, tok, ps, out, model_name="tiny", progress=False, **kw)
+
+
+def test_written_features_match_in_memory_collection(llama, small_set, tmp_path):
+    model, tok = llama
+    path = _write(model, tok, small_set, tmp_path, dtype="float32")
+    fs = load_features(path, layer_wise=True)
+    ref = collect_head_activations(model, tok, small_set.prompts, batch_size=4, residual=True, progress=False)
+    np.testing.assert_array_equal(fs.head_wise, ref.heads.numpy())
+    np.testing.assert_array_equal(fs.layer_wise, ref.residual.numpy())
+    np.testing.assert_array_equal(fs.labels, small_set.labels)
+    np.testing.assert_array_equal(fs.question_ids, small_set.question_ids)
+    m = fs.manifest
+    assert m["dataset"]["name"] == "tqa_gen_end_q" and m["dataset"]["prompt_format"].startswith("Q: {question}")
+    assert m["files"]["head_wise"]["shape"] == [len(small_set), 3, 4, 8] and m["dtype"] == "float32"
+    assert m["versions"]["iti"] and m["model"]["geometry"]["num_kv_heads"] == 2
+    assert len(m["categories"]) == len(small_set)
+
+
+def test_default_dtype_is_float16_and_rerun_is_a_no_op(llama, small_set, tmp_path):
+    model, tok = llama
+    path = _write(model, tok, small_set, tmp_path)
+    fs = load_features(path)
+    assert fs.head_wise.dtype == np.float16
+    stamp = (path / "head_wise.safetensors").stat().st_mtime_ns
+    assert _write(model, tok, small_set, tmp_path) == path
+    assert (path / "head_wise.safetensors").stat().st_mtime_ns == stamp
+
+
+def test_mismatched_output_is_refused_without_force(llama, small_set, tmp_path):
+    model, tok = llama
+    path = _write(model, tok, small_set, tmp_path)
+    with pytest.raises(OutputExistsError, match="force"):
+        _write(model, tok, small_set, tmp_path, batch_size=2)
+    assert load_features(path).manifest["batch_size"] == 4  # nothing lost
+    _write(model, tok, small_set, tmp_path, batch_size=2, force=True)
+    assert load_features(path).manifest["batch_size"] == 2
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_interrupted_run_resumes_byte_identical(llama, small_set, tmp_path):
+    model, tok = llama
+    straight = _write(model, tok, small_set, tmp_path / "a")
+
+    def stop_after_two(done, total):
+        if done == 2:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        _write(model, tok, small_set, tmp_path / "b", on_batch=stop_after_two)
+    partial = tmp_path / "b" / (output_name("tiny", small_set.name) + ".partial")
+    assert json.loads((partial / "progress.json").read_text())["done_batches"] == [0, 1]
+    with pytest.raises(FeatureFileError, match="unfinished collection"):
+        load_features(tmp_path / "b" / output_name("tiny", small_set.name))
+    seen = []
+    resumed = _write(model, tok, small_set, tmp_path / "b", on_batch=lambda d, t: seen.append(d))
+    assert seen[0] == 3  # batches 0 and 1 were not recomputed
+    for name in ("head_wise.safetensors", "layer_wise.safetensors", "labels.safetensors"):
+        assert (straight / name).read_bytes() == (resumed / name).read_bytes()
+    assert not partial.exists()
+
+
+def test_partial_of_another_job_is_refused(llama, small_set, tmp_path):
+    model, tok = llama
+    with pytest.raises(Interrupt):
+        _write(model, tok, small_set, tmp_path, on_batch=lambda d, t: (_ for _ in ()).throw(Interrupt()))
+    with pytest.raises(OutputExistsError, match="unfinished collection"):
+        _write(model, tok, small_set, tmp_path, batch_size=3)
+
+
+def test_corrupt_and_truncated_files_name_the_file(llama, small_set, tmp_path):
+    model, tok = llama
+    path = _write(model, tok, small_set, tmp_path)
+    head = path / "head_wise.safetensors"
+    data = head.read_bytes()
+    head.write_bytes(data[:-100])
+    with pytest.raises(FeatureFileError, match="head_wise.safetensors is truncated"):
+        load_features(path)
+    flipped = bytearray(data)
+    flipped[-10] ^= 0xFF
+    head.write_bytes(bytes(flipped))
+    with pytest.raises(FeatureFileError, match="head_wise.safetensors is corrupt"):
+        load_features(path)
+    head.write_bytes(data)
+    load_features(path)
+    (path / "manifest.json").write_text('{"format": "iti-feat')
+    with pytest.raises(FeatureFileError, match="manifest.json is not valid JSON"):
+        load_features(path)
+
+
+def test_empty_prompt_set_and_bad_shard_text(llama, tmp_path):
+    model, tok = llama
+    empty = PromptSet("tqa_mc2", [], [], [], "Q: {question} A: {answer}")
+    with pytest.raises(EmptyInputError):
+        _write(model, tok, empty, tmp_path)
+    assert parse_shard("1/3") == (1, 3)
+    for bad in ("3/3", "1", "a/b", "-1/2"):
+        with pytest.raises(ValueError):
+            parse_shard(bad)
+
+
+def _collect_cli(model_dir, out, *extra):
+    cmd = [sys.executable, str(REPO / "get_activations" / "get_activations.py"), "--model_name", str(model_dir),
+           "--dataset_name", "tqa_mc2", "--max_questions", "6", "--batch_size", "4", "--output_dir", str(out), "--quiet", *extra]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _finish(proc):
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    return out
+
+
+def test_two_process_shards_merge_to_the_single_process_result(tmp_path):
+    model, tok = make_tiny_model("gpt2"), tiny_tokenizer()
+    model_dir = tmp_path / "tiny-gpt2"
+    model.save_pretrained(model_dir)
+    tok.save_pretrained(model_dir)
+    shards = [_collect_cli(model_dir, tmp_path / "sharded", "--shard", f"{i}/2") for i in range(2)]
+    single = _collect_cli(model_dir, tmp_path / "single")
+    for p in shards + [single]:
+        _finish(p)
+    with pytest.raises(OutputExistsError):  # merging must not clobber an unrelated existing output
+        (tmp_path / "sharded" / "tiny-gpt2_tqa_mc2").mkdir()
+        (tmp_path / "sharded" / "tiny-gpt2_tqa_mc2" / "manifest.json").write_text("{}")
+        merge_shards(tmp_path / "sharded" / "tiny-gpt2_tqa_mc2")
+    import shutil
+
+    shutil.rmtree(tmp_path / "sharded" / "tiny-gpt2_tqa_mc2")
+    _finish(_collect_cli(model_dir, tmp_path / "sharded", "--merge"))
+    merged = load_features(tmp_path / "sharded" / "tiny-gpt2_tqa_mc2", layer_wise=True)
+    ref = load_features(tmp_path / "single" / "tiny-gpt2_tqa_mc2", layer_wise=True)
+    np.testing.assert_array_equal(merged.head_wise, ref.head_wise)
+    np.testing.assert_array_equal(merged.layer_wise, ref.layer_wise)
+    np.testing.assert_array_equal(merged.labels, ref.labels)
+    assert merged.manifest["question_ids"] == ref.manifest["question_ids"]
+    assert merged.manifest["job_id"] == ref.manifest["job_id"]
+
+
+def test_merge_refuses_missing_or_disagreeing_shards(llama, small_set, tmp_path):
+    model, tok = llama
+    _write(model, tok, small_set, tmp_path, shard=(0, 3))
+    final = tmp_path / output_name("tiny", small_set.name)
+    with pytest.raises(FeatureFileError, match=r"shards \[1, 2\] of 3"):
+        merge_shards(final)
+    _write(model, tok, small_set, tmp_path, shard=(1, 3))
+    _write(model, tok, small_set, tmp_path, shard=(2, 3), dtype="float32", force=True)
+    with pytest.raises(FeatureFileError, match="disagree"):
+        merge_shards(final)
+    with pytest.raises(FeatureFileError, match="no shards"):
+        merge_shards(tmp_path / "nothing_here")
