@@ -1,0 +1,75 @@
+"""Bake an intervention into the weights, so any server runs the edited model with zero overhead.
+
+The runtime shift enters *before* the output projection: ``o_proj(x + s) = W_o x + W_o s (+ b)``. So the
+equivalent bias is ``W_o @ s``. honest_llama's current edit_weight.py stores ``o_proj.bias = s`` (the raw head-space
+shift), which is not the same model; we store ``W_o @ s`` (added to an existing bias where there is one).
+
+Stock transformers must be able to load the result: Llama and Gemma read ``config.attention_bias``, which gives
+q/k/v/o projections biases; we set it and store explicit zero q/k/v biases (identical maths, no reliance on
+initialisation of missing weights). GPT-2 (``attn.c_proj``) and GPT-NeoX (``attention.dense``) already have biases.
+Mistral and Qwen2 hard-code ``o_proj`` without a bias, so a baked model of those could not be loaded by stock
+transformers: they are refused with a clear error (use the runtime intervention instead).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .architectures import model_layout
+from .errors import UnsupportedArchitectureError
+from .intervention import Intervention
+
+_CONFIG_FLAG = {"llama": "attention_bias", "gemma": "attention_bias", "gemma2": "attention_bias", "gemma3_text": "attention_bias", "gemma3": "attention_bias"}
+_HAS_BIAS = {"gpt2", "gpt_neox"}
+
+
+def _attention_linears(layer: nn.Module) -> list[nn.Linear]:
+    attn = getattr(layer, "self_attn", None)
+    return [getattr(attn, n) for n in ("q_proj", "k_proj", "v_proj", "o_proj") if attn is not None and isinstance(getattr(attn, n, None), nn.Linear)]
+
+
+def bake(model: nn.Module, intervention: Intervention) -> nn.Module:
+    """Add ``W_o @ shift`` to the output-projection bias of every intervened layer, in place."""
+    intervention.check_model(model)
+    layout = model_layout(model)
+    mt = layout.model_type
+    if mt not in _CONFIG_FLAG and mt not in _HAS_BIAS:
+        raise UnsupportedArchitectureError(
+            f"cannot bake into {mt!r}: stock transformers builds its attention output projection without a bias, so "
+            f"the baked model could not be loaded. Bakeable: {', '.join(sorted(set(_CONFIG_FLAG) | _HAS_BIAS))}; "
+            "use intervention.applied(model, positions='all') instead."
+        )
+    if mt in _CONFIG_FLAG:
+        from .architectures import text_config
+
+        setattr(text_config(model.config), _CONFIG_FLAG[mt], True)
+        if text_config(model.config) is not model.config:
+            setattr(model.config, _CONFIG_FLAG[mt], True)
+        for i in range(layout.geometry.num_layers):
+            for lin in _attention_linears(layout.layer_module(model, i)):
+                if lin.bias is None:
+                    lin.bias = nn.Parameter(torch.zeros(lin.out_features, device=lin.weight.device, dtype=lin.weight.dtype), requires_grad=False)
+    with torch.no_grad():
+        for layer, shift in intervention.layer_shifts().items():
+            module = layout.head_out_module(model, layer)
+            w = module.weight
+            s = torch.from_numpy(shift).to(device=w.device, dtype=torch.float32)
+            if type(module).__name__ == "Conv1D":  # GPT-2 stores [in, out]
+                delta = s @ w.float()
+            else:
+                delta = w.float() @ s
+            module.bias.add_(delta.to(module.bias.dtype))
+    return model
+
+
+def save_baked(model: nn.Module, tokenizer: Any, out_dir: str | os.PathLike, intervention: Intervention) -> Path:
+    """``save_pretrained`` as safetensors (loadable by transformers, vLLM, TGI) plus the intervention for provenance."""
+    out = Path(out_dir)
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    intervention.save(out / "iti_intervention")
+    return out

@@ -1,0 +1,79 @@
+"""Choosing heads and truthful directions, and scaling them (honest_llama's get_top_heads / get_com_directions /
+get_interventions_dict, with explicit seeds)."""
+from __future__ import annotations
+
+import numpy as np
+
+from .architectures import HeadGeometry
+from .errors import EmptyInputError, HeadIndexError
+
+DIRECTION_METHODS = ("mass_mean", "probe", "random")
+
+
+def top_heads(accuracies: np.ndarray, k: int) -> list[tuple[int, int]]:
+    """The k heads with the highest validation accuracy (ties broken toward the later flat index, like
+    ``np.argsort(...)[::-1]`` in the original), as sorted (layer, head) pairs."""
+    acc = np.asarray(accuracies)
+    if acc.ndim != 2:
+        raise ValueError(f"accuracies must be [layers, heads], got shape {acc.shape}")
+    _check_k(k, acc.size)
+    flat = np.argsort(acc.reshape(-1), kind="stable")[::-1][:k]
+    return sorted((int(i // acc.shape[1]), int(i % acc.shape[1])) for i in flat)
+
+
+def random_heads(geometry: HeadGeometry, k: int, seed: int) -> list[tuple[int, int]]:
+    """k heads drawn uniformly without replacement (the random-heads control)."""
+    _check_k(k, geometry.num_total_heads)
+    flat = np.random.default_rng(seed).choice(geometry.num_total_heads, size=k, replace=False)
+    return sorted((int(i // geometry.num_heads), int(i % geometry.num_heads)) for i in flat)
+
+
+def _check_k(k: int, total: int) -> None:
+    if not 1 <= int(k) <= total:
+        raise HeadIndexError(f"number of heads must be between 1 and {total} (the model's layers x heads), got {k}")
+
+
+def _check_rows(X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    y = np.asarray(y).reshape(-1)
+    if len(X) != len(y):
+        raise ValueError(f"{len(X)} feature rows but {len(y)} labels")
+    if not (y == 1).any() or not (y == 0).any():
+        raise EmptyInputError("directions need both true (1) and false (0) examples")
+    return X, y
+
+
+def mass_mean_directions(X: np.ndarray, y: np.ndarray, heads: list[tuple[int, int]]) -> np.ndarray:
+    """mean(true) - mean(false) of each chosen head, ``[K, D]`` (not yet normalised)."""
+    X, y = _check_rows(X, y)
+    li = np.array([l for l, _ in heads])
+    hi = np.array([h for _, h in heads])
+    pos = np.asarray(X[y == 1][:, li, hi], dtype=np.float64).mean(axis=0)
+    neg = np.asarray(X[y == 0][:, li, hi], dtype=np.float64).mean(axis=0)
+    return pos - neg
+
+
+def probe_directions(coef: np.ndarray, heads: list[tuple[int, int]]) -> np.ndarray:
+    """The probes' weight vectors of the chosen heads, ``[K, D]``."""
+    return np.stack([np.asarray(coef[l, h], dtype=np.float64) for l, h in heads])
+
+
+def random_directions(k: int, head_dim: int, seed: int) -> np.ndarray:
+    """Gaussian directions (the random-direction control; the original hard-codes 128 dimensions)."""
+    return np.random.default_rng(seed).normal(size=(k, head_dim))
+
+
+def unit(directions: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(directions, axis=1, keepdims=True)
+    if (norms == 0).any() or not np.isfinite(norms).all():
+        raise ValueError("a direction has zero or non-finite norm")
+    return directions / norms
+
+
+def projection_stds(X_tune: np.ndarray, heads: list[tuple[int, int]], unit_directions: np.ndarray) -> np.ndarray:
+    """Population std (ddof=0, as the original's np.std) of the tuning activations projected on each direction."""
+    if len(X_tune) < 2:
+        raise EmptyInputError("need at least two tuning rows to measure a spread")
+    out = np.empty(len(heads))
+    for j, (l, h) in enumerate(heads):
+        out[j] = np.std(np.asarray(X_tune[:, l, h], dtype=np.float64) @ unit_directions[j])
+    return out

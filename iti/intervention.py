@@ -1,0 +1,254 @@
+"""An ITI intervention: a constant shift of chosen heads' outputs, applied with a context manager.
+
+For each chosen head (layer l, head h) the o_proj input slice of that head is shifted by
+``alpha * std * direction`` at the selected positions. Positions:
+
+- ``"last"``: the last token of each forward pass; inside ``generate`` this is the last prompt token and then
+  every generated token, exactly once each, with or without the KV cache (without the cache, every
+  re-computation shifts the positions from the last prompt token on). Prompts must be left-padded.
+- ``"all"``: every position (what a baked-in bias does).
+- an ``int``: every absolute position from that index on (``positions=len(prompt)`` = the answer tokens only).
+- a tensor ``[batch]``: a start index per row.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Iterator, Union
+
+import numpy as np
+import torch
+from safetensors.numpy import load_file, save_file
+
+from . import __version__
+from .architectures import HeadGeometry, model_layout
+from .errors import FeatureFileError, HeadIndexError, ItiError
+from .hooks import module_hooks
+from .io import atomic_path, atomic_write_json, read_json, read_safetensors_header, sha256_file
+
+InterventionPositions = Union[str, int, torch.Tensor]
+
+META_FILE = "intervention.json"
+TENSOR_FILE = "intervention.safetensors"
+
+
+class GeometryMismatchError(ItiError, ValueError):
+    """An intervention made for a model of another shape."""
+
+
+@dataclass
+class Intervention:
+    """Chosen heads with unit directions and projection stds; ``alpha`` scales the shift."""
+
+    heads: list[tuple[int, int]]
+    directions: np.ndarray  # [K, D], unit norm
+    stds: np.ndarray  # [K]
+    alpha: float
+    model_name: str
+    geometry: HeadGeometry
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.heads = [(int(l), int(h)) for l, h in self.heads]
+        self.directions = np.asarray(self.directions, dtype=np.float32)
+        self.stds = np.asarray(self.stds, dtype=np.float32).reshape(-1)
+        self.alpha = float(self.alpha)
+        if not self.heads:
+            raise HeadIndexError("an intervention needs at least one head")
+        if len(set(self.heads)) != len(self.heads):
+            raise HeadIndexError("an intervention lists a head twice")
+        for l, h in self.heads:
+            self.geometry.check_head(l, h)
+        k, d = len(self.heads), self.geometry.head_dim
+        if self.directions.shape != (k, d):
+            raise ValueError(f"directions must be [{k}, {d}] for {k} heads of head_dim {d}, got {self.directions.shape}")
+        if self.stds.shape != (k,):
+            raise ValueError(f"stds must have {k} entries, got {self.stds.shape}")
+        if not np.isfinite(self.alpha) or self.alpha < 0:
+            raise ValueError(f"alpha must be finite and >= 0, got {self.alpha} (to steer the other way, negate the directions)")
+        if not (np.isfinite(self.directions).all() and np.isfinite(self.stds).all()):
+            raise ValueError("directions and stds must be finite")
+        if (self.stds < 0).any():
+            raise ValueError("stds must be non-negative")
+        order = sorted(range(k), key=lambda j: self.heads[j])
+        self.heads = [self.heads[j] for j in order]
+        self.directions, self.stds = self.directions[order], self.stds[order]
+
+    # --- the shift -------------------------------------------------------------------------------------------
+    def with_alpha(self, alpha: float) -> "Intervention":
+        return replace(self, alpha=alpha, meta=dict(self.meta))
+
+    def layer_shifts(self) -> dict[int, np.ndarray]:
+        """Per intervened layer, the [H * D] vector added to the o_proj input."""
+        g = self.geometry
+        out: dict[int, np.ndarray] = {}
+        for (l, h), direction, std in zip(self.heads, self.directions, self.stds):
+            vec = out.setdefault(l, np.zeros(g.num_heads * g.head_dim, dtype=np.float32))
+            vec[h * g.head_dim : (h + 1) * g.head_dim] = self.alpha * std * direction
+        return out
+
+    def fingerprint(self) -> str:
+        """Identifies the exact shift (for caches): heads, directions, stds, alpha, model."""
+        h = hashlib.sha256()
+        h.update(json.dumps([self.model_name, self.heads, self.alpha, self.geometry.to_dict()]).encode())
+        h.update(self.directions.tobytes())
+        h.update(self.stds.tobytes())
+        return h.hexdigest()[:16]
+
+    def check_model(self, model: torch.nn.Module) -> None:
+        g = model_layout(model).geometry
+        if g != self.geometry:
+            raise GeometryMismatchError(
+                f"this intervention was made for {self.model_name} with {self.geometry}; the model has {g}"
+            )
+
+    @contextlib.contextmanager
+    def applied(self, model: torch.nn.Module, positions: InterventionPositions = "last") -> Iterator["Intervention"]:
+        """Shift the chosen heads while the block runs; every hook is removed on exit."""
+        self.check_model(model)
+        layout = model_layout(model)
+        tracker = _PositionTracker(positions)
+        shifts = {l: torch.from_numpy(v) for l, v in self.layer_shifts().items()}
+        pre = {layout.head_out_paths[l]: _shift_hook(vec, tracker) for l, vec in shifts.items()}
+        with module_hooks(model, pre=pre):
+            handle = model.base_model.register_forward_pre_hook(tracker.observe, with_kwargs=True)
+            try:
+                yield self
+            finally:
+                handle.remove()
+
+    # --- files ----------------------------------------------------------------------------------------------
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write ``path/`` with ``intervention.safetensors`` (directions, stds) and ``intervention.json``."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path / TENSOR_FILE) as tmp:
+            save_file({"directions": self.directions, "stds": self.stds}, str(tmp))
+        atomic_write_json(path / META_FILE, {
+            "format": "iti-intervention",
+            "format_version": 1,
+            "iti_version": __version__,
+            "model_name": self.model_name,
+            "geometry": self.geometry.to_dict(),
+            "alpha": self.alpha,
+            "heads": [list(h) for h in self.heads],
+            "fingerprint": self.fingerprint(),
+            "tensors_sha256": sha256_file(path / TENSOR_FILE),
+            "meta": self.meta,
+        })
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, model: torch.nn.Module | None = None) -> "Intervention":
+        """Read a saved intervention; with ``model``, refuse it unless the head geometry matches."""
+        path = Path(path)
+        meta = read_json(path / META_FILE, "intervention file")
+        if not isinstance(meta, dict) or meta.get("format") != "iti-intervention":
+            raise FeatureFileError(f"{path / META_FILE} is not an iti intervention file")
+        tensor_path = path / TENSOR_FILE
+        read_safetensors_header(tensor_path)
+        if sha256_file(tensor_path) != meta.get("tensors_sha256"):
+            raise FeatureFileError(f"{tensor_path} is corrupt: its sha256 differs from the one in {META_FILE}")
+        try:
+            tensors = load_file(str(tensor_path))
+            inter = cls(heads=[tuple(h) for h in meta["heads"]], directions=tensors["directions"], stds=tensors["stds"],
+                        alpha=meta["alpha"], model_name=meta["model_name"], geometry=HeadGeometry.from_dict(meta["geometry"]),
+                        meta=meta.get("meta", {}))
+        except (KeyError, TypeError) as e:
+            raise FeatureFileError(f"{path} is an incomplete intervention: missing {e}") from None
+        if model is not None:
+            inter.check_model(model)
+        return inter
+
+
+class _PositionTracker:
+    """Works out, before each forward pass, which positions of the current input get the shift."""
+
+    def __init__(self, positions: InterventionPositions):
+        if isinstance(positions, str) and positions not in ("last", "all"):
+            raise ValueError(f"positions must be 'last', 'all', a start index or a [batch] tensor, got {positions!r}")
+        if isinstance(positions, bool) or (isinstance(positions, float)):
+            raise ValueError(f"positions must be 'last', 'all', an int or a tensor, got {positions!r}")
+        self.positions = positions
+        self.mask: torch.Tensor | None = None  # [batch, seq] bool, or None = every position
+        self._prompt: torch.Tensor | None = None
+        self._start = 0
+        self._per_device: dict[tuple, torch.Tensor] = {}
+
+    def observe(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        embeds = kwargs.get("inputs_embeds")
+        ref = ids if ids is not None else embeds
+        batch, seq = int(ref.shape[0]), int(ref.shape[1])
+        past = _past_length(kwargs)
+        absolute = torch.arange(past, past + seq)
+        self._per_device = {}
+        p = self.positions
+        if isinstance(p, str) and p == "all":
+            self.mask = None
+            return
+        if isinstance(p, int):
+            self.mask = (absolute >= p).expand(batch, seq)
+            return
+        if isinstance(p, torch.Tensor):
+            start = p.reshape(-1).cpu()
+            if start.shape[0] != batch:
+                raise ValueError(f"positions has {start.shape[0]} start indices but the batch has {batch} rows")
+            self.mask = absolute[None, :] >= start[:, None]
+            return
+        # "last": a new prompt shifts its last token; a continuation (cached step, or a re-computation that
+        # extends the recorded prompt) shifts everything from the last prompt token on.
+        continuing = past > 0 or (
+            ids is not None and self._prompt is not None and ids.shape[0] == self._prompt.shape[0]
+            and seq > self._prompt.shape[1] and torch.equal(ids[:, : self._prompt.shape[1]].cpu(), self._prompt)
+        )
+        if not continuing:
+            self._prompt = ids.detach().cpu() if ids is not None else None
+            self._start = past + seq - 1
+        self.mask = (absolute >= self._start).expand(batch, seq)
+
+    def mask_for(self, x: torch.Tensor) -> torch.Tensor | None:
+        if self.mask is None:
+            return None
+        key = (x.device, x.dtype)
+        m = self._per_device.get(key)
+        if m is None:
+            if self.mask.shape != x.shape[:2]:
+                raise RuntimeError(f"intervention positions {tuple(self.mask.shape)} do not match the head input {tuple(x.shape[:2])}")
+            m = self._per_device[key] = self.mask.to(device=x.device, dtype=x.dtype).unsqueeze(-1)
+        return m
+
+
+def _past_length(kwargs: dict) -> int:
+    cache_position = kwargs.get("cache_position")
+    if cache_position is not None and cache_position.numel() > 0:
+        return int(cache_position.reshape(-1)[0])
+    past = kwargs.get("past_key_values")
+    if past is None:
+        return 0
+    if hasattr(past, "get_seq_length"):
+        return int(past.get_seq_length())
+    try:  # legacy tuple of (key, value) per layer
+        return int(past[0][0].shape[-2])
+    except (TypeError, IndexError):
+        return 0
+
+
+def _shift_hook(vec: torch.Tensor, tracker: _PositionTracker):
+    cache: dict[tuple, torch.Tensor] = {}
+
+    def hook(module: torch.nn.Module, args: tuple):
+        x = args[0]
+        key = (x.device, x.dtype)
+        v = cache.get(key)
+        if v is None:
+            v = cache[key] = vec.to(device=x.device, dtype=x.dtype)
+        mask = tracker.mask_for(x)
+        shifted = x + v if mask is None else x + mask * v
+        return (shifted, *args[1:])
+
+    return hook

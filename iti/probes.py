@@ -1,0 +1,170 @@
+"""Logistic-regression probes for every (layer, head) at once.
+
+honest_llama fits ``sklearn.linear_model.LogisticRegression(max_iter=1000)`` once per head (L x H fits, e.g. 1,024
+for LLaMA-7B). The problems are independent and small (D features each), so here they are solved together:
+Newton's method on sklearn's objective, ``C * sum(log-loss) + 0.5 * |w|^2`` (L2, intercept not penalized),
+with one batched D+1 x D+1 solve per head per step. The objective is strictly convex, so this reaches the
+optimum sklearn's lbfgs approximates.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .errors import EmptyInputError
+
+
+def _check_labels(y: np.ndarray | torch.Tensor, n: int) -> torch.Tensor:
+    y = torch.as_tensor(np.asarray(y)).reshape(-1)
+    if len(y) != n:
+        raise ValueError(f"{n} feature rows but {len(y)} labels")
+    if n == 0:
+        raise EmptyInputError("no training rows")
+    values = set(torch.unique(y).tolist())
+    if not values <= {0, 1}:
+        raise ValueError(f"labels must be 0/1, got values {sorted(values)}")
+    if len(values) < 2:
+        raise ValueError("labels contain one class only: a probe needs both true and false examples")
+    return y
+
+
+@dataclass
+class ProbeFit:
+    """Convergence record: Newton iterations used and the largest final gradient entry (of the mean loss)."""
+
+    iterations: int
+    max_grad_norm: float
+
+
+class HeadProbes:
+    """All-heads logistic regression with scikit-learn's estimator contract.
+
+    ``fit(X, y)`` with X ``[N, L, H, D]`` and 0/1 labels ``[N]``; ``predict_proba(X)`` -> ``[N, L, H]``
+    (probability of label 1 per head); ``score(X, y)`` -> accuracy per head ``[L, H]``.
+    ``coef_`` is ``[L, H, D]`` and ``intercept_`` ``[L, H]``.
+    """
+
+    def __init__(self, C: float = 1.0, max_iter: int = 100, tol: float = 1e-4, dtype: torch.dtype = torch.float32, chunk_heads: int = 64):
+        if C <= 0:
+            raise ValueError(f"C must be positive, got {C}")
+        self.C = float(C)
+        self.max_iter = int(max_iter)
+        self.tol = float(tol)
+        self.dtype = dtype
+        self.chunk_heads = int(chunk_heads)
+
+    def fit(self, X: np.ndarray | torch.Tensor, y: np.ndarray | torch.Tensor) -> "HeadProbes":
+        shape = tuple(np.shape(X))
+        if len(shape) != 4:
+            raise ValueError(f"features must be [N, layers, heads, head_dim], got shape {shape}")
+        n, layers, heads, d = shape
+        yt = _check_labels(y, n).double()
+        Xt = torch.as_tensor(X if isinstance(X, torch.Tensor) else np.asarray(X)).reshape(n, layers * heads, d)
+        K = layers * heads
+        coef = torch.zeros(K, d, dtype=torch.float64)
+        intercept = torch.zeros(K, dtype=torch.float64)
+        iterations, worst = 0, 0.0
+        for start in range(0, K, self.chunk_heads):  # bounds memory at chunk x N x (D+2)
+            sl = slice(start, min(K, start + self.chunk_heads))
+            # [k, N, D+2]: features, a ones column for the intercept, and a work column (see _newton)
+            buf = torch.empty(sl.stop - sl.start, n, d + 2, dtype=self.dtype)
+            buf[:, :, :d] = Xt[:, sl].permute(1, 0, 2)
+            buf[:, :, d] = 1.0
+            w, it, g = self._newton(buf, yt)
+            coef[sl], intercept[sl] = w[:, :d], w[:, d]
+            iterations, worst = max(iterations, it), max(worst, g)
+        self.coef_ = coef.reshape(layers, heads, d).numpy()
+        self.intercept_ = intercept.reshape(layers, heads).numpy()
+        self.shape_ = (layers, heads, d)
+        self.fit_ = ProbeFit(iterations, worst)
+        return self
+
+    def _newton(self, buf: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, int, float]:
+        """Newton steps for k independent problems. ``buf`` is [k, N, D+2]: features, ones, a work column."""
+        k, n, width = buf.shape
+        d1 = width - 1  # weights incl. intercept
+        Xa = buf[:, :, :d1]
+        # Features stay in the probes' dtype (products with them are the cost); weights, margins, losses and
+        # gradients are accumulated in float64 so the stopping test and the line search are not swamped by rounding.
+        reg = torch.ones(d1, dtype=torch.float64)
+        reg[-1] = 0.0  # the intercept is not penalized, as in sklearn
+        w = torch.zeros(k, d1, dtype=torch.float64)
+        C = self.C
+        weighted = torch.empty_like(buf)
+
+        def margins(w: torch.Tensor) -> torch.Tensor:
+            return torch.bmm(Xa, w.to(buf.dtype).unsqueeze(-1)).squeeze(-1).double()
+
+        def objective(w: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+            loss = torch.nn.functional.softplus(z) - y * z  # -log-likelihood per row
+            return C * loss.sum(1) + 0.5 * (reg * w * w).sum(1)
+
+        z = margins(w)
+        f = objective(w, z)
+        grad_norm = float("inf")
+        for it in range(1, self.max_iter + 1):
+            p = torch.sigmoid(z)
+            # One product gives the Hessian and the gradient: Xa^T [Xa * s | p - y].
+            torch.mul(Xa, (p * (1 - p)).clamp_min(1e-12).to(buf.dtype).unsqueeze(-1), out=weighted[:, :, :d1])
+            weighted[:, :, d1] = (p - y).to(buf.dtype)
+            prod = torch.bmm(Xa.transpose(1, 2), weighted).double()
+            grad = C * prod[:, :, d1] + reg * w
+            # sklearn's lbfgs stops when the largest gradient entry of the *mean* loss is below tol (1e-4).
+            grad_norm = float(grad.abs().max()) / n
+            if grad_norm < self.tol:
+                return w, it - 1, grad_norm
+            hess = C * prod[:, :, :d1] + torch.diag_embed(reg.expand(k, -1))
+            step = torch.linalg.solve(hess + 1e-10 * torch.eye(d1, dtype=torch.float64), grad.unsqueeze(-1)).squeeze(-1)
+            # Backtracking per head guards against overshooting; a full step is almost always taken.
+            t = torch.ones(k, dtype=torch.float64)
+            for _ in range(30):
+                w_new = w - t[:, None] * step
+                z_new = margins(w_new)
+                f_new = objective(w_new, z_new)
+                # A step counts as bad only if it raises the objective beyond float32 rounding of the margins.
+                bad = f_new > f + 1e-6 * f.abs()
+                if not bool(bad.any()):
+                    break
+                t = torch.where(bad, t * 0.5, t)
+            w, z, f = w_new, z_new, f_new
+        return w, self.max_iter, grad_norm
+
+    def _check_fitted(self, X) -> tuple[int, int, int, int]:
+        if not hasattr(self, "coef_"):
+            raise RuntimeError("HeadProbes is not fitted: call fit(X, y) first")
+        shape = tuple(np.shape(X))
+        if len(shape) != 4 or shape[1:] != self.shape_:
+            raise ValueError(f"features of shape {shape} do not match the fitted [N, {', '.join(map(str, self.shape_))}]")
+        return shape  # type: ignore[return-value]
+
+    def decision_function(self, X) -> np.ndarray:
+        self._check_fitted(X)
+        Xt = torch.as_tensor(np.asarray(X), dtype=torch.float64)
+        coef = torch.as_tensor(self.coef_, dtype=torch.float64)
+        z = torch.einsum("nlhd,lhd->nlh", Xt, coef) + torch.as_tensor(self.intercept_, dtype=torch.float64)
+        return z.numpy()
+
+    def predict_proba(self, X) -> np.ndarray:
+        return 1.0 / (1.0 + np.exp(-self.decision_function(X)))
+
+    def predict(self, X) -> np.ndarray:
+        return (self.decision_function(X) > 0).astype(np.int64)
+
+    def score(self, X, y) -> np.ndarray:
+        """Accuracy of each head's probe: ``[L, H]``."""
+        y = np.asarray(y).reshape(-1, 1, 1)
+        return (self.predict(X) == y).mean(axis=0)
+
+
+def split_questions(question_ids: np.ndarray, val_ratio: float = 0.2, seed: int = 42) -> tuple[np.ndarray, np.ndarray]:
+    """Split *questions* (not rows) into train and validation, as honest_llama does; returns question ids."""
+    if not 0 <= val_ratio < 1:
+        raise ValueError(f"val_ratio must be in [0, 1), got {val_ratio}")
+    questions = np.unique(np.asarray(question_ids))
+    if len(questions) < 2 and val_ratio > 0:
+        raise EmptyInputError("need at least two questions to split into train and validation")
+    rng = np.random.default_rng(seed)
+    train = np.sort(rng.choice(questions, size=int(len(questions) * (1 - val_ratio)), replace=False))
+    return train, np.setdiff1d(questions, train)

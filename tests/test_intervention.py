@@ -1,0 +1,136 @@
+import numpy as np
+import pytest
+import torch
+
+from iti import model_layout
+from iti.errors import FeatureFileError, HeadIndexError
+from iti.intervention import GeometryMismatchError, Intervention
+
+from .conftest import ARCHS, make_tiny_model, tiny_tokenizer
+
+
+def make_intervention(model, alpha=20.0, heads=((0, 1), (2, 3), (1, 0)), seed=0):
+    g = model_layout(model).geometry
+    d = np.random.default_rng(seed).normal(size=(len(heads), g.head_dim))
+    return Intervention(list(heads), d / np.linalg.norm(d, axis=1, keepdims=True), np.ones(len(heads)), alpha, "tiny", g)
+
+
+def _ids(text="the quick brown fox"):
+    return torch.tensor([tiny_tokenizer()(text)["input_ids"]])
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_last_position_in_generate_cached_equals_uncached(arch):
+    model = make_tiny_model(arch)
+    inter = make_intervention(model)
+    ids = _ids()
+    n = ids.shape[1]
+    kw = dict(max_new_tokens=8, do_sample=False, pad_token_id=0, output_scores=True, return_dict_in_generate=True)
+    with torch.no_grad():
+        plain = model.generate(ids, **kw)
+        with inter.applied(model, positions="last"):
+            cached = model.generate(ids, use_cache=True, **kw)
+            uncached = model.generate(ids, use_cache=False, **kw)
+        # reference: one forward over the final sequence, shifting the last prompt token and all generated ones
+        with inter.applied(model, positions=n - 1):
+            ref = model(cached.sequences).logits[:, n - 1 : -1]
+    assert torch.equal(cached.sequences, uncached.sequences)
+    torch.testing.assert_close(torch.stack(cached.scores, 1), torch.stack(uncached.scores, 1), rtol=0, atol=1e-5)
+    torch.testing.assert_close(torch.stack(cached.scores, 1), ref, rtol=0, atol=1e-5)
+    assert not torch.allclose(torch.stack(plain.scores, 1), torch.stack(cached.scores, 1))
+
+
+def test_last_position_of_a_plain_forward_shifts_only_the_last_token():
+    model = make_tiny_model("llama")
+    inter = make_intervention(model)
+    ids = _ids()
+    with torch.no_grad():
+        base = model(ids).logits
+        with inter.applied(model, positions="last"):
+            shifted = model(ids).logits
+            again = model(ids).logits  # the same prompt again is a new prompt, not a continuation
+    torch.testing.assert_close(shifted[:, :-1], base[:, :-1])
+    assert not torch.allclose(shifted[:, -1], base[:, -1])
+    torch.testing.assert_close(again, shifted)
+
+
+def test_start_index_all_and_per_row_positions():
+    model = make_tiny_model("qwen2")
+    inter = make_intervention(model)
+    ids = torch.cat([_ids(), _ids()])
+    with torch.no_grad():
+        base = model(ids).logits
+        with inter.applied(model, positions="all"):
+            every = model(ids).logits
+        with inter.applied(model, positions=0):
+            from_zero = model(ids).logits
+        with inter.applied(model, positions=3):
+            from_three = model(ids).logits
+        with inter.applied(model, positions=torch.tensor([3, 100])):
+            per_row = model(ids).logits
+    torch.testing.assert_close(every, from_zero)
+    torch.testing.assert_close(from_three[:, :3], base[:, :3])
+    assert not torch.allclose(from_three[:, 3:], base[:, 3:])
+    torch.testing.assert_close(per_row[0], from_three[0])
+    torch.testing.assert_close(per_row[1], base[1])
+    with pytest.raises(ValueError, match="start indices"):
+        with inter.applied(model, positions=torch.tensor([1, 2, 3])):
+            model(ids)
+
+
+def test_zero_alpha_changes_nothing_and_hooks_go_away():
+    model = make_tiny_model("gemma")
+    inter = make_intervention(model, alpha=0.0)
+    ids = _ids()
+    n_hooks = sum(len(m._forward_pre_hooks) for m in model.modules())
+    with torch.no_grad():
+        base = model(ids).logits
+        with pytest.raises(RuntimeError, match="boom"):
+            with inter.applied(model, positions="all"):
+                torch.testing.assert_close(model(ids).logits, base, rtol=0, atol=0)
+                raise RuntimeError("boom")
+    assert sum(len(m._forward_pre_hooks) for m in model.modules()) == n_hooks
+
+
+def test_save_load_round_trip_and_refusals(tmp_path):
+    model = make_tiny_model("llama")
+    inter = make_intervention(model)
+    inter.meta["method"] = "mass_mean"
+    inter.save(tmp_path / "iv")
+    back = Intervention.load(tmp_path / "iv", model)
+    assert back.heads == inter.heads and back.alpha == inter.alpha and back.meta == inter.meta
+    assert np.array_equal(back.directions, inter.directions) and back.fingerprint() == inter.fingerprint()
+    with pytest.raises(GeometryMismatchError, match="made for tiny"):
+        Intervention.load(tmp_path / "iv", make_tiny_model("gemma"))
+    with pytest.raises(GeometryMismatchError):
+        with inter.applied(make_tiny_model("gpt2")):
+            pass
+    tensors = tmp_path / "iv" / "intervention.safetensors"
+    data = tensors.read_bytes()
+    tensors.write_bytes(data[:-8])
+    with pytest.raises(FeatureFileError, match="intervention.safetensors is truncated"):
+        Intervention.load(tmp_path / "iv")
+    tensors.write_bytes(data[:-4] + b"\x00\x00\x80\x7f")
+    with pytest.raises(FeatureFileError, match="corrupt"):
+        Intervention.load(tmp_path / "iv")
+    with pytest.raises(FeatureFileError, match="does not exist"):
+        Intervention.load(tmp_path / "nothing")
+
+
+def test_invalid_interventions_are_refused():
+    model = make_tiny_model("llama")
+    with pytest.raises(HeadIndexError):
+        make_intervention(model, heads=((3, 0),))
+    with pytest.raises(HeadIndexError):
+        make_intervention(model, heads=((0, -1),))
+    with pytest.raises(HeadIndexError, match="twice"):
+        make_intervention(model, heads=((0, 1), (0, 1)))
+    for alpha in (float("nan"), float("inf"), -1.0):
+        with pytest.raises(ValueError, match="alpha"):
+            make_intervention(model, alpha=alpha)
+    g = model_layout(model).geometry
+    with pytest.raises(ValueError, match="directions must be"):
+        Intervention([(0, 0)], np.ones((1, g.head_dim + 1)), np.ones(1), 1.0, "tiny", g)
+    with pytest.raises(ValueError, match="positions"):
+        with make_intervention(model).applied(model, positions="first"):
+            pass
