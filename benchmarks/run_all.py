@@ -5,10 +5,15 @@ import argparse
 import time
 from pathlib import Path
 
-from . import bench_collection, bench_hooks
+from . import bench_collection, bench_hooks, bench_mc, bench_probes
 from .common import RESULTS_DIR, README, render_readme
 
-BENCHMARKS = {"hook_overhead": bench_hooks.run, "collection": bench_collection.run}
+BENCHMARKS = {
+    "hook_overhead": bench_hooks.run,
+    "collection": bench_collection.run,
+    "probes": bench_probes.run,
+    "mc_scoring": bench_mc.run,
+}
 
 
 def main(argv=None) -> None:

@@ -79,6 +79,84 @@ def run_collect(args: argparse.Namespace) -> Path:
     return path
 
 
+def add_validate_args(p: argparse.ArgumentParser) -> None:
+    _flag(p, "model_name", default="smollm2-135m")
+    _flag(p, "dataset_name", default="tqa_mc2", help="features the probes and directions are fit on")
+    _flag(p, "activations_dataset", default="tqa_gen_end_q", help="features whose projections set the shift's std")
+    _flag(p, "num_heads", type=int, default=48)
+    _flag(p, "alpha", type=float, default=15.0)
+    _flag(p, "num_fold", type=int, default=2)
+    _flag(p, "val_ratio", type=float, default=0.2)
+    _flag(p, "seed", type=int, default=42)
+    _flag(p, "use_center_of_mass", action="store_true", help="mass-mean directions (else probe weights)")
+    _flag(p, "use_random_dir", action="store_true", help="random heads and random directions (honest_llama's control)")
+    _flag(p, "instruction_prompt", default="default", choices=("default", "informative", "none"))
+    _flag(p, "preset", default="qa", choices=("qa", "lm-eval"), help="prompt format: honest_llama's (qa) or lm-evaluation-harness's")
+    _flag(p, "judge", action="store_true", help="True/Info by an LLM judge (ITI_JUDGE_URL, ITI_JUDGE_TRUE_MODEL, ITI_JUDGE_INFO_MODEL)")
+    _flag(p, "control_seeds", type=int, nargs="+", default=None, help="seeds of ITI and the random controls (default: --seed)")
+    _flag(p, "sweep_alphas", type=float, nargs="*", default=[], help="extra alphas (MC, CE, KL only), reusing the probes")
+    _flag(p, "sweep_heads", type=int, nargs="*", default=[], help="extra head counts (MC, CE, KL only)")
+    _flag(p, "no_generate", action="store_true", help="skip greedy answers and BLEU/ROUGE")
+    _flag(p, "generate_controls", action="store_true", help="also generate for the control rows")
+    _flag(p, "max_new_tokens", type=int, default=50)
+    _flag(p, "ce_samples", type=int, default=100)
+    _flag(p, "ce_corpus", default="imdb", choices=("imdb", "owt"), help="neutral text for CE/KL: offline IMDB sample or the hub's openwebtext-10k")
+    _flag(p, "tune_on_all_questions", action="store_true", help="std of projections over all questions (the original) instead of the training fold")
+    _flag(p, "max_questions", type=int, default=None, help="first N questions of the features only (quick runs)")
+    _flag(p, "features_dir", default=None)
+    _flag(p, "data_dir", default=None)
+    _flag(p, "batch_size", type=int, default=16)
+    _flag(p, "output_dir", default=None, help="default: validation/results/<model>_k<K>_a<alpha>_<direction>")
+    _flag(p, "device_map", default=None)
+    _flag(p, "dtype", default=None)
+
+
+def run_validate(args: argparse.Namespace) -> None:
+    from .models import load_model, resolve_model
+    from .paths import CHECKOUT_DIR
+    from .validation import ValidationConfig, run_validation
+
+    name = resolve_model(args.model_name).name
+    cfg = ValidationConfig(
+        model_name=name, dataset_name=args.dataset_name, activations_dataset=args.activations_dataset, num_heads=args.num_heads,
+        alpha=args.alpha, num_fold=args.num_fold, val_ratio=args.val_ratio, seed=args.seed, use_center_of_mass=args.use_center_of_mass,
+        use_random_dir=args.use_random_dir, instruction_prompt=args.instruction_prompt, preset=args.preset, judge=args.judge,
+        control_seeds=args.control_seeds or [args.seed], sweep_alphas=args.sweep_alphas, sweep_heads=args.sweep_heads,
+        generate=not args.no_generate, generate_controls=args.generate_controls, max_new_tokens=args.max_new_tokens,
+        ce_samples=args.ce_samples, ce_corpus=args.ce_corpus, tune_on_all_questions=args.tune_on_all_questions,
+        max_questions=args.max_questions, features_dir=args.features_dir, data_dir=args.data_dir, batch_size=args.batch_size,
+    )
+    out = Path(args.output_dir) if args.output_dir else CHECKOUT_DIR / "validation" / "results" / f"{name}_k{cfg.num_heads}_a{cfg.alpha:g}_{cfg.direction}"
+    model, tokenizer = load_model(args.model_name, device_map=args.device_map, dtype=args.dtype)
+    start = time.perf_counter()
+    run_validation(model, tokenizer, cfg, out)
+    print((out / "summary.md").read_text())
+    print(f"[validate] wrote {out} (summary.md, summary.json, rows/, intervention_fold*/, probe_accuracy.png, alpha_sweep.png) "
+          f"in {time.perf_counter() - start:.0f} s")
+
+
+def add_bake_args(p: argparse.ArgumentParser) -> None:
+    _flag(p, "model_name", default="smollm2-135m")
+    _flag(p, "intervention", required=True, help="a saved intervention directory (e.g. from validate_2fold)")
+    _flag(p, "output_dir", required=True, help="where the baked model is saved (safetensors, loadable by transformers/vLLM/TGI)")
+    _flag(p, "alpha", type=float, default=None, help="override the intervention's alpha")
+    _flag(p, "dtype", default=None)
+
+
+def run_bake(args: argparse.Namespace) -> None:
+    from .bake import bake, save_baked
+    from .intervention import Intervention
+    from .models import load_model
+
+    model, tokenizer = load_model(args.model_name, dtype=args.dtype)
+    inter = Intervention.load(args.intervention, model)
+    if args.alpha is not None:
+        inter = inter.with_alpha(args.alpha)
+    bake(model, inter)
+    out = save_baked(model, tokenizer, args.output_dir, inter)
+    print(f"[bake] {len(inter.heads)} heads, alpha {inter.alpha:g}: o_proj bias = W_o @ shift; saved to {out}")
+
+
 def run_demo(args: argparse.Namespace) -> None:
     from .demo import demo
 
@@ -91,6 +169,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("collect", help="collect per-head activations on a TruthfulQA prompt set (get_activations)")
     add_collect_args(p)
     p.set_defaults(func=run_collect)
+    p = sub.add_parser("validate", help="k-fold ITI validation on TruthfulQA (validate_2fold)")
+    add_validate_args(p)
+    p.set_defaults(func=run_validate)
+    p = sub.add_parser("bake", help="bake an intervention into o_proj biases and save the model (edit_weight)")
+    add_bake_args(p)
+    p.set_defaults(func=run_bake)
     p = sub.add_parser("demo", help="the main job end to end on the embedded model, quick preset")
     _flag(p, "max_questions", type=int, default=100)
     _flag(p, "output_dir", default=None)

@@ -18,6 +18,7 @@ from .paths import data_search
 
 MC_FILE = "truthfulqa/mc_task.json"
 GEN_FILE = "truthfulqa/TruthfulQA.csv"
+V1_FILE = "truthfulqa/TruthfulQA_v1.csv"
 HUB_ID = "truthful_qa"
 
 
@@ -40,12 +41,25 @@ class GenItem:
 
 
 @dataclass(frozen=True)
+class Refs:
+    """Reference answers used for MC scoring and BLEU/ROUGE, closed with a period as TruthfulQA does."""
+
+    question: str
+    best: str
+    true: tuple[str, ...]
+    false: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class TruthfulQA:
     mc: tuple[MCItem, ...]
     gen: tuple[GenItem, ...]
     mc_index_of_gen: tuple[int, ...]
     """For each generation row, the index of the same question in the ``mc`` order."""
     origin: str
+    refs: tuple[Refs, ...] = ()
+    """Per question in ``mc`` order: honest_llama's references (the Oct-2021 CSV, rows 164/247 patched)."""
+    refs_origin: str = ""
 
     def __len__(self) -> int:
         return len(self.mc)
@@ -55,6 +69,40 @@ def _split_answers(cell: str) -> tuple[str, ...]:
     # As the hub's ``generation`` config: split on ';' and strip, keeping empty items (31 in the v0 CSV),
     # which is how honest_llama arrives at 5,918 generation prompts.
     return tuple(a.strip() for a in cell.split(";"))
+
+
+def close_answer(answer: str) -> str:
+    """TruthfulQA's format_best: strip, and end with a period."""
+    a = answer.strip()
+    return a if not a or a.endswith(".") else a + "."
+
+
+def split_multi_answer(cell: str) -> tuple[str, ...]:
+    """TruthfulQA's split_multi_answer: split on ';', strip, drop empties, close each with a period."""
+    return tuple(close_answer(a) for a in cell.strip().split(";") if a.strip())
+
+
+def _refs_from_rows(rows: list[GenItem]) -> dict[str, Refs]:
+    return {
+        g.question.strip(): Refs(g.question.strip(), close_answer(g.best_answer), tuple(close_answer(a) for a in g.correct_answers if a),
+                                 tuple(close_answer(a) for a in g.incorrect_answers if a))
+        for g in rows
+    }
+
+
+def _read_v1_refs(v1_path: Path, gen: list[GenItem]) -> dict[str, Refs]:
+    """honest_llama's MC references: the Oct-2021 CSV with row 164 replaced by the v0/hub row ("Are all women
+    women?") and row 247 (tarot) given the hub's question text without its trailing space."""
+    df = pd.read_csv(v1_path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
+    rows = [
+        GenItem(r["Type"], r["Category"], r["Question"], r["Best Answer"], tuple(a.strip() for a in r["Correct Answers"].split(";")),
+                tuple(a.strip() for a in r["Incorrect Answers"].split(";")), r["Source"])
+        for r in df.to_dict("records")
+    ]
+    if len(rows) > 247 and len(gen) > 247:
+        rows[164] = gen[164]
+        rows[247] = GenItem(**{**gen[247].__dict__, "question": gen[247].question.strip()})
+    return _refs_from_rows(rows)
 
 
 def _read_local(mc_path: Path, gen_path: Path) -> tuple[list[MCItem], list[GenItem]]:
@@ -123,4 +171,13 @@ def load_truthfulqa(data_dir: str | os.PathLike | None = None, *, allow_hub: boo
         mc_index_of_gen = tuple(by_question[g.question.strip()] for g in gen)
     except KeyError as e:
         raise FeatureFileError(f"TruthfulQA files at {origin} disagree: generation question {e} is not in mc_task.json") from None
-    return TruthfulQA(tuple(mc), tuple(gen), mc_index_of_gen, origin)
+    v1_path = search.find(V1_FILE)
+    if v1_path is not None:
+        refs_by_q, refs_origin = _read_v1_refs(v1_path, gen), str(v1_path)
+    else:  # the hub has only the v0 answers: close enough, and said in refs_origin
+        refs_by_q, refs_origin = _refs_from_rows(gen), f"{origin} (v0 answers; {V1_FILE} not found)"
+    try:
+        refs = tuple(refs_by_q[item.question.strip()] for item in mc)
+    except KeyError as e:
+        raise FeatureFileError(f"{refs_origin}: no reference answers for question {e}") from None
+    return TruthfulQA(tuple(mc), tuple(gen), mc_index_of_gen, origin, refs, refs_origin)

@@ -85,3 +85,95 @@ def test_gguf_conversion_matches_the_cache(tmp_path, monkeypatch):
     ids = tok(text, return_tensors="pt")
     with torch.no_grad():
         torch.testing.assert_close(cached(**ids).logits, direct(**ids).logits, rtol=0, atol=0)
+
+
+@pytest.fixture(scope="module")
+def smol_features(smollm2, tmp_path_factory):
+    """tqa_mc2 and tqa_gen_end_q features of the first 20 questions."""
+    from iti import build_prompt_set, write_features
+
+    model, tok = smollm2
+    out = tmp_path_factory.mktemp("features")
+    for name in ("tqa_mc2", "tqa_gen_end_q"):
+        write_features(model, tok, build_prompt_set(name, max_questions=20), out, model_name="smollm2-135m", progress=False)
+    return out
+
+
+def test_probes_match_sklearn_on_real_features(smol_features):
+    from sklearn.linear_model import LogisticRegression
+
+    from iti.probes import HeadProbes, split_questions
+
+    fs = load_features(smol_features / "smollm2-135m_tqa_mc2")
+    X = np.asarray(fs.head_wise, dtype=np.float32)
+    train, val = split_questions(fs.question_ids, 0.2, seed=42)
+    tr, va = np.isin(fs.question_ids, train), np.isin(fs.question_ids, val)
+    acc = HeadProbes().fit(X[tr], fs.labels[tr]).score(X[va], fs.labels[va])
+    rng = np.random.default_rng(0)
+    diffs = []
+    for flat in rng.choice(270, size=30, replace=False):
+        l, h = divmod(int(flat), 9)
+        sk = LogisticRegression(max_iter=1000).fit(X[tr][:, l, h], fs.labels[tr])
+        diffs.append(abs(sk.score(X[va][:, l, h], fs.labels[va]) - acc[l, h]))
+    assert np.mean(diffs) < 0.01
+
+
+def test_bake_equals_runtime_on_smollm2(smollm2):
+    from iti import load_model
+    from iti.bake import bake
+
+    from .test_intervention import make_intervention
+
+    model, tok = load_model("smollm2-135m")  # a private copy: baking edits it
+    inter = make_intervention(model, alpha=15.0, heads=((3, 1), (14, 6), (14, 4), (29, 8)))
+    ids = tok("Q: Why do veins appear blue? A: Because", return_tensors="pt")
+    with torch.no_grad():
+        base = model(**ids).logits
+        with inter.applied(model, positions="all"):
+            runtime = model(**ids).logits
+        bake(model, inter)
+        baked = model(**ids).logits
+    assert (runtime - base).abs().max() > 1e-2
+    torch.testing.assert_close(baked, runtime, rtol=0, atol=1e-4)
+
+
+def test_mc_scoring_shared_prefix_equals_full_forward(smollm2, tqa):
+    from iti.mc_scoring import score_choices
+    from iti.tqa_prompts import mc_questions, shared_prefix
+
+    model, tok = smollm2
+    qs = mc_questions(tqa, [0, 1, 2])
+    fast = score_choices(model, tok, qs, prefix=shared_prefix(), progress=False)
+    slow = score_choices(model, tok, qs, prefix=None, progress=False)
+    for a, b in zip(fast, slow):
+        np.testing.assert_allclose(a, b, atol=1e-4)
+
+
+def test_validate_2fold_end_to_end_on_a_subset(smol_features, tmp_path):
+    import json
+
+    env = dict(os.environ)
+    result = subprocess.run(
+        [env.get("PYTHON", "python3"), str(REPO / "validation" / "validate_2fold.py"), "--features_dir", str(smol_features),
+         "--max_questions", "8", "--use_center_of_mass", "--num_heads", "8", "--ce_samples", "4", "--max_new_tokens", "8",
+         "--sweep_alphas", "5", "--output_dir", str(tmp_path)],
+        capture_output=True, text=True, timeout=900, env=env,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    names = {(r["name"], r["alpha"]) for r in summary["rows"]}
+    assert {("baseline", 0.0), ("ITI", 15.0), ("random heads", 15.0), ("random direction", 15.0), ("ITI", 5.0)} <= names
+    assert summary["num_questions"] == 8
+    iti_row = next(r for r in summary["rows"] if r["name"] == "ITI" and r["alpha"] == 15.0)
+    assert 0 <= iti_row["MC2"]["mean"] <= 1 and iti_row["KL"] > 0 and "BLEU-acc" in iti_row
+    for f in ("summary.md", "probe_accuracy.png", "alpha_sweep.png", "intervention_fold0/intervention.json"):
+        assert (tmp_path / f).exists(), f
+    # bake the saved intervention with the CLI and reload it with stock transformers
+    baked = tmp_path / "baked"
+    result = subprocess.run([env.get("PYTHON", "python3"), str(REPO / "validation" / "edit_weight.py"), "--intervention",
+                             str(tmp_path / "intervention_fold0"), "--output_dir", str(baked)], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    from transformers import AutoModelForCausalLM
+
+    reloaded = AutoModelForCausalLM.from_pretrained(baked)
+    assert reloaded.model.layers[0].self_attn.o_proj.bias is not None
