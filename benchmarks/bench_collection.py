@@ -7,15 +7,13 @@ too, so the gain from batching alone is visible.
 """
 from __future__ import annotations
 
-import argparse
 import time
-from pathlib import Path
 
 import torch
 
 from iti import build_prompt_set, collect_head_activations, load_model, model_layout, module_hooks
 
-from .common import BenchResult, Row, stats
+from .common import BenchResult, Row, bench_main, stats
 
 
 def honest_llama_style(model, tok, prompts) -> torch.Tensor:
@@ -27,7 +25,7 @@ def honest_llama_style(model, tok, prompts) -> torch.Tensor:
         hooks = {path: (lambda m, a, i=i: captured.__setitem__(i, a[0].detach())) for i, path in enumerate(layout.head_out_paths)}
         with torch.no_grad(), module_hooks(model, pre=hooks):
             out = model(ids, output_hidden_states=True)
-        _layer_wise = torch.stack(out.hidden_states)[:, 0, -1].cpu().numpy()
+        torch.stack(out.hidden_states)[:, 0, -1].cpu().numpy()  # the layer-wise features it also saved
         heads = torch.stack([captured[i][0, -1] for i in range(len(captured))]).cpu()
         rows.append(heads.reshape(len(captured), layout.geometry.num_heads, layout.geometry.head_dim))
     return torch.stack(rows)
@@ -67,15 +65,7 @@ def run(num_prompts: int = 500, batch_sizes=(1, 4, 16, 64), repeats: int = 1, qu
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--quick", action="store_true")
-    p.add_argument("--num-prompts", type=int, default=500)
-    p.add_argument("--results-dir", default=None)
-    args = p.parse_args(argv)
-    r = run(num_prompts=args.num_prompts, quick=args.quick)
-    print(r.save(Path(args.results_dir)) if args.results_dir else r.save())
-    for row in r.rows:
-        print(row)
+    bench_main(run, __doc__, argv, num_prompts=(int, 500))
 
 
 if __name__ == "__main__":

@@ -1,14 +1,13 @@
 """Hook overhead: a forward pass that captures every head (last token) vs a plain forward, same batch."""
 from __future__ import annotations
 
-import argparse
 
 import torch
 
 from iti import HeadTrace, build_prompt_set, load_model
 from iti.collect import batch_inputs, encode_prompts, forward_kwargs, pad_token_id, plan_batches
 
-from .common import BenchResult, Row, time_interleaved
+from .common import BenchResult, Row, bench_main, time_interleaved
 
 
 def run(batch_size: int = 32, repeats: int = 30, quick: bool = False) -> BenchResult:
@@ -51,16 +50,7 @@ def run(batch_size: int = 32, repeats: int = 30, quick: bool = False) -> BenchRe
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--quick", action="store_true")
-    p.add_argument("--results-dir", default=None)
-    args = p.parse_args(argv)
-    from pathlib import Path
-
-    r = run(quick=args.quick)
-    print(r.save(Path(args.results_dir)) if args.results_dir else r.save())
-    for row in r.rows:
-        print(row)
+    bench_main(run, __doc__, argv)
 
 
 if __name__ == "__main__":

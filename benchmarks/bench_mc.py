@@ -1,9 +1,7 @@
 """TruthfulQA MC scoring: shared-prefix cached scoring vs one full forward pass per answer, same questions."""
 from __future__ import annotations
 
-import argparse
 import time
-from pathlib import Path
 
 import numpy as np
 
@@ -11,7 +9,7 @@ from iti import load_model, load_truthfulqa
 from iti.mc_scoring import mc_metrics, score_choices
 from iti.tqa_prompts import mc_questions, shared_prefix
 
-from .common import BenchResult, Row
+from .common import BenchResult, Row, bench_main
 
 
 def run(quick: bool = False, num_questions: int = 100) -> BenchResult:
@@ -39,13 +37,7 @@ def run(quick: bool = False, num_questions: int = 100) -> BenchResult:
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--quick", action="store_true")
-    p.add_argument("--num-questions", type=int, default=100)
-    p.add_argument("--results-dir", default=None)
-    args = p.parse_args(argv)
-    r = run(quick=args.quick, num_questions=args.num_questions)
-    print(r.save(Path(args.results_dir)) if args.results_dir else r.save())
+    bench_main(run, __doc__, argv, num_questions=(int, 100))
 
 
 if __name__ == "__main__":

@@ -1,9 +1,7 @@
 """Probe training: the batched all-head probes vs a per-head scikit-learn loop on the same SmolLM2 features."""
 from __future__ import annotations
 
-import argparse
 import time
-from pathlib import Path
 
 import numpy as np
 
@@ -12,7 +10,7 @@ from iti.features import load_features, output_name
 from iti.paths import features_dir
 from iti.probes import HeadProbes, split_questions
 
-from .common import BenchResult, Row, stats
+from .common import BenchResult, Row, bench_main, stats
 
 
 def _features(max_questions: int | None):
@@ -58,12 +56,7 @@ def run(quick: bool = False, repeats: int = 3) -> BenchResult:
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--quick", action="store_true")
-    p.add_argument("--results-dir", default=None)
-    args = p.parse_args(argv)
-    r = run(quick=args.quick)
-    print(r.save(Path(args.results_dir)) if args.results_dir else r.save())
+    bench_main(run, __doc__, argv)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Shared helpers: timing with repeats, machine info, result files and the README table."""
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -111,3 +112,17 @@ def render_readme(results_dir: Path = RESULTS_DIR, readme: Path = README) -> str
     text = "\n".join(parts)
     readme.write_text(text)
     return text
+
+
+def bench_main(run: Callable[..., BenchResult], description: str | None, argv=None, **extra: tuple[type, Any]) -> None:
+    """Command line of one benchmark: ``--quick``, ``--results-dir`` and the benchmark's own sizes."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--quick", action="store_true", help="a few prompts (smoke test)")
+    p.add_argument("--results-dir", default=None)
+    for name, (typ, default) in extra.items():
+        p.add_argument(f"--{name.replace('_', '-')}", dest=name, type=typ, default=default)
+    args = p.parse_args(argv)
+    result = run(quick=args.quick, **{k: getattr(args, k) for k in extra})
+    print(result.save(Path(args.results_dir)) if args.results_dir else result.save())
+    for row in result.rows:
+        print(row)

@@ -7,6 +7,8 @@ from .architectures import HeadGeometry, ModelLayout, model_layout, register_arc
 from .collect import HeadActivations, collect_head_activations
 from .features import FeatureSet, load_features, merge_shards, write_features
 from .hooks import HeadTrace, module_hooks
+from .intervention import Intervention
+from .probes import HeadProbes
 from .models import load_model
 from .prompt_sets import PromptSet, build_prompt_set
 from .truthfulqa import load_truthfulqa
@@ -15,7 +17,9 @@ __all__ = [
     "FeatureSet",
     "HeadActivations",
     "HeadGeometry",
+    "HeadProbes",
     "HeadTrace",
+    "Intervention",
     "ModelLayout",
     "PromptSet",
     "build_prompt_set",

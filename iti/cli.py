@@ -114,7 +114,7 @@ def add_validate_args(p: argparse.ArgumentParser) -> None:
 def run_validate(args: argparse.Namespace) -> None:
     from .models import load_model, resolve_model
     from .paths import CHECKOUT_DIR
-    from .validation import ValidationConfig, run_validation
+    from .validation import ValidationConfig, check_features, run_validation
 
     name = resolve_model(args.model_name).name
     cfg = ValidationConfig(
@@ -127,6 +127,7 @@ def run_validate(args: argparse.Namespace) -> None:
         max_questions=args.max_questions, features_dir=args.features_dir, data_dir=args.data_dir, batch_size=args.batch_size,
     )
     out = Path(args.output_dir) if args.output_dir else CHECKOUT_DIR / "validation" / "results" / f"{name}_k{cfg.num_heads}_a{cfg.alpha:g}_{cfg.direction}"
+    check_features(cfg)
     model, tokenizer = load_model(args.model_name, device_map=args.device_map, dtype=args.dtype)
     start = time.perf_counter()
     run_validation(model, tokenizer, cfg, out)

@@ -51,7 +51,8 @@ def _yes_probability(config: JudgeConfig, model: str, prompt: str) -> float:
             return math.exp(top[" yes"]) if " yes" in top else 0.0
         except (urllib.error.URLError, TimeoutError, KeyError, IndexError, json.JSONDecodeError) as e:
             last = e
-            time.sleep(2**attempt)
+            if attempt + 1 < config.retries:
+                time.sleep(2**attempt)
     raise RuntimeError(f"judge endpoint {config.url} failed after {config.retries} tries: {last}")
 
 

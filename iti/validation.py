@@ -6,7 +6,6 @@ Every evaluated row is stored as it finishes (``rows/*.json``), so an interrupte
 """
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from .errors import FeatureFileError
 from .features import load_features
 from .fit import FoldProbes, build_intervention, train_fold_probes
 from .generation import generate_answers
@@ -119,6 +119,19 @@ def _evaluate_row(model, tokenizer, tqa, test_q, spec, intervention, cfg, texts,
     return out
 
 
+def check_features(cfg: ValidationConfig) -> None:
+    """Fail before anything is loaded when the features to fit on are missing, saying how to collect them."""
+    from .paths import features_dir
+
+    fdir = Path(cfg.features_dir) if cfg.features_dir else features_dir()
+    for name in (cfg.dataset_name, cfg.activations_dataset):
+        if not (fdir / f"{cfg.model_name}_{name}" / "manifest.json").exists():
+            raise FeatureFileError(
+                f"no {name} features for {cfg.model_name} in {fdir}; collect them first: "
+                f"python get_activations/get_activations.py --model_name {cfg.model_name} --dataset_name {name}"
+            )
+
+
 def run_validation(model, tokenizer, cfg: ValidationConfig, out_dir: str | Path) -> dict[str, Any]:
     """Run every fold and row (resuming finished rows), then write the summary, table and plots."""
     out = Path(out_dir)
@@ -127,6 +140,7 @@ def run_validation(model, tokenizer, cfg: ValidationConfig, out_dir: str | Path)
     from .paths import features_dir
 
     fdir = Path(cfg.features_dir) if cfg.features_dir else features_dir()
+    check_features(cfg)
     features = load_features(fdir / f"{cfg.model_name}_{cfg.dataset_name}", mmap=False)
     tuning = load_features(fdir / f"{cfg.model_name}_{cfg.activations_dataset}", mmap=False)
     tqa = load_truthfulqa(cfg.data_dir)

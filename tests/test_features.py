@@ -1,11 +1,9 @@
 import json
-import os
 import subprocess
 import sys
 
 import numpy as np
 import pytest
-import torch
 
 from iti import build_prompt_set, collect_head_activations, load_features, merge_shards, write_features
 from iti.errors import EmptyInputError, FeatureFileError, OutputExistsError
@@ -181,3 +179,11 @@ def test_merge_refuses_missing_or_disagreeing_shards(llama, small_set, tmp_path)
         merge_shards(final)
     with pytest.raises(FeatureFileError, match="no shards"):
         merge_shards(tmp_path / "nothing_here")
+
+
+def test_validate_without_features_says_how_to_collect(tmp_path, capsys):
+    from iti.cli import main
+
+    code = main(["validate", "--features_dir", str(tmp_path), "--model_name", "smollm2-135m"])
+    err = capsys.readouterr().err
+    assert code == 2 and "no tqa_mc2 features for smollm2-135m" in err and "get_activations.py" in err

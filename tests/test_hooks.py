@@ -102,7 +102,7 @@ def _hook_count(model):
 
 
 def test_hooks_are_removed_after_an_exception():
-    model, tok = make_tiny_model("gpt2"), tiny_tokenizer()
+    model = make_tiny_model("gpt2")
     before = _hook_count(model)
     with pytest.raises(RuntimeError, match="boom"):
         with HeadTrace(model, residual=True):
