@@ -19,11 +19,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from .architectures import model_layout
+from .architectures import model_layout, text_config
 from .errors import UnsupportedArchitectureError
 from .intervention import Intervention
 
-_CONFIG_FLAG = {"llama": "attention_bias", "gemma": "attention_bias", "gemma2": "attention_bias", "gemma3_text": "attention_bias", "gemma3": "attention_bias"}
+# model types whose attention biases (q/k/v/o together) are switched on by ``config.attention_bias``
+_BIAS_BY_CONFIG = {"llama", "gemma", "gemma2", "gemma3_text", "gemma3"}
 _HAS_BIAS = {"gpt2", "gpt_neox"}
 
 
@@ -37,18 +38,15 @@ def bake(model: nn.Module, intervention: Intervention) -> nn.Module:
     intervention.check_model(model)
     layout = model_layout(model)
     mt = layout.model_type
-    if mt not in _CONFIG_FLAG and mt not in _HAS_BIAS:
+    if mt not in _BIAS_BY_CONFIG and mt not in _HAS_BIAS:
         raise UnsupportedArchitectureError(
             f"cannot bake into {mt!r}: stock transformers builds its attention output projection without a bias, so "
-            f"the baked model could not be loaded. Bakeable: {', '.join(sorted(set(_CONFIG_FLAG) | _HAS_BIAS))}; "
+            f"the baked model could not be loaded. Bakeable: {', '.join(sorted(_BIAS_BY_CONFIG | _HAS_BIAS))}; "
             "use intervention.applied(model, positions='all') instead."
         )
-    if mt in _CONFIG_FLAG:
-        from .architectures import text_config
-
-        setattr(text_config(model.config), _CONFIG_FLAG[mt], True)
-        if text_config(model.config) is not model.config:
-            setattr(model.config, _CONFIG_FLAG[mt], True)
+    if mt in _BIAS_BY_CONFIG:
+        text_config(model.config).attention_bias = True
+        model.config.attention_bias = True  # the same object unless the config nests a text config
         for i in range(layout.geometry.num_layers):
             for lin in _attention_linears(layout.layer_module(model, i)):
                 if lin.bias is None:

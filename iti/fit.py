@@ -67,5 +67,5 @@ def build_intervention(
     tune_rows = slice(None) if tune_on_all_questions else np.isin(tuning.question_ids, train_q)
     stds = projection_stds(tuning.head_wise[tune_rows], chosen, dirs)
     meta = {"heads": heads, "direction": direction, "seed": seed, "num_heads": num_heads,
-            "train_questions": int(len(train_q)), "tuning_rows": int(np.sum(np.ones(len(tuning.labels))[tune_rows]))}
+            "train_questions": int(len(train_q)), "tuning_rows": int(len(tuning.labels[tune_rows]))}
     return Intervention(chosen, dirs, stds, alpha, model_name, geometry, meta)

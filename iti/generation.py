@@ -7,7 +7,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .architectures import model_device
-from .collect import pad_token_id
+from .collect import pad_batch, pad_token_id
 from .intervention import Intervention
 
 
@@ -41,12 +41,9 @@ def generate_answers(
     with torch.inference_mode():
         for start in tqdm(range(0, len(order), batch_size), desc="generating", unit="batch", disable=not progress):
             idx = order[start : start + batch_size]
-            width = max(len(encoded[i]) for i in idx)
-            ids = torch.full((len(idx), width), pad, dtype=torch.long)
-            mask = torch.zeros_like(ids)
-            for j, i in enumerate(idx):  # left padding: every row's last prompt token is at the end
-                ids[j, width - len(encoded[i]) :] = torch.tensor(encoded[i])
-                mask[j, width - len(encoded[i]) :] = 1
+            # left padding: every row's last prompt token is at the end
+            ids, mask = pad_batch([encoded[i] for i in idx], pad, padding_side="left")
+            width = ids.shape[1]
             kwargs = dict(input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
                           do_sample=False, pad_token_id=pad, eos_token_id=eos)
             if intervention is not None:

@@ -16,7 +16,7 @@ import pandas as pd
 import torch
 
 from .architectures import model_device
-from .collect import pad_token_id
+from .collect import pad_batch, pad_token_id
 from .errors import DataNotFoundError, EmptyInputError
 from .intervention import Intervention
 from .paths import data_search
@@ -77,13 +77,7 @@ def ce_and_kl(
     ce_base, ce_iti, kls = [], [], []
     with torch.inference_mode():
         for start in range(0, len(encoded), batch_size):
-            rows = encoded[start : start + batch_size]
-            width = max(len(r) for r in rows)
-            ids = torch.full((len(rows), width), pad, dtype=torch.long)
-            mask = torch.zeros_like(ids)
-            for j, r in enumerate(rows):
-                ids[j, : len(r)] = torch.tensor(r)
-                mask[j, : len(r)] = 1
+            ids, mask = pad_batch(encoded[start : start + batch_size], pad)
             ids, mask = ids.to(device), mask.to(device)
             base = model(input_ids=ids, attention_mask=mask, use_cache=False).logits.float()
             ce_base.append(_per_text_ce(base, ids, mask).cpu())

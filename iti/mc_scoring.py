@@ -7,6 +7,7 @@ split). With an intervention, only the answer tokens' positions are shifted.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -16,19 +17,9 @@ import torch
 from tqdm.auto import tqdm
 
 from .architectures import model_device
-from .collect import pad_token_id
+from .collect import pad_batch, pad_token_id
 from .intervention import Intervention
 from .tqa_prompts import MCQuestion
-
-
-def _pad_right(rows: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for j, r in enumerate(rows):
-        ids[j, : len(r)] = torch.tensor(list(r), dtype=torch.long)
-        mask[j, : len(r)] = 1
-    return ids, mask
 
 
 def _token_logprobs(logits: torch.Tensor, targets: Sequence[int]) -> float:
@@ -88,7 +79,7 @@ def score_choices(
         for qi in alone:  # one full forward per answer, shifting the answer tokens only
             for ci, cont in enumerate(conts[qi]):
                 ids = torch.tensor([contexts[qi] + cont], device=device)
-                ctx = shift(model, positions=len(contexts[qi])) if shift else _null()
+                ctx = shift(model, positions=len(contexts[qi])) if shift else contextlib.nullcontext()
                 with ctx:
                     logits = model(input_ids=ids, use_cache=False).logits[0]
                 n = len(contexts[qi])
@@ -117,14 +108,6 @@ def _fork(cache: Any) -> Any:
     return copy.deepcopy(cache)
 
 
-class _null:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
-
-
 def _groups(questions: list[int], n_answers: list[int], batch_size: int) -> list[list[int]]:
     """Consecutive questions whose answers fill about one batch."""
     groups: list[list[int]] = []
@@ -143,7 +126,7 @@ def _groups(questions: list[int], n_answers: list[int], batch_size: int) -> list
 
 def _score_group(model, group, contexts, conts, scores, prefix_cache, lp, pad, device, shift, batch_size) -> None:
     # Stage 1: the question parts of the group, on top of the shared prefix (no shift: context tokens).
-    q_ids, q_mask = _pad_right([contexts[qi][lp:] for qi in group], pad)
+    q_ids, q_mask = pad_batch([contexts[qi][lp:] for qi in group], pad)
     past = _fork(prefix_cache)
     past.batch_repeat_interleave(len(group))
     attn = torch.cat([torch.ones((len(group), lp), dtype=torch.long), q_mask], dim=1)
@@ -165,7 +148,7 @@ def _score_group(model, group, contexts, conts, scores, prefix_cache, lp, pad, d
     rows.sort(key=lambda r: -len(conts[r[1]][r[2]]))  # similar lengths together: less padding
     for start in range(0, len(rows), batch_size):
         chunk = rows[start : start + batch_size]
-        a_ids, a_mask = _pad_right([conts[qi][ci][:-1] for _, qi, ci in chunk], pad)
+        a_ids, a_mask = pad_batch([conts[qi][ci][:-1] for _, qi, ci in chunk], pad)
         index = torch.tensor([g for g, _, _ in chunk])
         past = _fork(group_cache)
         past.batch_select_indices(index.to(device))
@@ -173,7 +156,7 @@ def _score_group(model, group, contexts, conts, scores, prefix_cache, lp, pad, d
         positions = lp + q_lens[index][:, None] + torch.arange(a_ids.shape[1])[None, :]
         kwargs = dict(input_ids=a_ids.to(device), attention_mask=attn.to(device), position_ids=positions.to(device),
                       past_key_values=past, use_cache=True)
-        with (shift(model, positions="all") if shift else _null()):
+        with (shift(model, positions="all") if shift else contextlib.nullcontext()):
             logits = model(**kwargs).logits
         for j, (_, qi, ci) in enumerate(chunk):
             cont = conts[qi][ci]
