@@ -63,6 +63,10 @@ class Row:
     goal: str
     met: bool | None = None
 
+    def __post_init__(self) -> None:  # numpy scalars are not JSON
+        self.ratio = float(self.ratio)
+        self.met = None if self.met is None else bool(self.met)
+
 
 @dataclass
 class BenchResult:

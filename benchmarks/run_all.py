@@ -5,7 +5,7 @@ import argparse
 import time
 from pathlib import Path
 
-from . import bench_collection, bench_hooks, bench_mc, bench_probes
+from . import bench_collection, bench_hooks, bench_lm_eval, bench_mc, bench_probes
 from .common import RESULTS_DIR, README, render_readme
 
 BENCHMARKS = {
@@ -13,6 +13,7 @@ BENCHMARKS = {
     "collection": bench_collection.run,
     "probes": bench_probes.run,
     "mc_scoring": bench_mc.run,
+    "lm_eval_mc": bench_lm_eval.run,
 }
 
 

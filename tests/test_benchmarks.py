@@ -15,5 +15,7 @@ def test_every_benchmark_runs_quickly(tmp_path, smollm2):
         data = json.loads((tmp_path / f"{name}.json").read_text())
         assert data["rows"] and data["machine"]["torch"]
         assert all(row["ratio"] > 0 for row in data["rows"])
+    parity = json.loads((tmp_path / "lm_eval_mc.json").read_text())["data"]  # --preset lm-eval == the harness
+    assert parity["questions_with_different_mc1"] == 0 and parity["max_abs_mc2_diff_per_question"] < 1e-4
     text = readme.read_text()
     assert "| what | ours | baseline | ratio | goal | met |" in text and "Hook overhead" in text
