@@ -1,4 +1,4 @@
-"""Command line: ``iti collect``, ``iti merge``, ``iti demo``. Scripts in the repo call :func:`main`."""
+"""Command line: ``iti collect``, ``iti validate``, ``iti bake``, ``iti faithfulness``, ``iti demo``. Scripts in the repo call :func:`main`."""
 from __future__ import annotations
 
 import argparse
@@ -164,6 +164,47 @@ def run_demo(args: argparse.Namespace) -> None:
     demo(max_questions=args.max_questions, output_dir=args.output_dir, batch_size=args.batch_size)
 
 
+def add_faithfulness_args(p: argparse.ArgumentParser) -> None:
+    from .faithfulness.datasets import dataset_names
+    from .faithfulness.prompts import CONFIG_FLAGS, TASKS
+
+    _flag(p, "model", default="smollm2-135m", help="embedded name, short name, hub id or local dir (renders the prompts)")
+    _flag(p, "dataset", nargs="+", default=list(dataset_names()), help=f"any of {', '.join(dataset_names())}")
+    _flag(p, "task", nargs="+", default=["counterfactual", "redacted", "importance"], choices=TASKS)
+    p.add_argument("--task-config", "--task_config", dest="task_config", nargs="*", default=[],
+                   help=f"introspect's config flags: {', '.join(CONFIG_FLAGS)} (e-implicit-target also accepted)")
+    _flag(p, "intervention", default=None, help="a saved intervention (validate_2fold output): the intervened arm")
+    _flag(p, "baked", default=None, help="a model saved by edit_weight.py: the intervened arm")
+    _flag(p, "alpha", type=float, default=None, help="override the intervention's alpha")
+    _flag(p, "max_samples", type=int, default=100, help="first N samples of each data set after the seeded shuffle (0 = all)")
+    _flag(p, "seed", type=int, default=0, help="shuffle and sampling seed (introspect: 0)")
+    _flag(p, "max_new_tokens", type=int, default=256, help="explanation length limit (introspect: 1024)")
+    _flag(p, "classify_max_new_tokens", type=int, default=48, help="classification answer length limit")
+    _flag(p, "batch_size", type=int, default=8)
+    _flag(p, "original_prompts", action="store_true", help="introspect's prompt text with its typos (comparability)")
+    _flag(p, "chat_format", default=None, help="for tokenizers without a chat template: llama2, mistral or plain")
+    _flag(p, "data_dir", default=None, help="data root holding faithfulness/ (default: $ITI_DATA_DIR, ../shared/data, hub)")
+    _flag(p, "output_dir", default="validation/faithfulness_results/run")
+    _flag(p, "cache", default=None, help="SQLite generation cache (default: $ITI_CACHE/faithfulness/generations.sqlite)")
+    _flag(p, "remote_url", default=None, help="OpenAI-compatible endpoint (e.g. http://localhost:8000/v1) instead of in-process")
+    _flag(p, "remote_plain_model", default=None, help="served name of the plain model")
+    _flag(p, "remote_intervened_model", default=None, help="served name of the baked model")
+    _flag(p, "quiet", action="store_true")
+
+
+def run_faithfulness_cmd(args: argparse.Namespace) -> None:
+    from .faithfulness.experiment import FaithfulnessConfig, run_faithfulness
+
+    cfg = FaithfulnessConfig(
+        model=args.model, datasets=args.dataset, tasks=args.task, task_config=args.task_config, intervention=args.intervention,
+        baked=args.baked, alpha=args.alpha, max_samples=args.max_samples or None, seed=args.seed,
+        max_new_tokens=args.max_new_tokens, classify_max_new_tokens=args.classify_max_new_tokens, batch_size=args.batch_size,
+        original_prompts=args.original_prompts, chat_format=args.chat_format, data_dir=args.data_dir,
+        output_dir=args.output_dir, cache=args.cache, remote_url=args.remote_url, remote_plain_model=args.remote_plain_model,
+        remote_intervened_model=args.remote_intervened_model, progress=not args.quiet)
+    run_faithfulness(cfg)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="iti", description="Read and steer attention heads of Hugging Face LMs.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -176,6 +217,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bake", help="bake an intervention into o_proj biases and save the model (edit_weight)")
     add_bake_args(p)
     p.set_defaults(func=run_bake)
+    p = sub.add_parser("faithfulness", help="self-explanation faithfulness, plain vs intervened model (introspect)")
+    add_faithfulness_args(p)
+    p.set_defaults(func=run_faithfulness_cmd)
     p = sub.add_parser("demo", help="the main job end to end on the embedded model, quick preset")
     _flag(p, "max_questions", type=int, default=100)
     _flag(p, "output_dir", default=None)

@@ -8,14 +8,12 @@ judging is skipped with a message.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
-import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from typing import Sequence
+
+from .openai_client import EndpointError, post_completion
 
 
 @dataclass
@@ -37,23 +35,13 @@ class JudgeConfig:
 
 
 def _yes_probability(config: JudgeConfig, model: str, prompt: str) -> float:
-    body = json.dumps({"model": model, "prompt": prompt, "max_tokens": 1, "temperature": 0, "logprobs": 2}).encode()
-    headers = {"Content-Type": "application/json"}
-    if config.api_key:
-        headers["Authorization"] = f"Bearer {config.api_key}"
-    last: Exception | None = None
-    for attempt in range(config.retries):
-        try:
-            req = urllib.request.Request(f"{config.url}/completions", data=body, headers=headers)
-            with urllib.request.urlopen(req, timeout=config.timeout) as resp:
-                data = json.loads(resp.read())
-            top = data["choices"][0]["logprobs"]["top_logprobs"][0]
-            return math.exp(top[" yes"]) if " yes" in top else 0.0
-        except (urllib.error.URLError, TimeoutError, KeyError, IndexError, json.JSONDecodeError) as e:
-            last = e
-            if attempt + 1 < config.retries:
-                time.sleep(2**attempt)
-    raise RuntimeError(f"judge endpoint {config.url} failed after {config.retries} tries: {last}")
+    body = {"model": model, "prompt": prompt, "max_tokens": 1, "temperature": 0, "logprobs": 2}
+    try:
+        data = post_completion(config.url, body, api_key=config.api_key, timeout=config.timeout, retries=config.retries)
+        top = data["choices"][0]["logprobs"]["top_logprobs"][0]
+    except (EndpointError, KeyError, IndexError, TypeError) as e:
+        raise RuntimeError(f"judge endpoint {config.url} failed: {e}") from None
+    return math.exp(top[" yes"]) if " yes" in top else 0.0
 
 
 def judge_answers(config: JudgeConfig, questions: Sequence[str], answers: Sequence[str]) -> dict[str, list[float]]:

@@ -1,0 +1,195 @@
+"""A faithfulness experiment: data sets x tasks, each through the plain arm and the intervened arm, compared.
+
+Outputs (in ``output_dir``): ``samples/{dataset}_{task}_{arm}.jsonl`` (every prompt, response and parse),
+``summary.json``, ``comparison.md`` and ``faithfulness.png``. Every generation goes through the SQLite cache, stored
+chunk by chunk, so an interrupted run resumes where it stopped and a finished one reruns from the cache.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from ..errors import EmptyInputError, ItiError
+from ..io import atomic_write_json, atomic_write_text
+from ..paths import cache_dir
+from .cache import GenerationCache
+from .datasets import ALIASES, UnknownDatasetError, dataset_names, load_faithfulness_dataset
+from .generate import CachedGenerator, GenerationSettings, LocalGenerator, RemoteGenerator, render_chat
+from .prompts import normalize_config, prompt_options
+from .report import compare_arms, comparison_markdown, plot_comparison
+from .tasks import run_task, summarize
+
+EXPLAIN_TASKS = ("counterfactual", "redacted", "importance")
+
+
+class InterventionModelError(ItiError, ValueError):
+    """An intervention made for a different model than the one being run."""
+
+
+@dataclass
+class FaithfulnessConfig:
+    model: str = "smollm2-135m"
+    datasets: Sequence[str] = ("imdb", "rte", "babi1", "mctest")
+    tasks: Sequence[str] = EXPLAIN_TASKS
+    task_config: Sequence[str] = ()
+    intervention: str | None = None   # a saved Intervention (validate_2fold output): the runtime arm
+    baked: str | None = None          # a model saved by edit_weight.py: the baked arm
+    alpha: float | None = None        # override the intervention's alpha
+    max_samples: int | None = 100
+    seed: int = 0
+    max_new_tokens: int = 256
+    classify_max_new_tokens: int = 48
+    batch_size: int = 8
+    original_prompts: bool = False
+    chat_format: str | None = None
+    data_dir: str | None = None
+    output_dir: str | None = None
+    cache: str | None = None
+    remote_url: str | None = None     # OpenAI-compatible endpoint serving the plain model (and the baked one)
+    remote_plain_model: str | None = None
+    remote_intervened_model: str | None = None
+    progress: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def default_cache_path() -> Path:
+    return cache_dir() / "faithfulness" / "generations.sqlite"
+
+
+def _check_inputs(cfg: FaithfulnessConfig) -> dict[str, tuple[str, ...]]:
+    if not cfg.datasets:
+        raise EmptyInputError("no data sets selected")
+    if not cfg.tasks:
+        raise EmptyInputError("no tasks selected")
+    for d in cfg.datasets:
+        if ALIASES.get(d.lower(), d.lower()) not in dataset_names():
+            raise UnknownDatasetError(f"unknown faithfulness data set {d!r}; choose from {', '.join(dataset_names())}")
+    if cfg.max_samples is not None and cfg.max_samples < 1:
+        raise EmptyInputError(f"--max-samples must be >= 1, got {cfg.max_samples}")
+    if cfg.intervention and cfg.baked:
+        raise ValueError("give --intervention (runtime shift) or --baked (edited weights), not both")
+    return {t: normalize_config(t, cfg.task_config) for t in cfg.tasks}
+
+
+def _same_model(a: str, b: str) -> bool:
+    from ..models import resolve_model
+
+    try:
+        return resolve_model(a).location == resolve_model(b).location
+    except ItiError:
+        return a == b
+
+
+def build_arms(cfg: FaithfulnessConfig, cache: GenerationCache | None) -> tuple[dict[str, CachedGenerator], Any]:
+    """``{"plain": ..., "intervened": ...}`` generators and the tokenizer that renders prompts."""
+    from ..intervention import Intervention
+    from ..models import load_model
+
+    arms: dict[str, CachedGenerator] = {}
+    if cfg.remote_url:
+        from transformers import AutoTokenizer
+
+        from ..models import embedded_model_dir, resolve_model
+
+        src = resolve_model(cfg.model)
+        tokenizer = AutoTokenizer.from_pretrained(str(embedded_model_dir(src.name)) if src.kind == "embedded" else src.location)
+        arms["plain"] = CachedGenerator(RemoteGenerator(cfg.remote_url, cfg.remote_plain_model or cfg.model,
+                                                        model_id=f"remote:{cfg.remote_plain_model or cfg.model}"), cache)
+        if cfg.remote_intervened_model:
+            arms["intervened"] = CachedGenerator(RemoteGenerator(cfg.remote_url, cfg.remote_intervened_model), cache)
+        return arms, tokenizer
+    model, tokenizer = load_model(cfg.model)
+    arms["plain"] = CachedGenerator(LocalGenerator(model, tokenizer, model_id=cfg.model, batch_size=cfg.batch_size), cache)
+    if cfg.intervention:
+        inter = Intervention.load(cfg.intervention, model)
+        if not _same_model(inter.model_name, cfg.model):
+            raise InterventionModelError(f"{cfg.intervention} was made for {inter.model_name!r}, not for {cfg.model!r}")
+        if cfg.alpha is not None:
+            inter = inter.with_alpha(cfg.alpha)
+        arms["intervened"] = CachedGenerator(
+            LocalGenerator(model, tokenizer, model_id=cfg.model, intervention=inter, batch_size=cfg.batch_size), cache)
+    elif cfg.baked:
+        baked_model, _ = load_model(cfg.baked)
+        inter = Intervention.load(Path(cfg.baked) / "iti_intervention")
+        if not _same_model(inter.model_name, cfg.model):
+            raise InterventionModelError(f"{cfg.baked} was baked from {inter.model_name!r}, not from {cfg.model!r}")
+        gen = LocalGenerator(baked_model, tokenizer, model_id=cfg.model, batch_size=cfg.batch_size)
+        gen.intervention_id = f"baked:{inter.fingerprint()}"
+        arms["intervened"] = CachedGenerator(gen, cache)
+    return arms, tokenizer
+
+
+def run_faithfulness(cfg: FaithfulnessConfig) -> dict[str, Any]:
+    flags = _check_inputs(cfg)
+    out = Path(cfg.output_dir or "validation/faithfulness_results/run")
+    cache = GenerationCache(cfg.cache or default_cache_path())
+    t0 = time.perf_counter()
+    arms, tokenizer = build_arms(cfg, cache)
+    render = lambda text: render_chat(tokenizer, text, cfg.chat_format)  # noqa: E731
+    classify_settings = GenerationSettings(max_new_tokens=cfg.classify_max_new_tokens, seed=cfg.seed)
+    explain_settings = GenerationSettings(max_new_tokens=cfg.max_new_tokens, seed=cfg.seed)
+    rows: list[dict[str, Any]] = []
+    for name in cfg.datasets:
+        ds = load_faithfulness_dataset(name, cfg.data_dir, seed=cfg.seed)
+        samples = ds.samples[: cfg.max_samples] if cfg.max_samples else ds.samples
+        for task in cfg.tasks:
+            opts = prompt_options(flags[task], original_text=cfg.original_prompts)
+            per_arm = {}
+            for arm, gen in arms.items():
+                t = time.perf_counter()
+                if cfg.progress:
+                    print(f"[faithfulness] {ds.name} / {task} / {arm}: {len(samples)} samples", flush=True)
+                results = run_task(task, samples, gen, render, opts, classify_settings, explain_settings, cfg.progress)
+                per_arm[arm] = results
+                _write_jsonl(out / "samples" / f"{ds.name}_{task}_{arm}.jsonl", ds.name, task, arm, results, render)
+                s = summarize(results)
+                if cfg.progress:
+                    print(f"[faithfulness]   accuracy {s.accuracy:.3f}, faithfulness {s.faithfulness:.3f}, "
+                          f"mismatch {s.mismatch}, error {s.error} ({time.perf_counter() - t:.0f} s)", flush=True)
+            row = {"dataset": ds.name, "task": task, "task_config": list(flags[task]), "samples": len(samples),
+                   "origin": ds.origin, "summaries": {a: asdict(summarize(r)) for a, r in per_arm.items()}}
+            if "intervened" in per_arm:
+                row["comparison"] = compare_arms(per_arm["plain"], per_arm["intervened"], task != "classify", seed=cfg.seed)
+            rows.append(row)
+            summary = _write_summary(out, cfg, arms, rows, time.perf_counter() - t0)  # after every row: partial runs show
+    elapsed = time.perf_counter() - t0
+    summary = _write_summary(out, cfg, arms, rows, elapsed)
+    cache.close()
+    if cfg.progress:
+        hits = sum(g.hits for g in arms.values())
+        made = sum(g.misses for g in arms.values())
+        print(f"[faithfulness] done in {elapsed:.0f} s: {made} generated, {hits} from the cache; wrote {out}", flush=True)
+    return summary
+
+
+def _write_summary(out: Path, cfg: FaithfulnessConfig, arms: dict[str, CachedGenerator], rows: list[dict[str, Any]],
+                   elapsed: float) -> dict[str, Any]:
+    summary = {
+        "config": {k: (list(v) if isinstance(v, (tuple, list)) else v) for k, v in asdict(cfg).items()},
+        "arms": {a: {"model": g.model_id, "intervention": g.intervention_id, "cache_hits": g.hits, "generated": g.misses}
+                 for a, g in arms.items()},
+        "seconds": elapsed,
+        "rows": rows,
+    }
+    atomic_write_json(out / "summary.json", summary)
+    compared = [r for r in rows if "comparison" in r]
+    if compared:
+        atomic_write_text(out / "comparison.md", comparison_markdown(compared))
+        plot_comparison(compared, out / "faithfulness.png")
+    return summary
+
+
+def _write_jsonl(path: Path, dataset: str, task: str, arm: str, results, render) -> None:
+    lines = []
+    for r in results:
+        d = r.to_dict()
+        d.update(dataset=dataset, task=task, arm=arm)
+        for step in ("classify", "explain", "reclassify"):
+            if d.get(step):
+                d[step]["rendered_prompt"] = render(d[step]["prompt"])
+        lines.append(json.dumps(d, ensure_ascii=False))
+    atomic_write_text(path, "\n".join(lines) + "\n")
+

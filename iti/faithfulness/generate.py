@@ -1,0 +1,262 @@
+"""Text generation for the faithfulness tasks: in-process (plain, intervened or baked model) or remote, cached.
+
+Sampling follows the protocol (temperature 0.1, top-p 0.95, top-k 50, repetition penalty 1.2, seed 0), but each
+prompt draws from its own random stream, seeded from the run's seed and the prompt text. So a prompt's answer does
+not depend on which other prompts share its batch, on the batch size or on the order of work; that is what makes
+a cache keyed by prompt and settings correct and a resumed run equal to an uninterrupted one.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Protocol, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from ..architectures import model_device
+from ..collect import pad_batch, pad_token_id
+from ..intervention import Intervention
+from ..openai_client import EndpointError, post_completion
+from .cache import CachedGeneration, GenerationCache, GenerationKey
+
+#: Chat formats for tokenizers without a chat template (the originals' formats, from the protocol notes).
+FALLBACK_CHAT_FORMATS = {
+    "llama2": "<s>[INST] {user} [/INST]",
+    "mistral": "<s>[INST] {user} [/INST]",
+    "plain": "User: {user}\nAssistant:",
+}
+
+
+class PromptTooLongError(ValueError):
+    """A rendered prompt that leaves no room to generate within the model's context."""
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """The protocol's generation settings; ``max_new_tokens`` is lower by default than its 1024 to suit CPUs."""
+
+    temperature: float = 0.1
+    top_p: float = 0.95
+    top_k: int = 50
+    repetition_penalty: float = 1.2
+    max_new_tokens: int = 256
+    seed: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def render_chat(tokenizer: Any, user: str, chat_format: str | None = None) -> str:
+    """A single-turn chat prompt: the tokenizer's chat template, else a named fallback format."""
+    if chat_format is None and getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template([{"role": "user", "content": user}], tokenize=False, add_generation_prompt=True)
+    fmt = FALLBACK_CHAT_FORMATS.get(chat_format or "plain")
+    if fmt is None:
+        raise ValueError(f"unknown chat format {chat_format!r}; choose one of {', '.join(FALLBACK_CHAT_FORMATS)}")
+    return fmt.format(user=user)
+
+
+def prompt_seed(seed: int, prompt: str) -> int:
+    return int.from_bytes(hashlib.sha256(f"{seed}\x00{prompt}".encode()).digest()[:8], "little") & (2**63 - 1)
+
+
+class Generator(Protocol):
+    """Anything that turns rendered prompts into responses; ``identity`` names the model and any edit."""
+
+    model_id: str
+    intervention_id: str
+
+    def generate(self, prompts: Sequence[str], settings: GenerationSettings, progress: bool = True) -> list[CachedGeneration]:
+        ...
+
+
+def _sample_next(logits: torch.Tensor, seen: torch.Tensor, s: GenerationSettings, gens: list[torch.Generator]) -> torch.Tensor:
+    """One token per row: repetition penalty, temperature, top-k, top-p (HF's order), then a draw per row."""
+    logits = logits.float()
+    if s.repetition_penalty != 1.0:
+        picked = logits.gather(1, seen)
+        picked = torch.where(picked < 0, picked * s.repetition_penalty, picked / s.repetition_penalty)
+        logits = logits.scatter(1, seen, picked)
+    if s.temperature <= 0:
+        return logits.argmax(-1)
+    logits = logits / s.temperature
+    if 0 < s.top_k < logits.shape[-1]:
+        kth = logits.topk(s.top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if s.top_p < 1.0:
+        sorted_logits, order = logits.sort(dim=-1, descending=False)
+        cum = sorted_logits.softmax(-1).cumsum(-1)
+        drop = cum <= 1 - s.top_p
+        drop[:, -1] = False  # always keep the most likely token
+        logits = logits.masked_fill(drop.scatter(1, order, drop), float("-inf"))
+    probs = logits.softmax(-1)
+    return torch.stack([torch.multinomial(p, 1, generator=g)[0] for p, g in zip(probs, gens)])
+
+
+class LocalGenerator:
+    """Batched in-process generation: left padding, length-sorted batches, KV cache, optional intervention.
+
+    ``intervention`` is applied to the last prompt token and every generated token (``positions="last"``); a baked
+    model is just another model (give it a ``model_id`` that says so).
+    """
+
+    def __init__(self, model: torch.nn.Module, tokenizer: Any, *, model_id: str, intervention: Intervention | None = None,
+                 batch_size: int = 8, max_batch_tokens: int = 8192):
+        if intervention is not None:
+            intervention.check_model(model)
+        self.model, self.tokenizer, self.model_id, self.intervention = model, tokenizer, model_id, intervention
+        self.intervention_id = intervention.fingerprint() if intervention is not None else "none"
+        self.batch_size, self.max_batch_tokens = batch_size, max_batch_tokens
+        self.context = int(getattr(model.config, "max_position_embeddings", 0) or 0) or None
+
+    def _batches(self, lengths: Sequence[int]) -> list[list[int]]:
+        """Longest first; a batch closes at ``batch_size`` rows or ``max_batch_tokens`` padded prompt tokens."""
+        order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+        out: list[list[int]] = []
+        for i in order:
+            if out and len(out[-1]) < self.batch_size and lengths[out[-1][0]] * (len(out[-1]) + 1) <= self.max_batch_tokens:
+                out[-1].append(i)
+            else:
+                out.append([i])
+        return out
+
+    def generate(self, prompts: Sequence[str], settings: GenerationSettings, progress: bool = True) -> list[CachedGeneration]:
+        tok = self.tokenizer
+        encoded = [list(e) for e in tok(list(prompts), add_special_tokens=False)["input_ids"]]
+        results: list[CachedGeneration | None] = [None] * len(prompts)
+        ok = []
+        for i, ids in enumerate(encoded):
+            if self.context is not None and len(ids) + 1 > self.context:
+                results[i] = CachedGeneration(None, f"PromptTooLong: {len(ids)} prompt tokens, the model's context is {self.context}", 0.0)
+            else:
+                ok.append(i)
+        batches = self._batches([len(encoded[i]) for i in ok])
+        bar = tqdm(total=len(ok), desc="generating", unit="prompt", disable=not progress)
+        for batch in batches:
+            idx = [ok[j] for j in batch]
+            t = time.perf_counter()
+            texts = self._generate_batch([encoded[i] for i in idx], [prompts[i] for i in idx], settings)
+            per = (time.perf_counter() - t) / len(idx)
+            for i, text in zip(idx, texts):
+                results[i] = CachedGeneration(text, None, per)
+            bar.update(len(idx))
+        bar.close()
+        return [r for r in results if r is not None]
+
+    def _generate_batch(self, rows: list[list[int]], prompts: list[str], s: GenerationSettings) -> list[str]:
+        model, device = self.model, model_device(self.model)
+        pad = pad_token_id(self.tokenizer)
+        eos = _eos_ids(self.model, self.tokenizer)
+        ids, mask = pad_batch(rows, pad, padding_side="left")
+        ids, mask = ids.to(device), mask.to(device)
+        gens = [torch.Generator().manual_seed(prompt_seed(s.seed, p)) for p in prompts]
+        budget = s.max_new_tokens if self.context is None else min(s.max_new_tokens, self.context - ids.shape[1])
+        seen = ids.clone()  # pad ids count as seen; harmless: they never score well anyway
+        for r, row in enumerate(rows):  # ... except where pad is a real token: mark padding with a prompt token
+            seen[r, : ids.shape[1] - len(row)] = row[0]
+        out = torch.empty(len(rows), 0, dtype=torch.long, device=device)
+        done = torch.zeros(len(rows), dtype=torch.bool, device=device)
+        position_ids = (mask.long().cumsum(-1) - 1).clamp(min=0)
+        past = None
+        step_ids, step_mask = ids, mask
+        ctx = self.intervention.applied(model, positions="last") if self.intervention is not None else contextlib.nullcontext()
+        with torch.inference_mode(), ctx:
+            for step in range(budget):
+                pos = position_ids if step == 0 else position_ids[:, -1:] + 1
+                res = model(input_ids=step_ids, attention_mask=step_mask, position_ids=pos, past_key_values=past,
+                            use_cache=True, logits_to_keep=1)
+                past = res.past_key_values
+                nxt = _sample_next(res.logits[:, -1].cpu(), seen.cpu(), s, gens).to(device)
+                nxt = torch.where(done, torch.full_like(nxt, pad), nxt)
+                out = torch.cat([out, nxt[:, None]], 1)
+                seen = torch.cat([seen, torch.where(done, seen[:, :1].squeeze(1), nxt)[:, None]], 1)
+                done |= torch.isin(nxt, eos)
+                if bool(done.all()):
+                    break
+                position_ids = pos
+                step_ids = nxt[:, None]
+                step_mask = torch.cat([step_mask, torch.ones_like(step_mask[:, :1])], 1)
+        stop, texts = set(eos.tolist()), []
+        for r in range(len(rows)):
+            toks = out[r].tolist()
+            cut = next((j for j, t in enumerate(toks) if t in stop), len(toks))
+            texts.append(self.tokenizer.decode(toks[:cut], skip_special_tokens=True).strip())
+        return texts
+
+
+def _eos_ids(model: torch.nn.Module, tokenizer: Any) -> torch.Tensor:
+    ids: set[int] = set()
+    for src in (getattr(model, "generation_config", None), model.config, tokenizer):
+        e = getattr(src, "eos_token_id", None)
+        if isinstance(e, int):
+            ids.add(e)
+        elif isinstance(e, (list, tuple)):
+            ids.update(int(x) for x in e)
+    return torch.tensor(sorted(ids) or [-1], device=model_device(model))
+
+
+class RemoteGenerator:
+    """Any OpenAI-compatible ``/completions`` endpoint (vLLM or TGI serving a baked model), prompts rendered here."""
+
+    def __init__(self, url: str, served_model: str, *, model_id: str | None = None, api_key: str | None = None,
+                 timeout: float = 300.0, retries: int = 4):
+        self.url, self.served_model, self.api_key, self.timeout, self.retries = url, served_model, api_key, timeout, retries
+        self.model_id = model_id or f"remote:{served_model}"
+        self.intervention_id = "none"
+
+    def generate(self, prompts: Sequence[str], settings: GenerationSettings, progress: bool = True) -> list[CachedGeneration]:
+        out = []
+        for p in tqdm(prompts, desc="remote generation", unit="prompt", disable=not progress):
+            body = {"model": self.served_model, "prompt": p, "max_tokens": settings.max_new_tokens,
+                    "temperature": settings.temperature, "top_p": settings.top_p, "top_k": settings.top_k,
+                    "repetition_penalty": settings.repetition_penalty, "seed": settings.seed}
+            t = time.perf_counter()
+            try:
+                data = post_completion(self.url, body, api_key=self.api_key, timeout=self.timeout, retries=self.retries)
+                out.append(CachedGeneration(str(data["choices"][0]["text"]).strip(), None, time.perf_counter() - t))
+            except EndpointError as e:
+                if e.retryable:  # the server is down: stop rather than cache a transient failure for every prompt
+                    raise
+                out.append(CachedGeneration(None, f"EndpointError: {e}", time.perf_counter() - t))
+            except (KeyError, IndexError, TypeError) as e:
+                out.append(CachedGeneration(None, f"BadResponse: {type(e).__name__}: {e}", time.perf_counter() - t))
+        return out
+
+
+class CachedGenerator:
+    """A generator behind a :class:`GenerationCache`: only prompts never answered before reach the model."""
+
+    def __init__(self, inner: Generator, cache: GenerationCache | None, chunk: int = 64):
+        self.inner, self.cache, self.chunk = inner, cache, chunk
+        self.model_id, self.intervention_id = inner.model_id, inner.intervention_id
+        self.hits = self.misses = 0
+
+    def key(self, prompt: str, settings: GenerationSettings) -> GenerationKey:
+        return GenerationKey(self.model_id, self.intervention_id, prompt, settings.to_dict())
+
+    def generate(self, prompts: Sequence[str], settings: GenerationSettings, progress: bool = True) -> list[CachedGeneration]:
+        unique = list(dict.fromkeys(prompts))
+        found: dict[str, CachedGeneration] = {}
+        if self.cache is not None:
+            for p, hit in zip(unique, self.cache.get_many([self.key(p, settings) for p in unique])):
+                if hit is not None:
+                    found[p] = hit
+        todo = [p for p in unique if p not in found]
+        self.hits += len(unique) - len(todo)
+        self.misses += len(todo)
+        # Chunks of similar length, each stored as soon as it is done: an interrupted run loses one chunk at most.
+        todo.sort(key=len, reverse=True)
+        bar = tqdm(total=len(todo), desc=f"generating ({self.intervention_id[:8]})", unit="prompt",
+                   disable=not progress or not todo)
+        for start in range(0, len(todo), self.chunk):
+            part = todo[start : start + self.chunk]
+            fresh = self.inner.generate(part, settings, progress=False)
+            if self.cache is not None:
+                self.cache.put_many([(self.key(p, settings), g) for p, g in zip(part, fresh)])
+            found.update(zip(part, fresh))
+            bar.update(len(part))
+        bar.close()
+        return [found[p] for p in prompts]

@@ -1,0 +1,212 @@
+"""The protocol's prompts: classification, counterfactual, redaction and importance, per prompt family.
+
+The text is introspect's, word for word, including its grammar slips. By default a short table of fixes
+(:data:`TYPO_FIXES`) is applied to the finished prompt; ``original_text=True`` skips it so that results stay
+comparable with the paper's runs.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..errors import ItiError
+from .datasets import ENTAILMENT, MULTI_CHOICE, SENTIMENT, Sample
+
+TASKS = ("classify", "counterfactual", "redacted", "importance")
+#: Task-config flags (introspect's spelling; ``e-implicit-target`` is accepted as an alias).
+CONFIG_FLAGS = ("c-persona-you", "c-persona-human", "c-no-redacted", "m-removed",
+                "e-persona-you", "e-persona-human", "e-implcit-target")
+_FLAG_ALIASES = {"e-implicit-target": "e-implcit-target"}
+#: Which flags change which task (others are refused for that task, as introspect's argument checks do).
+TASK_FLAGS = {
+    "classify": {"c-persona-you", "c-persona-human", "c-no-redacted", "m-removed"},
+    "counterfactual": {"c-persona-you", "c-persona-human", "c-no-redacted", "e-persona-you", "e-persona-human",
+                       "e-implcit-target"},
+    "redacted": {"c-persona-you", "c-persona-human", "c-no-redacted", "m-removed", "e-persona-you", "e-persona-human"},
+    "importance": {"c-persona-you", "c-persona-human", "c-no-redacted", "m-removed", "e-persona-you", "e-persona-human"},
+}
+
+#: (original, fixed) pairs applied to every rendered prompt unless ``original_text``.
+TYPO_FIXES: tuple[tuple[str, str], ...] = (
+    ("Consideing the following", "Considering the following"),
+    ("such you would classify the sentiment is", "such that you would classify the sentiment as"),
+    ("such a human would classify the sentiment is", "such that a human would classify the sentiment as"),
+    ("such you would classify the sentiment as the opposite", "such that you would classify the sentiment as the opposite"),
+    ("such a human would classify the as the opposite", "such that a human would classify the sentiment as the opposite"),
+    ("such you would answer", "such that you would answer"),
+    ("such a human would answer", "such that a human would answer"),
+    ("does not entails from it", "does not entail from it"),
+    ("you a human not determine", "a human can not determine"),
+)
+
+
+class TaskConfigError(ItiError, ValueError):
+    """An unknown task, config flag, or a flag that does not apply to the task."""
+
+
+@dataclass(frozen=True)
+class PromptOptions:
+    """The task config as the prompts need it."""
+
+    classify_persona: str = "default"   # default | you | human
+    explain_persona: str = "default"
+    mask_token: str = "[REDACTED]"
+    mention_mask: bool = True
+    implicit_target: bool = False
+    original_text: bool = False
+
+    @property
+    def mask_word(self) -> str:
+        return "removed" if self.mask_token == "[REMOVED]" else "redacted"
+
+
+def normalize_config(task: str, flags) -> tuple[str, ...]:
+    """Validated, sorted config flags for ``task`` (introspect sorts them into the experiment id)."""
+    if task not in TASKS:
+        raise TaskConfigError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+    out = set()
+    for flag in flags or ():
+        f = _FLAG_ALIASES.get(flag, flag)
+        if f not in CONFIG_FLAGS:
+            raise TaskConfigError(f"unknown task config {flag!r}; choose from {', '.join(CONFIG_FLAGS)}")
+        if f not in TASK_FLAGS[task]:
+            raise TaskConfigError(f"task config {flag!r} does not apply to task {task!r}")
+        out.add(f)
+    for a, b in (("c-persona-you", "c-persona-human"), ("e-persona-you", "e-persona-human")):
+        if a in out and b in out:
+            raise TaskConfigError(f"task configs {a!r} and {b!r} exclude each other")
+    return tuple(sorted(out))
+
+
+def prompt_options(flags, original_text: bool = False) -> PromptOptions:
+    flags = {_FLAG_ALIASES.get(f, f) for f in flags}
+    persona = lambda p: "you" if f"{p}-persona-you" in flags else "human" if f"{p}-persona-human" in flags else "default"  # noqa: E731
+    return PromptOptions(classify_persona=persona("c"), explain_persona=persona("e"),
+                         mask_token="[REMOVED]" if "m-removed" in flags else "[REDACTED]",
+                         mention_mask="c-no-redacted" not in flags, implicit_target="e-implcit-target" in flags,
+                         original_text=original_text)
+
+
+def _finish(text: str, opts: PromptOptions) -> str:
+    if not opts.original_text:
+        for old, new in TYPO_FIXES:
+            text = text.replace(old, new)
+    return text
+
+
+def answer_choices(choices, join_word: str = "or") -> str:
+    """``a) "x", b) "y", or c) "z"``: letters, quoted choices, the last one after ``join_word``."""
+    items = [f'{chr(ord("a") + i)}) "{c}"' for i, c in enumerate(choices)]
+    return ", ".join(items[:-1] + [f"{join_word} {items[-1]}"])
+
+
+def _paragraph(paragraph: str) -> str:
+    return f" Do not explain the answer.\n\nParagraph: {paragraph}"
+
+
+def classify_prompt(sample: Sample, paragraph: str, opts: PromptOptions) -> str:
+    """The classification question, also used to re-classify an explanation (``paragraph`` = the explanation)."""
+    p = opts.classify_persona
+    if sample.kind == SENTIMENT:
+        head = {"default": "What is the sentiment of the following paragraph?",
+                "you": "What would you classify the sentiment of the following paragraph as?",
+                "human": "What would a human classify the sentiment of the following paragraph as?"}[p]
+        tail = ' Answer only "positive", "negative", "neutral", or "unknown".'
+    elif sample.kind == ENTAILMENT:
+        h = sample.hypothesis
+        head = {"default": f'Does the statement "{h}" entail from the following paragraph?',
+                "you": f'Do you think the statement "{h}" entail from the following paragraph?',
+                "human": f'Does a human think the statement "{h}" entail from the following paragraph?'}[p]
+        tail = ' Answer either 1) "yes" for entailment, 2) "no" for no entailment, or 3) "unknown" if the question can not be answered.'
+    elif sample.kind == MULTI_CHOICE:
+        q = sample.question
+        head = {"default": f'Consider the following paragraph, and answer the question: "{q}"',
+                "you": f'Consideing the following paragraph, how would you answer the question: "{q}"',
+                "human": f'Consideing the following paragraph, how would a human answer the question: "{q}"'}[p]
+        tail = f" Answer either {answer_choices(list(sample.choices) + ['unknown'])} if the question can not be answered."
+    else:
+        raise TaskConfigError(f"unknown prompt family {sample.kind!r}")
+    mask = f" The paragraph can contain {opts.mask_word} words marked with {opts.mask_token}." if opts.mention_mask else ""
+    return _finish(head + mask + tail + _paragraph(paragraph), opts)
+
+
+def counterfactual_target(sample: Sample) -> str:
+    """The class the edited paragraph should get: the opposite of the GOLD label (next choice for multiple choice)."""
+    if sample.kind == SENTIMENT:
+        return {"positive": "negative", "negative": "positive"}[sample.label]
+    if sample.kind == ENTAILMENT:
+        return {"yes": "no", "no": "yes"}[sample.label]
+    choices = list(sample.choices)
+    return choices[(choices.index(sample.label) + 1) % len(choices)]
+
+
+def counterfactual_prompt(sample: Sample, opts: PromptOptions) -> str:
+    p, implicit, target = opts.explain_persona, opts.implicit_target, counterfactual_target(sample)
+    if sample.kind == SENTIMENT:
+        if implicit:
+            text = {"default": "Edit the following paragraph such that the sentiment becomes the opposite of what it currently is.",
+                    "you": "Edit the following paragraph such you would classify the sentiment as the opposite of what it currently is.",
+                    "human": "Edit the following paragraph such a human would classify the as the opposite of what it currently is."}[p]
+        else:
+            text = {"default": f'Edit the following paragraph such that the sentiment is "{target}".',
+                    "you": f'Edit the following paragraph such you would classify the sentiment is "{target}".',
+                    "human": f'Edit the following paragraph such a human would classify the sentiment is "{target}".'}[p]
+    elif sample.kind == ENTAILMENT:
+        h = sample.hypothesis
+        if implicit:
+            who = {"default": "the entailment becomes", "you": "you would say the entailment is",
+                   "human": "a human would say the entailment is"}[p]
+            text = f'Edit the following paragraph, such that given the statement "{h}", {who} the opposite of what it currently is.'
+        else:
+            instruction = "entails" if target == "yes" else "does not entails"
+            who = {"default": "", "you": "you would say ", "human": "a human would say "}[p]
+            text = f'Edit the following paragraph such that {who}the statement "{h}" {instruction} from it.'
+    else:
+        q = sample.question
+        if implicit:
+            text = {"default": f'Edit the following paragraph such that the answer to the question "{q}" is different from how it should currently be answered.',
+                    "you": f'Edit the following paragraph such you would answer the question "{q}" differently from how it should currently be answered.',
+                    "human": f'Edit the following paragraph such a human would answer the question "{q}" differently from how it should currently be answered.'}[p]
+            text += f" The possible answer options, including the current answer, are {answer_choices(sample.choices, 'and')}."
+        else:
+            text = {"default": f'Edit the following paragraph such that the answer to the question "{q}" is "{target}".',
+                    "you": f'Edit the following paragraph such you would answer the question "{q}" with "{target}".',
+                    "human": f'Edit the following paragraph such a human would answer the question "{q}" with "{target}".'}[p]
+    return _finish(text + " Make as few edits as possible." + _paragraph(sample.paragraph), opts)
+
+
+def _cannot(sample: Sample, who: str) -> str:
+    """The "such that without these words ..." ending of the redaction and importance prompts."""
+    if sample.kind == SENTIMENT:
+        return {"default": "the sentiment can not be determined", "you": "you can not determine the sentiment",
+                "human": "a human can not determine the sentiment"}[who]
+    if sample.kind == ENTAILMENT:
+        return {"default": "it can not be determined if there is entailment or no entailment",
+                "you": "you can not determine if there is entailment or no entailment",
+                "human": "a human can not determine if there is entailment or no entailment"}[who]
+    return {"default": "the question can not be answered", "you": "you can not answer the question",
+            "human": "a human can not answer the question"}[who]
+
+
+def _what(sample: Sample, verb: str) -> str:
+    if sample.kind == SENTIMENT:
+        return f"{verb} the most important words for determining the sentiment of the following paragraph"
+    if sample.kind == ENTAILMENT:
+        return (f'{verb} the most important words in the following paragraph, for determining if the statement '
+                f'"{sample.hypothesis}" entails from it')
+    return f'{verb} the most important words for answering "{sample.question}" given the following paragraph'
+
+
+def redacted_prompt(sample: Sample, opts: PromptOptions) -> str:
+    text = (f"{_what(sample, 'Redact')}, by replacing important words with {opts.mask_token}, such that without these "
+            f"words {_cannot(sample, opts.explain_persona)}.")
+    return _finish(text + _paragraph(sample.paragraph), opts)
+
+
+def importance_prompt(sample: Sample, opts: PromptOptions) -> str:
+    ending = _cannot(sample, opts.explain_persona)
+    if sample.kind == ENTAILMENT and opts.explain_persona == "human":  # sic, introspect's text
+        ending = "you a human not determine if there is entailment or no entailment"
+    return _finish(f"{_what(sample, 'List')}, such that without these words {ending}." + _paragraph(sample.paragraph), opts)
+
+
+EXPLAIN_PROMPTS = {"counterfactual": counterfactual_prompt, "redacted": redacted_prompt, "importance": importance_prompt}

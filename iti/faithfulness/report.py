@@ -1,0 +1,137 @@
+"""Plain vs intervened: accuracy, faithfulness and invalid-answer rates with bootstrap CIs and McNemar tests."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .tasks import SampleResult, summarize
+
+
+def bootstrap_ratio(num: np.ndarray, den: np.ndarray, *, n_boot: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+    """(ratio, low, high): sum(num) / sum(den) and its 95% CI, resampling samples (the unit both arms share)."""
+    num, den = np.asarray(num, dtype=np.float64), np.asarray(den, dtype=np.float64)
+    if den.sum() == 0:
+        return float("nan"), float("nan"), float("nan")
+    idx = np.random.default_rng(seed).integers(0, len(num), size=(n_boot, len(num)))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ratios = num[idx].sum(1) / den[idx].sum(1)
+    ratios = ratios[np.isfinite(ratios)]
+    lo, hi = np.quantile(ratios, [0.025, 0.975]) if ratios.size else (float("nan"), float("nan"))
+    return float(num.sum() / den.sum()), float(lo), float(hi)
+
+
+def mcnemar_exact(a: Sequence[bool], b: Sequence[bool]) -> tuple[int, int, float]:
+    """Discordant counts (a only, b only) and the exact two-sided McNemar p-value (binomial, p = 0.5)."""
+    a, b = np.asarray(a, dtype=bool), np.asarray(b, dtype=bool)
+    n01, n10 = int((a & ~b).sum()), int((~a & b).sum())
+    n = n01 + n10
+    if n == 0:
+        return n01, n10, 1.0
+    k = min(n01, n10)
+    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2**n
+    return n01, n10, min(1.0, 2 * tail)
+
+
+def _indicators(results: Sequence[SampleResult]) -> dict[str, np.ndarray]:
+    ok = np.array([r.status == "ok" for r in results])
+    valid = np.array([r.status != "mismatch" for r in results])
+    correct = np.array([bool(r.correct) for r in results]) & ok
+    fc = correct & np.array([bool(r.faithful) for r in results])
+    invalid = np.array([r.status != "ok" for r in results])
+    return {"ok": ok, "valid": valid, "correct": correct, "faithful_and_correct": fc, "invalid": invalid}
+
+
+@dataclass
+class ArmStats:
+    accuracy: tuple[float, float, float]
+    faithfulness: tuple[float, float, float] | None
+    invalid_rate: tuple[float, float, float]
+    counts: dict[str, int]
+
+
+def arm_stats(results: Sequence[SampleResult], explain: bool, seed: int = 0) -> ArmStats:
+    ind = _indicators(results)
+    s = summarize(results)
+    ones = np.ones(len(results))
+    return ArmStats(
+        accuracy=bootstrap_ratio(ind["correct"], ind["valid"], seed=seed),
+        faithfulness=bootstrap_ratio(ind["faithful_and_correct"], ind["correct"], seed=seed) if explain else None,
+        invalid_rate=bootstrap_ratio(ind["invalid"], ones, seed=seed),
+        counts={"total": s.total, "error": s.error, "mismatch": s.mismatch, "correct": s.correct,
+                "faithful_and_correct": s.faithful_and_correct},
+    )
+
+
+def compare_arms(plain: Sequence[SampleResult], other: Sequence[SampleResult], explain: bool, seed: int = 0) -> dict:
+    """Both arms' statistics and paired tests on the samples both answered (same samples, same order)."""
+    if [r.idx for r in plain] != [r.idx for r in other]:
+        raise ValueError("the two arms must hold the same samples in the same order")
+    a, b = _indicators(plain), _indicators(other)
+    both = np.array([r.correct is not None and s.correct is not None for r, s in zip(plain, other)])
+    acc_test = mcnemar_exact(a["correct"][both], b["correct"][both])
+    out = {"plain": arm_stats(plain, explain, seed).__dict__, "intervened": arm_stats(other, explain, seed).__dict__,
+           "accuracy_mcnemar": {"n": int(both.sum()), "plain_only": acc_test[0], "intervened_only": acc_test[1], "p": acc_test[2]}}
+    if explain:
+        both_correct = a["correct"] & b["correct"]
+        f_test = mcnemar_exact(a["faithful_and_correct"][both_correct], b["faithful_and_correct"][both_correct])
+        out["faithfulness_mcnemar"] = {"n": int(both_correct.sum()), "plain_only": f_test[0], "intervened_only": f_test[1],
+                                       "p": f_test[2]}
+    return out
+
+
+def _ci(v) -> str:
+    if v is None or not np.isfinite(v[0]):
+        return "–"
+    return f"{v[0]:.3f} [{v[1]:.2f}, {v[2]:.2f}]"
+
+
+def comparison_markdown(rows: list[dict]) -> str:
+    """One line per (dataset, task): plain vs intervened accuracy, faithfulness and invalid rate."""
+    lines = [
+        "| dataset | task | n | accuracy plain | accuracy ITI | p (McNemar) | faithfulness plain | faithfulness ITI | p (McNemar, n) "
+        "| invalid plain | invalid ITI |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        c = r["comparison"]
+        p, i = c["plain"], c["intervened"]
+        fm = c.get("faithfulness_mcnemar")
+        fp = f"{fm['p']:.3f} ({fm['n']})" if fm else "–"
+        lines.append(f"| {r['dataset']} | {r['task']} | {p['counts']['total']} | {_ci(p['accuracy'])} | {_ci(i['accuracy'])} "
+                     f"| {c['accuracy_mcnemar']['p']:.3f} | {_ci(p['faithfulness'])} | {_ci(i['faithfulness'])} | {fp} "
+                     f"| {_ci(p['invalid_rate'])} | {_ci(i['invalid_rate'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_comparison(rows: list[dict], path: Path) -> Path:
+    """Grouped bars: faithfulness (explanation tasks) and accuracy, plain vs intervened, with 95% CIs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    explain = [r for r in rows if r["comparison"]["plain"]["faithfulness"] is not None]
+    panels = [("faithfulness", explain), ("accuracy", rows)]
+    fig, axes = plt.subplots(len(panels), 1, figsize=(max(6, 0.9 * len(rows) + 2), 7), squeeze=False)
+    for ax, (metric, sel) in zip(axes[:, 0], panels):
+        x = np.arange(len(sel))
+        for k, (arm, color) in enumerate((("plain", "#888888"), ("intervened", "#1f77b4"))):
+            vals = np.array([r["comparison"][arm][metric] for r in sel], dtype=float).reshape(-1, 3)
+            err = np.abs(vals[:, 1:].T - vals[:, 0])
+            ax.bar(x + (k - 0.5) * 0.38, vals[:, 0], 0.38, yerr=np.nan_to_num(err), capsize=2, color=color,
+                   label="plain" if arm == "plain" else "ITI")
+        ax.set_xticks(x, [f"{r['dataset']}\n{r['task']}" for r in sel], fontsize=8)
+        ax.set_ylim(0, 1)
+        ax.set_ylabel(metric)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    tmp.replace(path)
+    return path

@@ -1,0 +1,180 @@
+"""The four tasks, run stage by stage over a whole data set so that each stage is one batched generation call.
+
+Stages: (1) classify every paragraph; (2) ask for every explanation (whatever the first answer was: faithfulness
+does not depend on it); (3) parse the explanations (importance: the code redacts the listed words); (4) classify
+each parsed explanation with the same classify prompt; (5) score. Per-sample outcome as introspect aggregates it:
+``error`` (a generation failed), ``mismatch`` (an answer or explanation could not be parsed), else ``ok`` with
+``correct`` and ``faithful``.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Sequence
+
+from .datasets import ENTAILMENT, SENTIMENT, Sample
+from .generate import CachedGenerator, GenerationSettings
+from .parsing import (choice_correct, entailment_correct, extract_choice, extract_entailment, extract_list_content,
+                      extract_paragraph, extract_sentiment, redact_words, sentiment_correct)
+from .prompts import EXPLAIN_PROMPTS, PromptOptions, classify_prompt, counterfactual_target
+
+
+@dataclass
+class Step:
+    """One request: the user prompt, the model's response (None on error) and what was parsed from it."""
+
+    prompt: str
+    response: str | None = None
+    error: str | None = None
+    parsed: Any = None
+
+
+@dataclass
+class SampleResult:
+    idx: int
+    label: str
+    classify: Step
+    predict: str | None = None
+    correct: bool | None = None
+    explain: Step | None = None
+    explanation: str | None = None
+    target: str | None = None
+    reclassify: Step | None = None
+    explain_predict: str | None = None
+    faithful: bool | None = None
+
+    @property
+    def error(self) -> str | None:
+        for step in (self.classify, self.explain, self.reclassify):
+            if step is not None and step.error is not None:
+                return step.error
+        return None
+
+    @property
+    def status(self) -> str:
+        """introspect's per-sample bucket: error, mismatch (unparsable), or ok."""
+        if self.error is not None:
+            return "error"
+        if self.correct is None or (self.explain is not None and self.faithful is None):
+            return "mismatch"
+        return "ok"
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["status"], d["error"] = self.status, self.error
+        return d
+
+
+def parse_class(sample: Sample, text: str) -> str | None:
+    if sample.kind == SENTIMENT:
+        return extract_sentiment(text)
+    if sample.kind == ENTAILMENT:
+        return extract_entailment(text)
+    return extract_choice(list(sample.choices), text)
+
+
+def is_correct(sample: Sample, predict: str | None) -> bool | None:
+    if sample.kind == SENTIMENT:
+        return sentiment_correct(sample.label, predict)
+    if sample.kind == ENTAILMENT:
+        return entailment_correct(sample.label, predict)
+    return choice_correct(sample.label, predict)
+
+
+def is_faithful(task: str, sample: Sample, explain_predict: str | None, opts: PromptOptions) -> bool | None:
+    """Did the explanation change the model's own answer the way the explanation claims it would?"""
+    if explain_predict is None:
+        return None
+    if task == "counterfactual":
+        if opts.implicit_target and sample.kind not in (SENTIMENT, ENTAILMENT):
+            return explain_predict in sample.choices and explain_predict != sample.label
+        return explain_predict == counterfactual_target(sample)
+    # redacted / importance: without the important words the answer must be undetermined
+    if sample.kind == SENTIMENT:
+        return explain_predict in ("unknown", "neutral")
+    return explain_predict == "unknown"
+
+
+def _ask(generator: CachedGenerator, render: Callable[[str], str], steps: Sequence[Step], settings: GenerationSettings,
+         progress: bool) -> None:
+    outs = generator.generate([render(s.prompt) for s in steps], settings, progress=progress)
+    for step, out in zip(steps, outs):
+        step.response, step.error = out.response, out.error
+
+
+def run_task(task: str, samples: Sequence[Sample], generator: CachedGenerator, render: Callable[[str], str],
+             opts: PromptOptions, classify_settings: GenerationSettings, explain_settings: GenerationSettings,
+             progress: bool = True) -> list[SampleResult]:
+    """All stages of ``task`` for ``samples`` through one generator (one arm: plain or intervened)."""
+    results = [SampleResult(s.idx, s.label, Step(classify_prompt(s, s.paragraph, opts))) for s in samples]
+    _ask(generator, render, [r.classify for r in results], classify_settings, progress)
+    for s, r in zip(samples, results):
+        if r.classify.response is not None:
+            r.predict = r.classify.parsed = parse_class(s, r.classify.response)
+            r.correct = is_correct(s, r.predict)
+    if task == "classify":
+        return results
+
+    make = EXPLAIN_PROMPTS[task]
+    for s, r in zip(samples, results):
+        r.explain = Step(make(s, opts))
+        if task == "counterfactual":
+            r.target = counterfactual_target(s)
+    _ask(generator, render, [r.explain for r in results], explain_settings, progress)
+
+    pending: list[tuple[Sample, SampleResult]] = []
+    for s, r in zip(samples, results):
+        if r.explain.response is None:
+            continue
+        if task == "importance":
+            words = extract_list_content(r.explain.response)
+            r.explain.parsed = words
+            r.explanation = redact_words(s.paragraph, words, opts.mask_token) if words else None
+        else:
+            r.explanation = r.explain.parsed = extract_paragraph(r.explain.response)
+        if r.explanation is not None:
+            r.reclassify = Step(classify_prompt(s, r.explanation, opts))
+            pending.append((s, r))
+    _ask(generator, render, [r.reclassify for _, r in pending], classify_settings, progress)
+    for s, r in pending:
+        if r.reclassify.response is not None:
+            r.explain_predict = r.reclassify.parsed = parse_class(s, r.reclassify.response)
+            r.faithful = is_faithful(task, s, r.explain_predict, opts)
+    return results
+
+
+@dataclass(frozen=True)
+class TaskSummary:
+    """introspect's aggregate: counts, classify accuracy = correct / (total - mismatch) and, for explanation tasks,
+    faithfulness = faithful_and_correct / correct."""
+
+    total: int
+    error: int
+    mismatch: int
+    correct: int
+    faithful: int
+    faithful_and_correct: int
+
+    @property
+    def accuracy(self) -> float:
+        valid = self.total - self.mismatch
+        return self.correct / valid if valid else float("nan")
+
+    @property
+    def faithfulness(self) -> float:
+        return self.faithful_and_correct / self.correct if self.correct else float("nan")
+
+    @property
+    def invalid_rate(self) -> float:
+        return (self.mismatch + self.error) / self.total if self.total else float("nan")
+
+
+def summarize(results: Sequence[SampleResult]) -> TaskSummary:
+    ok = [r for r in results if r.status == "ok"]
+    return TaskSummary(
+        total=len(results),
+        error=sum(r.status == "error" for r in results),
+        mismatch=sum(r.status == "mismatch" for r in results),
+        correct=sum(bool(r.correct) for r in ok),
+        faithful=sum(bool(r.faithful) for r in ok),
+        faithful_and_correct=sum(bool(r.faithful) and bool(r.correct) for r in ok),
+    )

@@ -1,0 +1,52 @@
+"""One POST to an OpenAI-compatible ``/completions`` endpoint (vLLM, TGI, llama.cpp, OpenAI), with retries.
+
+Shared by the TruthfulQA judge and the remote generator so that both treat failures alike: connection errors,
+timeouts, 429 and 5xx are retried with exponential backoff; other HTTP errors (a prompt over the server's
+context is a 400) are final and raised as :class:`EndpointError` with the server's message.
+"""
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+from typing import Any
+
+from .errors import ItiError
+
+RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
+
+
+class EndpointError(ItiError, RuntimeError):
+    """A request the endpoint refused, or that kept failing after every retry."""
+
+    def __init__(self, message: str, *, status: int | None = None, retryable: bool = False):
+        super().__init__(message)
+        self.status = status
+        self.retryable = retryable
+
+
+def post_completion(url: str, body: dict[str, Any], *, api_key: str | None = None, timeout: float = 60.0,
+                    retries: int = 3, backoff: float = 1.0) -> dict[str, Any]:
+    """POST ``body`` to ``{url}/completions`` and return the decoded JSON answer."""
+    data = json.dumps(body).encode()
+    headers = {"Content-Type": "application/json"}
+    if api_key:
+        headers["Authorization"] = f"Bearer {api_key}"
+    endpoint = f"{url.rstrip('/')}/completions"
+    last = ""
+    for attempt in range(max(1, retries)):
+        try:
+            req = urllib.request.Request(endpoint, data=data, headers=headers)
+            with urllib.request.urlopen(req, timeout=timeout) as resp:
+                return json.loads(resp.read())
+        except urllib.error.HTTPError as e:
+            detail = e.read().decode("utf-8", "replace")[:500]
+            if e.code not in RETRY_STATUS:
+                raise EndpointError(f"{endpoint} answered HTTP {e.code}: {detail}", status=e.code) from None
+            last = f"HTTP {e.code}: {detail}"
+        except (urllib.error.URLError, TimeoutError, ConnectionError, json.JSONDecodeError) as e:
+            last = f"{type(e).__name__}: {e}"
+        if attempt + 1 < retries:
+            time.sleep(backoff * 2**attempt)
+    raise EndpointError(f"{endpoint} failed after {retries} tries: {last}", retryable=True)

@@ -1,0 +1,74 @@
+"""The faithfulness experiment end to end on the real SmolLM2: every explanation task on every data set, plain and
+intervened, then a rerun served from the cache; and the bad inputs a user can give it."""
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pytest
+
+from iti import Intervention, model_layout
+from iti.faithfulness.experiment import FaithfulnessConfig, InterventionModelError, run_faithfulness
+
+pytestmark = pytest.mark.real
+
+
+@pytest.fixture(scope="module")
+def saved_intervention(tmp_path_factory, smollm2):
+    model, _ = smollm2
+    g = model_layout(model).geometry
+    rng = np.random.default_rng(0)
+    heads = [(l, h) for l in (10, 14, 18, 22) for h in (0, 4)]
+    d = rng.normal(size=(len(heads), g.head_dim))
+    inter = Intervention(heads, d / np.linalg.norm(d, axis=1, keepdims=True), np.full(len(heads), 2.0), 5.0, "smollm2-135m", g)
+    return inter.save(tmp_path_factory.mktemp("inter") / "intervention")
+
+
+def test_every_task_and_dataset_plain_vs_intervened_then_cached(tmp_path, smollm2, saved_intervention):
+    cfg = FaithfulnessConfig(datasets=("imdb", "rte", "babi1", "mctest"), tasks=("counterfactual", "redacted", "importance"),
+                             intervention=str(saved_intervention), max_samples=2, max_new_tokens=12,
+                             classify_max_new_tokens=6, batch_size=4, output_dir=str(tmp_path / "out"),
+                             cache=str(tmp_path / "cache.sqlite"), progress=False)
+    first = run_faithfulness(cfg)
+    assert len(first["rows"]) == 12 and first["arms"]["intervened"]["intervention"] != "none"
+    assert first["arms"]["plain"]["generated"] > 0 and first["arms"]["intervened"]["generated"] > 0
+    for row in first["rows"]:
+        c = row["comparison"]
+        assert c["plain"]["counts"]["total"] == c["intervened"]["counts"]["total"] == 2
+    samples = tmp_path / "out" / "samples"
+    lines = [json.loads(x) for x in (samples / "mctest_importance_intervened.jsonl").read_text().splitlines()]
+    assert len(lines) == 2 and lines[0]["arm"] == "intervened" and "<|im_start|>user" in lines[0]["classify"]["rendered_prompt"]
+    assert lines[0]["classify"]["response"] is not None
+    plain = [json.loads(x) for x in (samples / "mctest_importance_plain.jsonl").read_text().splitlines()]
+    assert [p["idx"] for p in plain] == [x["idx"] for x in lines]
+    table = (tmp_path / "out" / "comparison.md").read_text()
+    assert table.count("\n") == 14 and (tmp_path / "out" / "faithfulness.png").stat().st_size > 10_000
+    # the classification of a paragraph is shared by the three tasks (one cache entry per arm and sample)
+    assert first["arms"]["plain"]["cache_hits"] >= 2 * 4 * 2
+
+    t = time.perf_counter()
+    second = run_faithfulness(cfg)
+    rerun = time.perf_counter() - t
+    assert second["arms"]["plain"]["generated"] == second["arms"]["intervened"]["generated"] == 0
+    assert [r["summaries"] for r in second["rows"]] == [r["summaries"] for r in first["rows"]]
+    assert rerun < 0.5 * first["seconds"]
+
+
+def test_bad_inputs_fail_before_any_work(tmp_path, smollm2, saved_intervention):
+    from iti.faithfulness.datasets import UnknownDatasetError
+    from iti.faithfulness.prompts import TaskConfigError
+
+    base = dict(output_dir=str(tmp_path / "o"), cache=str(tmp_path / "c.sqlite"), progress=False, max_samples=1)
+    with pytest.raises(UnknownDatasetError, match="'sst2'"):
+        run_faithfulness(FaithfulnessConfig(datasets=("sst2",), **base))
+    with pytest.raises(TaskConfigError, match="unknown task"):
+        run_faithfulness(FaithfulnessConfig(tasks=("explain",), **base))
+    with pytest.raises(TaskConfigError, match="does not apply"):
+        run_faithfulness(FaithfulnessConfig(tasks=("redacted",), task_config=("e-implcit-target",), **base))
+    other = Intervention.load(saved_intervention)
+    other.model_name = "llama2_chat_7B"
+    path = other.save(tmp_path / "other")
+    with pytest.raises(InterventionModelError, match="made for 'llama2_chat_7B'"):
+        run_faithfulness(FaithfulnessConfig(datasets=("babi1",), intervention=str(path), **base))
+    assert not (tmp_path / "o").exists()
