@@ -5,7 +5,7 @@ import argparse
 import time
 from pathlib import Path
 
-from . import bench_collection, bench_hooks, bench_lm_eval, bench_mc, bench_probes
+from . import bench_collection, bench_generation, bench_hooks, bench_lm_eval, bench_mc, bench_probes
 from .common import RESULTS_DIR, README, render_readme
 
 BENCHMARKS = {
@@ -14,6 +14,7 @@ BENCHMARKS = {
     "probes": bench_probes.run,
     "mc_scoring": bench_mc.run,
     "lm_eval_mc": bench_lm_eval.run,
+    "generation": bench_generation.run,
 }
 
 

@@ -249,3 +249,12 @@ def test_compare_arms_pairs_samples():
 
 def test_shared_data_is_beside_the_checkout():
     assert (SHARED_DATA / "faithfulness").is_dir()
+
+
+def test_cli_reports_bad_input_without_a_traceback(capsys):
+    from iti.cli import main
+
+    assert main(["faithfulness", "--dataset", "sst2", "--quiet"]) == 2
+    assert "unknown faithfulness data set 'sst2'" in capsys.readouterr().err
+    assert main(["faithfulness", "--task", "redacted", "--task-config", "e-implcit-target", "--quiet"]) == 2
+    assert "does not apply to task 'redacted'" in capsys.readouterr().err

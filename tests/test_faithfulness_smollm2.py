@@ -72,3 +72,22 @@ def test_bad_inputs_fail_before_any_work(tmp_path, smollm2, saved_intervention):
     with pytest.raises(InterventionModelError, match="made for 'llama2_chat_7B'"):
         run_faithfulness(FaithfulnessConfig(datasets=("babi1",), intervention=str(path), **base))
     assert not (tmp_path / "o").exists()
+
+
+def test_baked_model_as_the_intervened_arm(tmp_path, saved_intervention):
+    from iti import load_model
+    from iti.bake import bake, save_baked
+
+    model, tok = load_model("smollm2-135m")
+    inter = Intervention.load(saved_intervention, model)
+    bake(model, inter)
+    baked_dir = save_baked(model, tok, tmp_path / "baked", inter)
+    del model
+    cfg = FaithfulnessConfig(datasets=("babi1",), tasks=("redacted",), baked=str(baked_dir), max_samples=2, max_new_tokens=8,
+                             classify_max_new_tokens=4, output_dir=str(tmp_path / "out"), cache=str(tmp_path / "c.sqlite"),
+                             progress=False)
+    out = run_faithfulness(cfg)
+    assert out["arms"]["intervened"]["intervention"] == f"baked:{inter.fingerprint()}"
+    assert out["arms"]["plain"]["intervention"] == "none" and out["rows"][0]["comparison"]["plain"]["counts"]["total"] == 2
+    with pytest.raises(ValueError, match="not both"):
+        run_faithfulness(FaithfulnessConfig(baked=str(baked_dir), intervention=str(saved_intervention), progress=False))

@@ -70,7 +70,7 @@ def _check_inputs(cfg: FaithfulnessConfig) -> dict[str, tuple[str, ...]]:
     if cfg.max_samples is not None and cfg.max_samples < 1:
         raise EmptyInputError(f"--max-samples must be >= 1, got {cfg.max_samples}")
     if cfg.intervention and cfg.baked:
-        raise ValueError("give --intervention (runtime shift) or --baked (edited weights), not both")
+        raise InterventionModelError("give --intervention (runtime shift) or --baked (edited weights), not both")
     return {t: normalize_config(t, cfg.task_config) for t in cfg.tasks}
 
 
