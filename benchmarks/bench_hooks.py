@@ -1,10 +1,12 @@
-"""Hook overhead: a forward pass that captures every head (last token) vs a plain forward, same batch."""
+"""Hook overhead: a forward pass that captures every head (last token) vs a plain forward, same batch; beside it
+the same capture (every layer's o_proj input, then each row's last token) with pyvene and with nnsight."""
 from __future__ import annotations
 
+import re
 
 import torch
 
-from iti import HeadTrace, build_prompt_set, load_model
+from iti import HeadTrace, build_prompt_set, load_model, model_layout
 from iti.collect import batch_inputs, encode_prompts, forward_kwargs, pad_token_id, plan_batches
 
 from .common import BenchResult, Row, bench_main, time_interleaved
@@ -33,7 +35,24 @@ def run(batch_size: int = 32, repeats: int = 30, quick: bool = False) -> BenchRe
                 trace.stacked_heads()
         return fn
 
-    t = time_interleaved({"plain": plain, "heads": hooked(False), "heads+residual": hooked(True)}, repeats)
+    last = inputs["attention_mask"].sum(1) - 1
+    rows = torch.arange(len(last))
+    paths = model_layout(model).head_out_paths
+    with torch.inference_mode(), HeadTrace(model, attention_mask=inputs["attention_mask"]) as trace:
+        model(**inputs, **kwargs)
+        reference = trace.stacked_heads().flatten(2)  # [batch, layers, heads * head_dim]
+    fns = {"plain": plain, "heads": hooked(False), "heads+residual": hooked(True)}
+    peers, checks = {}, {}
+    for name, make in (("pyvene", _pyvene_capture), ("nnsight", _nnsight_capture)):
+        try:
+            fn = make(model, tok, paths, inputs, rows, last)
+        except ImportError as e:  # the bench extra is not installed: say so in the table
+            peers[name] = f"not installed ({e.name})"
+            continue
+        with torch.inference_mode():
+            checks[name] = float((fn() - reference).abs().max())
+        fns[name] = fn
+    t = time_interleaved(fns, repeats)
     tokens = int(inputs["attention_mask"].sum())
     result = BenchResult("hook_overhead", "Hook overhead (SmolLM2-135M, fp32, CPU)", "python -m benchmarks.bench_hooks")
     base = t["plain"]["median"]
@@ -45,8 +64,61 @@ def run(batch_size: int = 32, repeats: int = 30, quick: bool = False) -> BenchRe
             f"{ours * 1000:.1f} ms", f"{base * 1000:.1f} ms (plain forward)", base / ours,
             "overhead <= 5%", overhead <= 0.05,
         ))
-    result.data = {"timings_s": t, "batch_size": len(idx), "tokens": tokens, "overhead": {k: t[k]["median"] / base - 1 for k in t}}
+    for name in ("pyvene", "nnsight"):
+        if name in t:
+            theirs = t[name]["median"]
+            result.rows.append(Row(
+                f"{name}: the same capture (max abs diff vs ours {checks[name]:.1e})", f"{t['heads']['median'] * 1000:.1f} ms (ours)",
+                f"{theirs * 1000:.1f} ms ({name}, overhead {theirs / base - 1:+.1%})", theirs / t["heads"]["median"],
+                "report", None))
+        else:
+            result.rows.append(Row(f"{name}: the same capture", "-", peers[name], float("nan"), "report", None))
+    result.data = {"timings_s": t, "batch_size": len(idx), "tokens": tokens, "overhead": {k: t[k]["median"] / base - 1 for k in t},
+                   "max_abs_diff_vs_ours": checks, "peers": peers}
     return result
+
+
+def _pyvene_capture(model, tok, paths, inputs, rows, last):
+    """pyvene's IntervenableModel with one collecting intervention per layer on the o_proj input."""
+    import pyvene as pv
+
+    store: dict[int, torch.Tensor] = {}
+
+    def collector(layer: int):
+        def collect(base, source=None, subspaces=None):
+            store[layer] = base
+            return base
+        return collect
+
+    components = [re.sub(r"\.(\d+)\.", r"[\1].", p) + ".input" for p in paths]
+    wrapped = pv.IntervenableModel([{"component": c, "intervention": collector(l)} for l, c in enumerate(components)], model)
+
+    def fn():
+        with torch.inference_mode():
+            wrapped({"input_ids": inputs["input_ids"], "attention_mask": inputs["attention_mask"]})
+            return torch.stack([store[l][rows, last] for l in range(len(paths))], 1)
+    return fn
+
+
+def _nnsight_capture(model, tok, paths, inputs, rows, last):
+    """nnsight's trace, saving every layer's o_proj input."""
+    import nnsight
+
+    wrapped = nnsight.LanguageModel(model, tokenizer=tok)
+
+    def module(path: str):
+        m = wrapped
+        for part in path.split("."):
+            m = m[int(part)] if part.isdigit() else getattr(m, part)
+        return m
+
+    def fn():
+        saved = []
+        with torch.inference_mode(), wrapped.trace({"input_ids": inputs["input_ids"], "attention_mask": inputs["attention_mask"]}):
+            for p in paths:
+                saved.append(module(p).input.save())
+        return torch.stack([x[rows, last] for x in saved], 1)
+    return fn
 
 
 def main(argv=None) -> None:

@@ -5,7 +5,8 @@ import argparse
 import time
 from pathlib import Path
 
-from . import bench_collection, bench_generation, bench_hooks, bench_lm_eval, bench_mc, bench_probes
+from . import (bench_collection, bench_generation, bench_hooks, bench_intervention_generation, bench_lm_eval, bench_mc,
+               bench_memory, bench_probes)
 from .common import RESULTS_DIR, README, render_readme
 
 BENCHMARKS = {
@@ -15,6 +16,8 @@ BENCHMARKS = {
     "mc_scoring": bench_mc.run,
     "lm_eval_mc": bench_lm_eval.run,
     "generation": bench_generation.run,
+    "intervention_generation": bench_intervention_generation.run,
+    "memory_scaling": bench_memory.run,
 }
 
 
