@@ -19,7 +19,7 @@ from .cache import GenerationCache
 from .datasets import ALIASES, UnknownDatasetError, dataset_names, load_faithfulness_dataset
 from .generate import CachedGenerator, GenerationSettings, LocalGenerator, RemoteGenerator, render_chat
 from .prompts import normalize_config, prompt_options
-from .report import compare_arms, comparison_markdown, plot_comparison
+from .report import compare_arms, comparison_markdown, first_answer_markdown, first_answer_stats, plot_comparison
 from .tasks import run_task, summarize
 
 EXPLAIN_TASKS = ("counterfactual", "redacted", "importance")
@@ -150,7 +150,8 @@ def run_faithfulness(cfg: FaithfulnessConfig) -> dict[str, Any]:
                     print(f"[faithfulness]   accuracy {s.accuracy:.3f}, faithfulness {s.faithfulness:.3f}, "
                           f"mismatch {s.mismatch}, error {s.error} ({time.perf_counter() - t:.0f} s)", flush=True)
             row = {"dataset": ds.name, "task": task, "task_config": list(flags[task]), "samples": len(samples),
-                   "origin": ds.origin, "summaries": {a: asdict(summarize(r)) for a, r in per_arm.items()}}
+                   "origin": ds.origin, "summaries": {a: asdict(summarize(r)) for a, r in per_arm.items()},
+                   "first_answer": {a: first_answer_stats(r) for a, r in per_arm.items()}}
             if "intervened" in per_arm:
                 row["comparison"] = compare_arms(per_arm["plain"], per_arm["intervened"], task != "classify", seed=cfg.seed)
             rows.append(row)
@@ -177,7 +178,7 @@ def _write_summary(out: Path, cfg: FaithfulnessConfig, arms: dict[str, CachedGen
     atomic_write_json(out / "summary.json", summary)
     compared = [r for r in rows if "comparison" in r]
     if compared:
-        atomic_write_text(out / "comparison.md", comparison_markdown(compared))
+        atomic_write_text(out / "comparison.md", comparison_markdown(compared) + "\n" + first_answer_markdown(rows))
         plot_comparison(compared, out / "faithfulness.png")
     return summary
 

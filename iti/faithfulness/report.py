@@ -71,8 +71,10 @@ def compare_arms(plain: Sequence[SampleResult], other: Sequence[SampleResult], e
     if [r.idx for r in plain] != [r.idx for r in other]:
         raise ValueError("the two arms must hold the same samples in the same order")
     a, b = _indicators(plain), _indicators(other)
+    # classification: every sample whose first answer parsed in both arms (whatever became of its explanation)
     both = np.array([r.correct is not None and s.correct is not None for r, s in zip(plain, other)])
-    acc_test = mcnemar_exact(a["correct"][both], b["correct"][both])
+    first_plain, first_other = np.array([bool(r.correct) for r in plain]), np.array([bool(s.correct) for s in other])
+    acc_test = mcnemar_exact(first_plain[both], first_other[both])
     out = {"plain": arm_stats(plain, explain, seed).__dict__, "intervened": arm_stats(other, explain, seed).__dict__,
            "accuracy_mcnemar": {"n": int(both.sum()), "plain_only": acc_test[0], "intervened_only": acc_test[1], "p": acc_test[2]}}
     if explain:
@@ -104,6 +106,26 @@ def comparison_markdown(rows: list[dict]) -> str:
         lines.append(f"| {r['dataset']} | {r['task']} | {p['counts']['total']} | {_ci(p['accuracy'])} | {_ci(i['accuracy'])} "
                      f"| {c['accuracy_mcnemar']['p']:.3f} | {_ci(p['faithfulness'])} | {_ci(i['faithfulness'])} | {fp} "
                      f"| {_ci(p['invalid_rate'])} | {_ci(i['invalid_rate'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def first_answer_stats(results: Sequence[SampleResult]) -> dict[str, int]:
+    """The classification step alone (the same prompts in every task): how many parsed, how many were right."""
+    return {"total": len(results), "parsed": sum(r.predict is not None for r in results),
+            "correct": sum(bool(r.correct) for r in results)}
+
+
+def first_answer_markdown(rows: list[dict]) -> str:
+    """Per data set: share of parsable first answers and accuracy among them, per arm."""
+    lines = ["| dataset | arm | first answers parsed | accuracy among parsed |", "|---|---|---|---|"]
+    seen = set()
+    for r in rows:
+        if r["dataset"] in seen or "first_answer" not in r:
+            continue
+        seen.add(r["dataset"])
+        for arm, st in r["first_answer"].items():
+            acc = f"{st['correct'] / st['parsed']:.3f}" if st["parsed"] else "–"
+            lines.append(f"| {r['dataset']} | {arm} | {st['parsed']}/{st['total']} | {acc} |")
     return "\n".join(lines) + "\n"
 
 
