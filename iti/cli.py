@@ -181,6 +181,8 @@ def add_faithfulness_args(p: argparse.ArgumentParser) -> None:
     _flag(p, "max_new_tokens", type=int, default=256, help="explanation length limit (introspect: 1024)")
     _flag(p, "classify_max_new_tokens", type=int, default=48, help="classification answer length limit")
     _flag(p, "batch_size", type=int, default=8)
+    _flag(p, "device_map", default=None, help="e.g. auto (spread a large model over the GPUs)")
+    _flag(p, "dtype", default=None, help="compute dtype (default float32 on CPU, float16 on GPU)")
     _flag(p, "original_prompts", action="store_true", help="introspect's prompt text with its typos (comparability)")
     _flag(p, "chat_format", default=None, help="for tokenizers without a chat template: llama2, mistral or plain")
     _flag(p, "data_dir", default=None, help="data root holding faithfulness/ (default: $ITI_DATA_DIR, ../shared/data, hub)")
@@ -199,6 +201,7 @@ def run_faithfulness_cmd(args: argparse.Namespace) -> None:
         model=args.model, datasets=args.dataset, tasks=args.task, task_config=args.task_config, intervention=args.intervention,
         baked=args.baked, alpha=args.alpha, max_samples=args.max_samples or None, seed=args.seed,
         max_new_tokens=args.max_new_tokens, classify_max_new_tokens=args.classify_max_new_tokens, batch_size=args.batch_size,
+        device_map=args.device_map, dtype=args.dtype,
         original_prompts=args.original_prompts, chat_format=args.chat_format, data_dir=args.data_dir,
         output_dir=args.output_dir, cache=args.cache, remote_url=args.remote_url, remote_plain_model=args.remote_plain_model,
         remote_intervened_model=args.remote_intervened_model, progress=not args.quiet)

@@ -43,6 +43,8 @@ class FaithfulnessConfig:
     max_new_tokens: int = 256
     classify_max_new_tokens: int = 48
     batch_size: int = 8
+    device_map: str | None = None     # e.g. "auto": spread a large model over the GPUs
+    dtype: str | None = None
     original_prompts: bool = False
     chat_format: str | None = None
     data_dir: str | None = None
@@ -101,7 +103,7 @@ def build_arms(cfg: FaithfulnessConfig, cache: GenerationCache | None) -> tuple[
         if cfg.remote_intervened_model:
             arms["intervened"] = CachedGenerator(RemoteGenerator(cfg.remote_url, cfg.remote_intervened_model), cache)
         return arms, tokenizer
-    model, tokenizer = load_model(cfg.model)
+    model, tokenizer = load_model(cfg.model, device_map=cfg.device_map, dtype=cfg.dtype)
     arms["plain"] = CachedGenerator(LocalGenerator(model, tokenizer, model_id=cfg.model, batch_size=cfg.batch_size), cache)
     if cfg.intervention:
         inter = Intervention.load(cfg.intervention, model)
@@ -112,7 +114,7 @@ def build_arms(cfg: FaithfulnessConfig, cache: GenerationCache | None) -> tuple[
         arms["intervened"] = CachedGenerator(
             LocalGenerator(model, tokenizer, model_id=cfg.model, intervention=inter, batch_size=cfg.batch_size), cache)
     elif cfg.baked:
-        baked_model, _ = load_model(cfg.baked)
+        baked_model, _ = load_model(cfg.baked, device_map=cfg.device_map, dtype=cfg.dtype)
         inter = Intervention.load(Path(cfg.baked) / "iti_intervention")
         if not _same_model(inter.model_name, cfg.model):
             raise InterventionModelError(f"{cfg.baked} was baked from {inter.model_name!r}, not from {cfg.model!r}")
