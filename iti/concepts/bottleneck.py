@@ -1,0 +1,126 @@
+"""A sparse concept bottleneck read from a frozen model's heads.
+
+SparseCBM prunes one weight mask per concept inside a fine-tuned encoder. On a frozen decoder the same question
+becomes: which few heads carry each concept? Per aspect, every head gets a 3-way probe (one-vs-rest logistic
+probes, all heads at once); the top-k heads by held-out accuracy form that concept's "subnetwork", and a
+multinomial probe on their concatenated outputs predicts the concept. A label head maps the 12 concept
+probabilities (4 aspects x 3 classes) to the 5 ratings: the bottleneck.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import accuracy_score, f1_score
+
+from ..directions import top_heads
+from ..errors import EmptyInputError
+from ..probes import HeadProbes
+from .cebab import ASPECTS
+
+N_CLASSES = 3
+
+
+def review_prompt(text: str) -> str:
+    """The prompt whose last token is read: the review, then the rating question (answer tokens "1".."5")."""
+    return f"Review: {text.strip()}\nRating (1-5):"
+
+
+def head_concept_accuracy(X_train: np.ndarray, y_train: np.ndarray, X_val: np.ndarray, y_val: np.ndarray,
+                          C: float = 1.0) -> np.ndarray:
+    """[L, H] held-out accuracy of a one-vs-rest 3-way probe on each head (argmax of the three decision values).
+
+    A class absent from the training labels is never predicted (its probe cannot be fitted)."""
+    if len(X_train) == 0 or len(X_val) == 0:
+        raise EmptyInputError("head_concept_accuracy needs training and validation rows")
+    scores = []
+    for c in range(N_CLASSES):
+        yc = (y_train == c).astype(np.float32)
+        if yc.min() == yc.max():
+            scores.append(np.full((len(X_val),) + X_val.shape[1:3], -np.inf, dtype=np.float32))
+            continue
+        scores.append(HeadProbes(C=C).fit(X_train, yc).decision_function(X_val))  # [N, L, H]
+    pred = np.stack(scores, -1).argmax(-1)
+    return (pred == y_val[:, None, None]).mean(0)
+
+
+def _gather(X: np.ndarray, heads: list[tuple[int, int]]) -> np.ndarray:
+    return np.concatenate([X[:, l, h, :] for l, h in heads], axis=1)
+
+
+@dataclass
+class SparseConceptBottleneck:
+    """Top-``k`` heads per aspect -> 3-way concept probes -> 12 concept probabilities -> 5-way rating."""
+
+    k: int = 8
+    C: float = 1.0
+    seed: int = 0
+    heads: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
+    head_accuracy: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def select_heads(self, X_train, C_train, X_val, C_val) -> "SparseConceptBottleneck":
+        """Rank every head per aspect by held-out accuracy (probes fitted on train, scored on val)."""
+        for j, aspect in enumerate(ASPECTS):
+            acc = head_concept_accuracy(X_train, C_train[:, j], X_val, C_val[:, j], self.C)
+            self.head_accuracy[aspect] = acc
+            self.heads[aspect] = top_heads(acc, self.k)
+        return self
+
+    def fit(self, X: np.ndarray, concepts: np.ndarray, ratings: np.ndarray) -> "SparseConceptBottleneck":
+        if not self.heads:
+            raise ValueError("select_heads first (or set .heads)")
+        self.concept_models_ = {}
+        for j, aspect in enumerate(ASPECTS):
+            m = LogisticRegression(C=self.C, max_iter=2000, random_state=self.seed)
+            self.concept_models_[aspect] = m.fit(_gather(X, self.heads[aspect]), concepts[:, j])
+        self.label_model_ = LogisticRegression(C=self.C, max_iter=2000, random_state=self.seed)
+        self.label_model_.fit(self.concept_probabilities(X).reshape(len(X), -1), ratings)
+        return self
+
+    def concept_probabilities(self, X: np.ndarray) -> np.ndarray:
+        """[N, 4, 3]; a class the probe never saw gets probability 0."""
+        out = np.zeros((len(X), len(ASPECTS), N_CLASSES))
+        for j, aspect in enumerate(ASPECTS):
+            m = self.concept_models_[aspect]
+            out[:, j, m.classes_] = m.predict_proba(_gather(X, self.heads[aspect]))
+        return out
+
+    def predict_concepts(self, X: np.ndarray) -> np.ndarray:
+        return self.concept_probabilities(X).argmax(-1)
+
+    def rating_probabilities(self, X: np.ndarray, concept_probs: np.ndarray | None = None) -> np.ndarray:
+        """[N, 5]; pass ``concept_probs`` to run the label head on edited concepts (oracle correction)."""
+        cp = self.concept_probabilities(X) if concept_probs is None else concept_probs
+        out = np.zeros((len(cp), 5))
+        out[:, self.label_model_.classes_] = self.label_model_.predict_proba(cp.reshape(len(cp), -1))
+        return out
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        return self.rating_probabilities(X).argmax(-1)
+
+    def expected_rating(self, X: np.ndarray, concept_probs: np.ndarray | None = None) -> np.ndarray:
+        """Expected stars (1-5) under the label head: a continuous rating whose change can be compared with humans'."""
+        return self.rating_probabilities(X, concept_probs) @ np.arange(1, 6)
+
+
+def task_and_concept_metrics(pred_ratings, ratings, pred_concepts, concepts) -> dict[str, float]:
+    """Accuracy and sklearn's macro-F1 for the rating and per aspect (SparseCBM's own "macro F1" is not sklearn's)."""
+    out = {"task_accuracy": float(accuracy_score(ratings, pred_ratings)),
+           "task_macro_f1": float(f1_score(ratings, pred_ratings, average="macro"))}
+    for j, aspect in enumerate(ASPECTS):
+        out[f"{aspect}_accuracy"] = float(accuracy_score(concepts[:, j], pred_concepts[:, j]))
+        out[f"{aspect}_macro_f1"] = float(f1_score(concepts[:, j], pred_concepts[:, j], average="macro", labels=[0, 1, 2]))
+    out["concept_accuracy"] = float(np.mean([out[f"{a}_accuracy"] for a in ASPECTS]))
+    out["concept_macro_f1"] = float(np.mean([out[f"{a}_macro_f1"] for a in ASPECTS]))
+    return out
+
+
+def oracle_correction(model: SparseConceptBottleneck, X: np.ndarray, concepts: np.ndarray) -> np.ndarray:
+    """Ratings after setting every mispredicted concept to its gold class (one-hot) in the bottleneck: the
+    analogue of CBM test-time intervention."""
+    probs = model.concept_probabilities(X)
+    wrong = probs.argmax(-1) != concepts
+    gold = np.eye(N_CLASSES)[concepts]
+    fixed = np.where(wrong[..., None], gold, probs)
+    return model.rating_probabilities(X, fixed).argmax(-1)
