@@ -1,4 +1,4 @@
-"""Command line: ``iti collect``, ``iti validate``, ``iti bake``, ``iti faithfulness``, ``iti demo``. Scripts in the repo call :func:`main`."""
+"""Command line: ``iti collect``, ``iti validate``, ``iti bake``, ``iti faithfulness``, ``iti concepts``, ``iti demo``. Scripts in the repo call :func:`main`."""
 from __future__ import annotations
 
 import argparse
@@ -208,6 +208,32 @@ def run_faithfulness_cmd(args: argparse.Namespace) -> None:
     run_faithfulness(cfg)
 
 
+def add_concepts_args(p: argparse.ArgumentParser) -> None:
+    _flag(p, "model", default="smollm2-135m")
+    _flag(p, "ks", type=int, nargs="+", default=[1, 4, 16, 64], help="heads per concept to try (chosen on dev)")
+    _flag(p, "alphas", type=float, nargs="+", default=[0.0, 2.0, 5.0, 10.0, 20.0], help="steering strengths (chosen on dev)")
+    _flag(p, "max_reviews", type=int, default=None, help="seeded sample of N reviews per split (default: all)")
+    _flag(p, "max_pairs", type=int, default=200, help="counterfactual pairs per split for steering (0 = all)")
+    _flag(p, "no_dense", action="store_true", help="skip the dense all-heads probe baseline")
+    _flag(p, "seed", type=int, default=0)
+    _flag(p, "batch_size", type=int, default=16)
+    _flag(p, "data_dir", default=None, help="data root holding cebab/ (default: $ITI_DATA_DIR, ../shared/data, hub)")
+    _flag(p, "output_dir", default="validation/concepts_results/run")
+    _flag(p, "quiet", action="store_true")
+
+
+def run_concepts_cmd(args: argparse.Namespace) -> None:
+    from .concepts.experiment import ConceptConfig, run_concepts
+
+    r = run_concepts(ConceptConfig(model=args.model, ks=args.ks, alphas=args.alphas, max_reviews=args.max_reviews,
+                                   max_pairs=args.max_pairs or None, dense_baseline=not args.no_dense, seed=args.seed,
+                                   batch_size=args.batch_size, data_dir=args.data_dir, output_dir=args.output_dir,
+                                   progress=not args.quiet))
+    print(f"[concepts] k = {r['chosen_k']}, test task accuracy {r['test']['task_accuracy']:.3f}, concept accuracy "
+          f"{r['test']['concept_accuracy']:.3f} (majority {r['majority_baseline_test']['mean']:.3f}); {r['seconds']:.0f} s; "
+          f"wrote {args.output_dir}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="iti", description="Read and steer attention heads of Hugging Face LMs.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -223,6 +249,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("faithfulness", help="self-explanation faithfulness, plain vs intervened model (introspect)")
     add_faithfulness_args(p)
     p.set_defaults(func=run_faithfulness_cmd)
+    p = sub.add_parser("concepts", help="sparse concept bottleneck and concept steering on CEBaB (SparseCBM idea)")
+    add_concepts_args(p)
+    p.set_defaults(func=run_concepts_cmd)
     p = sub.add_parser("demo", help="the main job end to end on the embedded model, quick preset")
     _flag(p, "max_questions", type=int, default=100)
     _flag(p, "output_dir", default=None)

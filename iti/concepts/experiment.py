@@ -1,0 +1,196 @@
+"""The concept experiment end to end: features on CEBaB, sparse bottleneck swept over k (chosen on dev), baselines,
+oracle correction, and concept steering swept over alpha (chosen on dev pairs), reported on test."""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+from sklearn.linear_model import LogisticRegression
+
+from ..collect import collect_head_activations
+from ..errors import EmptyInputError
+from ..io import atomic_write_json, atomic_write_text
+from .bottleneck import (SparseConceptBottleneck, head_concept_accuracy, oracle_correction, review_prompt,
+                         task_and_concept_metrics)
+from .cebab import ASPECTS, CebabSplit, load_cebab, majority_baseline
+from .steering import VARIANTS, ConceptDirections, steer_pairs, summarize_steering
+
+
+@dataclass
+class ConceptConfig:
+    model: str = "smollm2-135m"
+    ks: Sequence[int] = (1, 4, 16, 64)
+    alphas: Sequence[float] = (0.0, 2.0, 5.0, 10.0, 20.0)
+    max_reviews: int | None = None      # per split, seeded sample (None = all)
+    max_pairs: int | None = 200         # counterfactual pairs per split for steering
+    dense_baseline: bool = True
+    seed: int = 0
+    batch_size: int = 16
+    data_dir: str | None = None
+    output_dir: str = "validation/concepts_results/run"
+    progress: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _sample(split: CebabSplit, n: int | None, seed: int) -> CebabSplit:
+    if n is None or n >= len(split):
+        return split
+    idx = np.sort(np.random.default_rng(seed).choice(len(split), size=n, replace=False))
+    return CebabSplit(split.name, split.origin, tuple(split.reviews[i] for i in idx), split.dropped_no_majority)
+
+
+def _features(model, tok, split: CebabSplit, batch_size: int, progress: bool) -> np.ndarray:
+    acts = collect_head_activations(model, tok, [review_prompt(r.text) for r in split.reviews], batch_size=batch_size,
+                                    progress=progress)
+    return acts.heads.numpy()
+
+
+def _dense(Xtr, Ctr, ytr, Xte, seed) -> tuple[np.ndarray, np.ndarray]:
+    """Every head's output concatenated, one multinomial probe per aspect and one for the rating."""
+    A, B = Xtr.reshape(len(Xtr), -1), Xte.reshape(len(Xte), -1)
+    concepts = np.stack([LogisticRegression(max_iter=2000, random_state=seed).fit(A, Ctr[:, j]).predict(B)
+                         for j in range(len(ASPECTS))], 1)
+    ratings = LogisticRegression(max_iter=2000, random_state=seed).fit(A, ytr).predict(B)
+    return ratings, concepts
+
+
+def run_concepts(cfg: ConceptConfig) -> dict[str, Any]:
+    from ..models import load_model
+
+    if not cfg.ks or not cfg.alphas:
+        raise EmptyInputError("need at least one k and one alpha")
+    t0 = time.perf_counter()
+    out = Path(cfg.output_dir)
+    model, tok = load_model(cfg.model)
+    splits = {s: load_cebab(s, cfg.data_dir) for s in ("train_exclusive", "dev", "test")}
+    used = {s: _sample(v, cfg.max_reviews, cfg.seed) for s, v in splits.items()}
+    X = {s: _features(model, tok, v, cfg.batch_size, cfg.progress) for s, v in used.items()}
+    C = {s: v.concepts for s, v in used.items()}
+    y = {s: v.ratings for s, v in used.items()}
+    tr, dv, te = "train_exclusive", "dev", "test"
+
+    head_acc = {a: head_concept_accuracy(X[tr], C[tr][:, j], X[dv], C[dv][:, j]) for j, a in enumerate(ASPECTS)}
+    sweep = []
+    for k in cfg.ks:
+        bn = SparseConceptBottleneck(k=k, seed=cfg.seed, head_accuracy=dict(head_acc))
+        bn.heads = {a: _top(head_acc[a], k) for a in ASPECTS}
+        bn.fit(X[tr], C[tr], y[tr])
+        for s in (dv, te):
+            m = task_and_concept_metrics(bn.predict(X[s]), y[s], bn.predict_concepts(X[s]), C[s])
+            sweep.append({"k": k, "split": s, **m})
+    dev_rows = [r for r in sweep if r["split"] == dv]
+    best_k = max(dev_rows, key=lambda r: (r["concept_accuracy"], r["task_accuracy"]))["k"]
+    bn = SparseConceptBottleneck(k=best_k, seed=cfg.seed, head_accuracy=dict(head_acc))
+    bn.heads = {a: _top(head_acc[a], best_k) for a in ASPECTS}
+    bn.fit(X[tr], C[tr], y[tr])
+    test_metrics = task_and_concept_metrics(bn.predict(X[te]), y[te], bn.predict_concepts(X[te]), C[te])
+    oracle = float((oracle_correction(bn, X[te], C[te]) == y[te]).mean())
+    result: dict[str, Any] = {
+        "config": {k: (list(v) if isinstance(v, (tuple, list)) else v) for k, v in asdict(cfg).items()},
+        "sizes": {s: len(v) for s, v in used.items()},
+        "majority_baseline_test": majority_baseline(used[tr], used[te]),
+        "sweep_k": sweep, "chosen_k": best_k, "test": test_metrics,
+        "oracle_correction_test_accuracy": oracle, "heads": {a: [list(h) for h in bn.heads[a]] for a in ASPECTS},
+    }
+    if cfg.dense_baseline:
+        dr, dc = _dense(X[tr], C[tr], y[tr], X[te], cfg.seed)
+        result["dense_test"] = task_and_concept_metrics(dr, y[te], dc, C[te])
+
+    directions = ConceptDirections.fit(X[tr], C[tr], bn.heads)
+    steering = {}
+    for s in (dv, te):
+        pairs = splits[s].pairs()
+        if cfg.max_pairs is not None and cfg.max_pairs < len(pairs):
+            pick = np.sort(np.random.default_rng(cfg.seed).choice(len(pairs), size=cfg.max_pairs, replace=False))
+            pairs = [pairs[i] for i in pick]
+        alphas = cfg.alphas if s == dv else None
+        if alphas is None:  # test: the alpha chosen on dev, plus 0 as the reference
+            best = max((r for r in steering[dv]["summary"] if r["variant"] == "concept" and r["alpha"] > 0),
+                       key=lambda r: np.nan_to_num(r["model_pearson"], nan=-1.0))
+            alphas = sorted({0.0, best["alpha"]})
+            result["chosen_alpha"] = best["alpha"]
+        records = steer_pairs(model, tok, bn, directions, pairs, alphas, VARIANTS, cfg.seed, cfg.progress)
+        steering[s] = {"pairs": len(pairs), "summary": summarize_steering(records)}
+        atomic_write_text(out / f"steering_{s}.jsonl", "\n".join(json.dumps(r) for r in records) + "\n")
+    result["steering"] = steering
+    result["seconds"] = time.perf_counter() - t0
+    atomic_write_json(out / "summary.json", result)
+    atomic_write_text(out / "results.md", results_markdown(result))
+    plot_concepts(result, head_acc, out)
+    return result
+
+
+def _top(acc: np.ndarray, k: int) -> list[tuple[int, int]]:
+    from ..directions import top_heads
+
+    return top_heads(acc, min(k, acc.size))
+
+
+def results_markdown(r: dict[str, Any]) -> str:
+    def pct(x):
+        return f"{x:.3f}"
+
+    lines = [f"Sizes: {r['sizes']}; chosen k = {r['chosen_k']} (best dev concept accuracy)", "",
+             "| model | task acc | task macro-F1 | concept acc | concept macro-F1 | " + " | ".join(f"{a} acc" for a in ASPECTS) + " |",
+             "|---|---|---|---|---|" + "---|" * len(ASPECTS)]
+    rows = [(f"sparse bottleneck, k = {r['chosen_k']}", r["test"])]
+    if "dense_test" in r:
+        rows.append(("dense probes, all heads", r["dense_test"]))
+    for name, m in rows:
+        lines.append(f"| {name} | {pct(m['task_accuracy'])} | {pct(m['task_macro_f1'])} | {pct(m['concept_accuracy'])} | "
+                     f"{pct(m['concept_macro_f1'])} | " + " | ".join(pct(m[f'{a}_accuracy']) for a in ASPECTS) + " |")
+    mb = r["majority_baseline_test"]
+    lines.append(f"| majority class | – | – | {pct(mb['mean'])} | – | " + " | ".join(pct(mb[a]) for a in ASPECTS) + " |")
+    lines += ["", f"Oracle correction (mispredicted concepts set to gold): test task accuracy {pct(r['test']['task_accuracy'])}"
+              f" -> {pct(r['oracle_correction_test_accuracy'])}", "", "Sweep over k (test):", "",
+              "| k | task acc | concept acc | concept macro-F1 |", "|---|---|---|---|"]
+    for s in r["sweep_k"]:
+        if s["split"] == "test":
+            lines.append(f"| {s['k']} | {pct(s['task_accuracy'])} | {pct(s['concept_accuracy'])} | {pct(s['concept_macro_f1'])} |")
+    for split, st in r["steering"].items():
+        lines += ["", f"Steering on {split} ({st['pairs']} pairs):", "",
+                  "| alpha | variant | model sign agr. | model r | model MAE | bottleneck sign agr. | bottleneck r | "
+                  "goal p change | spill-over |", "|---|---|---|---|---|---|---|---|---|"]
+        for s in st["summary"]:
+            lines.append(f"| {s['alpha']:g} | {s['variant']} | {pct(s['model_sign_agreement'])} | {pct(s['model_pearson'])} | "
+                         f"{pct(s['model_mae'])} | {pct(s['bottleneck_sign_agreement'])} | {pct(s['bottleneck_pearson'])} | "
+                         f"{s['goal_prob_delta']:+.3f} | {s['spillover']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_concepts(r: dict[str, Any], head_acc: dict[str, np.ndarray], out: Path) -> None:
+    """Per-concept head maps (held-out 3-way accuracy) and steering effect against alpha (dev)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(ASPECTS), figsize=(4 * len(ASPECTS), 4), squeeze=False)
+    for ax, a in zip(axes[0], ASPECTS):
+        im = ax.imshow(head_acc[a], aspect="auto", cmap="viridis")
+        ax.set_title(f"{a}: dev accuracy per head")
+        ax.set_xlabel("head")
+        ax.set_ylabel("layer")
+        fig.colorbar(im, ax=ax)
+    fig.tight_layout()
+    fig.savefig(out / "concept_heads.png", dpi=110)
+    plt.close(fig)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    dev = r["steering"]["dev"]["summary"]
+    for variant in VARIANTS:
+        rows = sorted((s for s in dev if s["variant"] == variant), key=lambda s: s["alpha"])
+        xs = [s["alpha"] for s in rows]
+        axes[0].plot(xs, [s["model_pearson"] for s in rows], marker="o", label=variant)
+        axes[1].plot(xs, [s["model_sign_agreement"] for s in rows], marker="o", label=variant)
+    axes[0].set_ylabel("Pearson r (model vs human rating change)")
+    axes[1].set_ylabel("sign agreement")
+    for ax in axes:
+        ax.set_xlabel("alpha")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "steering_vs_alpha.png", dpi=110)
+    plt.close(fig)
