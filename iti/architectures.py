@@ -27,6 +27,7 @@ class HeadGeometry:
 
     @property
     def num_total_heads(self) -> int:
+        """Heads across all layers (layers x heads); flat head indices run from 0 to this minus 1."""
         return self.num_layers * self.num_heads
 
     @property
@@ -35,16 +36,19 @@ class HeadGeometry:
         return self.num_heads * self.head_dim
 
     def check_head(self, layer: int, head: int) -> None:
+        """Raise HeadIndexError, naming the valid range, unless (layer, head) exists in this model (0-based)."""
         if not (0 <= int(layer) < self.num_layers):
             raise HeadIndexError(f"layer {layer} out of range: the model has layers 0..{self.num_layers - 1}")
         if not (0 <= int(head) < self.num_heads):
             raise HeadIndexError(f"head {head} out of range: each layer has heads 0..{self.num_heads - 1}")
 
     def to_dict(self) -> dict[str, int]:
+        """The five sizes as a plain dict, as stored in feature manifests and intervention files."""
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "HeadGeometry":
+        """Inverse of :meth:`to_dict`: reads the five sizes as ints and ignores any other keys."""
         return cls(**{k: int(d[k]) for k in ("num_layers", "num_heads", "num_kv_heads", "head_dim", "hidden_size")})
 
 
@@ -77,6 +81,7 @@ _REGISTRY: dict[str, ArchitectureSpec] = {
 
 
 def supported_architectures() -> list[str]:
+    """The ``config.model_type`` values that have a registered layout, sorted."""
     return sorted(_REGISTRY)
 
 
@@ -96,6 +101,8 @@ def text_config(config: Any) -> Any:
 
 
 def geometry_from_config(config: Any) -> HeadGeometry:
+    """Head geometry from a Hugging Face config (its text part); ``head_dim`` defaults to hidden_size // heads
+    and the KV-head count to the head count when the config leaves them out."""
     cfg = text_config(config)
     num_heads = int(cfg.num_attention_heads)
     hidden = int(cfg.hidden_size)
@@ -129,9 +136,11 @@ class ModelLayout:
     head_out_paths: tuple[str, ...]
 
     def head_out_module(self, model: nn.Module, layer: int) -> nn.Module:
+        """The module of ``layer`` whose input is the concatenated head outputs (o_proj, c_proj or dense)."""
         return model.get_submodule(self.head_out_paths[layer])
 
     def layer_module(self, model: nn.Module, layer: int) -> nn.Module:
+        """The decoder block at index ``layer`` (0-based)."""
         return model.get_submodule(self.layer_paths[layer])
 
 

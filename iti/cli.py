@@ -20,6 +20,7 @@ def _flag(parser: argparse.ArgumentParser, name: str, **kwargs) -> None:
 
 
 def add_collect_args(p: argparse.ArgumentParser) -> None:
+    """Flags of ``iti collect`` (honest_llama's get_activations options, plus sharding, merging and dtypes)."""
     _flag(p, "model_name", default="smollm2-135m", help="embedded name, honest_llama short name, hub id or local dir")
     _flag(p, "dataset_name", default="tqa_mc2", choices=DATASETS)
     _flag(p, "data_dir", default=None, help="data root holding truthfulqa/ (default: $ITI_DATA_DIR, then ../shared/data, then the hub)")
@@ -56,6 +57,8 @@ def _describe(path: Path) -> str:
 
 
 def run_collect(args: argparse.Namespace) -> Path:
+    """``iti collect``: write the feature directory of one model and prompt set (or merge its shards with
+    ``--merge``) and return its path."""
     from .features import merge_shards, output_name, write_features
     from .models import load_model, resolve_model
     from .paths import features_dir
@@ -80,6 +83,7 @@ def run_collect(args: argparse.Namespace) -> Path:
 
 
 def add_validate_args(p: argparse.ArgumentParser) -> None:
+    """Flags of ``iti validate`` (honest_llama's validate_2fold options, plus controls, sweeps and seeds)."""
     _flag(p, "model_name", default="smollm2-135m")
     _flag(p, "dataset_name", default="tqa_mc2", help="features the probes and directions are fit on")
     _flag(p, "activations_dataset", default="tqa_gen_end_q", help="features whose projections set the shift's std")
@@ -112,6 +116,8 @@ def add_validate_args(p: argparse.ArgumentParser) -> None:
 
 
 def run_validate(args: argparse.Namespace) -> None:
+    """``iti validate``: check that the features exist, load the model, run the k-fold validation and print
+    summary.md."""
     from .models import load_model, resolve_model
     from .paths import CHECKOUT_DIR
     from .validation import ValidationConfig, check_features, run_validation
@@ -137,6 +143,7 @@ def run_validate(args: argparse.Namespace) -> None:
 
 
 def add_bake_args(p: argparse.ArgumentParser) -> None:
+    """Flags of ``iti bake``: the model, a saved intervention, the output directory and an optional alpha."""
     _flag(p, "model_name", default="smollm2-135m")
     _flag(p, "intervention", required=True, help="a saved intervention directory (e.g. from validate_2fold)")
     _flag(p, "output_dir", required=True, help="where the baked model is saved (safetensors, loadable by transformers/vLLM/TGI)")
@@ -145,6 +152,8 @@ def add_bake_args(p: argparse.ArgumentParser) -> None:
 
 
 def run_bake(args: argparse.Namespace) -> None:
+    """``iti bake``: load a saved intervention (with ``--alpha`` if given), add it to the output-projection biases
+    and save the model with the intervention in ``iti_intervention/``."""
     from .bake import bake, save_baked
     from .intervention import Intervention
     from .models import load_model
@@ -159,12 +168,15 @@ def run_bake(args: argparse.Namespace) -> None:
 
 
 def run_demo(args: argparse.Namespace) -> None:
+    """``iti demo``: the quick end-to-end run of :func:`iti.demo.demo`."""
     from .demo import demo
 
     demo(max_questions=args.max_questions, output_dir=args.output_dir, batch_size=args.batch_size)
 
 
 def add_faithfulness_args(p: argparse.ArgumentParser) -> None:
+    """Flags of ``iti faithfulness`` (introspect's options, plus the intervened arm, the cache and a remote
+    endpoint)."""
     from .faithfulness.datasets import dataset_names
     from .faithfulness.prompts import CONFIG_FLAGS, TASKS
 
@@ -195,6 +207,8 @@ def add_faithfulness_args(p: argparse.ArgumentParser) -> None:
 
 
 def run_faithfulness_cmd(args: argparse.Namespace) -> None:
+    """``iti faithfulness``: build a :class:`FaithfulnessConfig` from the flags and run it
+    (``--max_samples 0`` means every sample)."""
     from .faithfulness.experiment import FaithfulnessConfig, run_faithfulness
 
     cfg = FaithfulnessConfig(
@@ -209,6 +223,7 @@ def run_faithfulness_cmd(args: argparse.Namespace) -> None:
 
 
 def add_concepts_args(p: argparse.ArgumentParser) -> None:
+    """Flags of ``iti concepts`` (the k and alpha grids, sample sizes, seed and paths)."""
     _flag(p, "model", default="smollm2-135m")
     _flag(p, "ks", type=int, nargs="+", default=[1, 4, 16, 64], help="heads per concept to try (chosen on dev)")
     _flag(p, "alphas", type=float, nargs="+", default=[0.0, 2.0, 5.0, 10.0, 20.0], help="steering strengths (chosen on dev)")
@@ -223,6 +238,8 @@ def add_concepts_args(p: argparse.ArgumentParser) -> None:
 
 
 def run_concepts_cmd(args: argparse.Namespace) -> None:
+    """``iti concepts``: run the CEBaB concept experiment and print the chosen k and the test accuracies
+    (``--max_pairs 0`` means every pair)."""
     from .concepts.experiment import ConceptConfig, run_concepts
 
     r = run_concepts(ConceptConfig(model=args.model, ks=args.ks, alphas=args.alphas, max_reviews=args.max_reviews,
@@ -235,6 +252,7 @@ def run_concepts_cmd(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``iti`` argument parser; each subcommand stores its ``run_*`` function as ``args.func``."""
     parser = argparse.ArgumentParser(prog="iti", description="Read and steer attention heads of Hugging Face LMs.")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("collect", help="collect per-head activations on a TruthfulQA prompt set (get_activations)")
@@ -261,6 +279,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one ``iti`` command and return its exit code: 0, or 2 after an :class:`ItiError` (printed without a
+    traceback), or 130 on Ctrl-C."""
     args = build_parser().parse_args(argv)
     try:
         args.func(args)

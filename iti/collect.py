@@ -69,6 +69,8 @@ def plan_batches(lengths: Sequence[int], batch_size: int) -> list[np.ndarray]:
 
 
 def pad_batch(rows: Sequence[Sequence[int]], pad_id: int, padding_side: str = "right") -> tuple[torch.Tensor, torch.Tensor]:
+    """Pad token rows to one width: (ids, attention mask), both ``[B, S]`` long; with ``padding_side="left"``
+    the real tokens end at the last column."""
     width = max(len(r) for r in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
@@ -91,6 +93,8 @@ def forward_kwargs(model: nn.Module) -> dict[str, Any]:
 
 
 def batch_inputs(rows: Sequence[Sequence[int]], pad_id: int, device: torch.device, padding_side: str = "right") -> dict[str, torch.Tensor]:
+    """Model inputs of one batch on ``device``; with left padding also ``position_ids`` that count real tokens
+    only."""
     ids, mask = pad_batch(rows, pad_id, padding_side)
     inputs = {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
     if padding_side == "left":  # positions must count real tokens only
@@ -99,6 +103,8 @@ def batch_inputs(rows: Sequence[Sequence[int]], pad_id: int, device: torch.devic
 
 
 def pad_token_id(tokenizer: Any) -> int:
+    """The id used for padding: the tokenizer's pad token, else its EOS (decoder-only models often have no
+    pad token), else 0."""
     for attr in ("pad_token_id", "eos_token_id"):
         value = getattr(tokenizer, attr, None)
         if value is not None:

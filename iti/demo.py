@@ -18,6 +18,8 @@ from .validation import ValidationConfig, run_validation
 
 
 def demo(max_questions: int = 100, output_dir: str | Path | None = None, batch_size: int = 32) -> dict[str, Path]:
+    """Collect tqa_mc2 and tqa_gen_end_q features on the embedded model, run a quick 2-fold validation and bake
+    the fold-0 intervention; returns what was written, by name."""
     out = Path(output_dir) if output_dir else features_dir() / "demo"
     t0 = time.perf_counter()
     model, tokenizer = load_model(DEFAULT_MODEL)

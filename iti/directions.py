@@ -63,6 +63,7 @@ def random_directions(k: int, head_dim: int, seed: int) -> np.ndarray:
 
 
 def unit(directions: np.ndarray) -> np.ndarray:
+    """Each row scaled to unit length; refuses a zero or non-finite norm instead of dividing by it."""
     norms = np.linalg.norm(directions, axis=1, keepdims=True)
     if (norms == 0).any() or not np.isfinite(norms).all():
         raise ValueError("a direction has zero or non-finite norm")

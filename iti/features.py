@@ -58,6 +58,7 @@ class FeatureSet:
 
     @property
     def geometry(self) -> HeadGeometry:
+        """Head geometry of the model the features came from, as recorded in the manifest."""
         return HeadGeometry.from_dict(self.manifest["model"]["geometry"])
 
     def __len__(self) -> int:
@@ -65,6 +66,8 @@ class FeatureSet:
 
 
 def output_name(model_name: str, dataset: str, shard: tuple[int, int] | None = None) -> str:
+    """Directory name of a collection, ``<model>_<dataset>``, with ``.shard-i-of-n`` appended for one shard of
+    several."""
     stem = f"{model_name}_{dataset}"
     return stem if shard is None or shard[1] == 1 else f"{stem}.shard-{shard[0]}-of-{shard[1]}"
 
@@ -305,6 +308,8 @@ def load_features(path: str | os.PathLike, *, layer_wise: bool = False, mmap: bo
 
 
 def find_shards(final: Path) -> dict[int, Path]:
+    """Shard directories of ``final`` by shard index, finished or not; raises when shards of different counts
+    (stale ones) sit side by side."""
     shards: dict[int, Path] = {}
     counts = set()
     for p in final.parent.glob(f"{final.name}.shard-*-of-*"):

@@ -23,6 +23,8 @@ class FoldProbes:
 
 
 def train_fold_probes(features: FeatureSet, train_questions: np.ndarray, *, val_ratio: float = 0.2, seed: int = 42) -> FoldProbes:
+    """Split the fold's training questions into train and validation (by question, seeded), fit every head's
+    probe on train and score it on validation."""
     tr, va = split_questions(train_questions, val_ratio, seed)
     q = features.question_ids
     rows_tr, rows_va = np.isin(q, tr), np.isin(q, va)

@@ -145,6 +145,7 @@ class HeadTrace:
         self._selector = _Selector(positions, attention_mask)
 
     def clear(self) -> None:
+        """Drop what was captured (frees memory between batches); the hooks stay in place."""
         self.heads.clear()
         self.residual.clear()
 

@@ -80,6 +80,7 @@ class Intervention:
 
     # --- the shift -------------------------------------------------------------------------------------------
     def with_alpha(self, alpha: float) -> "Intervention":
+        """A copy with another ``alpha`` (same heads, directions and stds); this one is left unchanged."""
         return replace(self, alpha=alpha, meta=dict(self.meta))
 
     def layer_shifts(self) -> dict[int, np.ndarray]:
@@ -100,6 +101,7 @@ class Intervention:
         return h.hexdigest()[:16]
 
     def check_model(self, model: torch.nn.Module) -> None:
+        """Raise GeometryMismatchError unless the model has the head geometry this intervention was made for."""
         g = model_layout(model).geometry
         if g != self.geometry:
             raise GeometryMismatchError(

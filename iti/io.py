@@ -60,11 +60,13 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write UTF-8 text so that readers see the old file or the complete new one, never a partial write."""
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
+    """Write ``obj`` atomically as JSON (indent 1, keys in insertion order) with a trailing newline."""
     atomic_write_text(path, json.dumps(obj, indent=1, sort_keys=False) + "\n")
 
 
@@ -82,6 +84,7 @@ def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
 
 
 def sha256_file(path: str | os.PathLike, block: int = 1 << 22) -> str:
+    """Hex SHA-256 of a file, read in blocks (4 MiB by default) so large files are never loaded whole."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(block):

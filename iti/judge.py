@@ -18,6 +18,8 @@ from .openai_client import EndpointError, post_completion
 
 @dataclass
 class JudgeConfig:
+    """Where the TruthfulQA judges are served: endpoint URL, served names of the True and Info judges, and
+    request limits."""
     url: str
     true_model: str
     info_model: str
@@ -27,6 +29,8 @@ class JudgeConfig:
 
     @classmethod
     def from_env(cls) -> "JudgeConfig | None":
+        """Read ``ITI_JUDGE_URL``, ``ITI_JUDGE_TRUE_MODEL``, ``ITI_JUDGE_INFO_MODEL`` (and ``ITI_JUDGE_API_KEY``);
+        None unless the first three are all set."""
         url = os.environ.get("ITI_JUDGE_URL")
         true_model, info_model = os.environ.get("ITI_JUDGE_TRUE_MODEL"), os.environ.get("ITI_JUDGE_INFO_MODEL")
         if not (url and true_model and info_model):

@@ -173,6 +173,7 @@ class MCResult:
     mc3: np.ndarray
 
     def summary(self) -> dict[str, float]:
+        """Mean MC1, MC2 and MC3 over the questions, keyed "MC1", "MC2", "MC3"."""
         return {"MC1": float(self.mc1.mean()), "MC2": float(self.mc2.mean()), "MC3": float(self.mc3.mean())}
 
 

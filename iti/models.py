@@ -51,6 +51,8 @@ class EmbeddedModel:
     assemble: bool = False
 
     def gguf_path(self) -> Path:
+        """The GGUF file inside the installed package (assembled from chunk packages when ``assemble``); raises
+        ModelLoadError naming the pip command when the package is missing or holds no GGUF."""
         spec = importlib.util.find_spec(self.package)
         if spec is None or not spec.submodule_search_locations:
             raise ModelLoadError(f"package {self.package!r} is not installed: run `{self.pip_install}`")
@@ -83,6 +85,7 @@ class ModelSource:
 
 
 def known_model_names() -> list[str]:
+    """The short names :func:`resolve_model` accepts: embedded models, then honest_llama's names."""
     return sorted(EMBEDDED) + sorted(HF_NAMES)
 
 

@@ -33,6 +33,7 @@ class DataSearch:
     candidates: list[tuple[str, Path]] = field(default_factory=list)
 
     def find(self, relative: str | Path) -> Path | None:
+        """The first candidate root that holds ``relative``, or None (the caller then tries the hub or raises)."""
         for _, root in self.candidates:
             p = root / relative
             if p.exists():
@@ -40,6 +41,7 @@ class DataSearch:
         return None
 
     def describe(self, relative: str | Path) -> str:
+        """One numbered line per candidate with the path tried, for the message after :meth:`find` found nothing."""
         lines = [f"  {i}. {why}: {root / relative} (missing)" for i, (why, root) in enumerate(self.candidates, 1)]
         return "\n".join(lines) if lines else "  (no local candidates)"
 

@@ -56,6 +56,8 @@ class HeadProbes:
         self.chunk_heads = int(chunk_heads)
 
     def fit(self, X: np.ndarray | torch.Tensor, y: np.ndarray | torch.Tensor) -> "HeadProbes":
+        """Fit every head's probe on X ``[N, L, H, D]`` and 0/1 labels ``[N]`` (both classes needed); sets
+        ``coef_``, ``intercept_`` and ``fit_`` (convergence)."""
         shape = tuple(np.shape(X))
         if len(shape) != 4:
             raise ValueError(f"features must be [N, layers, heads, head_dim], got shape {shape}")
@@ -140,6 +142,7 @@ class HeadProbes:
         return shape  # type: ignore[return-value]
 
     def decision_function(self, X) -> np.ndarray:
+        """Logits ``[N, L, H]`` (log-odds of label 1 per head), in float64; X must match the fitted shape."""
         self._check_fitted(X)
         Xt = torch.as_tensor(np.asarray(X), dtype=torch.float64)
         coef = torch.as_tensor(self.coef_, dtype=torch.float64)
@@ -147,9 +150,11 @@ class HeadProbes:
         return z.numpy()
 
     def predict_proba(self, X) -> np.ndarray:
+        """Probability of label 1 per head, ``[N, L, H]``."""
         return 1.0 / (1.0 + np.exp(-self.decision_function(X)))
 
     def predict(self, X) -> np.ndarray:
+        """0/1 prediction per head, ``[N, L, H]`` (1 where the logit is positive)."""
         return (self.decision_function(X) > 0).astype(np.int64)
 
     def score(self, X, y) -> np.ndarray:

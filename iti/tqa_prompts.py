@@ -73,6 +73,8 @@ class MCQuestion:
 
 
 def mc_questions(tqa: TruthfulQA, question_ids, preset: str = "qa", instruction: str = "default") -> list[MCQuestion]:
+    """The MC questions of the given ids (indices in ``mc`` order): qa preset from honest_llama's reference
+    answers, lm-eval preset from the mc1/mc2 targets."""
     prefix = shared_prefix(preset, instruction)
     out = []
     for qi in question_ids:

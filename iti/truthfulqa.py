@@ -24,6 +24,7 @@ HUB_ID = "truthful_qa"
 
 @dataclass(frozen=True)
 class MCItem:
+    """One question in the ``multiple_choice`` order: mc1 and mc2 targets as (answer, label) pairs, 1 = correct."""
     question: str
     mc1: tuple[tuple[str, int], ...]
     mc2: tuple[tuple[str, int], ...]
@@ -31,6 +32,7 @@ class MCItem:
 
 @dataclass(frozen=True)
 class GenItem:
+    """One row of the ``generation`` order (TruthfulQA.csv), answers as listed there (not closed with periods)."""
     type: str
     category: str
     question: str
@@ -52,6 +54,8 @@ class Refs:
 
 @dataclass(frozen=True)
 class TruthfulQA:
+    """TruthfulQA in both orders, the map from ``gen`` rows to ``mc`` indices, and the MC references (``refs``), each
+    with where it was read from."""
     mc: tuple[MCItem, ...]
     gen: tuple[GenItem, ...]
     mc_index_of_gen: tuple[int, ...]

@@ -28,6 +28,7 @@ from .truthfulqa import load_truthfulqa
 
 @dataclass
 class ValidationConfig:
+    """Settings of one ``iti validate`` run: what to fit on, the controls, sweeps and seeds, and what to evaluate."""
     model_name: str = "smollm2-135m"
     dataset_name: str = "tqa_mc2"
     activations_dataset: str = "tqa_gen_end_q"
@@ -57,6 +58,8 @@ class ValidationConfig:
 
     @property
     def direction(self) -> str:
+        """The direction method: "random" with use_random_dir, else "mass_mean" with use_center_of_mass, else
+        "probe"."""
         if self.use_random_dir:
             return "random"
         return "mass_mean" if self.use_center_of_mass else "probe"
@@ -76,10 +79,13 @@ class RowSpec:
 
     @property
     def key(self) -> str:
+        """File-safe id of the row (e.g. ``ITI_a15_k48_s42``); its results go to rows/fold<i>_<key>.json."""
         return f"{self.name.replace(' ', '-')}_a{self.alpha:g}_k{self.num_heads}_s{self.seed}"
 
 
 def plan_rows(cfg: ValidationConfig) -> list[RowSpec]:
+    """The rows to evaluate, in order: baseline, then per seed ITI and the random-heads and random-direction
+    controls, with the alpha and head-count sweeps after the main seed."""
     d = cfg.direction
     heads = "random" if cfg.use_random_dir else "top"
     rows = [RowSpec("baseline", 0.0, 0, cfg.seed, generate=cfg.generate)]
@@ -241,6 +247,8 @@ def _fmt(cell: Any, digits: int = 3) -> str:
 
 
 def summary_markdown(summary: dict[str, Any], cfg: ValidationConfig) -> str:
+    """summary.md: one table row per evaluated row with 95% CIs and the paired ΔMC2 to the baseline, then the
+    spread over seeds."""
     lines = [f"Model {cfg.model_name}, {summary['num_questions']} questions, {cfg.num_fold}-fold, preset {cfg.preset}, "
              f"instruction {cfg.instruction_prompt}; 95% bootstrap CIs over questions; Δ = paired difference to the baseline.", ""]
     has_gen = any("BLEU-acc" in r for r in summary["rows"])
@@ -263,6 +271,8 @@ def summary_markdown(summary: dict[str, Any], cfg: ValidationConfig) -> str:
 
 
 def plot_results(out: Path, accuracy: np.ndarray, summary: dict[str, Any], cfg: ValidationConfig) -> None:
+    """Write probe_accuracy.png (probe accuracy per head) and alpha_sweep.png (MC2 and KL against alpha for
+    the baseline and the ITI rows of the main K and seed, when there are at least two such rows)."""
     import matplotlib
 
     matplotlib.use("Agg")

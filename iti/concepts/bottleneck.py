@@ -68,6 +68,9 @@ class SparseConceptBottleneck:
         return self
 
     def fit(self, X: np.ndarray, concepts: np.ndarray, ratings: np.ndarray) -> "SparseConceptBottleneck":
+        """Fit each aspect's concept probe on its selected heads (X ``[N, L, H, D]``, concepts ``[N, 4]``), then the
+        label head on the 12 concept probabilities (ratings 0..4); needs ``heads`` (from :meth:`select_heads` or set
+        directly)."""
         if not self.heads:
             raise ValueError("select_heads first (or set .heads)")
         self.concept_models_ = {}
@@ -87,6 +90,7 @@ class SparseConceptBottleneck:
         return out
 
     def predict_concepts(self, X: np.ndarray) -> np.ndarray:
+        """``[N, 4]`` most probable class per aspect (0 Negative, 1 Positive, 2 unknown)."""
         return self.concept_probabilities(X).argmax(-1)
 
     def rating_probabilities(self, X: np.ndarray, concept_probs: np.ndarray | None = None) -> np.ndarray:
@@ -97,6 +101,7 @@ class SparseConceptBottleneck:
         return out
 
     def predict(self, X: np.ndarray) -> np.ndarray:
+        """``[N]`` most probable rating as a class index 0..4 (stars - 1)."""
         return self.rating_probabilities(X).argmax(-1)
 
     def expected_rating(self, X: np.ndarray, concept_probs: np.ndarray | None = None) -> np.ndarray:

@@ -26,6 +26,8 @@ HUB_ID = "CEBaB/CEBaB"
 
 @dataclass(frozen=True)
 class Review:
+    """One CEBaB row: text, majority rating and aspect classes; the edit fields are None for an original
+    review."""
     id: str
     original_id: str
     is_original: bool
@@ -45,19 +47,24 @@ class EditPair:
 
     @property
     def aspect(self) -> str:
+        """The aspect the edit changed (the edited review's ``edit_type``)."""
         return str(self.edited.edit_type)
 
     @property
     def goal(self) -> str:
+        """The class the edit aimed the aspect at (the edited review's ``edit_goal``)."""
         return str(self.edited.edit_goal)
 
     @property
     def rating_change(self) -> int:
+        """Edited minus original majority rating, in stars (positive when the edit raised it)."""
         return self.edited.rating - self.original.rating
 
 
 @dataclass(frozen=True)
 class CebabSplit:
+    """One loaded split: the reviews kept, where they were read from (a path or ``hub:...``), and how many
+    rows were dropped for having no majority rating."""
     name: str
     origin: str
     reviews: tuple[Review, ...]
@@ -68,6 +75,7 @@ class CebabSplit:
 
     @property
     def ratings(self) -> np.ndarray:
+        """``[N]`` majority ratings as class indices 0..4 (stars - 1)."""
         return np.array([r.rating for r in self.reviews], dtype=np.int64)
 
     @property

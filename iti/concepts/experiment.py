@@ -22,6 +22,7 @@ from .steering import VARIANTS, ConceptDirections, steer_pairs, summarize_steeri
 
 @dataclass
 class ConceptConfig:
+    """Settings of one ``iti concepts`` run; k and alpha are chosen on dev from ``ks`` and ``alphas``."""
     model: str = "smollm2-135m"
     ks: Sequence[int] = (1, 4, 16, 64)
     alphas: Sequence[float] = (0.0, 2.0, 5.0, 10.0, 20.0)
@@ -59,6 +60,8 @@ def _dense(Xtr, Ctr, ytr, Xte, seed) -> tuple[np.ndarray, np.ndarray]:
 
 
 def run_concepts(cfg: ConceptConfig) -> dict[str, Any]:
+    """Run the concept experiment, write summary.json, results.md, steering_{dev,test}.jsonl and the plots
+    into ``output_dir``, and return the summary."""
     from ..models import load_model
 
     if not cfg.ks or not cfg.alphas:
@@ -131,6 +134,8 @@ def _top(acc: np.ndarray, k: int) -> list[tuple[int, int]]:
 
 
 def results_markdown(r: dict[str, Any]) -> str:
+    """results.md: test metrics of the bottleneck, the dense probes and the majority class, the oracle
+    correction, the k sweep and the steering tables."""
     def pct(x):
         return f"{x:.3f}"
 

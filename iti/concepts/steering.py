@@ -45,6 +45,8 @@ class LastTokenReader:
         self.digits = torch.tensor(rating_token_ids(tokenizer))
 
     def prefix(self, prompt: str):
+        """Run the prompt without its last token, keeping the KV cache; the returned (ids, cache) is the state
+        :meth:`read` re-runs the last token on."""
         ids = torch.tensor([self.tokenizer(prompt)["input_ids"]], device=model_device(self.model))
         with torch.inference_mode():
             out = self.model(input_ids=ids[:, :-1], use_cache=True)
@@ -75,6 +77,8 @@ class ConceptDirections:
 
     @classmethod
     def fit(cls, X: np.ndarray, concepts: np.ndarray, heads: dict[str, list[tuple[int, int]]]) -> "ConceptDirections":
+        """Per aspect and goal class: unit mass-mean directions (goal class minus the other classes) on the aspect's
+        heads, and the std of ``X`` projected on them."""
         dirs, stds = {}, {}
         for j, aspect in enumerate(ASPECTS):
             for c, goal in enumerate(CONCEPT_CLASSES):

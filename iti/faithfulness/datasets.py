@@ -43,6 +43,8 @@ class Sample:
 
 @dataclass(frozen=True)
 class FaithfulnessDataset:
+    """One loaded data set: prompt family, the split evaluated, where it was read from (a path or
+    ``hub:...``), and the samples in seeded-shuffle order."""
     name: str
     kind: str
     split: str
@@ -130,6 +132,7 @@ ALIASES = {"babi": "babi1", "babi-1": "babi1", "mctest500": "mctest", "mc500": "
 
 
 def dataset_names() -> tuple[str, ...]:
+    """The canonical data set names, in a fixed order (aliases such as ``mc500`` are not listed)."""
     return tuple(SOURCES)
 
 

@@ -31,6 +31,8 @@ class InterventionModelError(ItiError, ValueError):
 
 @dataclass
 class FaithfulnessConfig:
+    """Settings of one ``iti faithfulness`` run; the intervened arm comes from ``intervention`` or ``baked`` (not
+    both), or with ``remote_url`` from ``remote_intervened_model``; without it only the plain arm runs."""
     model: str = "smollm2-135m"
     datasets: Sequence[str] = ("imdb", "rte", "babi1", "mctest")
     tasks: Sequence[str] = EXPLAIN_TASKS
@@ -58,6 +60,7 @@ class FaithfulnessConfig:
 
 
 def default_cache_path() -> Path:
+    """The generation cache used when none is given: ``$ITI_CACHE/faithfulness/generations.sqlite``."""
     return cache_dir() / "faithfulness" / "generations.sqlite"
 
 
@@ -125,6 +128,8 @@ def build_arms(cfg: FaithfulnessConfig, cache: GenerationCache | None) -> tuple[
 
 
 def run_faithfulness(cfg: FaithfulnessConfig) -> dict[str, Any]:
+    """Run every data set and task through each arm, write the samples, summary.json (after every row) and,
+    with two arms, the comparison; return the summary."""
     flags = _check_inputs(cfg)
     out = Path(cfg.output_dir or "validation/faithfulness_results/run")
     cache = GenerationCache(cfg.cache or default_cache_path())

@@ -46,6 +46,7 @@ class GenerationSettings:
     seed: int = 0
 
     def to_dict(self) -> dict[str, Any]:
+        """The settings as a plain dict; part of every cache key, so changing any setting is a cache miss."""
         return asdict(self)
 
 
@@ -60,6 +61,8 @@ def render_chat(tokenizer: Any, user: str, chat_format: str | None = None) -> st
 
 
 def prompt_seed(seed: int, prompt: str) -> int:
+    """The sampling seed of one prompt (63 bits of SHA-256 over the run seed and the prompt text), so its
+    answer does not depend on batching or order."""
     return int.from_bytes(hashlib.sha256(f"{seed}\x00{prompt}".encode()).digest()[:8], "little") & (2**63 - 1)
 
 
@@ -70,6 +73,7 @@ class Generator(Protocol):
     intervention_id: str
 
     def generate(self, prompts: Sequence[str], settings: GenerationSettings, progress: bool = True) -> list[CachedGeneration]:
+        """One :class:`CachedGeneration` per prompt, in prompt order; prompts are already rendered."""
         ...
 
 
@@ -124,6 +128,8 @@ class LocalGenerator:
         return out
 
     def generate(self, prompts: Sequence[str], settings: GenerationSettings, progress: bool = True) -> list[CachedGeneration]:
+        """One result per prompt, in order; prompts are tokenized without special tokens (the rendered text
+        holds them), and one that leaves no room in the context gets a PromptTooLong error instead of text."""
         tok = self.tokenizer
         encoded = [list(e) for e in tok(list(prompts), add_special_tokens=False)["input_ids"]]
         results: list[CachedGeneration | None] = [None] * len(prompts)
@@ -208,6 +214,8 @@ class RemoteGenerator:
         self.intervention_id = "none"
 
     def generate(self, prompts: Sequence[str], settings: GenerationSettings, progress: bool = True) -> list[CachedGeneration]:
+        """One request per prompt; a failure of that prompt is recorded as its error, but an endpoint that keeps
+        failing through the retries raises, so that a transient outage is not cached."""
         out = []
         for p in tqdm(prompts, desc="remote generation", unit="prompt", disable=not progress):
             body = {"model": self.served_model, "prompt": p, "max_tokens": settings.max_new_tokens,
@@ -235,9 +243,12 @@ class CachedGenerator:
         self.hits = self.misses = 0
 
     def key(self, prompt: str, settings: GenerationSettings) -> GenerationKey:
+        """The cache key of one prompt: model id, intervention fingerprint, rendered prompt and settings."""
         return GenerationKey(self.model_id, self.intervention_id, prompt, settings.to_dict())
 
     def generate(self, prompts: Sequence[str], settings: GenerationSettings, progress: bool = True) -> list[CachedGeneration]:
+        """Answers in prompt order; duplicates and cached prompts are not regenerated, and new answers are
+        stored chunk by chunk as they finish."""
         unique = list(dict.fromkeys(prompts))
         found: dict[str, CachedGeneration] = {}
         if self.cache is not None:

@@ -56,6 +56,7 @@ class PromptOptions:
 
     @property
     def mask_word(self) -> str:
+        """How the classify prompt names masked words: "removed" with the ``[REMOVED]`` token, else "redacted"."""
         return "removed" if self.mask_token == "[REMOVED]" else "redacted"
 
 
@@ -78,6 +79,8 @@ def normalize_config(task: str, flags) -> tuple[str, ...]:
 
 
 def prompt_options(flags, original_text: bool = False) -> PromptOptions:
+    """PromptOptions from task-config flags (aliases accepted); the flags are not checked here, see
+    :func:`normalize_config`."""
     flags = {_FLAG_ALIASES.get(f, f) for f in flags}
     persona = lambda p: "you" if f"{p}-persona-you" in flags else "human" if f"{p}-persona-human" in flags else "default"  # noqa: E731
     return PromptOptions(classify_persona=persona("c"), explain_persona=persona("e"),
@@ -140,6 +143,8 @@ def counterfactual_target(sample: Sample) -> str:
 
 
 def counterfactual_prompt(sample: Sample, opts: PromptOptions) -> str:
+    """The prompt asking for a minimal edit of the paragraph that changes the answer to :func:`counterfactual_target`
+    (with ``implicit_target``: to the opposite or another option, without naming it)."""
     p, implicit, target = opts.explain_persona, opts.implicit_target, counterfactual_target(sample)
     if sample.kind == SENTIMENT:
         if implicit:
@@ -197,12 +202,16 @@ def _what(sample: Sample, verb: str) -> str:
 
 
 def redacted_prompt(sample: Sample, opts: PromptOptions) -> str:
+    """The prompt asking for the paragraph with its most important words replaced by the mask token, so that the answer
+    can no longer be determined."""
     text = (f"{_what(sample, 'Redact')}, by replacing important words with {opts.mask_token}, such that without these "
             f"words {_cannot(sample, opts.explain_persona)}.")
     return _finish(text + _paragraph(sample.paragraph), opts)
 
 
 def importance_prompt(sample: Sample, opts: PromptOptions) -> str:
+    """The prompt asking for a list of the paragraph's most important words (the code redacts them afterwards); keeps
+    introspect's garbled ending for entailment with the human persona."""
     ending = _cannot(sample, opts.explain_persona)
     if sample.kind == ENTAILMENT and opts.explain_persona == "human":  # sic, introspect's text
         ending = "you a human not determine if there is entailment or no entailment"

@@ -47,6 +47,8 @@ def _indicators(results: Sequence[SampleResult]) -> dict[str, np.ndarray]:
 
 @dataclass
 class ArmStats:
+    """One arm's accuracy, faithfulness (None without explanations) and invalid rate, each as (value, 95% CI
+    low, high), plus the raw counts."""
     accuracy: tuple[float, float, float]
     faithfulness: tuple[float, float, float] | None
     invalid_rate: tuple[float, float, float]
@@ -54,6 +56,7 @@ class ArmStats:
 
 
 def arm_stats(results: Sequence[SampleResult], explain: bool, seed: int = 0) -> ArmStats:
+    """Bootstrap :class:`ArmStats` for one arm; ``explain`` says whether the task has explanations to score."""
     ind = _indicators(results)
     s = summarize(results)
     ones = np.ones(len(results))

@@ -30,6 +30,8 @@ class Step:
 
 @dataclass
 class SampleResult:
+    """What one sample went through in one arm: the classify step, for explanation tasks the explanation and
+    its re-classification, and the verdicts (None where a step did not run or its answer did not parse)."""
     idx: int
     label: str
     classify: Step
@@ -44,6 +46,7 @@ class SampleResult:
 
     @property
     def error(self) -> str | None:
+        """The first generation error among the steps that ran, or None."""
         for step in (self.classify, self.explain, self.reclassify):
             if step is not None and step.error is not None:
                 return step.error
@@ -59,12 +62,14 @@ class SampleResult:
         return "ok"
 
     def to_dict(self) -> dict[str, Any]:
+        """All fields plus the derived ``status`` and ``error``, ready for JSON (one line of samples/*.jsonl)."""
         d = asdict(self)
         d["status"], d["error"] = self.status, self.error
         return d
 
 
 def parse_class(sample: Sample, text: str) -> str | None:
+    """The class word a response gives, parsed for the sample's prompt family; None if it cannot be parsed."""
     if sample.kind == SENTIMENT:
         return extract_sentiment(text)
     if sample.kind == ENTAILMENT:
@@ -73,6 +78,7 @@ def parse_class(sample: Sample, text: str) -> str | None:
 
 
 def is_correct(sample: Sample, predict: str | None) -> bool | None:
+    """Whether ``predict`` is the gold label ("unknown" or "neutral" never is); None when nothing was parsed."""
     if sample.kind == SENTIMENT:
         return sentiment_correct(sample.label, predict)
     if sample.kind == ENTAILMENT:
@@ -156,19 +162,23 @@ class TaskSummary:
 
     @property
     def accuracy(self) -> float:
+        """correct / (total - mismatch): errors stay in the denominator; NaN when every sample is a mismatch."""
         valid = self.total - self.mismatch
         return self.correct / valid if valid else float("nan")
 
     @property
     def faithfulness(self) -> float:
+        """faithful_and_correct / correct; NaN when no sample was correct."""
         return self.faithful_and_correct / self.correct if self.correct else float("nan")
 
     @property
     def invalid_rate(self) -> float:
+        """Share of samples that are a mismatch or an error; NaN when there are no samples."""
         return (self.mismatch + self.error) / self.total if self.total else float("nan")
 
 
 def summarize(results: Sequence[SampleResult]) -> TaskSummary:
+    """Count one arm's outcomes; correct and faithful are counted over the samples whose status is ok."""
     ok = [r for r in results if r.status == "ok"]
     return TaskSummary(
         total=len(results),
