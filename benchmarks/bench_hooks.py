@@ -2,14 +2,12 @@
 the same capture (every layer's o_proj input, then each row's last token) with pyvene and with nnsight."""
 from __future__ import annotations
 
-import re
-
 import torch
 
 from iti import HeadTrace, build_prompt_set, load_model, model_layout
 from iti.collect import batch_inputs, encode_prompts, forward_kwargs, pad_token_id, plan_batches
 
-from .common import BenchResult, Row, bench_main, time_interleaved
+from .common import BenchResult, Row, bench_main, pyvene_component, time_interleaved
 
 
 def run(batch_size: int = 32, repeats: int = 30, quick: bool = False) -> BenchResult:
@@ -90,7 +88,7 @@ def _pyvene_capture(model, tok, paths, inputs, rows, last):
             return base
         return collect
 
-    components = [re.sub(r"\.(\d+)\.", r"[\1].", p) + ".input" for p in paths]
+    components = [pyvene_component(p) for p in paths]
     wrapped = pv.IntervenableModel([{"component": c, "intervention": collector(l)} for l, c in enumerate(components)], model)
 
     def fn():

@@ -7,7 +7,6 @@ prompt too) must produce the same tokens.
 from __future__ import annotations
 
 import copy
-import re
 
 import numpy as np
 import torch
@@ -17,7 +16,7 @@ from iti.bake import bake
 from iti.collect import pad_batch, pad_token_id
 from iti.tqa_prompts import generation_prompt
 
-from .common import BenchResult, Row, bench_main, time_interleaved
+from .common import BenchResult, Row, bench_main, pyvene_component, time_interleaved
 
 
 def seeded_intervention(model, num_heads: int = 48, alpha: float = 5.0, seed: int = 0) -> Intervention:
@@ -40,7 +39,7 @@ def _pyvene_model(model, inter: Intervention):
 
         def add(base, source=None, subspaces=None, shift=shift):
             return base + shift.to(base.dtype)
-        config.append({"component": re.sub(r"\.(\d+)\.", r"[\1].", paths[layer]) + ".input", "intervention": add})
+        config.append({"component": pyvene_component(paths[layer]), "intervention": add})
     return pv.IntervenableModel(config, model)
 
 

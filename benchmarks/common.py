@@ -5,6 +5,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -13,6 +14,11 @@ from typing import Any, Callable
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 README = Path(__file__).resolve().parent / "README.md"
+
+
+def pyvene_component(module_path: str) -> str:
+    """pyvene's name for a module's input: "model.layers.3.self_attn.o_proj" -> "model.layers[3].self_attn.o_proj.input"."""
+    return re.sub(r"\.(\d+)\.", r"[\1].", module_path) + ".input"
 
 
 def stats(samples: list[float]) -> dict[str, float]:

@@ -1,8 +1,12 @@
 """Shared fixtures: tiny random models of every supported architecture, a tiny tokenizer, the real SmolLM2."""
 from __future__ import annotations
 
+import contextlib
 import functools
+import json
 import os
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 # Everything tested here runs offline; this also makes hub look-ups fail at once instead of timing out.
@@ -99,3 +103,32 @@ def tqa():
     from iti import load_truthfulqa
 
     return load_truthfulqa(allow_hub=False)
+
+
+@contextlib.contextmanager
+def serve_json(respond):
+    """A loopback HTTP server: every POST's JSON body goes to ``respond(body) -> (status, payload)``; yields the
+    ``/v1`` base URL and the list of bodies received. Stands in for an OpenAI-compatible endpoint."""
+    seen: list[dict] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            seen.append(body)
+            status, payload = respond(body)
+            data = json.dumps(payload).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/v1", seen
+    finally:
+        server.shutdown()

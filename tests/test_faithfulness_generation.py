@@ -2,10 +2,6 @@
 interventions, over-long prompts, the cache in front, and the OpenAI-compatible client."""
 from __future__ import annotations
 
-import json
-import threading
-from http.server import BaseHTTPRequestHandler, HTTPServer
-
 import numpy as np
 import pytest
 import torch
@@ -16,7 +12,7 @@ from iti.faithfulness.generate import (CachedGenerator, GenerationSettings, Loca
                                        render_chat)
 from iti.openai_client import EndpointError
 
-from .conftest import make_tiny_model, tiny_tokenizer
+from .conftest import make_tiny_model, serve_json, tiny_tokenizer
 
 PROMPTS = ["Q: Why do veins appear blue? A:", "the quick brown fox", "Q: Where did fortune cookies originate? A: The"]
 GREEDY = GenerationSettings(temperature=0.0, repetition_penalty=1.0, max_new_tokens=12)
@@ -123,31 +119,13 @@ def test_render_chat_uses_the_template_or_a_named_fallback():
 @pytest.fixture
 def completions_server():
     """A loopback OpenAI-compatible /v1/completions: echoes a reply built from the request, 400 for long prompts."""
-    seen = []
+    def respond(body):
+        if len(body["prompt"]) > 100:
+            return 400, {"error": {"message": "prompt is too long"}}
+        return 200, {"choices": [{"text": f"  reply to {body['prompt']} "}]}
 
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self):
-            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            seen.append(body)
-            if len(body["prompt"]) > 100:
-                payload, code = {"error": {"message": "prompt is too long"}}, 400
-            else:
-                payload, code = {"choices": [{"text": f"  reply to {body['prompt']} "}]}, 200
-            data = json.dumps(payload).encode()
-            self.send_response(code)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def log_message(self, *args):
-            pass
-
-    server = HTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}/v1", seen
-    server.shutdown()
+    with serve_json(respond) as server:
+        yield server
 
 
 def test_remote_generator_sends_the_settings_and_caches_failures(completions_server, tmp_path):

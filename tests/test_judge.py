@@ -1,13 +1,12 @@
 """The judge client against a real model (SmolLM2) served on loopback by a minimal OpenAI-compatible endpoint."""
-import json
 import math
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import torch
 
 from iti.judge import JudgeConfig, judge_answers
+
+from .conftest import serve_json
 
 pytestmark = pytest.mark.real
 
@@ -15,34 +14,19 @@ pytestmark = pytest.mark.real
 @pytest.fixture
 def endpoint(smollm2):
     model, tok = smollm2
-    seen = []
 
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self):  # /v1/completions with max_tokens=1 and logprobs=k
-            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            seen.append(body)
-            ids = tok(body["prompt"], return_tensors="pt")
-            with torch.no_grad():
-                logp = model(**ids).logits[0, -1].log_softmax(-1)
-            top = torch.topk(logp, body["logprobs"])
-            tops = {tok.decode([int(i)]): float(v) for v, i in zip(top.values, top.indices)}
-            yes = tok(" yes", add_special_tokens=False)["input_ids"]
-            tops.setdefault(" yes", float(logp[yes[0]]))  # make the test independent of what the model ranks first
-            out = json.dumps({"choices": [{"text": next(iter(tops)), "logprobs": {"top_logprobs": [tops]}}]}).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(out)))
-            self.end_headers()
-            self.wfile.write(out)
+    def respond(body):  # /v1/completions with max_tokens=1 and logprobs=k
+        ids = tok(body["prompt"], return_tensors="pt")
+        with torch.no_grad():
+            logp = model(**ids).logits[0, -1].log_softmax(-1)
+        top = torch.topk(logp, body["logprobs"])
+        tops = {tok.decode([int(i)]): float(v) for v, i in zip(top.values, top.indices)}
+        yes = tok(" yes", add_special_tokens=False)["input_ids"]
+        tops.setdefault(" yes", float(logp[yes[0]]))  # make the test independent of what the model ranks first
+        return 200, {"choices": [{"text": next(iter(tops)), "logprobs": {"top_logprobs": [tops]}}]}
 
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/v1", seen, model, tok
-    server.shutdown()
+    with serve_json(respond) as (url, seen):
+        yield url, seen, model, tok
 
 
 def test_judge_prompts_and_scores(endpoint):

@@ -77,20 +77,19 @@ def run_concepts(cfg: ConceptConfig) -> dict[str, Any]:
     tr, dv, te = "train_exclusive", "dev", "test"
 
     head_acc = {a: head_concept_accuracy(X[tr], C[tr][:, j], X[dv], C[dv][:, j]) for j, a in enumerate(ASPECTS)}
-    sweep = []
+    sweep, fitted = [], {}
     for k in cfg.ks:
         bn = SparseConceptBottleneck(k=k, seed=cfg.seed, head_accuracy=dict(head_acc))
         bn.heads = {a: _top(head_acc[a], k) for a in ASPECTS}
-        bn.fit(X[tr], C[tr], y[tr])
+        fitted[k] = bn.fit(X[tr], C[tr], y[tr])
         for s in (dv, te):
             m = task_and_concept_metrics(bn.predict(X[s]), y[s], bn.predict_concepts(X[s]), C[s])
             sweep.append({"k": k, "split": s, **m})
     dev_rows = [r for r in sweep if r["split"] == dv]
     best_k = max(dev_rows, key=lambda r: (r["concept_accuracy"], r["task_accuracy"]))["k"]
-    bn = SparseConceptBottleneck(k=best_k, seed=cfg.seed, head_accuracy=dict(head_acc))
-    bn.heads = {a: _top(head_acc[a], best_k) for a in ASPECTS}
-    bn.fit(X[tr], C[tr], y[tr])
-    test_metrics = task_and_concept_metrics(bn.predict(X[te]), y[te], bn.predict_concepts(X[te]), C[te])
+    bn = fitted[best_k]  # the sweep already fitted and scored it
+    test_metrics = {k: v for k, v in next(r for r in sweep if r["k"] == best_k and r["split"] == te).items()
+                    if k not in ("k", "split")}
     oracle = float((oracle_correction(bn, X[te], C[te]) == y[te]).mean())
     result: dict[str, Any] = {
         "config": {k: (list(v) if isinstance(v, (tuple, list)) else v) for k, v in asdict(cfg).items()},

@@ -17,7 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..architectures import model_device
-from ..collect import pad_batch, pad_token_id
+from ..collect import batch_inputs, pad_token_id
 from ..intervention import Intervention
 from ..openai_client import EndpointError, post_completion
 from .cache import CachedGeneration, GenerationCache, GenerationKey
@@ -156,8 +156,8 @@ class LocalGenerator:
         model, device = self.model, model_device(self.model)
         pad = pad_token_id(self.tokenizer)
         eos = _eos_ids(self.model, self.tokenizer)
-        ids, mask = pad_batch(rows, pad, padding_side="left")
-        ids, mask = ids.to(device), mask.to(device)
+        inputs = batch_inputs(rows, pad, device, padding_side="left")  # position_ids count real tokens only
+        ids, mask, position_ids = inputs["input_ids"], inputs["attention_mask"], inputs["position_ids"]
         gens = [torch.Generator().manual_seed(prompt_seed(s.seed, p)) for p in prompts]
         budget = s.max_new_tokens if self.context is None else min(s.max_new_tokens, self.context - ids.shape[1])
         seen = ids.clone()  # pad ids count as seen; harmless: they never score well anyway
@@ -165,7 +165,6 @@ class LocalGenerator:
             seen[r, : ids.shape[1] - len(row)] = row[0]
         out = torch.empty(len(rows), 0, dtype=torch.long, device=device)
         done = torch.zeros(len(rows), dtype=torch.bool, device=device)
-        position_ids = (mask.long().cumsum(-1) - 1).clamp(min=0)
         past = None
         step_ids, step_mask = ids, mask
         ctx = self.intervention.applied(model, positions="last") if self.intervention is not None else contextlib.nullcontext()
