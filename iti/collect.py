@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 from .architectures import ModelLayout, model_device, model_layout
 from .errors import EmptyInputError
 from .hooks import HeadTrace
+from .oom import AdaptiveBatchSize
 
 
 @dataclass
@@ -123,20 +124,32 @@ def iter_last_token_batches(
     dtype: torch.dtype = torch.float32,
     progress: bool | tqdm = True,
     desc: str = "collecting",
+    batch_size: AdaptiveBatchSize | None = None,
 ) -> Iterator[tuple[np.ndarray, torch.Tensor, torch.Tensor | None]]:
-    """Run the given batches and yield (row indices, heads [b, L, H, D], residual [b, L, hidden] or None)."""
+    """Run the given batches and yield (row indices, heads [b, L, H, D], residual [b, L, hidden] or None).
+
+    A batch that runs out of memory is run in smaller parts (``batch_size`` keeps the size that fit, shared
+    across calls if given) and still yielded whole, so callers that track batches are unaffected."""
     layout = layout or model_layout(model)
     device = model_device(model)
     kwargs = forward_kwargs(model)
+    sizes = batch_size or AdaptiveBatchSize(max((len(b) for b in batches), default=1), what="prompt")
     bar = progress if isinstance(progress, tqdm) else tqdm(total=sum(len(b) for b in batches), desc=desc, unit="prompt", disable=not progress)
     try:
         with torch.inference_mode(), HeadTrace(model, residual=residual, layout=layout, device="cpu", dtype=dtype) as trace:
-            for idx in batches:
-                inputs = batch_inputs([encoded[i] for i in idx], pad_id, device)
-                trace.set_positions("last", inputs["attention_mask"])
-                model(**inputs, **kwargs)
-                heads, resid = trace.stacked_heads(), (trace.stacked_residual() if residual else None)
-                trace.clear()
+            def run(part: np.ndarray) -> tuple[torch.Tensor, torch.Tensor | None]:
+                try:
+                    inputs = batch_inputs([encoded[i] for i in part], pad_id, device)
+                    trace.set_positions("last", inputs["attention_mask"])
+                    model(**inputs, **kwargs)
+                    return trace.stacked_heads(), (trace.stacked_residual() if residual else None)
+                finally:
+                    trace.clear()
+
+            for idx in batches:  # a batch that runs out of memory runs in parts and is yielded whole
+                parts = sizes.run(idx, run)
+                heads = parts[0][0] if len(parts) == 1 else torch.cat([h for h, _ in parts])
+                resid = None if not residual else parts[0][1] if len(parts) == 1 else torch.cat([r for _, r in parts])
                 bar.update(len(idx))
                 yield idx, heads, resid
     finally:
@@ -182,13 +195,20 @@ def collect_head_activations(
     out_resid: list[torch.Tensor | None] = [None] * len(encoded)
     device = model_device(model)
     kwargs = forward_kwargs(model)
+    sizes = AdaptiveBatchSize(batch_size, what="prompt")
     with torch.inference_mode(), HeadTrace(model, positions="all", residual=residual, layout=layout, dtype=dtype) as trace:
+        def run(part: np.ndarray) -> None:
+            try:
+                model(**batch_inputs([encoded[i] for i in part], pad_id, device), **kwargs)
+                h = trace.stacked_heads()  # [b, S, L, H, D]
+                r = trace.stacked_residual() if residual else None
+                for j, i in enumerate(part):
+                    out_heads[i] = h[j, : lengths[i]].clone()
+                    if r is not None:
+                        out_resid[i] = r[j, : lengths[i]].clone()
+            finally:
+                trace.clear()
+
         for idx in tqdm(batches, desc="collecting", unit="batch", disable=not progress):
-            model(**batch_inputs([encoded[i] for i in idx], pad_id, device), **kwargs)
-            h = trace.stacked_heads()  # [b, S, L, H, D]
-            r = trace.stacked_residual() if residual else None
-            for j, i in enumerate(idx):
-                out_heads[i] = h[j, : lengths[i]].clone()
-                if r is not None:
-                    out_resid[i] = r[j, : lengths[i]].clone()
+            sizes.run(idx, run)
     return HeadActivations(out_heads, out_resid if residual else None, lengths, positions)  # type: ignore[arg-type]

@@ -40,3 +40,7 @@ class OutputExistsError(ItiError, FileExistsError):
 
 class HeadIndexError(ItiError, IndexError):
     """A layer or head index outside the model's geometry."""
+
+
+class OutOfMemoryError(ItiError, MemoryError):
+    """Out of memory even with one row per batch: no smaller batch is left to try."""

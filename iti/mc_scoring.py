@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from .architectures import model_device
 from .collect import pad_batch, pad_token_id
 from .intervention import Intervention
+from .oom import AdaptiveBatchSize
 from .tqa_prompts import MCQuestion
 
 
@@ -87,8 +88,13 @@ def score_choices(
                 bar.update(1)
         if shared:
             prefix_cache = model(torch.tensor([prefix_ids], device=device), use_cache=True).past_key_values
-            for group in _groups(shared, [len(conts[qi]) for qi in range(len(questions))], group_answers):
-                _score_group(model, group, contexts, conts, scores, prefix_cache, lp, pad, device, shift, batch_size)
+            groups = _groups(shared, [len(conts[qi]) for qi in range(len(questions))], group_answers)
+            # Out of memory: answer chunks get smaller first; a question stage that does not fit splits its group.
+            answer_sizes = AdaptiveBatchSize(batch_size, what="answer")
+            question_sizes = AdaptiveBatchSize(max(len(g) for g in groups), what="question", flag="group_answers")
+            for group in groups:
+                question_sizes.run(group, lambda sub: _score_group(model, sub, contexts, conts, scores, prefix_cache, lp, pad,
+                                                                   device, shift, answer_sizes))
                 bar.update(sum(len(conts[qi]) for qi in group))
     bar.close()
     return scores
@@ -124,7 +130,7 @@ def _groups(questions: list[int], n_answers: list[int], batch_size: int) -> list
     return groups
 
 
-def _score_group(model, group, contexts, conts, scores, prefix_cache, lp, pad, device, shift, batch_size) -> None:
+def _score_group(model, group, contexts, conts, scores, prefix_cache, lp, pad, device, shift, sizes: AdaptiveBatchSize) -> None:
     # Stage 1: the question parts of the group, on top of the shared prefix (no shift: context tokens).
     q_ids, q_mask = pad_batch([contexts[qi][lp:] for qi in group], pad)
     past = _fork(prefix_cache)
@@ -146,8 +152,8 @@ def _score_group(model, group, contexts, conts, scores, prefix_cache, lp, pad, d
                 rows.append((g, qi, ci))
     # Stage 2: the answers, each on top of its question's cache; all positions here are answer tokens.
     rows.sort(key=lambda r: -len(conts[r[1]][r[2]]))  # similar lengths together: less padding
-    for start in range(0, len(rows), batch_size):
-        chunk = rows[start : start + batch_size]
+
+    def run(chunk: Sequence[tuple[int, int, int]]) -> None:
         a_ids, a_mask = pad_batch([conts[qi][ci][:-1] for _, qi, ci in chunk], pad)
         index = torch.tensor([g for g, _, _ in chunk])
         past = _fork(group_cache)
@@ -161,6 +167,8 @@ def _score_group(model, group, contexts, conts, scores, prefix_cache, lp, pad, d
         for j, (_, qi, ci) in enumerate(chunk):
             cont = conts[qi][ci]
             scores[qi][ci] += _token_logprobs(logits[j, : len(cont) - 1], cont[1:])
+
+    sizes.run(rows, run)
 
 
 @dataclass

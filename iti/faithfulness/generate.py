@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from ..architectures import model_device
 from ..collect import batch_inputs, pad_token_id
+from ..oom import AdaptiveBatchSize
 from ..intervention import Intervention
 from ..openai_client import EndpointError, post_completion
 from .cache import CachedGeneration, GenerationCache, GenerationKey
@@ -114,6 +115,7 @@ class LocalGenerator:
         self.model, self.tokenizer, self.model_id, self.intervention = model, tokenizer, model_id, intervention
         self.intervention_id = intervention.fingerprint() if intervention is not None else "none"
         self.batch_size, self.max_batch_tokens = batch_size, max_batch_tokens
+        self.sizes = AdaptiveBatchSize(batch_size, what="prompt")  # lowered for good after an out-of-memory error
         self.context = int(getattr(model.config, "max_position_embeddings", 0) or 0) or None
 
     def _batches(self, lengths: Sequence[int]) -> list[list[int]]:
@@ -144,7 +146,8 @@ class LocalGenerator:
         for batch in batches:
             idx = [ok[j] for j in batch]
             t = time.perf_counter()
-            texts = self._generate_batch([encoded[i] for i in idx], [prompts[i] for i in idx], settings)
+            parts = self.sizes.run(idx, lambda part: self._generate_batch([encoded[i] for i in part], [prompts[i] for i in part], settings))
+            texts = [text for part in parts for text in part]
             per = (time.perf_counter() - t) / len(idx)
             for i, text in zip(idx, texts):
                 results[i] = CachedGeneration(text, None, per)
