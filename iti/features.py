@@ -33,8 +33,8 @@ from . import __version__
 from .architectures import HeadGeometry, model_layout
 from .collect import check_context, encode_prompts, iter_last_token_batches, pad_token_id, plan_batches
 from .errors import EmptyInputError, FeatureFileError, OutputExistsError
-from .io import (allocate_safetensors, atomic_path, atomic_write_json, fsync_dir, open_safetensors_memmap,
-                 read_json, read_safetensors_header, sha256_file)
+from .io import (SafetensorsRowWriter, allocate_safetensors, atomic_path, atomic_write_json, fsync_dir,
+                 open_safetensors_memmap, read_json, read_safetensors_header, sha256_file)
 from .paths import features_dir
 from .prompt_sets import PromptSet
 
@@ -199,7 +199,7 @@ def write_features(
     elif done:
         print(f"[iti] resuming {partial}: {len(done)}/{len(my_batches)} batches already on disk", flush=True)
 
-    maps = {name: open_safetensors_memmap(partial / f"{name}.safetensors", name, mode="r+") for name in specs}
+    writers = {name: SafetensorsRowWriter(partial / f"{name}.safetensors", name) for name in specs}
     todo = [b for b in my_batches if b not in done]
     bar = tqdm(total=len(rows), initial=sum(len(batches[b]) for b in done), unit="prompt",
                desc=f"{model_name} {prompt_set.name}", disable=not progress)
@@ -209,21 +209,19 @@ def write_features(
         )
         for b, (idx, heads, resid) in zip(todo, results):
             pos = row_pos[idx]
-            maps["head_wise"][pos] = heads.numpy().astype(np_dtype, copy=False)
+            writers["head_wise"].write(pos, heads.numpy())
             if layer_wise and resid is not None:
-                maps["layer_wise"][pos] = resid.numpy().astype(np_dtype, copy=False)
-            for m in maps.values():
-                m.flush()
+                writers["layer_wise"].write(pos, resid.numpy())
+            for w in writers.values():
+                w.flush()
             done.add(b)
             atomic_write_json(progress_path, {"job_id": job_id, "shard": list(shard), "done_batches": sorted(done)})
             if on_batch is not None:
                 on_batch(len(done), len(my_batches))
     finally:
         bar.close()
-        for m in maps.values():
-            if isinstance(m, np.memmap):
-                m.flush()
-        del maps
+        for w in writers.values():
+            w.close()
 
     manifest = {
         "format": FORMAT,
@@ -357,11 +355,10 @@ def merge_shards(final: str | os.PathLike, *, force: bool = False, remove_shards
     categories: list[Any] | None = [None] * total if "categories" in ref else None
     for name, spec in specs.items():
         allocate_safetensors(partial / f"{name}.safetensors", {name: spec})
-        out = open_safetensors_memmap(partial / f"{name}.safetensors", name, mode="r+")
-        for fs, r in zip(sets, rows):
-            out[r] = fs.head_wise if name == "head_wise" else fs.layer_wise
-        out.flush()
-        del out
+        with SafetensorsRowWriter(partial / f"{name}.safetensors", name) as out:
+            for fs, r in zip(sets, rows):
+                out.write(r, fs.head_wise if name == "head_wise" else fs.layer_wise)
+            out.flush()
     for fs, r in zip(sets, rows):
         labels[r] = fs.labels
         qids[r] = fs.question_ids

@@ -2,7 +2,9 @@
 
 Why in place: activation files can be larger than what we want to hold twice in memory, and a resumable
 collection needs to write rows into a file as batches finish. Safetensors is a plain layout (header length,
-JSON header, raw little-endian bytes), so we pre-allocate it and memory-map the data region.
+JSON header, raw little-endian bytes), so we pre-allocate it and write rows at their byte offsets
+(:class:`SafetensorsRowWriter`). Rows go through ``pwrite`` rather than a writable memory map so that what has
+been written sits in the page cache, not in the collecting process's resident set.
 """
 from __future__ import annotations
 
@@ -152,3 +154,57 @@ def open_safetensors_memmap(path: str | os.PathLike, name: str, mode: str = "r")
     if int(np.prod(shape, dtype=np.int64)) == 0:
         return np.zeros(shape, dtype=_NP_DTYPES[info["dtype"]])  # type: ignore[return-value]
     return np.memmap(path, dtype=_NP_DTYPES[info["dtype"]], mode=mode, offset=start + info["data_offsets"][0], shape=shape)
+
+
+class SafetensorsRowWriter:
+    """Writes rows (first-axis slices) of one tensor of a pre-allocated safetensors file at their offsets.
+
+    ``flush`` makes the rows written so far durable (fsync) before a caller records them as done."""
+
+    def __init__(self, path: str | os.PathLike, name: str) -> None:
+        from .errors import FeatureFileError
+
+        self.path = Path(path)
+        start, header = read_safetensors_header(self.path)
+        if name not in header:
+            raise FeatureFileError(f"{self.path} has no tensor named {name!r}")
+        info = header[name]
+        self.dtype = _NP_DTYPES[info["dtype"]]
+        self.shape = tuple(info["shape"])
+        self.row_bytes = int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
+        self._start = start + info["data_offsets"][0]
+        self._fd = os.open(self.path, os.O_RDWR)
+
+    def write(self, positions: np.ndarray, rows: np.ndarray) -> None:
+        """Write ``rows[j]`` as row ``positions[j]``; consecutive positions go out in one call."""
+        positions = np.asarray(positions, dtype=np.int64)
+        rows = np.ascontiguousarray(rows, dtype=self.dtype)
+        if rows.shape != (len(positions), *self.shape[1:]):
+            raise ValueError(f"{self.path}: rows of shape {rows.shape} do not fit {len(positions)} rows of {self.shape[1:]}")
+        if len(positions) and (positions.min() < 0 or positions.max() >= self.shape[0]):
+            raise IndexError(f"{self.path}: row positions must lie in 0..{self.shape[0] - 1}")
+        order = np.argsort(positions, kind="stable")
+        pos, data = positions[order], rows[order]
+        breaks = np.flatnonzero(np.diff(pos) != 1) + 1
+        for run_start, run_end in zip([0, *breaks], [*breaks, len(pos)]):
+            buf = memoryview(data[run_start:run_end]).cast("B")
+            offset = self._start + int(pos[run_start]) * self.row_bytes
+            while buf:
+                n = os.pwrite(self._fd, buf, offset)
+                buf, offset = buf[n:], offset + n
+
+    def flush(self) -> None:
+        """fsync the file."""
+        os.fsync(self._fd)
+
+    def close(self) -> None:
+        """Close the file descriptor (idempotent)."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def __enter__(self) -> "SafetensorsRowWriter":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

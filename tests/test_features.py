@@ -187,3 +187,57 @@ def test_validate_without_features_says_how_to_collect(tmp_path, capsys):
     code = main(["validate", "--features_dir", str(tmp_path), "--model_name", "smollm2-135m"])
     err = capsys.readouterr().err
     assert code == 2 and "no tqa_mc2 features for smollm2-135m" in err and "get_activations.py" in err
+
+
+def test_row_writer_puts_rows_at_their_offsets_in_any_order(tmp_path):
+    from safetensors.numpy import load_file
+
+    from iti.io import SafetensorsRowWriter, allocate_safetensors
+
+    path = tmp_path / "t.safetensors"
+    allocate_safetensors(path, {"a": ("float16", (7, 3, 2)), "b": ("float32", (7, 4))})
+    a = np.random.default_rng(0).normal(size=(7, 3, 2)).astype(np.float16)
+    with SafetensorsRowWriter(path, "a") as w:
+        w.write(np.array([5, 0, 1, 2]), a[[5, 0, 1, 2]])  # one run of three and a lone row
+        w.write(np.array([6, 4, 3]), a[[6, 4, 3]])
+        w.flush()
+        with pytest.raises(ValueError, match="do not fit"):
+            w.write(np.array([0]), a[:2])
+        with pytest.raises(IndexError, match="0..6"):
+            w.write(np.array([7]), a[:1])
+    got = load_file(str(path))
+    assert np.array_equal(got["a"], a) and not got["b"].any()  # the other tensor is untouched
+    with pytest.raises(FeatureFileError, match="no tensor named 'c'"):
+        SafetensorsRowWriter(path, "c")
+
+
+_KILLED = """
+import os, signal, sys
+sys.path.insert(0, "tests")
+import numpy as np
+from conftest import TEXTS, make_tiny_model, tiny_tokenizer
+from iti import write_features
+from iti.prompt_sets import PromptSet
+
+def die(done, total):
+    if done == int(sys.argv[2]):
+        os.kill(os.getpid(), signal.SIGKILL)  # no finally blocks, no flush: as if the machine's OOM killer struck
+
+ps = PromptSet("killed", TEXTS * 6, np.arange(24) % 2, np.arange(24), "{t}")
+write_features(make_tiny_model("llama"), tiny_tokenizer(), ps, sys.argv[1], model_name="tiny", batch_size=4,
+               progress=False, on_batch=die if len(sys.argv) > 2 else None)
+"""
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL")
+def test_a_collection_killed_with_sigkill_resumes_byte_identical(tmp_path):
+    run = lambda *args: subprocess.run([sys.executable, "-c", _KILLED, *map(str, args)], cwd=REPO, capture_output=True, text=True)
+    assert run(tmp_path / "straight").returncode == 0
+    killed = run(tmp_path / "killed", 3)
+    assert killed.returncode == -9  # really killed, half-way (3 of 6 batches on disk)
+    partial = tmp_path / "killed" / "tiny_killed.partial"
+    assert json.loads((partial / "progress.json").read_text())["done_batches"] == [0, 1, 2]
+    resumed = run(tmp_path / "killed")
+    assert resumed.returncode == 0 and "resuming" in resumed.stdout and "3/6 batches already on disk" in resumed.stdout
+    for name in ("head_wise.safetensors", "layer_wise.safetensors", "labels.safetensors"):
+        assert (tmp_path / "straight" / "tiny_killed" / name).read_bytes() == (tmp_path / "killed" / "tiny_killed" / name).read_bytes()
