@@ -50,7 +50,13 @@ def data_search(data_dir: str | os.PathLike | None = None) -> DataSearch:
     """The local roots to search: the argument, ``ITI_DATA_DIR``, then ``../shared/data`` beside the checkout."""
     search = DataSearch()
     if data_dir is not None:
-        search.candidates.append(("data_dir argument", Path(data_dir).expanduser()))
+        root = Path(data_dir).expanduser()
+        if not root.is_dir():  # a mistyped path must not silently fall through to another copy of the data
+            from .errors import DataNotFoundError
+
+            raise DataNotFoundError(f"data directory {root} does not exist (given as data_dir / --data_dir); "
+                                    f"leave it out to search ${DATA_ENV} and ../shared/data")
+        search.candidates.append(("data_dir argument", root))
     if os.environ.get(DATA_ENV):
         search.candidates.append((f"${DATA_ENV}", Path(os.environ[DATA_ENV]).expanduser()))
     search.candidates.append(("shared data beside the checkout", CHECKOUT_DIR.parent / "shared" / "data"))

@@ -66,7 +66,7 @@ def test_dataset_errors_are_specific(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("ITI_DATA_DIR", raising=False)
     with pytest.raises(FileNotFoundError, match="(?s)rte not found.*shared data beside the checkout.*hub"):
-        load_faithfulness_dataset("rte", tmp_path / "empty", allow_hub=False)
+        load_faithfulness_dataset("rte", tmp_path, allow_hub=False)
 
 
 # --- prompts ----------------------------------------------------------------------------------------------------

@@ -88,6 +88,7 @@ def test_missing_data_says_what_was_tried(tmp_path, monkeypatch):
     monkeypatch.setattr(paths, "CHECKOUT_DIR", tmp_path / "checkout")
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("ITI_DATA_DIR", str(tmp_path / "env-data"))
+    (tmp_path / "arg-data").mkdir()  # exists, but holds no TruthfulQA
     with pytest.raises(DataNotFoundError) as err:
         load_truthfulqa(tmp_path / "arg-data", allow_hub=False)
     msg = str(err.value)
@@ -104,4 +105,9 @@ def test_hub_failure_is_reported_with_the_local_misses(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(DataNotFoundError, match="Hugging Face hub"):
+        load_truthfulqa(tmp_path)
+
+
+def test_a_data_dir_that_does_not_exist_is_not_skipped_silently(tmp_path):
+    with pytest.raises(DataNotFoundError, match="nowhere does not exist"):
         load_truthfulqa(tmp_path / "nowhere")
