@@ -100,9 +100,14 @@ def _pyvene_capture(model, tok, paths, inputs, rows, last):
 
 def _nnsight_capture(model, tok, paths, inputs, rows, last):
     """nnsight's trace, saving every layer's o_proj input."""
-    import nnsight
+    try:  # nnsight >= 0.6 deprecates LanguageModel in favour of TransformersModel
+        from nnsight.modeling.transformers import TransformersModel
 
-    wrapped = nnsight.LanguageModel(model, tokenizer=tok)
+        wrapped = TransformersModel(model, task="text-generation", tokenizer=tok)
+    except ImportError:
+        import nnsight
+
+        wrapped = nnsight.LanguageModel(model, tokenizer=tok)
 
     def module(path: str):
         m = wrapped
