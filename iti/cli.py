@@ -227,6 +227,8 @@ def add_concepts_args(p: argparse.ArgumentParser) -> None:
     _flag(p, "model", default="smollm2-135m")
     _flag(p, "ks", type=int, nargs="+", default=[1, 4, 16, 64], help="heads per concept to try (chosen on dev)")
     _flag(p, "alphas", type=float, nargs="+", default=[0.0, 2.0, 5.0, 10.0, 20.0], help="steering strengths (chosen on dev)")
+    _flag(p, "l1_strengths", type=float, nargs="*", default=[0.7, 0.5, 0.3],
+          help="group-lasso head selection, as fractions of the all-zero penalty (none = skip the L1 variant)")
     _flag(p, "max_reviews", type=int, default=None, help="seeded sample of N reviews per split (default: all)")
     _flag(p, "max_pairs", type=int, default=200, help="counterfactual pairs per split for steering (0 = all)")
     _flag(p, "no_dense", action="store_true", help="skip the dense all-heads probe baseline")
@@ -242,7 +244,8 @@ def run_concepts_cmd(args: argparse.Namespace) -> None:
     (``--max_pairs 0`` means every pair)."""
     from .concepts.experiment import ConceptConfig, run_concepts
 
-    r = run_concepts(ConceptConfig(model=args.model, ks=args.ks, alphas=args.alphas, max_reviews=args.max_reviews,
+    r = run_concepts(ConceptConfig(model=args.model, ks=args.ks, alphas=args.alphas, l1_strengths=args.l1_strengths,
+                                   max_reviews=args.max_reviews,
                                    max_pairs=args.max_pairs or None, dense_baseline=not args.no_dense, seed=args.seed,
                                    batch_size=args.batch_size, data_dir=args.data_dir, output_dir=args.output_dir,
                                    progress=not args.quiet))

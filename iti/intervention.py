@@ -229,7 +229,10 @@ def _past_length(kwargs: dict) -> int:
     cache_position = kwargs.get("cache_position")
     if cache_position is not None and cache_position.numel() > 0:
         return int(cache_position.reshape(-1)[0])
-    past = kwargs.get("past_key_values")
+    # transformers 5 names the cache `cache`; earlier versions `past_key_values`
+    past = kwargs.get("cache")
+    if past is None:
+        past = kwargs.get("past_key_values")
     if past is None:
         return 0
     if hasattr(past, "get_seq_length"):

@@ -20,6 +20,7 @@ from .architectures import model_device
 from .collect import pad_batch, pad_token_id
 from .intervention import Intervention
 from .oom import AdaptiveBatchSize
+from .kv_cache import returned_cache, with_cache
 from .tqa_prompts import MCQuestion
 
 
@@ -87,7 +88,7 @@ def score_choices(
                 scores[qi][ci] = _token_logprobs(logits[n - 1 : -1], cont)
                 bar.update(1)
         if shared:
-            prefix_cache = model(torch.tensor([prefix_ids], device=device), use_cache=True).past_key_values
+            prefix_cache = returned_cache(model(torch.tensor([prefix_ids], device=device), use_cache=True))
             groups = _groups(shared, [len(conts[qi]) for qi in range(len(questions))], group_answers)
             # Out of memory: answer chunks get smaller first; a question stage that does not fit splits its group.
             answer_sizes = AdaptiveBatchSize(batch_size, what="answer")
@@ -139,11 +140,11 @@ def _score_group(model, group, contexts, conts, scores, prefix_cache, lp, pad, d
     q_lens = q_mask.sum(1)
     # The first answer token is predicted at the question's last real token: only those logits are computed.
     keep = torch.unique(q_lens - 1)
-    out = model(input_ids=q_ids.to(device), attention_mask=attn.to(device), past_key_values=past, use_cache=True,
+    out = model(input_ids=q_ids.to(device), attention_mask=attn.to(device), **with_cache(model, past), use_cache=True,
                 logits_to_keep=keep.to(device))
     where = torch.searchsorted(keep, q_lens - 1)
     first = out.logits[torch.arange(len(group)), where.to(out.logits.device)].float().log_softmax(-1)
-    group_cache = out.past_key_values
+    group_cache = returned_cache(out)
     rows = []  # (group row, question, choice)
     for g, qi in enumerate(group):
         for ci, cont in enumerate(conts[qi]):
@@ -161,7 +162,7 @@ def _score_group(model, group, contexts, conts, scores, prefix_cache, lp, pad, d
         attn = torch.cat([torch.ones((len(chunk), lp), dtype=torch.long), q_mask[index], a_mask], dim=1)
         positions = lp + q_lens[index][:, None] + torch.arange(a_ids.shape[1])[None, :]
         kwargs = dict(input_ids=a_ids.to(device), attention_mask=attn.to(device), position_ids=positions.to(device),
-                      past_key_values=past, use_cache=True)
+                      **with_cache(model, past), use_cache=True)
         with (shift(model, positions="all") if shift else contextlib.nullcontext()):
             logits = model(**kwargs).logits
         for j, (_, qi, ci) in enumerate(chunk):

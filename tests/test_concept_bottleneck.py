@@ -52,3 +52,23 @@ def test_bottleneck_metrics_and_oracle_correction():
 
 def test_review_prompt():
     assert review_prompt(" Great food. ") == "Review: Great food.\nRating (1-5):"
+
+
+def test_group_lasso_switches_off_every_head_but_the_planted_one():
+    from iti.concepts.group_lasso import GroupLassoHeads
+
+    X, C, _ = planted(400, 0)
+    for j, a in enumerate(ASPECTS):
+        strong = GroupLassoHeads(0.5).fit(X, C[:, j])
+        assert strong.heads() == [PLANTED[a]] and strong.head_norms_.shape == (3, 4)
+        weak = GroupLassoHeads(0.01).fit(X, C[:, j])
+        assert weak.heads()[0] == PLANTED[a] and len(weak.heads()) > 1  # a weaker penalty lets noise heads in
+        again = GroupLassoHeads(0.01).fit(X, C[:, j])
+        assert np.array_equal(again.head_norms_, weak.head_norms_)  # no randomness anywhere
+    assert GroupLassoHeads(0.999).fit(X, C[:, 0]).heads() in ([], [PLANTED["food"]])
+    with pytest.raises(ValueError, match="in \\(0, 1\\)"):
+        GroupLassoHeads(1.5)
+    with pytest.raises(ValueError, match="layers, heads, head_dim"):
+        GroupLassoHeads().fit(X[:, 0], C[:, 0])
+    with pytest.raises(ValueError, match="0 rows"):
+        GroupLassoHeads().fit(X[:0], C[:0, 0])

@@ -8,7 +8,8 @@ import pytest
 from iti import collect_head_activations, model_layout
 from iti.concepts.bottleneck import SparseConceptBottleneck, review_prompt
 from iti.concepts.cebab import EditPair, Review
-from iti.concepts.steering import ConceptDirections, LastTokenReader, steer_pairs, summarize_steering
+from iti.concepts.steering import (ConceptDirections, LastTokenReader, steer_pairs, summarize_steering,
+                                  zero_shot_rating_probabilities)
 
 from .conftest import make_tiny_model, tiny_tokenizer
 
@@ -31,6 +32,10 @@ def test_cached_last_token_rerun_equals_a_full_forward(tiny):
         np.testing.assert_allclose(heads, full[i], atol=1e-5)
         np.testing.assert_array_equal(heads, again)
         assert probs.shape == (5,) and abs(probs.sum() - 1) < 1e-5
+    # the batched, left-padded zero-shot rating reads the same next-token distribution
+    zero_shot = zero_shot_rating_probabilities(model, tok, [review_prompt(t) for t in TEXTS], batch_size=3, progress=False)
+    for i, t in enumerate(TEXTS):
+        np.testing.assert_allclose(zero_shot[i], reader.read(reader.prefix(review_prompt(t)))[1], atol=1e-5)
 
 
 def _fitted(model, tok):

@@ -11,11 +11,13 @@ pytestmark = pytest.mark.real
 
 
 def test_concepts_end_to_end_on_a_subset(tmp_path, smollm2):
-    cfg = ConceptConfig(ks=(1, 4), alphas=(0.0, 8.0), max_reviews=40, max_pairs=4, output_dir=str(tmp_path), progress=False)
+    cfg = ConceptConfig(ks=(1, 4), alphas=(0.0, 8.0), l1_strengths=(0.5,), max_reviews=40, max_pairs=4, output_dir=str(tmp_path), progress=False)
     r = run_concepts(cfg)
     assert r["sizes"] == {"train_exclusive": 40, "dev": 40, "test": 40} and r["chosen_k"] in (1, 4)
     assert {len(h) for h in r["heads"].values()} == {r["chosen_k"]}
     assert 0 <= r["test"]["concept_accuracy"] <= 1 and "dense_test" in r
+    assert 0 <= r["zero_shot_test"]["task_accuracy"] <= 1 and 0 < r["majority_rating_test_accuracy"] < 1
+    assert [s["split"] for s in r["sweep_l1"]] in (["dev", "test"], [None])  # None: every head switched off
     dev = r["steering"]["dev"]["summary"]
     assert {(s["alpha"], s["variant"]) for s in dev} == {(a, v) for a in (0.0, 8.0) for v in ("concept", "random_direction", "wrong_concept")}
     assert all(s["model_mean_delta"] == pytest.approx(0.0, abs=1e-4) for s in dev if s["alpha"] == 0.0)
@@ -23,3 +25,7 @@ def test_concepts_end_to_end_on_a_subset(tmp_path, smollm2):
     assert json.loads((tmp_path / "summary.json").read_text())["chosen_k"] == r["chosen_k"]
     for f in ("results.md", "concept_heads.png", "steering_vs_alpha.png", "steering_dev.jsonl", "steering_test.jsonl"):
         assert (tmp_path / f).stat().st_size > 0
+    feats = sorted(p.name for p in (tmp_path / "features").iterdir())
+    assert len(feats) == 3 and all(f.startswith("smollm2-135m_cebab_") and not f.endswith(".partial") for f in feats)
+    again = run_concepts(cfg)  # features are read back, not collected again: same numbers
+    assert again["test"] == r["test"] and again["sweep_k"] == r["sweep_k"]

@@ -40,6 +40,28 @@ def test_last_position_in_generate_cached_equals_uncached(arch):
     assert not torch.allclose(torch.stack(plain.scores, 1), torch.stack(cached.scores, 1))
 
 
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_start_index_in_generate_counts_cached_tokens(arch):
+    # a start index past the prompt shifts only later generated tokens; a cached step must know how many tokens
+    # the cache already holds (transformers 5 passes it as `cache`, older versions as `past_key_values`)
+    model = make_tiny_model(arch)
+    inter = make_intervention(model)
+    ids = _ids()
+    start = ids.shape[1] + 2
+    kw = dict(max_new_tokens=6, do_sample=False, pad_token_id=0, output_scores=True, return_dict_in_generate=True)
+    with torch.no_grad():
+        plain = model.generate(ids, **kw)
+        with inter.applied(model, positions=start):
+            cached = model.generate(ids, use_cache=True, **kw)
+            uncached = model.generate(ids, use_cache=False, **kw)
+    assert torch.equal(cached.sequences, uncached.sequences)
+    torch.testing.assert_close(torch.stack(cached.scores, 1), torch.stack(uncached.scores, 1), rtol=0, atol=1e-5)
+    scores, base = torch.stack(cached.scores, 1), torch.stack(plain.scores, 1)
+    # step t predicts from position n - 1 + t: steps 0-2 see only positions before `start`, step 3 on change
+    torch.testing.assert_close(scores[:, :3], base[:, :3], rtol=0, atol=1e-5)
+    assert not torch.allclose(scores[:, 3:], base[:, 3:])
+
+
 def test_last_position_of_a_plain_forward_shifts_only_the_last_token():
     model = make_tiny_model("llama")
     inter = make_intervention(model)

@@ -10,14 +10,17 @@ from typing import Any, Sequence
 
 import numpy as np
 from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import accuracy_score, f1_score
 
-from ..collect import collect_head_activations
 from ..errors import EmptyInputError
+from ..features import load_features, write_features
 from ..io import atomic_write_json, atomic_write_text
+from ..prompt_sets import PromptSet
 from .bottleneck import (SparseConceptBottleneck, head_concept_accuracy, oracle_correction, review_prompt,
                          task_and_concept_metrics)
 from .cebab import ASPECTS, CebabSplit, load_cebab, majority_baseline
-from .steering import VARIANTS, ConceptDirections, steer_pairs, summarize_steering
+from .group_lasso import GroupLassoHeads
+from .steering import VARIANTS, ConceptDirections, steer_pairs, summarize_steering, zero_shot_rating_probabilities
 
 
 @dataclass
@@ -26,6 +29,7 @@ class ConceptConfig:
     model: str = "smollm2-135m"
     ks: Sequence[int] = (1, 4, 16, 64)
     alphas: Sequence[float] = (0.0, 2.0, 5.0, 10.0, 20.0)
+    l1_strengths: Sequence[float] = (0.7, 0.5, 0.3)  # group-lasso head selection (the L1 variant); () skips it
     max_reviews: int | None = None      # per split, seeded sample (None = all)
     max_pairs: int | None = 200         # counterfactual pairs per split for steering
     dense_baseline: bool = True
@@ -44,10 +48,15 @@ def _sample(split: CebabSplit, n: int | None, seed: int) -> CebabSplit:
     return CebabSplit(split.name, split.origin, tuple(split.reviews[i] for i in idx), split.dropped_no_majority)
 
 
-def _features(model, tok, split: CebabSplit, batch_size: int, progress: bool) -> np.ndarray:
-    acts = collect_head_activations(model, tok, [review_prompt(r.text) for r in split.reviews], batch_size=batch_size,
-                                    progress=progress)
-    return acts.heads.numpy()
+def _features(model, tok, model_name: str, split: CebabSplit, out: Path, batch_size: int, progress: bool) -> np.ndarray:
+    """Last-token head outputs of every review prompt, collected through the resumable feature writer into
+    ``out/features`` (float32): a killed run picks up where it stopped, a finished split is read back."""
+    prompts = [review_prompt(r.text) for r in split.reviews]
+    ps = PromptSet(f"cebab_{split.name}", prompts, split.ratings, np.arange(len(split)), review_prompt("{review}"))
+    ps.name = f"cebab_{split.name}_{ps.fingerprint()[:12]}"  # another sample of the split gets its own directory
+    path = write_features(model, tok, ps, out / "features", model_name=model_name, batch_size=batch_size,
+                          dtype="float32", layer_wise=False, progress=progress)
+    return np.array(load_features(path).head_wise)
 
 
 def _dense(Xtr, Ctr, ytr, Xte, seed) -> tuple[np.ndarray, np.ndarray]:
@@ -59,10 +68,29 @@ def _dense(Xtr, Ctr, ytr, Xte, seed) -> tuple[np.ndarray, np.ndarray]:
     return ratings, concepts
 
 
+def _l1_sweep(cfg: ConceptConfig, X, C, y) -> list[dict[str, Any]]:
+    """The L1 variant: heads per aspect chosen by a group lasso on train (no ranking on dev), then the same
+    bottleneck on those heads; one row per strength and split."""
+    rows = []
+    for strength in cfg.l1_strengths:
+        heads = {a: GroupLassoHeads(strength).fit(X["train_exclusive"], C["train_exclusive"][:, j]).heads()
+                 for j, a in enumerate(ASPECTS)}
+        if not all(heads.values()):  # a penalty that switched every head of an aspect off: nothing to fit
+            rows.append({"strength": strength, "heads_per_aspect": {a: len(h) for a, h in heads.items()}, "split": None})
+            continue
+        bn = SparseConceptBottleneck(seed=cfg.seed, heads=heads).fit(X["train_exclusive"], C["train_exclusive"],
+                                                                   y["train_exclusive"])
+        for s in ("dev", "test"):
+            m = task_and_concept_metrics(bn.predict(X[s]), y[s], bn.predict_concepts(X[s]), C[s])
+            rows.append({"strength": strength, "heads_per_aspect": {a: len(h) for a, h in heads.items()}, "split": s,
+                         "heads": {a: [list(h) for h in heads[a]] for a in ASPECTS}, **m})
+    return rows
+
+
 def run_concepts(cfg: ConceptConfig) -> dict[str, Any]:
     """Run the concept experiment, write summary.json, results.md, steering_{dev,test}.jsonl and the plots
     into ``output_dir``, and return the summary."""
-    from ..models import load_model
+    from ..models import load_model, resolve_model
 
     if not cfg.ks or not cfg.alphas:
         raise EmptyInputError("need at least one k and one alpha")
@@ -71,7 +99,8 @@ def run_concepts(cfg: ConceptConfig) -> dict[str, Any]:
     model, tok = load_model(cfg.model)
     splits = {s: load_cebab(s, cfg.data_dir) for s in ("train_exclusive", "dev", "test")}
     used = {s: _sample(v, cfg.max_reviews, cfg.seed) for s, v in splits.items()}
-    X = {s: _features(model, tok, v, cfg.batch_size, cfg.progress) for s, v in used.items()}
+    name = resolve_model(cfg.model).name
+    X = {s: _features(model, tok, name, v, out, cfg.batch_size, cfg.progress) for s, v in used.items()}
     C = {s: v.concepts for s, v in used.items()}
     y = {s: v.ratings for s, v in used.items()}
     tr, dv, te = "train_exclusive", "dev", "test"
@@ -98,6 +127,14 @@ def run_concepts(cfg: ConceptConfig) -> dict[str, Any]:
         "sweep_k": sweep, "chosen_k": best_k, "test": test_metrics,
         "oracle_correction_test_accuracy": oracle, "heads": {a: [list(h) for h in bn.heads[a]] for a in ASPECTS},
     }
+    if cfg.l1_strengths:
+        result["sweep_l1"] = _l1_sweep(cfg, X, C, y)
+    zs = zero_shot_rating_probabilities(model, tok, [review_prompt(r.text) for r in used[te].reviews], cfg.batch_size,
+                                        cfg.progress).argmax(-1)
+    result["zero_shot_test"] = {"task_accuracy": float(accuracy_score(y[te], zs)),
+                                "task_macro_f1": float(f1_score(y[te], zs, average="macro", labels=list(range(5))))}
+    majority_rating = int(np.bincount(y[tr], minlength=5).argmax())
+    result["majority_rating_test_accuracy"] = float((y[te] == majority_rating).mean())
     if cfg.dense_baseline:
         dr, dc = _dense(X[tr], C[tr], y[tr], X[te], cfg.seed)
         result["dense_test"] = task_and_concept_metrics(dr, y[te], dc, C[te])
@@ -142,19 +179,44 @@ def results_markdown(r: dict[str, Any]) -> str:
              "| model | task acc | task macro-F1 | concept acc | concept macro-F1 | " + " | ".join(f"{a} acc" for a in ASPECTS) + " |",
              "|---|---|---|---|---|" + "---|" * len(ASPECTS)]
     rows = [(f"sparse bottleneck, k = {r['chosen_k']}", r["test"])]
+    l1_dev = [s for s in r.get("sweep_l1", []) if s["split"] == "dev"]
+    if l1_dev:
+        best = max(l1_dev, key=lambda s: (s["concept_accuracy"], s["task_accuracy"]))
+        l1_test = next(s for s in r["sweep_l1"] if s["split"] == "test" and s["strength"] == best["strength"])
+        n = "/".join(str(v) for v in best["heads_per_aspect"].values())
+        rows.append((f"group-lasso bottleneck, strength {best['strength']:g} ({n} heads)", l1_test))
     if "dense_test" in r:
         rows.append(("dense probes, all heads", r["dense_test"]))
     for name, m in rows:
         lines.append(f"| {name} | {pct(m['task_accuracy'])} | {pct(m['task_macro_f1'])} | {pct(m['concept_accuracy'])} | "
                      f"{pct(m['concept_macro_f1'])} | " + " | ".join(pct(m[f'{a}_accuracy']) for a in ASPECTS) + " |")
+    if "zero_shot_test" in r:
+        zs = r["zero_shot_test"]
+        lines.append(f"| the model's own rating (argmax over \"1\"..\"5\") | {pct(zs['task_accuracy'])} | {pct(zs['task_macro_f1'])} | – | – |"
+                     + " – |" * len(ASPECTS))
     mb = r["majority_baseline_test"]
-    lines.append(f"| majority class | – | – | {pct(mb['mean'])} | – | " + " | ".join(pct(mb[a]) for a in ASPECTS) + " |")
+    task_mb = pct(r["majority_rating_test_accuracy"]) if "majority_rating_test_accuracy" in r else "–"
+    lines.append(f"| majority class | {task_mb} | – | {pct(mb['mean'])} | – | " + " | ".join(pct(mb[a]) for a in ASPECTS) + " |")
     lines += ["", f"Oracle correction (mispredicted concepts set to gold): test task accuracy {pct(r['test']['task_accuracy'])}"
-              f" -> {pct(r['oracle_correction_test_accuracy'])}", "", "Sweep over k (test):", "",
-              "| k | task acc | concept acc | concept macro-F1 |", "|---|---|---|---|"]
+              f" -> {pct(r['oracle_correction_test_accuracy'])}", "", "Sweep over k (top-k heads per aspect, ranked on dev):", "",
+              "| k | dev concept acc | test task acc | test concept acc | test concept macro-F1 |", "|---|---|---|---|---|"]
     for s in r["sweep_k"]:
         if s["split"] == "test":
-            lines.append(f"| {s['k']} | {pct(s['task_accuracy'])} | {pct(s['concept_accuracy'])} | {pct(s['concept_macro_f1'])} |")
+            dev = next(d for d in r["sweep_k"] if d["split"] == "dev" and d["k"] == s["k"])
+            lines.append(f"| {s['k']} | {pct(dev['concept_accuracy'])} | {pct(s['task_accuracy'])} | {pct(s['concept_accuracy'])} | "
+                         f"{pct(s['concept_macro_f1'])} |")
+    if r.get("sweep_l1"):
+        lines += ["", "L1 variant: group-lasso head selection per aspect (heads food/service/ambiance/noise):", "",
+                  "| strength | heads | dev concept acc | test task acc | test concept acc | test concept macro-F1 |",
+                  "|---|---|---|---|---|---|"]
+        for s in r["sweep_l1"]:
+            n = "/".join(str(v) for v in s["heads_per_aspect"].values())
+            if s["split"] is None:
+                lines.append(f"| {s['strength']:g} | {n} | – | – | – | – |")
+            elif s["split"] == "test":
+                dev = next(d for d in r["sweep_l1"] if d["split"] == "dev" and d["strength"] == s["strength"])
+                lines.append(f"| {s['strength']:g} | {n} | {pct(dev['concept_accuracy'])} | {pct(s['task_accuracy'])} | "
+                             f"{pct(s['concept_accuracy'])} | {pct(s['concept_macro_f1'])} |")
     for split, st in r["steering"].items():
         lines += ["", f"Steering on {split} ({st['pairs']} pairs):", "",
                   "| alpha | variant | model sign agr. | model r | model MAE | bottleneck sign agr. | bottleneck r | "

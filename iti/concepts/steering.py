@@ -21,6 +21,7 @@ from ..architectures import model_device, model_layout
 from ..directions import mass_mean_directions, projection_stds, random_directions, unit
 from ..hooks import HeadTrace
 from ..intervention import Intervention
+from ..kv_cache import returned_cache, with_cache
 from .bottleneck import SparseConceptBottleneck, review_prompt
 from .cebab import ASPECTS, CONCEPT_CLASSES, EditPair
 
@@ -34,6 +35,30 @@ def rating_token_ids(tokenizer: Any) -> list[int]:
         if all(len(x) == 1 for x in ids) and len({x[0] for x in ids}) == 5:
             return [x[0] for x in ids]
     raise ValueError("the tokenizer has no single-token digits 1-5; the model's own rating cannot be read")
+
+
+def zero_shot_rating_probabilities(model: torch.nn.Module, tokenizer: Any, prompts: Sequence[str], batch_size: int = 16,
+                                   progress: bool = True) -> np.ndarray:
+    """``[N, 5]`` the model's own p(rating = 1..5) at the end of each prompt (next-token logits restricted to the
+    digit tokens): the zero-shot rating the bottleneck is compared with. Left-padded, length-sorted batches."""
+    from ..collect import batch_inputs, forward_kwargs, pad_token_id, plan_batches
+    from ..oom import AdaptiveBatchSize
+
+    digits = rating_token_ids(tokenizer)
+    encoded = [list(e) for e in tokenizer(list(prompts))["input_ids"]]
+    out = np.zeros((len(encoded), 5))
+    device, pad, kwargs = model_device(model), pad_token_id(tokenizer), forward_kwargs(model)
+    sizes = AdaptiveBatchSize(batch_size, what="review")
+
+    def run(part: np.ndarray) -> None:
+        logits = model(**batch_inputs([encoded[i] for i in part], pad, device, padding_side="left"), **kwargs).logits
+        out[part] = logits[:, -1].float().cpu()[:, digits].softmax(-1).numpy()
+
+    with torch.inference_mode():
+        for idx in tqdm(plan_batches([len(e) for e in encoded], batch_size), desc="zero-shot rating", unit="batch",
+                        disable=not progress):
+            sizes.run(idx, run)
+    return out
 
 
 class LastTokenReader:
@@ -50,7 +75,7 @@ class LastTokenReader:
         ids = torch.tensor([self.tokenizer(prompt)["input_ids"]], device=model_device(self.model))
         with torch.inference_mode():
             out = self.model(input_ids=ids[:, :-1], use_cache=True)
-        return ids, out.past_key_values
+        return ids, returned_cache(out)
 
     def read(self, state, intervention: Intervention | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Heads [L, H, D] at the last token (after any shift) and p(rating = 1..5) from the next-token logits."""
@@ -59,7 +84,7 @@ class LastTokenReader:
         ctx = intervention.applied(self.model, positions="all") if intervention is not None else contextlib.nullcontext()
         try:
             with torch.inference_mode(), ctx, HeadTrace(self.model, positions="all", layout=self.layout) as trace:
-                out = self.model(input_ids=ids[:, n:], past_key_values=past, use_cache=True)
+                out = self.model(input_ids=ids[:, n:], **with_cache(self.model, past), use_cache=True)
                 heads = trace.stacked_heads()[0, -1].float().cpu().numpy()
         finally:
             past.crop(-1)  # drop the re-run token so the prefix cache is reusable

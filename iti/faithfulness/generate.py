@@ -21,6 +21,7 @@ from ..collect import batch_inputs, pad_token_id
 from ..oom import AdaptiveBatchSize
 from ..intervention import Intervention
 from ..openai_client import EndpointError, post_completion
+from ..kv_cache import returned_cache, with_cache
 from .cache import CachedGeneration, GenerationCache, GenerationKey
 
 #: Chat formats for tokenizers without a chat template (the originals' formats, from the protocol notes).
@@ -174,9 +175,9 @@ class LocalGenerator:
         with torch.inference_mode(), ctx:
             for step in range(budget):
                 pos = position_ids if step == 0 else position_ids[:, -1:] + 1
-                res = model(input_ids=step_ids, attention_mask=step_mask, position_ids=pos, past_key_values=past,
+                res = model(input_ids=step_ids, attention_mask=step_mask, position_ids=pos, **with_cache(model, past),
                             use_cache=True, logits_to_keep=1)
-                past = res.past_key_values
+                past = returned_cache(res)
                 nxt = _sample_next(res.logits[:, -1].cpu(), seen.cpu(), s, gens).to(device)
                 nxt = torch.where(done, torch.full_like(nxt, pad), nxt)
                 out = torch.cat([out, nxt[:, None]], 1)
