@@ -241,3 +241,15 @@ def test_a_collection_killed_with_sigkill_resumes_byte_identical(tmp_path):
     assert resumed.returncode == 0 and "resuming" in resumed.stdout and "3/6 batches already on disk" in resumed.stdout
     for name in ("head_wise.safetensors", "layer_wise.safetensors", "labels.safetensors"):
         assert (tmp_path / "straight" / "tiny_killed" / name).read_bytes() == (tmp_path / "killed" / "tiny_killed" / name).read_bytes()
+
+
+def test_atomic_writes_get_the_permissions_of_a_plain_write(tmp_path):
+    import os
+    from iti.io import atomic_write_json
+
+    plain = tmp_path / "plain.json"
+    plain.write_text("{}")
+    atomic_write_json(tmp_path / "a.json", {"x": 1})
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == plain.stat().st_mode & 0o777
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "plain.json"]  # no temporary left behind
+    assert os.access(tmp_path / "a.json", os.R_OK)
