@@ -28,13 +28,19 @@ questions, out = (None if sys.argv[1] == "all" else int(sys.argv[1])), Path(sys.
 model, tok = load_model("smollm2-135m")
 ps = build_prompt_set("tqa_mc2", max_questions=questions)
 model_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+mapped = status("VmRSS")
+# The weights are memory-mapped from safetensors: a page counts in RSS only once read, so right after loading
+# about half the model is not resident yet. Read every weight once, so growth below is the collection's own.
+with torch.no_grad():
+    for p in list(model.parameters()) + list(model.buffers()):
+        p.sum()
 loaded, load_peak = status("VmRSS"), status("VmHWM")
 t = time.perf_counter()
 path = write_features(model, tok, ps, out, model_name="smollm2-135m", progress=False)
 seconds = time.perf_counter() - t
 written = sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
 print(json.dumps({"prompts": len(ps), "seconds": seconds, "peak_rss_bytes": status("VmHWM"), "load_peak_rss_bytes": load_peak,
-                  "rss_after_load_bytes": loaded, "runtime_rss_bytes": runtime, "output_bytes": written,
+                  "rss_after_load_bytes": loaded, "rss_after_load_unread_bytes": mapped, "runtime_rss_bytes": runtime, "output_bytes": written,
                   "model_bytes": model_bytes}))
 """
 
@@ -65,7 +71,7 @@ def run(quick: bool = False, sizes: str = "14,139,all") -> BenchResult:
                       f"{(big['peak_rss_bytes'] - runtime) / mb:.0f} MB", f"{limit / mb:.0f} MB (runtime {runtime / mb:.0f} MB)",
                       limit / (big["peak_rss_bytes"] - runtime), "peak < model + 1.5 x output", big["peak_rss_bytes"] - runtime < limit))
     growth = big["peak_rss_bytes"] - big["rss_after_load_bytes"]
-    r.rows.append(Row("growth of RSS during collection (peak - RSS after loading) vs 1.5 x output",
+    r.rows.append(Row("growth of RSS during collection (peak - RSS after loading and reading every weight) vs 1.5 x output",
                       f"{growth / mb:.0f} MB", f"{1.5 * big['output_bytes'] / mb:.0f} MB", 1.5 * big["output_bytes"] / max(growth, 1),
                       "< 1.5 x output", growth < 1.5 * big["output_bytes"]))
     per = [x["seconds"] / x["prompts"] for x in runs]
