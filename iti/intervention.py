@@ -29,6 +29,7 @@ from .architectures import HeadGeometry, model_layout
 from .errors import FeatureFileError, HeadIndexError, ItiError
 from .hooks import module_hooks
 from .io import atomic_path, atomic_write_json, read_json, read_safetensors_header, sha256_file
+from .kv_cache import passed_cache
 
 InterventionPositions = Union[str, int, torch.Tensor]
 
@@ -229,10 +230,7 @@ def _past_length(kwargs: dict) -> int:
     cache_position = kwargs.get("cache_position")
     if cache_position is not None and cache_position.numel() > 0:
         return int(cache_position.reshape(-1)[0])
-    # transformers 5 names the cache `cache`; earlier versions `past_key_values`
-    past = kwargs.get("cache")
-    if past is None:
-        past = kwargs.get("past_key_values")
+    past = passed_cache(kwargs)
     if past is None:
         return 0
     if hasattr(past, "get_seq_length"):

@@ -1,23 +1,33 @@
 """The KV cache under both transformers naming schemes.
 
 transformers 5 renamed the forward argument and the output field ``past_key_values`` to ``cache`` and warns on the
-old name; earlier versions only know the old one. Code that drives a cache by hand goes through these two helpers.
+old name; earlier versions only know the old one. Code that drives or reads a cache by hand goes through these
+helpers, so the two names live in this module only.
 """
 from __future__ import annotations
 
+import functools
 import inspect
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 
+_NAMES = ("cache", "past_key_values")  # transformers 5 first, then earlier versions
+
 
 def cache_argument(model: torch.nn.Module) -> str:
-    """The name ``model.forward`` takes its KV cache under."""
+    """The name ``model.forward`` takes its KV cache under (looked up once per model class: decode loops call this
+    every step)."""
+    return _cache_argument(type(model))
+
+
+@functools.lru_cache(maxsize=None)
+def _cache_argument(cls: type) -> str:
     try:
-        params = inspect.signature(model.forward).parameters
+        params = inspect.signature(cls.forward).parameters
     except (TypeError, ValueError):
-        return "past_key_values"
-    return "cache" if "cache" in params else "past_key_values"
+        return _NAMES[1]
+    return _NAMES[0] if _NAMES[0] in params else _NAMES[1]
 
 
 def with_cache(model: torch.nn.Module, past: Any) -> dict[str, Any]:
@@ -27,5 +37,9 @@ def with_cache(model: torch.nn.Module, past: Any) -> dict[str, Any]:
 
 def returned_cache(output: Any) -> Any:
     """The KV cache a forward returned, whichever field holds it."""
-    cache = getattr(output, "cache", None)
-    return cache if cache is not None else getattr(output, "past_key_values", None)
+    return next((c for c in (getattr(output, n, None) for n in _NAMES) if c is not None), None)
+
+
+def passed_cache(kwargs: Mapping[str, Any]) -> Any:
+    """The KV cache a forward was called with (a forward pre-hook's kwargs), whichever name it came under."""
+    return next((kwargs[n] for n in _NAMES if kwargs.get(n) is not None), None)

@@ -18,10 +18,12 @@ import torch
 from tqdm.auto import tqdm
 
 from ..architectures import model_device, model_layout
+from ..collect import batch_inputs, forward_kwargs, pad_token_id, plan_batches
 from ..directions import mass_mean_directions, projection_stds, random_directions, unit
 from ..hooks import HeadTrace
 from ..intervention import Intervention
 from ..kv_cache import returned_cache, with_cache
+from ..oom import AdaptiveBatchSize
 from .bottleneck import SparseConceptBottleneck, review_prompt
 from .cebab import ASPECTS, CONCEPT_CLASSES, EditPair
 
@@ -41,9 +43,6 @@ def zero_shot_rating_probabilities(model: torch.nn.Module, tokenizer: Any, promp
                                    progress: bool = True) -> np.ndarray:
     """``[N, 5]`` the model's own p(rating = 1..5) at the end of each prompt (next-token logits restricted to the
     digit tokens): the zero-shot rating the bottleneck is compared with. Left-padded, length-sorted batches."""
-    from ..collect import batch_inputs, forward_kwargs, pad_token_id, plan_batches
-    from ..oom import AdaptiveBatchSize
-
     digits = rating_token_ids(tokenizer)
     encoded = [list(e) for e in tokenizer(list(prompts))["input_ids"]]
     out = np.zeros((len(encoded), 5))
