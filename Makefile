@@ -27,8 +27,8 @@ test-slow: install
 	$(PYTHON) -m pytest -m "slow" $(PYTEST_ARGS)
 
 bench: install
-	@# the peers compared against (pyvene, nnsight); lm-evaluation-harness comes with the dev extra
-	$(PIP) install -q -e ".[dev,bench]"
+	@# the peers compared against (pyvene, nnsight, lm-evaluation-harness) come with the bench extra, which dev includes
+	$(PIP) install -q -e ".[bench]"
 	$(PYTHON) -m benchmarks.run_all
 
 clean:
