@@ -7,7 +7,7 @@ import torch
 from iti import HeadTrace, build_prompt_set, load_model, model_layout
 from iti.collect import batch_inputs, encode_prompts, forward_kwargs, pad_token_id, plan_batches
 
-from .common import BenchResult, Row, bench_main, pyvene_component, time_interleaved
+from .common import BenchResult, Row, bench_main, pyvene_component, skipped_row, time_interleaved
 
 
 def run(batch_size: int = 32, repeats: int = 30, quick: bool = False) -> BenchResult:
@@ -44,8 +44,8 @@ def run(batch_size: int = 32, repeats: int = 30, quick: bool = False) -> BenchRe
     for name, make in (("pyvene", _pyvene_capture), ("nnsight", _nnsight_capture)):
         try:
             fn = make(model, tok, paths, inputs, rows, last)
-        except ImportError as e:  # the bench extra is not installed: say so in the table
-            peers[name] = f"not installed ({e.name})"
+        except ImportError as e:  # the peer is not installed: its row says so instead of a number
+            peers[name] = e.name or name
             continue
         with torch.inference_mode():
             checks[name] = float((fn() - reference).abs().max())
@@ -70,7 +70,7 @@ def run(batch_size: int = 32, repeats: int = 30, quick: bool = False) -> BenchRe
                 f"{theirs * 1000:.1f} ms ({name}, overhead {theirs / base - 1:+.1%})", theirs / t["heads"]["median"],
                 "report", None))
         else:
-            result.rows.append(Row(f"{name}: the same capture", "-", peers[name], float("nan"), "report", None))
+            result.rows.append(skipped_row(f"{name}: the same capture", peers[name]))
     result.data = {"timings_s": t, "batch_size": len(idx), "tokens": tokens, "overhead": {k: t[k]["median"] / base - 1 for k in t},
                    "max_abs_diff_vs_ours": checks, "peers": peers}
     return result

@@ -16,7 +16,7 @@ from iti.bake import bake
 from iti.collect import pad_batch, pad_token_id
 from iti.tqa_prompts import generation_prompt
 
-from .common import BenchResult, Row, bench_main, pyvene_component, time_interleaved
+from .common import BenchResult, Row, bench_main, pyvene_component, skipped_row, time_interleaved
 
 
 def seeded_intervention(model, num_heads: int = 48, alpha: float = 5.0, seed: int = 0) -> Intervention:
@@ -52,8 +52,9 @@ def run(quick: bool = False, new_tokens: int = 64, repeats: int = 3, batch_sizes
     bake(baked, inter)
     try:
         pyvene_model = _pyvene_model(model, inter)
-    except ImportError:
-        pyvene_model = None
+        missing = None
+    except ImportError as e:  # the peer is not installed: its rows say so instead of a number
+        pyvene_model, missing = None, e.name or "pyvene"
     tqa = load_truthfulqa(allow_hub=False)
     pad = pad_token_id(tok)
     r = BenchResult("intervention_generation", f"Steering cost in generation ({new_tokens} new tokens, SmolLM2-135M, fp32, CPU)",
@@ -99,6 +100,8 @@ def run(quick: bool = False, new_tokens: int = 64, repeats: int = 3, batch_sizes
         if "pyvene" in t:
             r.rows.append(Row(f"batch {bs}: ours vs pyvene's additive intervention", f"{tps['ours']:.1f} tok/s",
                               f"{tps['pyvene']:.1f} tok/s (pyvene)", t["pyvene"]["median"] / t["ours"]["median"], "report", None))
+        else:
+            r.rows.append(skipped_row(f"batch {bs}: ours vs pyvene's additive intervention", missing))
         data[f"batch_{bs}"] = {"timings_s": t, "tokens_per_s": tps, "same_tokens": same}
     r.data = data
     return r

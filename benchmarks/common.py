@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import re
@@ -58,20 +59,43 @@ def machine_info() -> dict[str, Any]:
     }
 
 
+class QuickResultError(RuntimeError):
+    """A quick (smoke) run asked to write into the committed results folder."""
+
+
 @dataclass
 class Row:
-    """One line of a benchmark table: our figure, the baseline's, their ratio and the goal."""
+    """One line of a benchmark table: our figure, the baseline's, their ratio and the goal.
+
+    A row whose peer package is not installed is a *skipped* row: ``ratio`` is None and ``skipped`` names the
+    package (see :func:`skipped_row`), never a NaN that reads as a number."""
 
     what: str
     ours: str
     baseline: str
-    ratio: float
+    ratio: float | None
     goal: str
     met: bool | None = None
+    skipped: str | None = None
 
     def __post_init__(self) -> None:  # numpy scalars are not JSON
-        self.ratio = float(self.ratio)
+        if self.skipped is None:
+            self.ratio = float(self.ratio)  # type: ignore[arg-type]
+            if not math.isfinite(self.ratio) or self.ratio <= 0:
+                raise ValueError(f"benchmark row {self.what!r}: ratio {self.ratio} is not a positive number")
+        else:
+            self.ratio = None
         self.met = None if self.met is None else bool(self.met)
+
+
+def peer_missing(package: str) -> str:
+    """The one wording of a skipped row's reason: which package to install."""
+    return f"skipped: {package} not installed (make bench installs it)"
+
+
+def skipped_row(what: str, package: str, goal: str = "report") -> Row:
+    """A row for a comparison whose peer package is not installed: says so instead of a number."""
+    return Row(what, "-", peer_missing(package), None, goal, None, skipped=peer_missing(package))
 
 
 @dataclass
@@ -81,10 +105,15 @@ class BenchResult:
     command: str
     rows: list[Row] = field(default_factory=list)
     data: dict[str, Any] = field(default_factory=dict)
+    quick: bool = False
 
     def save(self, results_dir: Path = RESULTS_DIR) -> Path:
+        """Write ``<name>.json``. A quick run is refused in the committed results folder: smoke figures must
+        never replace a full run's."""
         from iti.io import atomic_write_json
 
+        if self.quick and _is_committed_results(results_dir):
+            raise QuickResultError(f"{self.name}: a quick run does not write into {RESULTS_DIR}; pass another results directory")
         results_dir.mkdir(parents=True, exist_ok=True)
         path = results_dir / f"{self.name}.json"
         payload = {
@@ -93,11 +122,23 @@ class BenchResult:
             "command": self.command,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "machine": machine_info(),
+            "quick": self.quick,
             "rows": [r.__dict__ for r in self.rows],
             "data": self.data,
         }
         atomic_write_json(path, payload)
         return path
+
+
+def _is_committed_results(path: Path) -> bool:
+    return Path(path).resolve() == RESULTS_DIR.resolve()
+
+
+def quick_results_dir() -> Path:
+    """Where a quick run writes when no folder is given: a new temporary directory, never results/."""
+    import tempfile
+
+    return Path(tempfile.mkdtemp(prefix="iti-bench-quick-"))
 
 
 def render_readme(results_dir: Path = RESULTS_DIR, readme: Path = README) -> str:
@@ -120,7 +161,8 @@ def render_readme(results_dir: Path = RESULTS_DIR, readme: Path = README) -> str
         parts += ["| what | ours | baseline | ratio | goal | met |", "|---|---|---|---|---|---|"]
         for row in r["rows"]:
             met = "" if row["met"] is None else ("yes" if row["met"] else "**no**")
-            parts.append(f"| {row['what']} | {row['ours']} | {row['baseline']} | {row['ratio']:.2f} | {row['goal']} | {met} |")
+            ratio = "skipped" if row.get("skipped") else f"{row['ratio']:.2f}"
+            parts.append(f"| {row['what']} | {row['ours']} | {row['baseline']} | {ratio} | {row['goal']} | {met} |")
         parts.append("")
     text = "\n".join(parts)
     readme.write_text(text)
@@ -136,6 +178,8 @@ def bench_main(run: Callable[..., BenchResult], description: str | None, argv=No
         p.add_argument(f"--{name.replace('_', '-')}", dest=name, type=typ, default=default)
     args = p.parse_args(argv)
     result = run(quick=args.quick, **{k: getattr(args, k) for k in extra})
-    print(result.save(Path(args.results_dir)) if args.results_dir else result.save())
+    result.quick = args.quick
+    results_dir = Path(args.results_dir) if args.results_dir else (quick_results_dir() if args.quick else RESULTS_DIR)
+    print(result.save(results_dir))
     for row in result.rows:
         print(row)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from . import (bench_collection, bench_generation, bench_hooks, bench_intervention_generation, bench_lm_eval, bench_mc,
                bench_memory, bench_probes)
-from .common import RESULTS_DIR, README, render_readme
+from .common import README, RESULTS_DIR, quick_results_dir, render_readme
 
 BENCHMARKS = {
     "hook_overhead": bench_hooks.run,
@@ -25,18 +25,22 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--quick", action="store_true", help="a few prompts each (smoke test)")
     p.add_argument("--only", nargs="*", choices=sorted(BENCHMARKS))
-    p.add_argument("--results-dir", default=str(RESULTS_DIR))
-    p.add_argument("--readme", default=str(README))
+    p.add_argument("--results-dir", default=None, help=f"default: {RESULTS_DIR} (a new temporary directory with --quick)")
+    p.add_argument("--readme", default=None, help=f"default: {README} (README.md in the results directory with --quick)")
     args = p.parse_args(argv)
-    results_dir = Path(args.results_dir)
+    # A quick run never writes where committed results live: its figures are smoke, not measurements.
+    results_dir = Path(args.results_dir) if args.results_dir else (quick_results_dir() if args.quick else RESULTS_DIR)
+    readme = Path(args.readme) if args.readme else (results_dir / "README.md" if args.quick else README)
     for name in args.only or BENCHMARKS:
         t = time.perf_counter()
         result = BENCHMARKS[name](quick=args.quick)
+        result.quick = args.quick
         path = result.save(results_dir)
         print(f"[bench] {name}: {time.perf_counter() - t:.0f} s -> {path}")
         for row in result.rows:
-            print(f"  {row.what}: ours {row.ours}, baseline {row.baseline}, ratio {row.ratio:.2f} (goal {row.goal})")
-    print(render_readme(results_dir, Path(args.readme)))
+            ratio = row.skipped or f"ratio {row.ratio:.2f}"
+            print(f"  {row.what}: ours {row.ours}, baseline {row.baseline}, {ratio} (goal {row.goal})")
+    print(render_readme(results_dir, readme))
 
 
 if __name__ == "__main__":
