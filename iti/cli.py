@@ -60,10 +60,16 @@ def run_collect(args: argparse.Namespace) -> Path:
     """``iti collect``: write the feature directory of one model and prompt set (or merge its shards with
     ``--merge``) and return its path."""
     from .features import merge_shards, output_name, write_features
-    from .models import load_model, resolve_model
+    from .models import check_dtype, load_model, resolve_model
+    from .options import check_positive_int, check_seed, refuse
     from .paths import features_dir
     from .prompt_sets import build_prompt_set
 
+    check_positive_int("batch_size", args.batch_size)
+    check_positive_int("max_questions", args.max_questions, none_ok=True)
+    check_seed("seed", args.seed)
+    check_dtype(args.dtype)
+    shard = _shard_from(args)
     out_root = Path(args.output_dir) if args.output_dir else features_dir()
     name = resolve_model(args.model_name).name
     if args.merge:
@@ -71,11 +77,15 @@ def run_collect(args: argparse.Namespace) -> Path:
         print(f"[iti] merged shards into {_describe(path)}")
         return path
     ps = build_prompt_set(args.dataset_name, data_dir=args.data_dir, max_questions=args.max_questions, seed=args.seed)
+    batches = -(-len(ps) // args.batch_size)  # write_features plans batches by count: ceil(prompts / batch_size)
+    if shard is not None and shard[0] >= batches:
+        raise refuse("shard", f"i/n with i < {batches}, the number of batches ({len(ps)} prompts, --batch_size {args.batch_size})",
+                     f"{shard[0]}/{shard[1]}")
     model, tokenizer = load_model(args.model_name, device_map=args.device_map, dtype=args.dtype, trust_remote_code=args.trust_remote_code)
     start = time.perf_counter()
     path = write_features(
         model, tokenizer, ps, out_root, model_name=name, batch_size=args.batch_size, dtype=args.save_dtype,
-        layer_wise=not args.no_layer_wise, shard=_shard_from(args), force=args.force, progress=not args.quiet,
+        layer_wise=not args.no_layer_wise, shard=shard, force=args.force, progress=not args.quiet,
     )
     print(f"[iti] {ps.name}: {len(ps)} prompts from {ps.meta['num_questions']} questions in {time.perf_counter() - start:.1f} s")
     print(f"[iti] wrote {_describe(path)}")
@@ -116,9 +126,9 @@ def add_validate_args(p: argparse.ArgumentParser) -> None:
 
 
 def run_validate(args: argparse.Namespace) -> None:
-    """``iti validate``: check that the features exist, load the model, run the k-fold validation and print
-    summary.md."""
-    from .models import load_model, resolve_model
+    """``iti validate``: refuse impossible settings, check that the features exist, load the model, run the k-fold
+    validation and print summary.md."""
+    from .models import check_dtype, load_model, resolve_model
     from .paths import CHECKOUT_DIR
     from .validation import ValidationConfig, check_features, run_validation
 
@@ -133,6 +143,8 @@ def run_validate(args: argparse.Namespace) -> None:
         max_questions=args.max_questions, features_dir=args.features_dir, data_dir=args.data_dir, batch_size=args.batch_size,
     )
     out = Path(args.output_dir) if args.output_dir else CHECKOUT_DIR / "validation" / "results" / f"{name}_k{cfg.num_heads}_a{cfg.alpha:g}_{cfg.direction}"
+    cfg.validate()
+    check_dtype(args.dtype)
     check_features(cfg)
     model, tokenizer = load_model(args.model_name, device_map=args.device_map, dtype=args.dtype)
     start = time.perf_counter()
@@ -153,22 +165,31 @@ def add_bake_args(p: argparse.ArgumentParser) -> None:
 
 def run_bake(args: argparse.Namespace) -> None:
     """``iti bake``: load a saved intervention (with ``--alpha`` if given), add it to the output-projection biases
-    and save the model with the intervention in ``iti_intervention/``."""
+    and save the model with the intervention in ``iti_intervention/``. The options and the intervention's files
+    are checked before the model loads."""
     from .bake import bake, save_baked
     from .intervention import Intervention
-    from .models import load_model
+    from .models import check_dtype, load_model, resolve_model
+    from .options import check_existing_path, check_finite_nonneg, refuse
 
-    model, tokenizer = load_model(args.model_name, dtype=args.dtype)
-    inter = Intervention.load(args.intervention, model)
+    check_existing_path("intervention", args.intervention)
+    check_finite_nonneg("alpha", args.alpha, none_ok=True)
+    check_dtype(args.dtype)
+    if Path(args.output_dir).is_file():
+        raise refuse("output_dir", "a directory to save the model in (existing or new), not a file", args.output_dir)
+    resolve_model(args.model_name)
+    inter = Intervention.load(args.intervention)
     if args.alpha is not None:
         inter = inter.with_alpha(args.alpha)
-    bake(model, inter)
+    model, tokenizer = load_model(args.model_name, dtype=args.dtype)
+    bake(model, inter)  # refuses an intervention made for another geometry
     out = save_baked(model, tokenizer, args.output_dir, inter)
     print(f"[bake] {len(inter.heads)} heads, alpha {inter.alpha:g}: o_proj bias = W_o @ shift; saved to {out}")
 
 
 def run_demo(args: argparse.Namespace) -> None:
-    """``iti demo``: the quick end-to-end run of :func:`iti.demo.demo`."""
+    """``iti demo``: the quick end-to-end run of :func:`iti.demo.demo` (which checks its sizes before anything
+    loads)."""
     from .demo import demo
 
     demo(max_questions=args.max_questions, output_dir=args.output_dir, batch_size=args.batch_size)

@@ -44,3 +44,8 @@ class HeadIndexError(ItiError, IndexError):
 
 class OutOfMemoryError(ItiError, MemoryError):
     """Out of memory even with one row per batch: no smaller batch is left to try."""
+
+
+class InvalidOptionError(ItiError, ValueError):
+    """An option or config value outside what it can mean, refused before any model loads or file is written;
+    the message is one line, ``--option_name: <what is allowed>, got <value>``."""

@@ -73,11 +73,10 @@ def output_name(model_name: str, dataset: str, shard: tuple[int, int] | None = N
 
 
 def parse_shard(text: str) -> tuple[int, int]:
-    """``"i/n"`` -> (i, n) with 0 <= i < n."""
-    m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text or "")
-    if not m or not 0 <= int(m.group(1)) < int(m.group(2)):
-        raise ValueError(f"shard must look like i/n with 0 <= i < n (e.g. 0/2), got {text!r}")
-    return int(m.group(1)), int(m.group(2))
+    """``"i/n"`` -> (i, n) with 0 <= i < n; anything else raises the ``--shard`` InvalidOptionError (a ValueError)."""
+    from .options import check_shard
+
+    return check_shard(text)
 
 
 def _versions() -> dict[str, str]:
@@ -260,12 +259,9 @@ def _finalize(partial: Path, final: Path, manifest: dict[str, Any], labels: np.n
     fsync_dir(final.parent)
 
 
-def load_features(path: str | os.PathLike, *, layer_wise: bool = False, mmap: bool = True, verify: bool = True) -> FeatureSet:
-    """Load a features directory written by :func:`write_features` or :func:`merge_shards`.
-
-    Every problem (missing, truncated or corrupt file, shapes that disagree with the manifest, checksum
-    mismatch with ``verify``) raises :class:`FeatureFileError` naming the file.
-    """
+def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
+    """The checked manifest of a features directory, without opening any array (cheap: what was collected, the
+    model's geometry, the question id of every row). Problems raise :class:`FeatureFileError`."""
     path = Path(path)
     if not path.is_dir():
         hint = " (an unfinished collection: rerun it to resume)" if path.with_name(path.name + ".partial").exists() else ""
@@ -278,6 +274,17 @@ def load_features(path: str | os.PathLike, *, layer_wise: bool = False, mmap: bo
     for key in ("files", "question_ids", "model", "dataset"):
         if key not in manifest:
             raise FeatureFileError(f"{path / MANIFEST} lacks the key {key!r} (truncated or hand-edited?)")
+    return manifest
+
+
+def load_features(path: str | os.PathLike, *, layer_wise: bool = False, mmap: bool = True, verify: bool = True) -> FeatureSet:
+    """Load a features directory written by :func:`write_features` or :func:`merge_shards`.
+
+    Every problem (missing, truncated or corrupt file, shapes that disagree with the manifest, checksum
+    mismatch with ``verify``) raises :class:`FeatureFileError` naming the file.
+    """
+    path = Path(path)
+    manifest = read_manifest(path)
     files = manifest["files"]
     wanted = ["head_wise", "labels"] + (["layer_wise"] if layer_wise else [])
     arrays: dict[str, np.ndarray] = {}

@@ -107,17 +107,28 @@ def resolve_model(name_or_path: str | os.PathLike) -> ModelSource:
     )
 
 
+#: The compute dtypes :func:`load_model` accepts by name (``auto``: float16 on a GPU, float32 on the CPU).
+DTYPE_NAMES: dict[str, str] = {"auto": "auto", "float32": "float32", "float16": "float16", "bfloat16": "bfloat16",
+                               "float64": "float64", "fp32": "float32", "fp16": "float16", "half": "float16",
+                               "bf16": "bfloat16", "float": "float32"}
+
+
+def check_dtype(dtype: torch.dtype | str | None) -> None:
+    """Refuse a dtype name :func:`load_model` does not accept (``--dtype``), before anything loads."""
+    from .options import check_choice
+
+    if dtype is not None and not isinstance(dtype, torch.dtype):
+        check_choice("dtype", dtype, DTYPE_NAMES)
+
+
 def _dtype_from(dtype: torch.dtype | str | None, device_map: Any) -> torch.dtype:
+    check_dtype(dtype)
     if isinstance(dtype, torch.dtype):
         return dtype
-    if dtype is None or dtype == "auto":
+    if dtype is None or DTYPE_NAMES[dtype] == "auto":
         on_gpu = torch.cuda.is_available() and device_map not in ("cpu", {"": "cpu"})
         return torch.float16 if on_gpu else torch.float32
-    aliases = {"fp32": "float32", "fp16": "float16", "half": "float16", "bf16": "bfloat16", "float": "float32"}
-    resolved = getattr(torch, aliases.get(dtype, dtype), None)
-    if not isinstance(resolved, torch.dtype):
-        raise ValueError(f"unknown dtype {dtype!r}; use float32, float16 or bfloat16")
-    return resolved
+    return getattr(torch, DTYPE_NAMES[dtype])
 
 
 def _default_device_map(device_map: Any) -> Any:

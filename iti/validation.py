@@ -14,13 +14,15 @@ from typing import Any
 import numpy as np
 
 from .errors import FeatureFileError
-from .features import load_features
+from .features import load_features, read_manifest
 from .fit import FoldProbes, build_intervention, train_fold_probes
 from .generation import generate_answers
 from .io import atomic_write_json, atomic_write_text, read_json
 from .judge import JudgeConfig, judge_answers
 from .lm_cost import ce_and_kl, load_neutral_texts
 from .mc_scoring import mc_metrics, score_choices
+from .options import (TRUTHFULQA_QUESTIONS, check_each, check_existing_path, check_finite_nonneg, check_folds,
+                      check_positive_int, check_range, check_seed)
 from .stats import bootstrap_ci, paired_bootstrap_ci
 from .tqa_prompts import generation_prompt, mc_questions, shared_prefix
 from .truthfulqa import load_truthfulqa
@@ -55,6 +57,49 @@ class ValidationConfig:
     features_dir: str | None = None
     data_dir: str | None = None
     batch_size: int = 16
+
+    def validate(self) -> None:
+        """Refuse impossible settings with one :class:`~iti.errors.InvalidOptionError` naming the option, before
+        anything is loaded or written. Reads only the features manifest (for the model's layers x heads and the
+        number of questions; without one, ``max_questions`` or TruthfulQA's 817 questions)."""
+        check_finite_nonneg("alpha", self.alpha)
+        check_each(check_finite_nonneg, "sweep_alphas", self.sweep_alphas)
+        check_seed("seed", self.seed)
+        check_each(check_seed, "control_seeds", self.control_seeds)
+        for name in ("batch_size", "max_new_tokens", "ce_samples"):
+            check_positive_int(name, getattr(self, name))
+        check_positive_int("max_questions", self.max_questions, none_ok=True)
+        check_existing_path("features_dir", self.features_dir)
+        if self.data_dir is not None:
+            from .paths import data_search
+
+            data_search(self.data_dir)  # the one check of --data_dir (used only after the model loads)
+        manifest_path = self.features_path(self.dataset_name) / "manifest.json"
+        manifest = read_manifest(manifest_path.parent) if manifest_path.is_file() else None
+        total = None
+        if manifest is not None:
+            from .architectures import HeadGeometry
+
+            total = HeadGeometry.from_dict(manifest["model"]["geometry"]).num_total_heads
+        why = f"the layers x heads of {self.model_name}" if total else None
+        check_range("num_heads", self.num_heads, 1, total, integer=True, why=why)
+        check_each(check_range, "sweep_heads", self.sweep_heads, lo=1, hi=total, integer=True, why=why)
+        if manifest is not None:
+            available = len(set(manifest["question_ids"]))
+            source = f"the {self.dataset_name} features"
+        else:
+            available, source = TRUTHFULQA_QUESTIONS, "TruthfulQA"
+        if self.max_questions is not None and self.max_questions <= available:
+            n, source, option = self.max_questions, "--max_questions", "max_questions"
+        else:
+            n, option = available, "max_questions" if manifest is None else "dataset_name"
+        check_folds(n, self.num_fold, self.val_ratio, questions_option=option, source=source)
+
+    def features_path(self, dataset: str) -> Path:
+        """The features directory of ``dataset`` for this model: ``<features_dir>/<model_name>_<dataset>``."""
+        from .paths import features_dir
+
+        return (Path(self.features_dir) if self.features_dir else features_dir()) / f"{self.model_name}_{dataset}"
 
     @property
     def direction(self) -> str:
@@ -127,11 +172,9 @@ def _evaluate_row(model, tokenizer, tqa, test_q, spec, intervention, cfg, texts,
 
 def check_features(cfg: ValidationConfig) -> None:
     """Fail before anything is loaded when the features to fit on are missing, saying how to collect them."""
-    from .paths import features_dir
-
-    fdir = Path(cfg.features_dir) if cfg.features_dir else features_dir()
     for name in (cfg.dataset_name, cfg.activations_dataset):
-        if not (fdir / f"{cfg.model_name}_{name}" / "manifest.json").exists():
+        if not (cfg.features_path(name) / "manifest.json").exists():
+            fdir = cfg.features_path(name).parent
             raise FeatureFileError(
                 f"no {name} features for {cfg.model_name} in {fdir}; collect them first: "
                 f"python get_activations/get_activations.py --model_name {cfg.model_name} --dataset_name {name}"
@@ -139,16 +182,16 @@ def check_features(cfg: ValidationConfig) -> None:
 
 
 def run_validation(model, tokenizer, cfg: ValidationConfig, out_dir: str | Path) -> dict[str, Any]:
-    """Run every fold and row (resuming finished rows), then write the summary, table and plots."""
+    """Run every fold and row (resuming finished rows), then write the summary, table and plots; impossible
+    settings are refused first (:meth:`ValidationConfig.validate`, :func:`check_features`), before anything is
+    written."""
+    cfg.validate()
+    check_features(cfg)
     out = Path(out_dir)
     (out / "rows").mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "config.json", cfg.__dict__)
-    from .paths import features_dir
-
-    fdir = Path(cfg.features_dir) if cfg.features_dir else features_dir()
-    check_features(cfg)
-    features = load_features(fdir / f"{cfg.model_name}_{cfg.dataset_name}", mmap=False)
-    tuning = load_features(fdir / f"{cfg.model_name}_{cfg.activations_dataset}", mmap=False)
+    features = load_features(cfg.features_path(cfg.dataset_name), mmap=False)
+    tuning = load_features(cfg.features_path(cfg.activations_dataset), mmap=False)
     tqa = load_truthfulqa(cfg.data_dir)
     judge_cfg = JudgeConfig.from_env() if cfg.judge else None
     if cfg.judge and judge_cfg is None:

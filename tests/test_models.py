@@ -43,5 +43,5 @@ def test_dtype_names():
     assert _dtype_from("bf16", None) is torch.bfloat16
     assert _dtype_from(None, None) is torch.float32
     assert _dtype_from(torch.float16, None) is torch.float16
-    with pytest.raises(ValueError, match="unknown dtype"):
+    with pytest.raises(ValueError, match="--dtype: one of auto, float32, float16, bfloat16"):
         _dtype_from("float13", None)

@@ -15,6 +15,7 @@ from sklearn.metrics import accuracy_score, f1_score
 from ..errors import EmptyInputError
 from ..features import load_features, write_features
 from ..io import atomic_write_json, atomic_write_text
+from ..options import check_each, check_finite_nonneg, check_positive_int, check_ratio, check_seed, refuse
 from ..prompt_sets import PromptSet
 from .bottleneck import (SparseConceptBottleneck, head_concept_accuracy, oracle_correction, review_prompt,
                          task_and_concept_metrics)
@@ -39,6 +40,30 @@ class ConceptConfig:
     output_dir: str = "validation/concepts_results/run"
     progress: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        """Refuse impossible settings (one error naming the option) before the model loads or a file is written:
+        ks >= 1, alphas finite and >= 0 with at least one above 0 (the steering strength is chosen among those),
+        L1 strengths in (0, 1), max_reviews >= 1 and max_pairs >= 1 (None = all), seed >= 0, batch_size >= 1 and
+        an existing data_dir."""
+        from ..models import resolve_model
+        from ..paths import data_search
+
+        resolve_model(self.model)
+        if not self.ks or not self.alphas:
+            raise EmptyInputError("need at least one k and one alpha")
+        check_each(check_positive_int, "ks", self.ks)
+        check_each(check_finite_nonneg, "alphas", self.alphas)
+        if max(self.alphas) <= 0:
+            raise refuse("alphas", "at least one alpha > 0 (0 is the unsteered reference)", list(self.alphas))
+        check_each(check_ratio, "l1_strengths", self.l1_strengths,
+                   why="a fraction of the penalty that switches every head off")  # GroupLassoHeads' range
+        check_positive_int("max_reviews", self.max_reviews, none_ok=True, why="leave it out or None for all")
+        check_positive_int("max_pairs", self.max_pairs, none_ok=True, why="0 or None = all")
+        check_seed("seed", self.seed)
+        check_positive_int("batch_size", self.batch_size)
+        if self.data_dir is not None:
+            data_search(self.data_dir)  # the one check of --data_dir (used only after the model loads)
 
 
 def _sample(split: CebabSplit, n: int | None, seed: int) -> CebabSplit:
@@ -92,8 +117,7 @@ def run_concepts(cfg: ConceptConfig) -> dict[str, Any]:
     into ``output_dir``, and return the summary."""
     from ..models import load_model, resolve_model
 
-    if not cfg.ks or not cfg.alphas:
-        raise EmptyInputError("need at least one k and one alpha")
+    cfg.validate()
     t0 = time.perf_counter()
     out = Path(cfg.output_dir)
     model, tok = load_model(cfg.model)

@@ -14,10 +14,12 @@ from typing import Any, Sequence
 
 from ..errors import EmptyInputError, ItiError
 from ..io import atomic_write_json, atomic_write_text
+from ..options import check_choice, check_existing_path, check_finite_nonneg, check_positive_int, check_seed, refuse
 from ..paths import cache_dir
 from .cache import GenerationCache
 from .datasets import ALIASES, UnknownDatasetError, dataset_names, load_faithfulness_dataset
-from .generate import CachedGenerator, GenerationSettings, LocalGenerator, RemoteGenerator, render_chat
+from .generate import (FALLBACK_CHAT_FORMATS, CachedGenerator, GenerationSettings, LocalGenerator, RemoteGenerator,
+                       render_chat)
 from .prompts import normalize_config, prompt_options
 from .report import compare_arms, comparison_markdown, first_answer_markdown, first_answer_stats, plot_comparison
 from .tasks import run_task, summarize
@@ -58,6 +60,13 @@ class FaithfulnessConfig:
     progress: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
 
+    def validate(self) -> None:
+        """Refuse impossible settings (one error naming the option) before any model loads or file is written:
+        data sets, tasks and task configs, counts >= 1, seed >= 0, dtype, chat format, alpha finite and >= 0 (and
+        only with an intervention), existing intervention / baked / data paths, an intervention made for this
+        model (its small files are read, no model), and the remote options together."""
+        _check_inputs(self)
+
 
 def default_cache_path() -> Path:
     """The generation cache used when none is given: ``$ITI_CACHE/faithfulness/generations.sqlite``."""
@@ -65,6 +74,12 @@ def default_cache_path() -> Path:
 
 
 def _check_inputs(cfg: FaithfulnessConfig) -> dict[str, tuple[str, ...]]:
+    """:meth:`FaithfulnessConfig.validate`: every field checked, nothing loaded or written; returns the normalized
+    task-config flags of each task."""
+    from ..models import check_dtype, resolve_model
+    from ..paths import data_search
+
+    resolve_model(cfg.model)
     if not cfg.datasets:
         raise EmptyInputError("no data sets selected")
     if not cfg.tasks:
@@ -72,11 +87,39 @@ def _check_inputs(cfg: FaithfulnessConfig) -> dict[str, tuple[str, ...]]:
     for d in cfg.datasets:
         if ALIASES.get(d.lower(), d.lower()) not in dataset_names():
             raise UnknownDatasetError(f"unknown faithfulness data set {d!r}; choose from {', '.join(dataset_names())}")
-    if cfg.max_samples is not None and cfg.max_samples < 1:
-        raise EmptyInputError(f"--max-samples must be >= 1, got {cfg.max_samples}")
+    flags = {t: normalize_config(t, cfg.task_config) for t in cfg.tasks}
     if cfg.intervention and cfg.baked:
         raise InterventionModelError("give --intervention (runtime shift) or --baked (edited weights), not both")
-    return {t: normalize_config(t, cfg.task_config) for t in cfg.tasks}
+    check_positive_int("max_samples", cfg.max_samples, none_ok=True, why="0 or None = all")
+    for name in ("max_new_tokens", "classify_max_new_tokens", "batch_size"):
+        check_positive_int(name, getattr(cfg, name))
+    check_seed("seed", cfg.seed)
+    check_dtype(cfg.dtype)
+    check_choice("chat_format", cfg.chat_format, FALLBACK_CHAT_FORMATS, none_ok=True)
+    check_existing_path("intervention", cfg.intervention)
+    check_existing_path("baked", cfg.baked)
+    check_finite_nonneg("alpha", cfg.alpha, none_ok=True)
+    if cfg.alpha is not None and not cfg.intervention:
+        raise refuse("alpha", "only with --intervention (a baked or served model's shift is fixed)", cfg.alpha)
+    if cfg.remote_url:
+        for name in ("intervention", "baked"):
+            if getattr(cfg, name):
+                raise refuse(name, "not with --remote_url (serve the baked model and pass --remote_intervened_model)",
+                             getattr(cfg, name))
+    else:
+        for name in ("remote_plain_model", "remote_intervened_model"):
+            if getattr(cfg, name):
+                raise refuse(name, "only with --remote_url", getattr(cfg, name))
+    if cfg.data_dir is not None:
+        data_search(cfg.data_dir)  # the one check of --data_dir (used only after the model loads)
+    if cfg.intervention or cfg.baked:  # the intervention's small files, read without a model: made for this one?
+        from ..intervention import Intervention
+
+        made_for = Intervention.load(cfg.intervention or Path(cfg.baked) / "iti_intervention").model_name
+        if not _same_model(made_for, cfg.model):
+            raise InterventionModelError(f"{cfg.intervention} was made for {made_for!r}, not for {cfg.model!r}" if cfg.intervention
+                                         else f"{cfg.baked} was baked from {made_for!r}, not from {cfg.model!r}")
+    return flags
 
 
 def _same_model(a: str, b: str) -> bool:
@@ -109,18 +152,14 @@ def build_arms(cfg: FaithfulnessConfig, cache: GenerationCache | None) -> tuple[
     model, tokenizer = load_model(cfg.model, device_map=cfg.device_map, dtype=cfg.dtype)
     arms["plain"] = CachedGenerator(LocalGenerator(model, tokenizer, model_id=cfg.model, batch_size=cfg.batch_size), cache)
     if cfg.intervention:
-        inter = Intervention.load(cfg.intervention, model)
-        if not _same_model(inter.model_name, cfg.model):
-            raise InterventionModelError(f"{cfg.intervention} was made for {inter.model_name!r}, not for {cfg.model!r}")
+        inter = Intervention.load(cfg.intervention, model)  # made for cfg.model: checked by validate()
         if cfg.alpha is not None:
             inter = inter.with_alpha(cfg.alpha)
         arms["intervened"] = CachedGenerator(
             LocalGenerator(model, tokenizer, model_id=cfg.model, intervention=inter, batch_size=cfg.batch_size), cache)
     elif cfg.baked:
         baked_model, _ = load_model(cfg.baked, device_map=cfg.device_map, dtype=cfg.dtype)
-        inter = Intervention.load(Path(cfg.baked) / "iti_intervention")
-        if not _same_model(inter.model_name, cfg.model):
-            raise InterventionModelError(f"{cfg.baked} was baked from {inter.model_name!r}, not from {cfg.model!r}")
+        inter = Intervention.load(Path(cfg.baked) / "iti_intervention")  # baked from cfg.model: checked by validate()
         gen = LocalGenerator(baked_model, tokenizer, model_id=cfg.model, batch_size=cfg.batch_size)
         gen.intervention_id = f"baked:{inter.fingerprint()}"
         arms["intervened"] = CachedGenerator(gen, cache)

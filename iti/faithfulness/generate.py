@@ -21,6 +21,7 @@ from ..collect import batch_inputs, pad_token_id
 from ..oom import AdaptiveBatchSize
 from ..intervention import Intervention
 from ..openai_client import EndpointError, post_completion
+from ..options import check_choice
 from ..kv_cache import returned_cache, with_cache
 from .cache import CachedGeneration, GenerationCache, GenerationKey
 
@@ -56,10 +57,8 @@ def render_chat(tokenizer: Any, user: str, chat_format: str | None = None) -> st
     """A single-turn chat prompt: the tokenizer's chat template, else a named fallback format."""
     if chat_format is None and getattr(tokenizer, "chat_template", None):
         return tokenizer.apply_chat_template([{"role": "user", "content": user}], tokenize=False, add_generation_prompt=True)
-    fmt = FALLBACK_CHAT_FORMATS.get(chat_format or "plain")
-    if fmt is None:
-        raise ValueError(f"unknown chat format {chat_format!r}; choose one of {', '.join(FALLBACK_CHAT_FORMATS)}")
-    return fmt.format(user=user)
+    check_choice("chat_format", chat_format, FALLBACK_CHAT_FORMATS, none_ok=True)
+    return FALLBACK_CHAT_FORMATS[chat_format or "plain"].format(user=user)
 
 
 def prompt_seed(seed: int, prompt: str) -> int:
