@@ -44,3 +44,8 @@ class HeadIndexError(ItiError, IndexError):
 
 class OutOfMemoryError(ItiError, MemoryError):
     """Out of memory even with one row per batch: no smaller batch is left to try."""
+
+
+class PaddingError(ItiError, ValueError):
+    """A batch padded on the side that the requested positions cannot handle (right padding when steering the last
+    token)."""

@@ -194,7 +194,8 @@ def load_model(
     *,
     trust_remote_code: bool = False,
 ) -> tuple[torch.nn.Module, Any]:
-    """Load ``(model, tokenizer)`` in eval mode.
+    """Load ``(model, tokenizer)`` in eval mode; the tokenizer pads on the left (``padding_side="left"``), as batched
+    ``generate`` and ``Intervention.applied(positions="last")`` need.
 
     ``name_or_path``: an embedded name (``smollm2-135m``, ``gemma3-270m``), an honest_llama short name
     (``llama2_chat_7B``, ...), a hub id, or a local directory. ``device_map="auto"`` spreads a large model over
@@ -217,5 +218,9 @@ def load_model(
         ) from e
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    # Batched generation needs the prompts to end at the last column: with right padding the next token would be
+    # predicted after pad tokens, and an intervention at positions="last" would shift a pad token. The library's own
+    # batching pads explicitly (collect.pad_batch), so this only sets what `tokenizer(..., padding=True)` does.
+    tokenizer.padding_side = "left"
     model.eval()
     return model, tokenizer
