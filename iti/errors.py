@@ -49,3 +49,7 @@ class OutOfMemoryError(ItiError, MemoryError):
 class PaddingError(ItiError, ValueError):
     """A batch padded on the side that the requested positions cannot handle (right padding when steering the last
     token)."""
+
+
+class DataFileError(FeatureFileError):
+    """A data set file that is malformed, or holds another number of items than the data set must have."""
