@@ -253,3 +253,24 @@ def test_atomic_writes_get_the_permissions_of_a_plain_write(tmp_path):
     assert (tmp_path / "a.json").stat().st_mode & 0o777 == plain.stat().st_mode & 0o777
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "plain.json"]  # no temporary left behind
     assert os.access(tmp_path / "a.json", os.R_OK)
+
+
+@pytest.mark.parametrize("edit", [
+    ("model", "geometry", "num_heads", 2), ("model", "geometry", "head_dim", 16), ("model", "geometry", "num_layers", 2),
+    ("model", "geometry", "hidden_size", 64), ("dataset", "num_rows", 7),
+])
+def test_a_manifest_that_disagrees_with_the_arrays_is_refused(llama, small_set, tmp_path, edit):
+    model, tok = llama
+    path = _write(model, tok, small_set, tmp_path)
+    load_features(path, layer_wise=True)
+    manifest = json.loads((path / "manifest.json").read_text())
+    *keys, last, value = edit
+    node = manifest
+    for k in keys:
+        node = node[k]
+    node[last] = value
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(FeatureFileError) as err:
+        load_features(path, layer_wise=True)
+    msg = str(err.value)
+    assert "manifest.json" in msg and f"{last}" in msg and str(value) in msg and ".safetensors" in msg, msg
