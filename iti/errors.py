@@ -53,3 +53,7 @@ class PaddingError(ItiError, ValueError):
 
 class DataFileError(FeatureFileError):
     """A data set file that is malformed, or holds another number of items than the data set must have."""
+
+
+class NonFiniteInputError(ItiError, ValueError):
+    """Features holding NaN or infinite values, which would give NaN probes or directions."""
