@@ -57,3 +57,7 @@ class DataFileError(FeatureFileError):
 
 class NonFiniteInputError(ItiError, ValueError):
     """Features holding NaN or infinite values, which would give NaN probes or directions."""
+
+
+class AlreadyBakedError(ItiError, ValueError):
+    """A model that already carries a baked-in intervention, baked again without asking to add to it."""
