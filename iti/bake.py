@@ -22,6 +22,7 @@ from torch import nn
 from .architectures import model_layout, text_config
 from .errors import AlreadyBakedError, UnsupportedArchitectureError
 from .intervention import Intervention
+from .io import set_plain_modes
 
 # model types whose attention biases (q/k/v/o together) are switched on by ``config.attention_bias``
 _BIAS_BY_CONFIG = {"llama", "gemma", "gemma2", "gemma3_text", "gemma3"}
@@ -94,7 +95,16 @@ def bake(model: nn.Module, intervention: Intervention, *, add_to_existing: bool 
 def save_baked(model: nn.Module, tokenizer: Any, out_dir: str | os.PathLike, intervention: Intervention) -> Path:
     """``save_pretrained`` as safetensors (loadable by transformers, vLLM, TGI) plus the intervention for provenance."""
     out = Path(out_dir)
+    before = _file_stamps(out)
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
+    # save_pretrained writes its safetensors files private (0600): give what this call wrote a plain write's mode
+    set_plain_modes(out, [p for p, stamp in _file_stamps(out).items() if before.get(p) != stamp])
     intervention.save(out / "iti_intervention")
     return out
+
+
+def _file_stamps(directory: Path) -> dict[Path, tuple[int, int]]:
+    if not directory.is_dir():
+        return {}
+    return {p: (p.stat().st_mtime_ns, p.stat().st_ino) for p in directory.rglob("*") if p.is_file() and not p.is_symlink()}

@@ -26,14 +26,13 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-from safetensors.numpy import save_file
 from tqdm.auto import tqdm
 
 from . import __version__
 from .architectures import HeadGeometry, model_layout
 from .collect import check_context, encode_prompts, iter_last_token_batches, pad_token_id, plan_batches
 from .errors import EmptyInputError, FeatureFileError, OutputExistsError
-from .io import (SafetensorsRowWriter, allocate_safetensors, atomic_path, atomic_write_json, fsync_dir,
+from .io import (SafetensorsRowWriter, allocate_safetensors, atomic_save_safetensors, atomic_write_json, fsync_dir,
                  open_safetensors_memmap, read_json, read_safetensors_header, sha256_file)
 from .paths import features_dir
 from .prompt_sets import PromptSet
@@ -241,8 +240,8 @@ def write_features(
 
 def _finalize(partial: Path, final: Path, manifest: dict[str, Any], labels: np.ndarray, question_ids: np.ndarray,
               specs: dict[str, Any], force: bool) -> None:
-    with atomic_path(partial / "labels.safetensors") as tmp:
-        save_file({"labels": np.ascontiguousarray(labels, dtype=np.int64), "question_ids": np.ascontiguousarray(question_ids, dtype=np.int64)}, str(tmp))
+    atomic_save_safetensors(partial / "labels.safetensors", {"labels": np.ascontiguousarray(labels, dtype=np.int64),
+                                                             "question_ids": np.ascontiguousarray(question_ids, dtype=np.int64)})
     files = {}
     for name, (dt, shape) in {**specs, "labels": (np.dtype("int64"), (len(labels),))}.items():
         path = partial / f"{name}.safetensors"

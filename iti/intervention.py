@@ -27,13 +27,13 @@ from typing import Any, Iterator, Union
 
 import numpy as np
 import torch
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import load_file
 
 from . import __version__
 from .architectures import HeadGeometry, model_layout
 from .errors import FeatureFileError, HeadIndexError, ItiError, PaddingError
 from .hooks import module_hooks
-from .io import atomic_path, atomic_write_json, read_json, read_safetensors_header, sha256_file
+from .io import atomic_save_safetensors, atomic_write_json, read_json, read_safetensors_header, sha256_file
 from .kv_cache import passed_cache
 
 InterventionPositions = Union[str, int, torch.Tensor]
@@ -139,8 +139,7 @@ class Intervention:
         """Write ``path/`` with ``intervention.safetensors`` (directions, stds) and ``intervention.json``."""
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        with atomic_path(path / TENSOR_FILE) as tmp:
-            save_file({"directions": self.directions, "stds": self.stds}, str(tmp))
+        atomic_save_safetensors(path / TENSOR_FILE, {"directions": self.directions, "stds": self.stds})
         atomic_write_json(path / META_FILE, {
             "format": "iti-intervention",
             "format_version": 1,

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from .errors import ModelLoadError, UnknownModelError
-from .io import fsync_dir
+from .io import fsync_dir, set_plain_modes
 from .paths import cache_dir
 
 #: honest_llama's short names and the hub ids they stand for.
@@ -161,6 +161,7 @@ def _write_cache(name: str, embedded: EmbeddedModel, target: Path) -> None:
             model.generation_config.save_pretrained(tmp)
         marker = {"format": _CACHE_FORMAT, "name": name, "gguf": gguf.name, "gguf_bytes": gguf.stat().st_size, "hub_id": embedded.hub_id}
         (tmp / _CACHE_MARKER).write_text(json.dumps(marker, indent=1))
+        set_plain_modes(tmp, dirs=True)  # mkdtemp's 0700 and safetensors' 0600 -> what open/mkdir give
         if target.exists():
             shutil.rmtree(target)
         os.replace(tmp, target)

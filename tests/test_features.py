@@ -274,3 +274,24 @@ def test_a_manifest_that_disagrees_with_the_arrays_is_refused(llama, small_set, 
         load_features(path, layer_wise=True)
     msg = str(err.value)
     assert "manifest.json" in msg and f"{last}" in msg and str(value) in msg and ".safetensors" in msg, msg
+
+
+def test_every_file_written_gets_the_mode_of_a_plain_open(llama, small_set, tmp_path):
+    import os
+    from iti.bake import bake, save_baked
+    from .test_intervention import make_intervention
+
+    model, tok = llama
+    old = os.umask(0o022)
+    try:
+        features = _write(model, tok, small_set, tmp_path / "features")
+        inter = make_intervention(model)
+        saved = inter.save(tmp_path / "intervention")
+        baked = save_baked(bake(make_tiny_model("llama"), inter), tok, tmp_path / "baked", inter)
+    finally:
+        os.umask(old)
+    modes = {str(p.relative_to(tmp_path)): oct(p.stat().st_mode & 0o777)
+             for d in (features, saved, baked) for p in d.rglob("*") if p.is_file()}
+    assert "features/tiny_tqa_gen_end_q/labels.safetensors" in modes and "intervention/intervention.safetensors" in modes
+    assert "baked/model.safetensors" in modes
+    assert {k: v for k, v in modes.items() if v != "0o644"} == {}
