@@ -20,8 +20,9 @@ import torch
 from torch import nn
 
 from .architectures import model_layout, text_config
-from .errors import UnsupportedArchitectureError
+from .errors import AlreadyBakedError, UnsupportedArchitectureError
 from .intervention import Intervention
+from .io import set_plain_modes
 
 # model types whose attention biases (q/k/v/o together) are switched on by ``config.attention_bias``
 _BIAS_BY_CONFIG = {"llama", "gemma", "gemma2", "gemma3_text", "gemma3"}
@@ -33,9 +34,35 @@ def _attention_linears(layer: nn.Module) -> list[nn.Linear]:
     return [getattr(attn, n) for n in ("q_proj", "k_proj", "v_proj", "o_proj") if attn is not None and isinstance(getattr(attn, n, None), nn.Linear)]
 
 
-def bake(model: nn.Module, intervention: Intervention) -> nn.Module:
-    """Add ``W_o @ shift`` to the output-projection bias of every intervened layer, in place."""
+#: config attribute listing the fingerprints of the interventions baked into a model, in order (save_pretrained
+#: writes it into config.json, so a reloaded baked model still carries it)
+BAKED_ATTR = "iti_baked"
+
+
+def baked_fingerprints(model: nn.Module) -> list[str]:
+    """Fingerprints of the interventions :func:`bake` added to this model (empty for a model never baked)."""
+    mark = getattr(model.config, BAKED_ATTR, None)
+    if not mark:
+        return []
+    return [str(mark)] if isinstance(mark, str) else [str(m) for m in mark]
+
+
+def bake(model: nn.Module, intervention: Intervention, *, add_to_existing: bool = False) -> nn.Module:
+    """Add ``W_o @ shift`` to the output-projection bias of every intervened layer, in place.
+
+    The model is marked (``config.iti_baked``, a list of intervention fingerprints, saved with the model). A model
+    that already carries a baked intervention is refused with :class:`~iti.errors.AlreadyBakedError`, since a
+    second bake adds a second shift on top of the first; pass ``add_to_existing=True`` to stack them on purpose.
+    """
     intervention.check_model(model)
+    already = baked_fingerprints(model)
+    if already and not add_to_existing:
+        same = " (this same intervention)" if intervention.fingerprint() in already else ""
+        raise AlreadyBakedError(
+            f"this model already has ITI shift(s) baked into its biases: config.{BAKED_ATTR} = {already}{same}; "
+            f"baking intervention {intervention.fingerprint()} again would add its shift on top. Start from the "
+            "unbaked model, or pass add_to_existing=True to stack the shifts on purpose."
+        )
     layout = model_layout(model)
     mt = layout.model_type
     if mt not in _BIAS_BY_CONFIG and mt not in _HAS_BIAS:
@@ -61,13 +88,23 @@ def bake(model: nn.Module, intervention: Intervention) -> nn.Module:
             else:
                 delta = w.float() @ s
             module.bias.add_(delta.to(module.bias.dtype))
+    setattr(model.config, BAKED_ATTR, [*already, intervention.fingerprint()])
     return model
 
 
 def save_baked(model: nn.Module, tokenizer: Any, out_dir: str | os.PathLike, intervention: Intervention) -> Path:
     """``save_pretrained`` as safetensors (loadable by transformers, vLLM, TGI) plus the intervention for provenance."""
     out = Path(out_dir)
+    before = _file_stamps(out)
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
+    # save_pretrained writes its safetensors files private (0600): give what this call wrote a plain write's mode
+    set_plain_modes(out, [p for p, stamp in _file_stamps(out).items() if before.get(p) != stamp])
     intervention.save(out / "iti_intervention")
     return out
+
+
+def _file_stamps(directory: Path) -> dict[Path, tuple[int, int]]:
+    if not directory.is_dir():
+        return {}
+    return {p: (p.stat().st_mtime_ns, p.stat().st_ino) for p in directory.rglob("*") if p.is_file() and not p.is_symlink()}

@@ -170,7 +170,9 @@ def collect_head_activations(
 ) -> HeadActivations:
     """Per-head attention outputs of each prompt, batched and length-sorted, in prompt order.
 
-    ``positions="last"`` (honest_llama's choice) keeps each prompt's last token; ``"all"`` keeps every token.
+    ``positions="last"`` (honest_llama's choice) keeps each prompt's last non-pad token (whatever the padding
+    side); ``"all"`` keeps every token. (``Intervention.applied(positions="last")`` instead steers the last column
+    of each forward pass, and needs left-padded batches.)
     """
     if positions not in ("last", "all"):
         raise ValueError(f"positions must be 'last' or 'all', got {positions!r}")

@@ -49,3 +49,20 @@ class OutOfMemoryError(ItiError, MemoryError):
 class InvalidOptionError(ItiError, ValueError):
     """An option or config value outside what it can mean, refused before any model loads or file is written;
     the message is one line, ``--option_name: <what is allowed>, got <value>``."""
+
+
+class PaddingError(ItiError, ValueError):
+    """A batch padded on the side that the requested positions cannot handle (right padding when steering the last
+    token)."""
+
+
+class DataFileError(FeatureFileError):
+    """A data set file that is malformed, or holds another number of items than the data set must have."""
+
+
+class NonFiniteInputError(ItiError, ValueError):
+    """Features holding NaN or infinite values, which would give NaN probes or directions."""
+
+
+class AlreadyBakedError(ItiError, ValueError):
+    """A model that already carries a baked-in intervention, baked again without asking to add to it."""

@@ -26,14 +26,13 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-from safetensors.numpy import save_file
 from tqdm.auto import tqdm
 
 from . import __version__
 from .architectures import HeadGeometry, model_layout
 from .collect import check_context, encode_prompts, iter_last_token_batches, pad_token_id, plan_batches
 from .errors import EmptyInputError, FeatureFileError, OutputExistsError
-from .io import (SafetensorsRowWriter, allocate_safetensors, atomic_path, atomic_write_json, fsync_dir,
+from .io import (SafetensorsRowWriter, allocate_safetensors, atomic_save_safetensors, atomic_write_json, fsync_dir,
                  open_safetensors_memmap, read_json, read_safetensors_header, sha256_file)
 from .paths import features_dir
 from .prompt_sets import PromptSet
@@ -240,8 +239,8 @@ def write_features(
 
 def _finalize(partial: Path, final: Path, manifest: dict[str, Any], labels: np.ndarray, question_ids: np.ndarray,
               specs: dict[str, Any], force: bool) -> None:
-    with atomic_path(partial / "labels.safetensors") as tmp:
-        save_file({"labels": np.ascontiguousarray(labels, dtype=np.int64), "question_ids": np.ascontiguousarray(question_ids, dtype=np.int64)}, str(tmp))
+    atomic_save_safetensors(partial / "labels.safetensors", {"labels": np.ascontiguousarray(labels, dtype=np.int64),
+                                                             "question_ids": np.ascontiguousarray(question_ids, dtype=np.int64)})
     files = {}
     for name, (dt, shape) in {**specs, "labels": (np.dtype("int64"), (len(labels),))}.items():
         path = partial / f"{name}.safetensors"
@@ -309,7 +308,49 @@ def load_features(path: str | os.PathLike, *, layer_wise: bool = False, mmap: bo
         raise FeatureFileError(f"{path}: {n} question ids, {len(arrays['labels'])} labels, {arrays['head_wise'].shape[0]} rows")
     if not np.array_equal(arrays["question_ids"], np.asarray(manifest["question_ids"])):
         raise FeatureFileError(f"{path}: question ids in labels.safetensors and {MANIFEST} disagree")
+    _check_manifest_against_arrays(path, manifest, arrays, n)
     return FeatureSet(path, manifest, arrays["head_wise"], arrays["labels"], arrays["question_ids"], arrays.get("layer_wise"))
+
+
+def _check_manifest_against_arrays(path: Path, manifest: dict[str, Any], arrays: dict[str, np.ndarray], n: int) -> None:
+    """The manifest's geometry and row count must describe the arrays on disk (a hand-edited or mixed-up manifest
+    would otherwise pass: the file shapes it lists are checked, not what the rest of it says)."""
+    where = path / MANIFEST
+    try:
+        g = HeadGeometry.from_dict(manifest["model"]["geometry"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise FeatureFileError(f"{where} has no usable model geometry ({type(e).__name__}: {e})") from None
+    head_file = path / manifest["files"]["head_wise"]["file"]
+    got = tuple(arrays["head_wise"].shape[1:])
+    for name, want, have in zip(("num_layers", "num_heads", "head_dim"), (g.num_layers, g.num_heads, g.head_dim), got):
+        if want != have:
+            raise FeatureFileError(
+                f"{where} says {name}={want} (geometry {g.num_layers} layers x {g.num_heads} heads x {g.head_dim}), but "
+                f"{head_file} holds [rows, layers, heads, head_dim] = {list(arrays['head_wise'].shape)}: the manifest "
+                "does not belong to these arrays (hand-edited or copied from another collection?); collect again."
+            )
+    if "layer_wise" in manifest["files"]:
+        layer_file = path / manifest["files"]["layer_wise"]["file"]
+        if "layer_wise" in arrays:
+            shape = list(arrays["layer_wise"].shape)
+        else:
+            _, header = read_safetensors_header(layer_file)
+            shape = list(header.get("layer_wise", {}).get("shape", []))
+        if len(shape) == 3 and (shape[1], shape[2]) != (g.num_layers, g.hidden_size):
+            raise FeatureFileError(
+                f"{where} says num_layers={g.num_layers}, hidden_size={g.hidden_size}, but {layer_file} holds "
+                f"[rows, layers, hidden] = {shape}: the manifest does not belong to these arrays; collect again."
+            )
+    shard = manifest.get("shard")
+    if shard:
+        expected, what = len(shard.get("rows", [])), "shard rows"
+    else:
+        expected, what = manifest["dataset"].get("num_rows"), "dataset num_rows"
+    if expected != n:
+        raise FeatureFileError(
+            f"{where} says {what}={expected}, but {head_file} and labels.safetensors hold {n} rows: the manifest "
+            "does not belong to these arrays (hand-edited, or from an unfinished or other collection?); collect again."
+        )
 
 
 def find_shards(final: Path) -> dict[int, Path]:

@@ -15,7 +15,9 @@ from torch import nn
 from .architectures import ModelLayout, model_layout
 from .errors import EmptyInputError, HeadIndexError
 
-#: "last" (last non-pad token of each row), "all", or a boolean mask [batch, seq] of positions to keep.
+#: "last" (last non-pad token of each row, left or right padding), "all", or a boolean mask [batch, seq] of positions
+#: to keep. (When *steering*, ``Intervention.applied(positions="last")`` means the last column of each forward pass
+#: instead, and so needs left padding.)
 Positions = Union[str, torch.Tensor]
 
 

@@ -3,9 +3,14 @@
 For each chosen head (layer l, head h) the o_proj input slice of that head is shifted by
 ``alpha * std * direction`` at the selected positions. Positions:
 
-- ``"last"``: the last token of each forward pass; inside ``generate`` this is the last prompt token and then
-  every generated token, exactly once each, with or without the KV cache (without the cache, every
-  re-computation shifts the positions from the last prompt token on). Prompts must be left-padded.
+- ``"last"``: the last *position* of each forward pass (the last column of the batch); inside ``generate`` this
+  is the last prompt token and then every generated token, exactly once each, with or without the KV cache
+  (without the cache, every re-computation shifts the positions from the last prompt token on). Batches must be
+  left-padded (as the tokenizer from :func:`iti.load_model` pads): a forward whose ``attention_mask`` marks the
+  last column of some row as padding is refused with :class:`~iti.errors.PaddingError`, since the shift would
+  land on a pad token. This differs from ``positions="last"`` when *capturing* activations
+  (:class:`iti.HeadTrace`, :func:`iti.collect_head_activations`), which takes each row's last non-pad token and
+  so works with either padding side.
 - ``"all"``: every position (what a baked-in bias does).
 - an ``int``: every absolute position from that index on (``positions=len(prompt)`` = the answer tokens only).
 - a tensor ``[batch]``: a start index per row.
@@ -22,13 +27,13 @@ from typing import Any, Iterator, Union
 
 import numpy as np
 import torch
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import load_file
 
 from . import __version__
 from .architectures import HeadGeometry, model_layout
-from .errors import FeatureFileError, HeadIndexError, ItiError
+from .errors import FeatureFileError, HeadIndexError, ItiError, PaddingError
 from .hooks import module_hooks
-from .io import atomic_path, atomic_write_json, read_json, read_safetensors_header, sha256_file
+from .io import atomic_save_safetensors, atomic_write_json, read_json, read_safetensors_header, sha256_file
 from .kv_cache import passed_cache
 
 InterventionPositions = Union[str, int, torch.Tensor]
@@ -111,7 +116,12 @@ class Intervention:
 
     @contextlib.contextmanager
     def applied(self, model: torch.nn.Module, positions: InterventionPositions = "last") -> Iterator["Intervention"]:
-        """Shift the chosen heads while the block runs; every hook is removed on exit."""
+        """Shift the chosen heads while the block runs; every hook is removed on exit.
+
+        ``positions="last"`` means the last column of each forward pass (see the module docstring), not each row's
+        last non-pad token as when capturing: a right-padded batch is refused with :class:`PaddingError` at its
+        forward pass. Pad on the left (``tokenizer.padding_side = "left"``, what :func:`iti.load_model` returns).
+        """
         self.check_model(model)
         layout = model_layout(model)
         tracker = _PositionTracker(positions)
@@ -129,8 +139,7 @@ class Intervention:
         """Write ``path/`` with ``intervention.safetensors`` (directions, stds) and ``intervention.json``."""
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        with atomic_path(path / TENSOR_FILE) as tmp:
-            save_file({"directions": self.directions, "stds": self.stds}, str(tmp))
+        atomic_save_safetensors(path / TENSOR_FILE, {"directions": self.directions, "stds": self.stds})
         atomic_write_json(path / META_FILE, {
             "format": "iti-intervention",
             "format_version": 1,
@@ -203,6 +212,7 @@ class _PositionTracker:
                 raise ValueError(f"positions has {start.shape[0]} start indices but the batch has {batch} rows")
             self.mask = absolute[None, :] >= start[:, None]
             return
+        _refuse_right_padding(kwargs.get("attention_mask"))
         # "last": a new prompt shifts its last token; a continuation (cached step, or a re-computation that
         # extends the recorded prompt) shifts everything from the last prompt token on.
         continuing = past > 0 or (
@@ -224,6 +234,20 @@ class _PositionTracker:
                 raise RuntimeError(f"intervention positions {tuple(self.mask.shape)} do not match the head input {tuple(x.shape[:2])}")
             m = self._per_device[key] = self.mask.to(device=x.device, dtype=x.dtype).unsqueeze(-1)
         return m
+
+
+def _refuse_right_padding(attention_mask: torch.Tensor | None) -> None:
+    """positions="last" shifts the last column; a row that ends in padding there would get the shift on a pad token."""
+    if not isinstance(attention_mask, torch.Tensor) or attention_mask.ndim != 2 or attention_mask.shape[1] == 0:
+        return
+    padded = (attention_mask[:, -1] == 0).nonzero().reshape(-1).tolist()
+    if padded:
+        raise PaddingError(
+            f"positions='last' shifts the last position of each forward pass, but row(s) {padded[:10]} of this batch "
+            f"({attention_mask.shape[0]} rows) end in padding (right padding), so the shift would land on a pad token "
+            "and generation would continue after the pads. Pad on the left: tokenizer.padding_side = 'left' "
+            "(iti.load_model returns a tokenizer set up so), or steer one prompt at a time."
+        )
 
 
 def _past_length(kwargs: dict) -> int:

@@ -13,7 +13,6 @@ import hashlib
 import json
 import os
 import struct
-import tempfile
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
@@ -42,23 +41,85 @@ def fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
-_UMASK = os.umask(0)  # read once at import (setting it is the only way to read it) and put back at once
-os.umask(_UMASK)
+def _create_plain(path: Path) -> int:
+    """Create ``path`` (which must not exist) as a plain ``open(path, "w")`` would, and return its permission bits
+    (0o666 less the umask, or whatever default ACLs of the directory give)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        return os.fstat(fd).st_mode & 0o7777
+    finally:
+        os.close(fd)
+
+
+def plain_file_mode(directory: str | os.PathLike) -> int:
+    """The permission bits a plain ``open(path, "w")`` gives a new file in ``directory`` now."""
+    directory = Path(directory)
+    for _ in range(100):
+        probe = directory / f".iti-mode-probe.{os.getpid()}.{os.urandom(4).hex()}"
+        try:
+            mode = _create_plain(probe)
+        except FileExistsError:
+            continue
+        probe.unlink()
+        return mode
+    raise FileExistsError(f"could not create a probe file in {directory}")
+
+
+def plain_dir_mode(directory: str | os.PathLike) -> int:
+    """The permission bits a plain ``os.mkdir`` gives a new directory in ``directory`` now."""
+    for _ in range(100):
+        probe = Path(directory) / f".iti-mode-probe.{os.getpid()}.{os.urandom(4).hex()}"
+        try:
+            os.mkdir(probe)
+        except FileExistsError:
+            continue
+        try:
+            return probe.stat().st_mode & 0o7777
+        finally:
+            probe.rmdir()
+    raise FileExistsError(f"could not create a probe directory in {directory}")
+
+
+def set_plain_modes(directory: str | os.PathLike, paths: Any = None, *, dirs: bool = False) -> None:
+    """Give files written by another library's writer (safetensors' ``save_file`` and Hugging Face's
+    ``save_pretrained`` create private 0600 files) the mode a plain ``open`` would have given: ``paths``, or every
+    file under ``directory``; with ``dirs``, ``directory`` and the directories under it get a plain mkdir's mode
+    (for a directory made by ``tempfile.mkdtemp``, 0700)."""
+    directory = Path(directory)
+    mode = plain_file_mode(directory)
+    files = [Path(p) for p in paths] if paths is not None else [p for p in directory.rglob("*") if p.is_file()]
+    for p in files:
+        with contextlib.suppress(OSError):
+            if not p.is_symlink():
+                os.chmod(p, mode)
+    if dirs:
+        dmode = plain_dir_mode(directory.parent)
+        for d in [directory, *(p for p in directory.rglob("*") if p.is_dir() and not p.is_symlink())]:
+            with contextlib.suppress(OSError):
+                os.chmod(d, dmode)
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success it replaces ``path`` in one rename."""
+    """Yield a temporary path beside ``path``; on success it replaces ``path`` in one rename.
+
+    The result gets the mode a plain ``open(path, "w")`` gives (umask respected), also when the writer replaced
+    the temporary file by its own (safetensors' ``save_file`` writes a private file and renames it into place)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    # mkstemp makes the file private (0600); the result should have the permissions a plain open() would give
-    with contextlib.suppress(OSError):
-        os.chmod(tmp, 0o666 & ~_UMASK)
-    tmp_path = Path(tmp)
+    for _ in range(100):
+        tmp_path = path.parent / f".{path.name}.{os.urandom(6).hex()}.tmp"
+        try:
+            mode = _create_plain(tmp_path)  # not mkstemp: that makes the file private (0600)
+            break
+        except FileExistsError:
+            continue
+    else:
+        raise FileExistsError(f"could not create a temporary file beside {path}")
     try:
         yield tmp_path
+        if (tmp_path.stat().st_mode & 0o7777) != mode:
+            os.chmod(tmp_path, mode)
         with open(tmp_path, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp_path, path)
@@ -66,6 +127,16 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
+
+
+def atomic_save_safetensors(path: str | os.PathLike, tensors: Mapping[str, np.ndarray],
+                            metadata: Mapping[str, str] | None = None) -> None:
+    """Write numpy arrays as one safetensors file, atomically and with the mode of a plain write: the one place
+    the library calls safetensors' ``save_file``."""
+    from safetensors.numpy import save_file
+
+    with atomic_path(path) as tmp:
+        save_file(dict(tensors), str(tmp), metadata=dict(metadata) if metadata else None)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from .errors import ModelLoadError, UnknownModelError
-from .io import fsync_dir
+from .io import fsync_dir, set_plain_modes
 from .paths import cache_dir
 
 #: honest_llama's short names and the hub ids they stand for.
@@ -172,6 +172,7 @@ def _write_cache(name: str, embedded: EmbeddedModel, target: Path) -> None:
             model.generation_config.save_pretrained(tmp)
         marker = {"format": _CACHE_FORMAT, "name": name, "gguf": gguf.name, "gguf_bytes": gguf.stat().st_size, "hub_id": embedded.hub_id}
         (tmp / _CACHE_MARKER).write_text(json.dumps(marker, indent=1))
+        set_plain_modes(tmp, dirs=True)  # mkdtemp's 0700 and safetensors' 0600 -> what open/mkdir give
         if target.exists():
             shutil.rmtree(target)
         os.replace(tmp, target)
@@ -205,7 +206,8 @@ def load_model(
     *,
     trust_remote_code: bool = False,
 ) -> tuple[torch.nn.Module, Any]:
-    """Load ``(model, tokenizer)`` in eval mode.
+    """Load ``(model, tokenizer)`` in eval mode; the tokenizer pads on the left (``padding_side="left"``), as batched
+    ``generate`` and ``Intervention.applied(positions="last")`` need.
 
     ``name_or_path``: an embedded name (``smollm2-135m``, ``gemma3-270m``), an honest_llama short name
     (``llama2_chat_7B``, ...), a hub id, or a local directory. ``device_map="auto"`` spreads a large model over
@@ -228,5 +230,9 @@ def load_model(
         ) from e
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    # Batched generation needs the prompts to end at the last column: with right padding the next token would be
+    # predicted after pad tokens, and an intervention at positions="last" would shift a pad token. The library's own
+    # batching pads explicitly (collect.pad_batch), so this only sets what `tokenizer(..., padding=True)` does.
+    tokenizer.padding_side = "left"
     model.eval()
     return model, tokenizer

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .errors import EmptyInputError
+from .errors import EmptyInputError, NonFiniteInputError
 
 
 def _check_labels(y: np.ndarray | torch.Tensor, n: int) -> torch.Tensor:
@@ -28,6 +28,23 @@ def _check_labels(y: np.ndarray | torch.Tensor, n: int) -> torch.Tensor:
     if len(values) < 2:
         raise ValueError("labels contain one class only: a probe needs both true and false examples")
     return y
+
+
+def _non_finite_error(Xt: torch.Tensor, layers: int, heads: int, dtype: torch.dtype) -> NonFiniteInputError:
+    """Describe where X ``[N, L*H, D]`` is not finite once cast to the fitting dtype: rows and (layer, head)s."""
+    bad = torch.zeros(Xt.shape[0], Xt.shape[1], dtype=torch.bool)
+    for start in range(0, Xt.shape[0], 256):  # row blocks: never a full-size copy of X
+        bad[start : start + 256] = ~torch.isfinite(Xt[start : start + 256].to(dtype)).all(dim=-1)
+    rows = bad.any(dim=1).nonzero().reshape(-1).tolist()
+    flat = bad.any(dim=0).nonzero().reshape(-1).tolist()
+    where = [(k // heads, k % heads) for k in flat]
+    more = lambda xs: f"{xs[:10]}{' ...' if len(xs) > 10 else ''}"  # noqa: E731
+    return NonFiniteInputError(
+        f"features hold NaN or infinite values (as {str(dtype).replace('torch.', '')}) in {len(rows)} of {Xt.shape[0]} "
+        f"rows (rows {more(rows)}) at {len(where)} (layer, head)s: {', '.join(map(str, where[:10]))}"
+        f"{' ...' if len(where) > 10 else ''}; the probes would come out NaN. Drop or recollect those rows (a float16 "
+        "overflow? collect with dtype float32), or fit with dtype=torch.float64 if the values are only too large."
+    )
 
 
 @dataclass
@@ -57,7 +74,8 @@ class HeadProbes:
 
     def fit(self, X: np.ndarray | torch.Tensor, y: np.ndarray | torch.Tensor) -> "HeadProbes":
         """Fit every head's probe on X ``[N, L, H, D]`` and 0/1 labels ``[N]`` (both classes needed); sets
-        ``coef_``, ``intercept_`` and ``fit_`` (convergence)."""
+        ``coef_``, ``intercept_`` and ``fit_`` (convergence). Non-finite features (NaN, inf, or too large for
+        ``dtype``) raise :class:`~iti.errors.NonFiniteInputError` naming the rows and (layer, head)s."""
         shape = tuple(np.shape(X))
         if len(shape) != 4:
             raise ValueError(f"features must be [N, layers, heads, head_dim], got shape {shape}")
@@ -73,6 +91,8 @@ class HeadProbes:
             # [k, N, D+2]: features, a ones column for the intercept, and a work column (see _newton)
             buf = torch.empty(sl.stop - sl.start, n, d + 2, dtype=self.dtype)
             buf[:, :, :d] = Xt[:, sl].permute(1, 0, 2)
+            if not torch.isfinite(buf[:, :, :d]).all():
+                raise _non_finite_error(Xt, layers, heads, self.dtype)
             buf[:, :, d] = 1.0
             w, it, g = self._newton(buf, yt)
             coef[sl], intercept[sl] = w[:, :d], w[:, d]

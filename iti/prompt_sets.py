@@ -115,10 +115,10 @@ def build_prompt_set(
     """Build a named prompt set; ``max_questions`` keeps the first N questions (in mc order)."""
     if name not in BUILDERS:
         raise ValueError(f"unknown dataset {name!r}; choose one of {sorted(BUILDERS)}")
-    tqa = truthfulqa or load_truthfulqa(data_dir)
-    n = len(tqa) if max_questions is None else int(max_questions)
-    if n <= 0:
+    if max_questions is not None and int(max_questions) <= 0:
         raise EmptyInputError(f"max_questions must be positive, got {max_questions}")
+    tqa = truthfulqa or load_truthfulqa(data_dir, max_questions=max_questions)
+    n = len(tqa) if max_questions is None else int(max_questions)
     ps = BUILDERS[name](tqa, set(range(min(n, len(tqa)))), seed)
     ps.meta.update({"source": tqa.origin, "num_questions": int(len(set(ps.question_ids.tolist())))})
     if max_questions is not None:

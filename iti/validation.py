@@ -192,7 +192,7 @@ def run_validation(model, tokenizer, cfg: ValidationConfig, out_dir: str | Path)
     atomic_write_json(out / "config.json", cfg.__dict__)
     features = load_features(cfg.features_path(cfg.dataset_name), mmap=False)
     tuning = load_features(cfg.features_path(cfg.activations_dataset), mmap=False)
-    tqa = load_truthfulqa(cfg.data_dir)
+    tqa = load_truthfulqa(cfg.data_dir, max_questions=cfg.max_questions or None)
     judge_cfg = JudgeConfig.from_env() if cfg.judge else None
     if cfg.judge and judge_cfg is None:
         print("[validate] --judge given but no judge configured (set ITI_JUDGE_URL, ITI_JUDGE_TRUE_MODEL, ITI_JUDGE_INFO_MODEL): "

@@ -53,3 +53,28 @@ def test_architectures_without_an_o_proj_bias_are_refused(arch):
     model = make_tiny_model(arch)
     with pytest.raises(UnsupportedArchitectureError, match="without a bias"):
         bake(model, make_intervention(model))
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_baking_twice_is_refused_unless_adding(arch, tmp_path):
+    from iti.errors import ItiError
+
+    model = make_tiny_model(arch)
+    inter = make_intervention(model)
+    bake(model, inter)
+    biases = {n: p.clone() for n, p in model.named_parameters() if n.endswith("bias")}
+    with pytest.raises(ItiError) as err:
+        bake(model, inter)
+    assert inter.fingerprint() in str(err.value) and "add_to_existing" in str(err.value)
+    assert all(torch.equal(p, biases[n]) for n, p in model.named_parameters() if n.endswith("bias"))  # unchanged
+    # a saved-then-reloaded baked model carries the mark too
+    save_baked(model, tiny_tokenizer(), tmp_path, inter)
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    with pytest.raises(ItiError):
+        bake(reloaded, inter)
+    # adding on purpose works, and stacks the shift: the same as one bake at twice the alpha
+    bake(reloaded, inter, add_to_existing=True)
+    once_double = bake(make_tiny_model(arch), inter.with_alpha(2 * inter.alpha))
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(_ids()).logits, once_double(_ids()).logits, rtol=1e-4, atol=1e-4)
+    assert list(reloaded.config.iti_baked) == [inter.fingerprint()] * 2

@@ -253,3 +253,45 @@ def test_atomic_writes_get_the_permissions_of_a_plain_write(tmp_path):
     assert (tmp_path / "a.json").stat().st_mode & 0o777 == plain.stat().st_mode & 0o777
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "plain.json"]  # no temporary left behind
     assert os.access(tmp_path / "a.json", os.R_OK)
+
+
+@pytest.mark.parametrize("edit", [
+    ("model", "geometry", "num_heads", 2), ("model", "geometry", "head_dim", 16), ("model", "geometry", "num_layers", 2),
+    ("model", "geometry", "hidden_size", 64), ("dataset", "num_rows", 7),
+])
+def test_a_manifest_that_disagrees_with_the_arrays_is_refused(llama, small_set, tmp_path, edit):
+    model, tok = llama
+    path = _write(model, tok, small_set, tmp_path)
+    load_features(path, layer_wise=True)
+    manifest = json.loads((path / "manifest.json").read_text())
+    *keys, last, value = edit
+    node = manifest
+    for k in keys:
+        node = node[k]
+    node[last] = value
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(FeatureFileError) as err:
+        load_features(path, layer_wise=True)
+    msg = str(err.value)
+    assert "manifest.json" in msg and f"{last}" in msg and str(value) in msg and ".safetensors" in msg, msg
+
+
+def test_every_file_written_gets_the_mode_of_a_plain_open(llama, small_set, tmp_path):
+    import os
+    from iti.bake import bake, save_baked
+    from .test_intervention import make_intervention
+
+    model, tok = llama
+    old = os.umask(0o022)
+    try:
+        features = _write(model, tok, small_set, tmp_path / "features")
+        inter = make_intervention(model)
+        saved = inter.save(tmp_path / "intervention")
+        baked = save_baked(bake(make_tiny_model("llama"), inter), tok, tmp_path / "baked", inter)
+    finally:
+        os.umask(old)
+    modes = {str(p.relative_to(tmp_path)): oct(p.stat().st_mode & 0o777)
+             for d in (features, saved, baked) for p in d.rglob("*") if p.is_file()}
+    assert "features/tiny_tqa_gen_end_q/labels.safetensors" in modes and "intervention/intervention.safetensors" in modes
+    assert "baked/model.safetensors" in modes
+    assert {k: v for k, v in modes.items() if v != "0o644"} == {}

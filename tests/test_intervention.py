@@ -156,3 +156,53 @@ def test_invalid_interventions_are_refused():
     with pytest.raises(ValueError, match="positions"):
         with make_intervention(model).applied(model, positions="first"):
             pass
+
+
+def _loaded_tiny(tmp_path, arch="llama"):
+    """A tiny model and tokenizer as `load_model` returns them (saved to a local directory, then loaded)."""
+    from iti import load_model
+
+    make_tiny_model(arch).save_pretrained(tmp_path)
+    tiny_tokenizer().save_pretrained(tmp_path)
+    return load_model(str(tmp_path))
+
+
+BATCH_PROMPTS = ["the lazy dog", "Q: Why do veins appear blue? A: Because"]
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_batched_steered_generation_equals_one_prompt_at_a_time(tmp_path, arch):
+    model, tok = _loaded_tiny(tmp_path, arch)
+    inter = make_intervention(model, alpha=1.0)  # small enough that the steered text still depends on the prompt
+    kw = dict(max_new_tokens=8, do_sample=False, pad_token_id=tok.pad_token_id)
+    with torch.no_grad(), inter.applied(model, positions="last"):
+        batch = tok(BATCH_PROMPTS, padding=True, return_tensors="pt")
+        out = model.generate(**batch, **kw)[:, batch["input_ids"].shape[1]:]
+        for row, prompt in enumerate(BATCH_PROMPTS):
+            one = tok(prompt, return_tensors="pt")
+            single = model.generate(**one, **kw)[0, one["input_ids"].shape[1]:]
+            assert out[row].tolist() == single.tolist(), f"row {row} ({prompt!r}) differs between batched and single"
+    assert tok.padding_side == "left"
+
+
+def test_right_padded_batch_is_refused_when_steering_the_last_position():
+    from iti.errors import ItiError, PaddingError
+
+    model = make_tiny_model("llama")
+    tok = tiny_tokenizer()
+    tok.padding_side = "right"
+    try:
+        batch = tok(BATCH_PROMPTS, padding=True, return_tensors="pt")
+    finally:
+        tok.padding_side = "right"  # the cached tokenizer's default
+    assert batch["attention_mask"][0, -1] == 0  # row 0 is right-padded
+    inter = make_intervention(model)
+    with torch.no_grad(), inter.applied(model, positions="last"):
+        with pytest.raises(PaddingError) as err:
+            model.generate(**batch, max_new_tokens=2, do_sample=False, pad_token_id=0)
+        assert isinstance(err.value, ItiError) and "[0]" in str(err.value) and "padding_side" in str(err.value)
+        # a full (unpadded) batch and left padding are fine
+        model(**tok(BATCH_PROMPTS[:1], return_tensors="pt"))
+    # other positions are not affected by the check
+    with torch.no_grad(), inter.applied(model, positions="all"):
+        model(**batch)

@@ -62,3 +62,19 @@ def test_split_is_by_question_and_seeded():
     assert not np.array_equal(train, split_questions(qids, 0.2, seed=4)[0])
     with pytest.raises(EmptyInputError):
         split_questions(np.zeros(4, int), 0.2)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf, 1e39])  # 1e39 overflows the float32 the fit runs in
+def test_non_finite_features_are_refused(bad):
+    from iti.errors import ItiError
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(40, 3, 4, 8))
+    y = np.arange(40) % 2
+    X[7, 1, 2, 5] = bad
+    X[9, 1, 2, 0] = bad
+    with pytest.raises(ItiError) as err:
+        HeadProbes().fit(X, y)
+    msg = str(err.value)
+    assert "(1, 2)" in msg and "2 of 40 rows" in msg and "[7, 9]" in msg, msg
+    assert isinstance(err.value, ValueError)

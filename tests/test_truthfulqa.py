@@ -76,10 +76,10 @@ def _small_copy(tmp_path, n):
 def test_loader_order_argument_then_env(tmp_path, monkeypatch):
     small = _small_copy(tmp_path, 3)
     monkeypatch.setenv("ITI_DATA_DIR", str(SHARED_DATA))
-    assert len(load_truthfulqa(small, allow_hub=False)) == 3
+    assert len(load_truthfulqa(small, allow_hub=False, max_questions=3)) == 3
     assert len(load_truthfulqa(allow_hub=False)) == 817
     monkeypatch.setenv("ITI_DATA_DIR", str(small))
-    assert len(load_truthfulqa(allow_hub=False)) == 3
+    assert len(load_truthfulqa(allow_hub=False, max_questions=3)) == 3
 
 
 def test_missing_data_says_what_was_tried(tmp_path, monkeypatch):
@@ -111,3 +111,63 @@ def test_hub_failure_is_reported_with_the_local_misses(tmp_path, monkeypatch):
 def test_a_data_dir_that_does_not_exist_is_not_skipped_silently(tmp_path):
     with pytest.raises(DataNotFoundError, match="nowhere does not exist"):
         load_truthfulqa(tmp_path / "nowhere")
+
+
+def _copy_with_csv(tmp_path, csv_text):
+    """A data root with the full mc_task.json and the given TruthfulQA.csv text."""
+    root = tmp_path / "cut"
+    (root / "truthfulqa").mkdir(parents=True)
+    (root / "truthfulqa" / "mc_task.json").write_bytes((SHARED_DATA / "truthfulqa" / "mc_task.json").read_bytes())
+    (root / "truthfulqa" / "TruthfulQA.csv").write_text(csv_text, encoding="utf-8")
+    return root
+
+
+def _csv_rows():
+    import csv, io
+
+    text = (SHARED_DATA / "truthfulqa" / "TruthfulQA.csv").read_text(encoding="utf-8-sig")
+    return list(csv.reader(io.StringIO(text)))
+
+
+def _csv_text(rows):
+    import csv, io
+
+    buf = io.StringIO()
+    csv.writer(buf).writerows(rows)
+    return buf.getvalue()
+
+
+def test_a_truncated_csv_is_refused_unless_a_subset_is_asked_for(tmp_path):
+    from iti.errors import ItiError
+
+    rows = _csv_rows()
+    root = _copy_with_csv(tmp_path, _csv_text(rows[:300]))  # header + 299 of 817 questions
+    with pytest.raises(ItiError) as err:
+        load_truthfulqa(root, allow_hub=False)
+    msg = str(err.value)
+    assert "TruthfulQA.csv" in msg and "299" in msg and "817" in msg and "max_questions" in msg
+    with pytest.raises(ItiError):
+        build_prompt_set("tqa_gen", data_dir=root)
+    # a subset is fine when the cut file holds every question of it ...
+    mc = json.loads((SHARED_DATA / "truthfulqa" / "mc_task.json").read_text())
+    first = {item["question"].strip() for item in mc[:20]}
+    keep = [r for r in rows[1:] if r[2].strip() in first]
+    root20 = _copy_with_csv(tmp_path / "twenty", _csv_text([rows[0]] + keep))
+    assert len(load_truthfulqa(root20, allow_hub=False, max_questions=20).gen) == 20
+    assert len(build_prompt_set("tqa_gen", data_dir=root20, max_questions=20)) == len(
+        build_prompt_set("tqa_gen", data_dir=SHARED_DATA, max_questions=20))
+    # ... and refused when it lacks some of them
+    with pytest.raises(ItiError) as err:
+        load_truthfulqa(root20, allow_hub=False, max_questions=30)
+    assert "TruthfulQA.csv" in str(err.value) and "30" in str(err.value)
+
+
+def test_a_malformed_csv_is_an_iti_error_naming_the_file(tmp_path):
+    from iti.errors import ItiError
+
+    rows = _csv_rows()
+    text = _csv_text(rows[:50]) + 'x,y,"unclosed,quote\n' + "a,b,c,d,e,f,g,h,i,j,k\n" + _csv_text(rows[50:60])
+    root = _copy_with_csv(tmp_path, text)
+    with pytest.raises(ItiError) as err:
+        load_truthfulqa(root, allow_hub=False)
+    assert "TruthfulQA.csv" in str(err.value) and str(root) in str(err.value)
