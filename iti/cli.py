@@ -121,6 +121,7 @@ def add_validate_args(p: argparse.ArgumentParser) -> None:
     _flag(p, "data_dir", default=None)
     _flag(p, "batch_size", type=int, default=16)
     _flag(p, "output_dir", default=None, help="default: validation/results/<model>_k<K>_a<alpha>_<direction>")
+    _flag(p, "force", action="store_true", help="discard rows in the output directory that other settings produced")
     _flag(p, "device_map", default=None)
     _flag(p, "dtype", default=None)
 
@@ -130,7 +131,7 @@ def run_validate(args: argparse.Namespace) -> None:
     validation and print summary.md."""
     from .models import check_dtype, load_model, resolve_model
     from .paths import CHECKOUT_DIR
-    from .validation import ValidationConfig, check_features, run_validation
+    from .validation import ValidationConfig, check_features, check_output, run_validation
 
     name = resolve_model(args.model_name).name
     cfg = ValidationConfig(
@@ -141,11 +142,13 @@ def run_validate(args: argparse.Namespace) -> None:
         generate=not args.no_generate, generate_controls=args.generate_controls, max_new_tokens=args.max_new_tokens,
         ce_samples=args.ce_samples, ce_corpus=args.ce_corpus, tune_on_all_questions=args.tune_on_all_questions,
         max_questions=args.max_questions, features_dir=args.features_dir, data_dir=args.data_dir, batch_size=args.batch_size,
+        force=args.force,
     )
     out = Path(args.output_dir) if args.output_dir else CHECKOUT_DIR / "validation" / "results" / f"{name}_k{cfg.num_heads}_a{cfg.alpha:g}_{cfg.direction}"
     cfg.validate()
     check_dtype(args.dtype)
     check_features(cfg)
+    check_output(cfg, out)  # rows of other settings are refused before the model loads
     model, tokenizer = load_model(args.model_name, device_map=args.device_map, dtype=args.dtype)
     start = time.perf_counter()
     run_validation(model, tokenizer, cfg, out)

@@ -66,3 +66,11 @@ class NonFiniteInputError(ItiError, ValueError):
 
 class AlreadyBakedError(ItiError, ValueError):
     """A model that already carries a baked-in intervention, baked again without asking to add to it."""
+
+
+class OutputLockedError(ItiError, BlockingIOError):
+    """An output directory that another process is writing right now."""
+
+
+class JudgeError(ItiError, RuntimeError):
+    """A True/Info judge that could not be reached or gave an answer that cannot be read."""

@@ -34,6 +34,7 @@ from .collect import check_context, encode_prompts, iter_last_token_batches, pad
 from .errors import EmptyInputError, FeatureFileError, OutputExistsError
 from .io import (SafetensorsRowWriter, allocate_safetensors, atomic_save_safetensors, atomic_write_json, fsync_dir,
                  open_safetensors_memmap, read_json, read_safetensors_header, sha256_file)
+from .locks import output_lock
 from .paths import features_dir
 from .prompt_sets import PromptSet
 
@@ -85,10 +86,14 @@ def _versions() -> dict[str, str]:
 
 
 def _job_description(model_name: str, model: torch.nn.Module, ps: PromptSet, *, dtype: str, batch_size: int, layer_wise: bool) -> dict[str, Any]:
+    from .fingerprint import model_fingerprint
+
     layout = model_layout(model)
     compute_dtype = str(next(model.parameters()).dtype).replace("torch.", "")
     return {
-        "model": {"name": model_name, "model_type": layout.model_type, "geometry": layout.geometry.to_dict(), "compute_dtype": compute_dtype},
+        "model": {"name": model_name, "model_type": layout.model_type, "geometry": layout.geometry.to_dict(), "compute_dtype": compute_dtype,
+                  # the weights, not the name: two checkpoints named runs/a/final and runs/b/final differ here
+                  "weights_sha256": model_fingerprint(model)},
         "dataset": {
             "name": ps.name,
             "prompt_format": ps.prompt_format,
@@ -107,10 +112,27 @@ def _job_id(job: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(job, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _refuse(path: Path, what: str, existing: Any, wanted: Any) -> OutputExistsError:
+def _flat(job: dict[str, Any]) -> dict[str, Any]:
+    """``{"model": {"name": ...}}`` -> ``{"model.name": ...}`` (one level), for differences in words."""
+    out: dict[str, Any] = {}
+    for key, value in job.items():
+        if isinstance(value, dict):
+            out.update({f"{key}.{k}": v for k, v in value.items()})
+        else:
+            out[key] = value
+    return out
+
+
+def _refuse(path: Path, what: str, existing: dict[str, Any] | None, wanted: dict[str, Any]) -> OutputExistsError:
+    from .fingerprint import describe_difference
+
+    if existing is None:
+        why = "a job this version cannot compare (no record of its settings)"
+    else:
+        keys = set(_flat(wanted))
+        why = f"a different job ({describe_difference({k: v for k, v in _flat(existing).items() if k in keys}, _flat(wanted))})"
     return OutputExistsError(
-        f"{path} already holds {what} for a different job (existing {existing}, requested {wanted}); "
-        "pass force=True (--force) to replace it, or choose another output directory"
+        f"{path} already holds {what} of {why}; pass force=True (--force) to replace it, or choose another output directory"
     )
 
 
@@ -151,6 +173,16 @@ def write_features(
     shard = shard or (0, 1)
     out_root = Path(out_dir) if out_dir is not None else features_dir()
     final = out_root / output_name(model_name, prompt_set.name, shard)
+    # one collection per output at a time: a second process is refused before it touches the .partial files
+    with output_lock(out_root, f"features output {final.name} in", name=f".{final.name}.lock"):
+        return _write_features(model, tokenizer, prompt_set, final, model_name=model_name, batch_size=batch_size,
+                               np_dtype=np_dtype, layer_wise=layer_wise, shard=shard, force=force, progress=progress,
+                               on_batch=on_batch)
+
+
+def _write_features(model, tokenizer, prompt_set: PromptSet, final: Path, *, model_name: str, batch_size: int,
+                    np_dtype: np.dtype, layer_wise: bool, shard: tuple[int, int], force: bool, progress: bool,
+                    on_batch: Callable[[int, int], None] | None) -> Path:
     partial = final.with_name(final.name + ".partial")
     job = _job_description(model_name, model, prompt_set, dtype=np_dtype.name, batch_size=batch_size, layer_wise=layer_wise)
     job_id = _job_id(job)
@@ -161,7 +193,7 @@ def write_features(
             print(f"[iti] {final} is already complete for this job; nothing to do", flush=True)
             return final
         if not force:
-            raise _refuse(final, "features", existing.get("job_id"), job_id)
+            raise _refuse(final, "features", existing, job)
     elif final.exists() and not force:
         raise OutputExistsError(f"{final} exists but has no {MANIFEST}; remove it or pass force=True (--force)")
 
@@ -183,17 +215,23 @@ def write_features(
         state = read_json(progress_path, "collection progress file") if progress_path.exists() else None
         if state is not None and state.get("job_id") == job_id and state.get("shard") == list(shard):
             done = set(int(b) for b in state.get("done_batches", []))
-            for name in specs:
-                read_safetensors_header(partial / f"{name}.safetensors")  # truncated -> clear error
+            if not force:
+                for name in specs:
+                    try:
+                        read_safetensors_header(partial / f"{name}.safetensors")  # truncated -> clear error
+                    except FeatureFileError as e:
+                        raise FeatureFileError(f"{e}; the unfinished collection {partial} is damaged: pass force=True "
+                                               "(--force) to start it over") from None
         elif not force:
-            raise _refuse(partial, "an unfinished collection", None if state is None else state.get("job_id"), job_id)
-        else:
+            raise _refuse(partial, "an unfinished collection", None if state is None else state.get("job"), job)
+        if force:  # --force always starts over, whatever state the unfinished collection is in
             shutil.rmtree(partial)
+            done = set()
     if not partial.exists():
         partial.mkdir(parents=True)
         for name, spec in specs.items():
             allocate_safetensors(partial / f"{name}.safetensors", {name: spec})
-        atomic_write_json(progress_path, {"job_id": job_id, "shard": list(shard), "done_batches": []})
+        atomic_write_json(progress_path, {"job_id": job_id, "job": job, "shard": list(shard), "done_batches": []})
     elif done:
         print(f"[iti] resuming {partial}: {len(done)}/{len(my_batches)} batches already on disk", flush=True)
 
@@ -213,7 +251,7 @@ def write_features(
             for w in writers.values():
                 w.flush()
             done.add(b)
-            atomic_write_json(progress_path, {"job_id": job_id, "shard": list(shard), "done_batches": sorted(done)})
+            atomic_write_json(progress_path, {"job_id": job_id, "job": job, "shard": list(shard), "done_batches": sorted(done)})
             if on_batch is not None:
                 on_batch(len(done), len(my_batches))
     finally:

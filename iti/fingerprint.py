@@ -101,10 +101,14 @@ def model_fingerprint(model: Any) -> str:
 
 
 def describe_difference(stored: Mapping[str, Any], current: Mapping[str, Any]) -> str:
-    """The settings that differ, in words: ``max_questions 4 -> 8; preset 'qa' -> 'lm-eval'``."""
+    """The settings that differ, in words: ``max_questions 4 -> 8; preset 'qa' -> 'lm-eval'``. A key ending in
+    ``_sha256`` holds a content hash: it is reported as ``<what>: content differs``, not as two hashes."""
     parts = []
     for key in sorted(set(stored) | set(current)):
         a, b = stored.get(key, "<absent>"), current.get(key, "<absent>")
         if canonical_json(a) != canonical_json(b):
-            parts.append(f"{key} {a!r} -> {b!r}")
+            if key.endswith("_sha256"):
+                parts.append(f"{key[: -len('_sha256')]}: content differs")
+            else:
+                parts.append(f"{key} {a!r} -> {b!r}")
     return "; ".join(parts) if parts else "nothing"

@@ -18,8 +18,9 @@ from .features import load_features, read_manifest
 from .fit import FoldProbes, build_intervention, train_fold_probes
 from .generation import generate_answers
 from .io import atomic_write_json, atomic_write_text, read_json
-from .judge import JudgeConfig, judge_answers
+from .judge import JudgeConfig, check_judge_endpoint, judge_answers
 from .lm_cost import ce_and_kl, load_neutral_texts
+from .locks import output_lock
 from .mc_scoring import mc_metrics, score_choices
 from .options import (TRUTHFULQA_QUESTIONS, check_each, check_existing_path, check_finite_nonneg, check_folds,
                       check_positive_int, check_range, check_seed)
@@ -57,6 +58,7 @@ class ValidationConfig:
     features_dir: str | None = None
     data_dir: str | None = None
     batch_size: int = 16
+    force: bool = False
 
     def validate(self) -> None:
         """Refuse impossible settings with one :class:`~iti.errors.InvalidOptionError` naming the option, before
@@ -146,7 +148,64 @@ def plan_rows(cfg: ValidationConfig) -> list[RowSpec]:
     return rows
 
 
-def _evaluate_row(model, tokenizer, tqa, test_q, spec, intervention, cfg, texts, judge_cfg) -> dict[str, Any]:
+#: ValidationConfig fields that change what a stored row holds; the others choose which rows run (controls,
+#: sweeps), how fast (batch_size) or where from (paths, replaced by the content they point at).
+RESULT_FIELDS = ("model_name", "dataset_name", "activations_dataset", "num_fold", "val_ratio", "seed", "use_center_of_mass",
+                 "use_random_dir", "instruction_prompt", "preset", "max_new_tokens", "ce_samples", "ce_corpus",
+                 "tune_on_all_questions", "max_questions")
+RUN_RECORD = "run.json"
+
+
+def run_identity(cfg: ValidationConfig, *, manifests: dict[str, dict[str, Any]] | None = None, tqa=None, model=None) -> dict[str, Any]:
+    """What determines every stored row of a run: the result fields of ``cfg`` and content hashes of the feature
+    sets (from their manifests, by data set name), the TruthfulQA data and the model weights (each when given)."""
+    from .fingerprint import model_fingerprint, settings_fingerprint
+
+    identity: dict[str, Any] = {f: getattr(cfg, f) for f in RESULT_FIELDS}
+    for name, manifest in (manifests or {}).items():
+        identity[f"{name} features_sha256"] = settings_fingerprint({"job": manifest.get("job_id"), "files": manifest["files"]})
+    if tqa is not None:
+        identity["TruthfulQA data_sha256"] = settings_fingerprint({"refs": [r.__dict__ for r in tqa.refs], "mc": [m.__dict__ for m in tqa.mc]})
+    if model is not None:
+        identity["model weights_sha256"] = model_fingerprint(model)
+    return identity
+
+
+def _stale_outputs(out: Path) -> list[Path]:
+    return [*sorted((out / "rows").glob("*.json")), *sorted(out.glob("intervention_fold*")),
+            *[out / n for n in ("summary.json", "summary.md", RUN_RECORD) if (out / n).exists()]]
+
+
+def claim_output(out: Path, identity: dict[str, Any], force: bool = False) -> None:
+    """Make sure ``out`` holds no rows of another run before any is reused: rows stored under other settings (or
+    by an older iti that kept no record of them) are refused with what differs, in words, unless ``force``, which
+    discards them. Keys missing from ``identity`` (the model, before it is loaded) are not compared."""
+    from .errors import OutputExistsError
+    from .fingerprint import describe_difference
+
+    record = out / RUN_RECORD
+    rows = list((out / "rows").glob("*.json"))
+    if not rows:
+        return
+    stored = read_json(record, "validation run record") if record.exists() else None
+    if stored is not None:
+        stored_cmp = {k: v for k, v in stored.items() if k in identity}
+        if describe_difference(stored_cmp, identity) == "nothing":
+            return
+        why = f"other settings ({describe_difference(stored_cmp, identity)})"
+    else:
+        why = f"unknown settings (no {RUN_RECORD}: written by an older iti)"
+    if not force:
+        raise OutputExistsError(f"{out} holds {len(rows)} rows of a run with {why}; pass --force to discard them, "
+                                "or choose another --output_dir")
+    import shutil
+
+    print(f"[validate] --force: discarding {len(rows)} rows of a run with {why}", flush=True)
+    for path in _stale_outputs(out):
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
+def _mc_part(model, tokenizer, tqa, test_q, intervention, cfg, texts) -> dict[str, Any]:
     questions = mc_questions(tqa, test_q, cfg.preset, cfg.instruction_prompt)
     t0 = time.perf_counter()
     scores = score_choices(model, tokenizer, questions, prefix=shared_prefix(cfg.preset, cfg.instruction_prompt),
@@ -156,18 +215,36 @@ def _evaluate_row(model, tokenizer, tqa, test_q, spec, intervention, cfg, texts,
                            "mc_seconds": time.perf_counter() - t0}
     cost = ce_and_kl(model, tokenizer, texts, intervention)
     out.update({"CE": cost.ce, "CE_base": cost.ce_base, "KL": cost.kl})
-    if spec.generate:
-        from .text_metrics import similarity_scores
-
-        t1 = time.perf_counter()
-        prompts = [generation_prompt(tqa.refs[q].question, cfg.preset, cfg.instruction_prompt) for q in test_q]
-        answers = generate_answers(model, tokenizer, prompts, intervention=intervention, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size)
-        sim = similarity_scores(answers, [tqa.refs[q] for q in test_q])
-        out.update({"answers": answers, "BLEU-acc": sim.bleu_acc.tolist(), "ROUGE-acc": sim.rouge_acc.tolist(),
-                    "gen_seconds": time.perf_counter() - t1})
-        if judge_cfg is not None:
-            out.update(judge_answers(judge_cfg, [tqa.refs[q].question for q in test_q], answers))
     return out
+
+
+def _generation_part(model, tokenizer, tqa, test_q, intervention, cfg) -> dict[str, Any]:
+    from .text_metrics import similarity_scores
+
+    t1 = time.perf_counter()
+    prompts = [generation_prompt(tqa.refs[q].question, cfg.preset, cfg.instruction_prompt) for q in test_q]
+    answers = generate_answers(model, tokenizer, prompts, intervention=intervention, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size)
+    sim = similarity_scores(answers, [tqa.refs[q] for q in test_q])
+    return {"answers": answers, "BLEU-acc": sim.bleu_acc.tolist(), "ROUGE-acc": sim.rouge_acc.tolist(), "gen_seconds": time.perf_counter() - t1}
+
+
+def _row_todo(row: dict[str, Any], spec: RowSpec, judge_cfg: JudgeConfig | None) -> list[str]:
+    """The parts of a row still to compute: MC + CE/KL, greedy answers, judgements. Each part is stored as soon
+    as it finishes, so a failure in a later part (a judge that is down) loses nothing before it."""
+    todo = [] if "MC1" in row else ["mc"]
+    if spec.generate and "answers" not in row:
+        todo.append("generate")
+    if spec.generate and judge_cfg is not None and ("generate" in todo or row.get("judge") != judge_cfg.identity()):
+        todo.append("judge")
+    return todo
+
+
+def check_output(cfg: ValidationConfig, out: str | Path) -> None:
+    """Before the model loads: refuse an output directory holding rows of other settings (all but the model
+    weights, which :func:`run_validation` compares once the model is loaded)."""
+    manifests = {name: read_manifest(cfg.features_path(name)) for name in (cfg.dataset_name, cfg.activations_dataset)}
+    tqa = load_truthfulqa(cfg.data_dir, max_questions=cfg.max_questions or None)
+    claim_output(Path(out), run_identity(cfg, manifests=manifests, tqa=tqa), cfg.force)
 
 
 def check_features(cfg: ValidationConfig) -> None:
@@ -188,8 +265,11 @@ def run_validation(model, tokenizer, cfg: ValidationConfig, out_dir: str | Path)
     cfg.validate()
     check_features(cfg)
     out = Path(out_dir)
-    (out / "rows").mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / "config.json", cfg.__dict__)
+    with output_lock(out, "validation output directory"):
+        return _run_locked(model, tokenizer, cfg, out)
+
+
+def _run_locked(model, tokenizer, cfg: ValidationConfig, out: Path) -> dict[str, Any]:
     features = load_features(cfg.features_path(cfg.dataset_name), mmap=False)
     tuning = load_features(cfg.features_path(cfg.activations_dataset), mmap=False)
     tqa = load_truthfulqa(cfg.data_dir, max_questions=cfg.max_questions or None)
@@ -197,6 +277,14 @@ def run_validation(model, tokenizer, cfg: ValidationConfig, out_dir: str | Path)
     if cfg.judge and judge_cfg is None:
         print("[validate] --judge given but no judge configured (set ITI_JUDGE_URL, ITI_JUDGE_TRUE_MODEL, ITI_JUDGE_INFO_MODEL): "
               "True/Info are skipped", flush=True)
+    if judge_cfg is not None:
+        check_judge_endpoint(judge_cfg)  # before any row runs, not after the first fold's generation
+    manifests = {cfg.dataset_name: features.manifest, cfg.activations_dataset: tuning.manifest}
+    identity = run_identity(cfg, manifests=manifests, tqa=tqa, model=model)
+    claim_output(out, identity, cfg.force)
+    (out / "rows").mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "config.json", cfg.__dict__)
+    atomic_write_json(out / RUN_RECORD, identity)
     questions = np.unique(features.question_ids)
     if cfg.max_questions:
         questions = questions[: cfg.max_questions]
@@ -215,20 +303,34 @@ def run_validation(model, tokenizer, cfg: ValidationConfig, out_dir: str | Path)
     for spec in rows:  # row-major: both folds of a row finish before the next row starts
         for i, test_q in enumerate(folds):
             path = out / "rows" / f"fold{i}_{spec.key}.json"
-            if path.exists():
+            row = read_json(path, "validation row") if path.exists() else {}
+            todo = _row_todo(row, spec, judge_cfg)
+            if not todo:
                 continue
             intervention = None
-            if spec.name != "baseline":
+            if spec.name != "baseline" and {"mc", "generate"} & set(todo):
                 intervention = build_intervention(features, tuning, fold_probes(i, spec.seed), num_heads=spec.num_heads, alpha=spec.alpha,
                                                   model_name=cfg.model_name, direction=spec.direction, heads=spec.heads, seed=spec.seed,
                                                   tune_on_all_questions=cfg.tune_on_all_questions)
                 if spec == rows[1]:
                     intervention.save(out / f"intervention_fold{i}")
-            print(f"[validate] {spec.key}, fold {i} ({len(test_q)} test questions, {time.perf_counter() - start:.0f} s so far)", flush=True)
-            t = time.perf_counter()
-            result = _evaluate_row(model, tokenizer, tqa, test_q, spec, intervention, cfg, texts, judge_cfg)
-            result.update({"fold": i, "spec": spec.__dict__, "heads": intervention.heads if intervention else [], "seconds": time.perf_counter() - t})
-            atomic_write_json(path, result)
+            print(f"[validate] {spec.key}, fold {i}: {' + '.join(todo)} ({len(test_q)} test questions, "
+                  f"{time.perf_counter() - start:.0f} s so far)", flush=True)
+            for part in todo:
+                t = time.perf_counter()
+                if part == "mc":
+                    row.update(_mc_part(model, tokenizer, tqa, test_q, intervention, cfg, texts))
+                    row.update({"fold": i, "spec": spec.__dict__, "heads": intervention.heads if intervention else []})
+                elif part == "generate":
+                    for stale in ("True", "Info", "judge"):
+                        row.pop(stale, None)
+                    row.update(_generation_part(model, tokenizer, tqa, test_q, intervention, cfg))
+                else:
+                    assert judge_cfg is not None
+                    row.update(judge_answers(judge_cfg, [tqa.refs[q].question for q in test_q], row["answers"]))
+                    row["judge"] = judge_cfg.identity()
+                row["seconds"] = row.get("seconds", 0.0) + time.perf_counter() - t
+                atomic_write_json(path, row)  # each part as soon as it is done
     accuracies = [fold_probes(i, cfg.seed).accuracies for i in range(len(folds))]
     summary = summarize(out, rows, cfg)
     summary["runtime_seconds_this_invocation"] = time.perf_counter() - start

@@ -295,3 +295,53 @@ def test_every_file_written_gets_the_mode_of_a_plain_open(llama, small_set, tmp_
     assert "features/tiny_tqa_gen_end_q/labels.safetensors" in modes and "intervention/intervention.safetensors" in modes
     assert "baked/model.safetensors" in modes
     assert {k: v for k, v in modes.items() if v != "0o644"} == {}
+
+
+def test_features_of_another_checkpoint_with_the_same_name_are_not_returned(small_set, tmp_path):
+    """runs/a/final and runs/b/final into one output directory: the weights differ, so the second is refused
+    with what differs in words (it used to print 'already complete ... nothing to do')."""
+    from transformers import AutoModelForCausalLM
+
+    tok = tiny_tokenizer()
+    for run, seed in (("a", 0), ("b", 1)):
+        make_tiny_model("llama", seed=seed).save_pretrained(tmp_path / "runs" / run / "final")
+    a = AutoModelForCausalLM.from_pretrained(tmp_path / "runs" / "a" / "final")
+    b = AutoModelForCausalLM.from_pretrained(tmp_path / "runs" / "b" / "final")
+    out = tmp_path / "features"
+    write_features(a, tok, small_set, out, model_name="final", progress=False, batch_size=4)
+    with pytest.raises(OutputExistsError, match=r"model\.weights: content differs"):
+        write_features(b, tok, small_set, out, model_name="final", progress=False, batch_size=4)
+    with pytest.raises(OutputExistsError, match=r"dataset\.num_rows|prompts_sha256: content differs"):
+        write_features(a, tok, build_prompt_set("tqa_gen_end_q", max_questions=4), out, model_name="final", progress=False, batch_size=4)
+
+
+def test_a_second_collection_into_the_same_output_is_refused_at_once(llama, small_set, tmp_path):
+    from iti.errors import OutputLockedError
+    from iti.locks import output_lock
+
+    model, tok = llama
+    name = output_name("tiny", small_set.name)
+    with output_lock(tmp_path, "features", name=f".{name}.lock"):
+        with pytest.raises(OutputLockedError, match="being written by another process"):
+            _write(model, tok, small_set, tmp_path)
+    assert not (tmp_path / f"{name}.partial").exists()
+
+
+def test_force_recovers_a_damaged_unfinished_collection(llama, small_set, tmp_path):
+    model, tok = llama
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_one(done, total):
+        raise Stop
+
+    with pytest.raises(Stop):
+        _write(model, tok, small_set, tmp_path, on_batch=stop_after_one)
+    partial = tmp_path / (output_name("tiny", small_set.name) + ".partial")
+    (partial / "head_wise.safetensors").unlink()  # what two writers at once used to leave behind
+    with pytest.raises(FeatureFileError, match="damaged: pass force=True"):
+        _write(model, tok, small_set, tmp_path)
+    path = _write(model, tok, small_set, tmp_path, force=True)
+    reference = _write(model, tok, small_set, tmp_path / "clean")
+    assert (path / "head_wise.safetensors").read_bytes() == (reference / "head_wise.safetensors").read_bytes()
