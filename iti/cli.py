@@ -224,6 +224,10 @@ def add_faithfulness_args(p: argparse.ArgumentParser) -> None:
     _flag(p, "remote_url", default=None, help="OpenAI-compatible endpoint (e.g. http://localhost:8000/v1) instead of in-process")
     _flag(p, "remote_plain_model", default=None, help="served name of the plain model")
     _flag(p, "remote_intervened_model", default=None, help="served name of the baked model")
+    _flag(p, "remote_baked", default=None,
+          help="local copy of the served baked model: its iti_intervention/ keys the cache (else 'unverified remote')")
+    _flag(p, "remote_timeout", type=float, default=120.0,
+          help="seconds to wait for one answer of the endpoint before retrying, then stopping (default 120)")
     _flag(p, "quiet", action="store_true")
 
 
@@ -239,7 +243,8 @@ def run_faithfulness_cmd(args: argparse.Namespace) -> None:
         device_map=args.device_map, dtype=args.dtype,
         original_prompts=args.original_prompts, chat_format=args.chat_format, data_dir=args.data_dir,
         output_dir=args.output_dir, cache=args.cache, remote_url=args.remote_url, remote_plain_model=args.remote_plain_model,
-        remote_intervened_model=args.remote_intervened_model, progress=not args.quiet)
+        remote_intervened_model=args.remote_intervened_model, remote_baked=args.remote_baked,
+        remote_timeout=args.remote_timeout, progress=not args.quiet)
     run_faithfulness(cfg)
 
 

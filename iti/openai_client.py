@@ -50,3 +50,18 @@ def post_completion(url: str, body: dict[str, Any], *, api_key: str | None = Non
         if attempt + 1 < retries:
             time.sleep(backoff * 2**attempt)
     raise EndpointError(f"{endpoint} failed after {retries} tries: {last}", retryable=True)
+
+
+def list_models(url: str, *, api_key: str | None = None, timeout: float = 10.0) -> dict[str, dict[str, Any]]:
+    """``GET {url}/models``: the served models by name (vLLM gives each a ``root``, the path it loaded); raises
+    :class:`EndpointError` when the server does not answer with such a list."""
+    endpoint = f"{url.rstrip('/')}/models"
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    try:
+        with urllib.request.urlopen(urllib.request.Request(endpoint, headers=headers), timeout=timeout) as resp:
+            data = json.loads(resp.read())
+        return {str(m["id"]): dict(m) for m in data["data"]}
+    except urllib.error.HTTPError as e:
+        raise EndpointError(f"{endpoint} answered HTTP {e.code}", status=e.code) from None
+    except (urllib.error.URLError, OSError, ValueError, KeyError, TypeError) as e:
+        raise EndpointError(f"{endpoint}: {type(e).__name__}: {e}") from None

@@ -239,9 +239,10 @@ class RemoteGenerator:
 class CachedGenerator:
     """A generator behind a :class:`GenerationCache`: only prompts never answered before reach the model."""
 
-    def __init__(self, inner: Generator, cache: GenerationCache | None, chunk: int = 64):
+    def __init__(self, inner: Generator, cache: GenerationCache | None, chunk: int = 64, *, name: str | None = None):
         self.inner, self.cache, self.chunk = inner, cache, chunk
         self.model_id, self.intervention_id = inner.model_id, inner.intervention_id
+        self.name = name or inner.model_id  # readable: the model's name or path as given (the key is its content)
         self.hits = self.misses = 0
 
     def key(self, prompt: str, settings: GenerationSettings) -> GenerationKey:
