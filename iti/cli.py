@@ -228,6 +228,8 @@ def add_faithfulness_args(p: argparse.ArgumentParser) -> None:
           help="local copy of the served baked model: its iti_intervention/ keys the cache (else 'unverified remote')")
     _flag(p, "remote_timeout", type=float, default=120.0,
           help="seconds to wait for one answer of the endpoint before retrying, then stopping (default 120)")
+    _flag(p, "retry_errors", action="store_true",
+          help="generate again the prompts whose cached outcome is an error (e.g. after raising the server's context)")
     _flag(p, "quiet", action="store_true")
 
 
@@ -244,7 +246,7 @@ def run_faithfulness_cmd(args: argparse.Namespace) -> None:
         original_prompts=args.original_prompts, chat_format=args.chat_format, data_dir=args.data_dir,
         output_dir=args.output_dir, cache=args.cache, remote_url=args.remote_url, remote_plain_model=args.remote_plain_model,
         remote_intervened_model=args.remote_intervened_model, remote_baked=args.remote_baked,
-        remote_timeout=args.remote_timeout, progress=not args.quiet)
+        remote_timeout=args.remote_timeout, retry_errors=args.retry_errors, progress=not args.quiet)
     run_faithfulness(cfg)
 
 

@@ -15,6 +15,15 @@ from typing import Any
 from .errors import ItiError
 
 RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
+#: Statuses that are about the one request (a prompt over the context: vLLM 400, TGI 422, a proxy's 413), not the
+#: server: a caller may record them as that prompt's outcome. Anything else final (404 wrong model name, 401/403)
+#: is about every request and must stop the caller.
+PROMPT_STATUS = {400, 413, 422}
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 class EndpointError(ItiError, RuntimeError):
@@ -24,6 +33,11 @@ class EndpointError(ItiError, RuntimeError):
         super().__init__(message)
         self.status = status
         self.retryable = retryable
+
+    @property
+    def prompt_specific(self) -> bool:
+        """True when the failure is the request's own (an over-long prompt), false when every request would fail."""
+        return self.status in PROMPT_STATUS
 
 
 def post_completion(url: str, body: dict[str, Any], *, api_key: str | None = None, timeout: float = 60.0,
@@ -39,9 +53,11 @@ def post_completion(url: str, body: dict[str, Any], *, api_key: str | None = Non
         try:
             req = urllib.request.Request(endpoint, data=data, headers=headers)
             with urllib.request.urlopen(req, timeout=timeout) as resp:
-                return json.loads(resp.read())
+                answer = json.loads(resp.read())
+            _check_answer(endpoint, answer)
+            return answer
         except urllib.error.HTTPError as e:
-            detail = e.read().decode("utf-8", "replace")[:500]
+            detail = _one_line(e.read().decode("utf-8", "replace"))
             if e.code not in RETRY_STATUS:
                 raise EndpointError(f"{endpoint} answered HTTP {e.code}: {detail}", status=e.code) from None
             last = f"HTTP {e.code}: {detail}"
@@ -49,7 +65,18 @@ def post_completion(url: str, body: dict[str, Any], *, api_key: str | None = Non
             last = f"{type(e).__name__}: {e}"
         if attempt + 1 < retries:
             time.sleep(backoff * 2**attempt)
-    raise EndpointError(f"{endpoint} failed after {retries} tries: {last}", retryable=True)
+    raise EndpointError(f"{endpoint} failed after {retries} tries: {_one_line(last)}", retryable=True)
+
+
+def _check_answer(endpoint: str, answer: Any) -> None:
+    """Refuse an HTTP 200 that is not a completion (vLLM can answer ``{"object": "error", ...}`` with 200): that is
+    the server's failure, not an answer to cache."""
+    if isinstance(answer, dict) and answer.get("object") == "error":
+        raise EndpointError(f"{endpoint} answered HTTP 200 with an error: {_one_line(str(answer.get('message', answer)))}",
+                            status=200)  # never prompt_specific: an error body is the server's, whatever its code
+    choices = answer.get("choices") if isinstance(answer, dict) else None
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        raise EndpointError(f"{endpoint} answered HTTP 200 without completions: {_one_line(json.dumps(answer))}")
 
 
 def list_models(url: str, *, api_key: str | None = None, timeout: float = 10.0) -> dict[str, dict[str, Any]]:

@@ -132,3 +132,55 @@ def test_remote_arms_are_keyed_by_url_and_what_the_server_serves_not_the_name_al
     with serve_openai(models={"smol": "/srv/smollm2", "smol-iti": "/srv/smollm2-iti"}) as (url3, seen3):
         third = run_faithfulness(config(tmp_path, ckpt, remote_url=url3, remote_baked=str(baked), **base))
     assert third["arms"]["intervened"]["intervention"] == "baked:" + Intervention.load(baked / "iti_intervention").fingerprint()
+
+
+def _cached_errors(path: Path) -> int:
+    with GenerationCache(path) as cache:
+        return cache.stats()["errors"]
+
+
+VLLM_404 = {"object": "error", "message": "The model `smoll` does not exist.", "type": "NotFoundError", "param": None,
+            "code": 404}
+
+
+@pytest.mark.parametrize("status,payload", [(404, VLLM_404), (200, VLLM_404), (401, {"error": "bad key"}),
+                                            (403, {"error": "forbidden"})],
+                         ids=["404 wrong name", "200 error body", "401", "403"])
+def test_server_errors_stop_the_run_and_are_never_cached(tmp_path, capsys, status, payload):
+    from iti.cli import main
+
+    ckpt = save_checkpoint(tmp_path / "ckpt")
+    capsys.readouterr()
+    argv = ["faithfulness", "--model", str(ckpt), "--dataset", "rte", "--task", "classify", "--max-samples", "2",
+            "--classify-max-new-tokens", "4", "--cache", str(tmp_path / "c.sqlite"), "--output_dir", str(tmp_path / "out"),
+            "--remote-plain-model", "smoll", "--quiet"]
+    with serve_openai(lambda body: (status, payload)) as (url, seen):
+        assert main(argv + ["--remote-url", url]) == 2
+    err = capsys.readouterr().err.strip()
+    print(err)
+    assert err.startswith("iti: error:") and len(err.splitlines()) == 1 and url in err and len(seen) == 1
+    assert _cached_errors(tmp_path / "c.sqlite") == 0
+    with serve_openai() as (url, seen):  # the right server: everything is generated, nothing comes from the cache
+        assert main(argv + ["--remote-url", url]) == 0
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["arms"]["plain"]["generated"] == 2 and summary["rows"][0]["summaries"]["plain"]["error"] == 0
+
+
+def test_an_over_long_prompt_is_cached_as_its_error_and_retry_errors_regenerates_it(tmp_path):
+    ckpt = save_checkpoint(tmp_path / "ckpt")
+    context = {"chars": 300}
+    too_long = lambda body: ((400, {"object": "error", "message": "prompt is too long", "code": 400})  # noqa: E731
+                             if len(body["prompt"]) > context["chars"] else (200, {"choices": [{"text": " positive"}]}))
+    with serve_openai(too_long) as (url, seen):
+        cfg = lambda **kw: config(tmp_path, ckpt, remote_url=url, remote_plain_model="smol", **kw)  # noqa: E731
+        first = run_faithfulness(cfg())
+        errors = _cached_errors(tmp_path / "c.sqlite")
+        assert errors >= 1 and first["rows"][0]["summaries"]["plain"]["error"] == errors
+        again = run_faithfulness(cfg())
+        assert again["arms"]["plain"]["generated"] == 0  # the prompt's own error is reused
+        retried = run_faithfulness(cfg(retry_errors=True))  # still too long: generated again, still an error
+        assert retried["arms"]["plain"]["generated"] == errors and retried["arms"]["plain"]["cache_hits"] == 2 - errors
+        context["chars"] = 10**6  # the server restarted with a longer context
+        fixed = run_faithfulness(cfg(retry_errors=True))
+    assert fixed["arms"]["plain"]["generated"] == errors
+    assert fixed["rows"][0]["summaries"]["plain"]["error"] == 0 and _cached_errors(tmp_path / "c.sqlite") == 0

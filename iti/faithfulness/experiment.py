@@ -74,6 +74,7 @@ class FaithfulnessConfig:
     remote_intervened_model: str | None = None
     remote_baked: str | None = None   # local copy of the served baked model: its iti_intervention/ keys the cache
     remote_timeout: float = 120.0     # seconds to wait for one answer of the endpoint
+    retry_errors: bool = False        # generate again the prompts whose cached outcome is an error
     progress: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -177,7 +178,7 @@ def build_arms(cfg: FaithfulnessConfig, cache: GenerationCache | None) -> tuple[
         served = _served_models(cfg)
         plain = cfg.remote_plain_model or cfg.model
         arms["plain"] = CachedGenerator(RemoteGenerator(cfg.remote_url, plain, model_id=remote_model_id(cfg.remote_url, plain, served)),
-                                        cache, name=plain)
+                                        cache, retry_errors=cfg.retry_errors, name=plain)
         if cfg.remote_intervened_model:
             gen = RemoteGenerator(cfg.remote_url, cfg.remote_intervened_model,
                                   model_id=remote_model_id(cfg.remote_url, cfg.remote_intervened_model, served))
@@ -185,25 +186,25 @@ def build_arms(cfg: FaithfulnessConfig, cache: GenerationCache | None) -> tuple[
                 gen.intervention_id = f"baked:{Intervention.load(Path(cfg.remote_baked) / 'iti_intervention').fingerprint()}"
             else:
                 gen.intervention_id = UNVERIFIED_REMOTE
-            arms["intervened"] = CachedGenerator(gen, cache, name=cfg.remote_intervened_model)
+            arms["intervened"] = CachedGenerator(gen, cache, retry_errors=cfg.retry_errors, name=cfg.remote_intervened_model)
         return arms, tokenizer
     model, tokenizer = load_model(cfg.model, device_map=cfg.device_map, dtype=cfg.dtype)
     model_id = model_fingerprint(model)  # the weights, not the name: an overwritten checkpoint is a miss
     arms["plain"] = CachedGenerator(LocalGenerator(model, tokenizer, model_id=model_id, batch_size=cfg.batch_size), cache,
-                                    name=cfg.model)
+                                    retry_errors=cfg.retry_errors, name=cfg.model)
     if cfg.intervention:
         inter = Intervention.load(cfg.intervention, model)  # made for cfg.model: checked by validate()
         if cfg.alpha is not None:
             inter = inter.with_alpha(cfg.alpha)
         arms["intervened"] = CachedGenerator(
             LocalGenerator(model, tokenizer, model_id=model_id, intervention=inter, batch_size=cfg.batch_size), cache,
-            name=cfg.model)
+            retry_errors=cfg.retry_errors, name=cfg.model)
     elif cfg.baked:
         baked_model, _ = load_model(cfg.baked, device_map=cfg.device_map, dtype=cfg.dtype)
         inter = Intervention.load(Path(cfg.baked) / "iti_intervention")  # baked from cfg.model: checked by validate()
         gen = LocalGenerator(baked_model, tokenizer, model_id=model_fingerprint(baked_model), batch_size=cfg.batch_size)
         gen.intervention_id = f"baked:{inter.fingerprint()}"
-        arms["intervened"] = CachedGenerator(gen, cache, name=cfg.baked)
+        arms["intervened"] = CachedGenerator(gen, cache, retry_errors=cfg.retry_errors, name=cfg.baked)
     return arms, tokenizer
 
 
