@@ -184,3 +184,29 @@ def test_an_over_long_prompt_is_cached_as_its_error_and_retry_errors_regenerates
         fixed = run_faithfulness(cfg(retry_errors=True))
     assert fixed["arms"]["plain"]["generated"] == errors
     assert fixed["rows"][0]["summaries"]["plain"]["error"] == 0 and _cached_errors(tmp_path / "c.sqlite") == 0
+
+
+def test_a_server_that_stops_answering_fails_fast_and_keeps_the_answers_before(tmp_path):
+    import time
+
+    from iti.errors import ItiError
+
+    ckpt = save_checkpoint(tmp_path / "ckpt")
+    answered = []
+
+    def respond(body):  # two answers, then the server accepts every request and never answers
+        if len(answered) >= 2:
+            return None, None
+        answered.append(body["prompt"])
+        return 200, {"choices": [{"text": " positive"}]}
+
+    with serve_openai(respond) as (url, seen):
+        t = time.perf_counter()
+        with pytest.raises(ItiError) as e:
+            run_faithfulness(config(tmp_path, ckpt, remote_url=url, remote_plain_model="smol", max_samples=4,
+                                    remote_timeout=0.5))
+        took = time.perf_counter() - t
+    message = str(e.value)
+    assert took < 8 and len(message.splitlines()) == 1 and url in message and "--remote_timeout" in message
+    with GenerationCache(tmp_path / "c.sqlite") as cache:  # the two finished answers are kept
+        assert cache.stats() == {"entries": 2, "errors": 0}

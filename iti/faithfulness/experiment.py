@@ -13,7 +13,7 @@ cannot check what the server applies, and the cache keeps such answers apart fro
 
 Outputs (in ``output_dir``): ``samples/{dataset}_{task}_{arm}.jsonl`` (every prompt, response and parse),
 ``summary.json``, ``comparison.md`` and ``faithfulness.png``. Every generation goes through the SQLite cache, stored
-chunk by chunk, so an interrupted run resumes where it stopped and a finished one reruns from the cache.
+batch by batch (answer by answer for a remote arm), so an interrupted run resumes where it stopped and a finished one reruns from the cache.
 """
 from __future__ import annotations
 
@@ -177,34 +177,36 @@ def build_arms(cfg: FaithfulnessConfig, cache: GenerationCache | None) -> tuple[
         tokenizer = AutoTokenizer.from_pretrained(str(embedded_model_dir(src.name)) if src.kind == "embedded" else src.location)
         served = _served_models(cfg)
         plain = cfg.remote_plain_model or cfg.model
-        arms["plain"] = CachedGenerator(RemoteGenerator(cfg.remote_url, plain, model_id=remote_model_id(cfg.remote_url, plain, served)),
-                                        cache, retry_errors=cfg.retry_errors, name=plain)
+        # one answer per request, each stored as it arrives: a failure loses nothing that was finished
+        arms["plain"] = CachedGenerator(RemoteGenerator(cfg.remote_url, plain, model_id=remote_model_id(cfg.remote_url, plain, served),
+                                                        timeout=cfg.remote_timeout), cache, chunk=1, retry_errors=cfg.retry_errors, name=plain)
         if cfg.remote_intervened_model:
             gen = RemoteGenerator(cfg.remote_url, cfg.remote_intervened_model,
-                                  model_id=remote_model_id(cfg.remote_url, cfg.remote_intervened_model, served))
+                                  model_id=remote_model_id(cfg.remote_url, cfg.remote_intervened_model, served),
+                                  timeout=cfg.remote_timeout)
             if cfg.remote_baked:
                 gen.intervention_id = f"baked:{Intervention.load(Path(cfg.remote_baked) / 'iti_intervention').fingerprint()}"
             else:
                 gen.intervention_id = UNVERIFIED_REMOTE
-            arms["intervened"] = CachedGenerator(gen, cache, retry_errors=cfg.retry_errors, name=cfg.remote_intervened_model)
+            arms["intervened"] = CachedGenerator(gen, cache, chunk=1, retry_errors=cfg.retry_errors, name=cfg.remote_intervened_model)
         return arms, tokenizer
     model, tokenizer = load_model(cfg.model, device_map=cfg.device_map, dtype=cfg.dtype)
     model_id = model_fingerprint(model)  # the weights, not the name: an overwritten checkpoint is a miss
     arms["plain"] = CachedGenerator(LocalGenerator(model, tokenizer, model_id=model_id, batch_size=cfg.batch_size), cache,
-                                    retry_errors=cfg.retry_errors, name=cfg.model)
+                                    chunk=cfg.batch_size, retry_errors=cfg.retry_errors, name=cfg.model)
     if cfg.intervention:
         inter = Intervention.load(cfg.intervention, model)  # made for cfg.model: checked by validate()
         if cfg.alpha is not None:
             inter = inter.with_alpha(cfg.alpha)
         arms["intervened"] = CachedGenerator(
             LocalGenerator(model, tokenizer, model_id=model_id, intervention=inter, batch_size=cfg.batch_size), cache,
-            retry_errors=cfg.retry_errors, name=cfg.model)
+            chunk=cfg.batch_size, retry_errors=cfg.retry_errors, name=cfg.model)
     elif cfg.baked:
         baked_model, _ = load_model(cfg.baked, device_map=cfg.device_map, dtype=cfg.dtype)
         inter = Intervention.load(Path(cfg.baked) / "iti_intervention")  # baked from cfg.model: checked by validate()
         gen = LocalGenerator(baked_model, tokenizer, model_id=model_fingerprint(baked_model), batch_size=cfg.batch_size)
         gen.intervention_id = f"baked:{inter.fingerprint()}"
-        arms["intervened"] = CachedGenerator(gen, cache, retry_errors=cfg.retry_errors, name=cfg.baked)
+        arms["intervened"] = CachedGenerator(gen, cache, chunk=cfg.batch_size, retry_errors=cfg.retry_errors, name=cfg.baked)
     return arms, tokenizer
 
 

@@ -210,7 +210,7 @@ class RemoteGenerator:
     """Any OpenAI-compatible ``/completions`` endpoint (vLLM or TGI serving a baked model), prompts rendered here."""
 
     def __init__(self, url: str, served_model: str, *, model_id: str | None = None, api_key: str | None = None,
-                 timeout: float = 300.0, retries: int = 4):
+                 timeout: float = 120.0, retries: int = 4):
         self.url, self.served_model, self.api_key, self.timeout, self.retries = url, served_model, api_key, timeout, retries
         self.model_id = model_id or f"remote:{served_model}"
         self.intervention_id = "none"
