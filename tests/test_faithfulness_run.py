@@ -126,11 +126,11 @@ def test_remote_arms_are_keyed_by_url_and_what_the_server_serves_not_the_name_al
     assert first["arms"]["plain"]["model"] == f"remote:{url}|smol|root=/srv/smollm2"
     assert first["arms"]["intervened"]["intervention"] == "unverified remote" and len(seen) == 4
     with serve_openai(models={"smol": "/srv/other-model", "smol-iti": "/srv/smollm2-iti"}) as (url2, seen2):
-        second = run_faithfulness(config(tmp_path, ckpt, remote_url=url2, **base))
+        second = run_faithfulness(config(tmp_path, ckpt, remote_url=url2, force=True, **base))
     assert second["arms"]["plain"]["generated"] == 2 and len(seen2) == 4  # another server: not the first one's answers
     baked = save_baked(tmp_path / "baked", ckpt)
     with serve_openai(models={"smol": "/srv/smollm2", "smol-iti": "/srv/smollm2-iti"}) as (url3, seen3):
-        third = run_faithfulness(config(tmp_path, ckpt, remote_url=url3, remote_baked=str(baked), **base))
+        third = run_faithfulness(config(tmp_path, ckpt, remote_url=url3, remote_baked=str(baked), force=True, **base))
     assert third["arms"]["intervened"]["intervention"] == "baked:" + Intervention.load(baked / "iti_intervention").fingerprint()
 
 
@@ -161,7 +161,7 @@ def test_server_errors_stop_the_run_and_are_never_cached(tmp_path, capsys, statu
     assert err.startswith("iti: error:") and len(err.splitlines()) == 1 and url in err and len(seen) == 1
     assert _cached_errors(tmp_path / "c.sqlite") == 0
     with serve_openai() as (url, seen):  # the right server: everything is generated, nothing comes from the cache
-        assert main(argv + ["--remote-url", url]) == 0
+        assert main(argv + ["--remote-url", url, "--force"]) == 0  # another URL: another run's settings
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["arms"]["plain"]["generated"] == 2 and summary["rows"][0]["summaries"]["plain"]["error"] == 0
 
@@ -210,3 +210,24 @@ def test_a_server_that_stops_answering_fails_fast_and_keeps_the_answers_before(t
     assert took < 8 and len(message.splitlines()) == 1 and url in message and "--remote_timeout" in message
     with GenerationCache(tmp_path / "c.sqlite") as cache:  # the two finished answers are kept
         assert cache.stats() == {"entries": 2, "errors": 0}
+
+
+def test_each_run_writes_to_its_own_directory_and_another_runs_directory_is_refused(tmp_path, monkeypatch):
+    from iti.errors import OutputExistsError
+    from iti.faithfulness import experiment
+
+    monkeypatch.setattr(experiment, "RESULTS_DIR", tmp_path / "results")
+    ckpt = save_checkpoint(tmp_path / "ckpt")
+    run_faithfulness(config(tmp_path, ckpt, output_dir=None))
+    run_faithfulness(config(tmp_path, ckpt, output_dir=None, max_samples=3))
+    run_faithfulness(config(tmp_path, ckpt, output_dir=None))  # the same settings again: the same directory
+    dirs = sorted(p.name for p in (tmp_path / "results").iterdir())
+    assert len(dirs) == 2 and all(d.startswith("ckpt_plain_rte_classify_") for d in dirs)
+    for d in dirs:
+        assert len(list((tmp_path / "results" / d / "samples").iterdir())) == 1
+    run_faithfulness(config(tmp_path, ckpt))  # an explicit directory
+    with pytest.raises(OutputExistsError, match=r"max_samples 2 -> 3.*--force") as e:
+        run_faithfulness(config(tmp_path, ckpt, max_samples=3))
+    assert len(str(e.value).splitlines()) == 1
+    forced = run_faithfulness(config(tmp_path, ckpt, max_samples=3, force=True))
+    assert forced["config"]["max_samples"] == 3

@@ -11,7 +11,9 @@ The remote intervened arm's intervention is read from a local copy of the served
 ``--remote_baked DIR`` is given (``baked:<fingerprint>``); otherwise its key says ``unverified remote``: the run
 cannot check what the server applies, and the cache keeps such answers apart from verified ones.
 
-Outputs (in ``output_dir``): ``samples/{dataset}_{task}_{arm}.jsonl`` (every prompt, response and parse),
+Outputs (in ``output_dir``, by default ``validation/faithfulness_results/<model>_<arm>_<datasets>_<tasks>_<settings
+hash>`` in the checkout; ``config.json`` records the settings, and a directory holding a run with other settings is
+refused unless ``force``): ``samples/{dataset}_{task}_{arm}.jsonl`` (every prompt, response and parse),
 ``summary.json``, ``comparison.md`` and ``faithfulness.png``. Every generation goes through the SQLite cache, stored
 batch by batch (answer by answer for a remote arm), so an interrupted run resumes where it stopped and a finished one reruns from the cache.
 """
@@ -23,10 +25,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..errors import EmptyInputError, ItiError
+from ..errors import EmptyInputError, ItiError, OutputExistsError
 from ..io import atomic_write_json, atomic_write_text
 from ..options import check_choice, check_existing_path, check_finite_nonneg, check_range, check_positive_int, check_seed, refuse
-from ..paths import cache_dir
+from ..paths import CHECKOUT_DIR, cache_dir
 from .cache import GenerationCache
 from .datasets import ALIASES, UnknownDatasetError, dataset_names, load_faithfulness_dataset
 from .generate import (FALLBACK_CHAT_FORMATS, CachedGenerator, GenerationSettings, LocalGenerator, RemoteGenerator,
@@ -75,6 +77,7 @@ class FaithfulnessConfig:
     remote_baked: str | None = None   # local copy of the served baked model: its iti_intervention/ keys the cache
     remote_timeout: float = 120.0     # seconds to wait for one answer of the endpoint
     retry_errors: bool = False        # generate again the prompts whose cached outcome is an error
+    force: bool = False               # write into an output directory that holds a run with other settings
     progress: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -84,6 +87,75 @@ class FaithfulnessConfig:
         only with an intervention), existing intervention / baked / data paths, an intervention made for this
         model (its small files are read, no model), and the remote options together."""
         _check_inputs(self)
+
+
+#: Where runs without ``--output_dir`` go, each into a directory named from its settings.
+RESULTS_DIR = CHECKOUT_DIR / "validation" / "faithfulness_results"
+
+#: Fields that do not change a run's outputs (speed, placement, where things go, how failures are retried).
+_NOT_SETTINGS = {"batch_size", "device_map", "output_dir", "cache", "progress", "remote_timeout", "retry_errors", "force",
+                 "extra"}
+_OUTPUT_FILES = ("summary.json", "comparison.md", "faithfulness.png", "config.json")
+
+
+def run_settings(cfg: FaithfulnessConfig) -> dict[str, Any]:
+    """The settings that determine a run's outputs (everything but speed, placement and paths of its own output)."""
+    return {k: (list(v) if isinstance(v, (tuple, list)) else v) for k, v in asdict(cfg).items() if k not in _NOT_SETTINGS}
+
+
+def default_output_dir(cfg: FaithfulnessConfig) -> Path:
+    """``validation/faithfulness_results/<model>_<arm>_<datasets>_<tasks>_<settings hash>`` in the checkout, so
+    that runs with different settings never share a directory and the same run always finds its own."""
+    import re
+
+    from ..fingerprint import settings_fingerprint
+    from ..models import resolve_model
+
+    arm = ("iti" if cfg.intervention else "baked" if cfg.baked else
+           "remote" if cfg.remote_url and cfg.remote_intervened_model else "remote-plain" if cfg.remote_url else "plain")
+    parts = [resolve_model(cfg.model).name, arm, "-".join(cfg.datasets), "-".join(cfg.tasks),
+             settings_fingerprint(run_settings(cfg))[:10]]
+    return RESULTS_DIR / "_".join(re.sub(r"[^A-Za-z0-9.+-]+", "-", p) for p in parts)
+
+
+def _stored_settings(out: Path) -> dict[str, Any] | None:
+    """The settings of the run whose outputs ``out`` holds (config.json, else an older run's summary.json), ``{}``
+    for outputs without settings, None for a directory without faithfulness outputs."""
+    for name, field_ in (("config.json", "settings"), ("summary.json", "config")):
+        try:
+            stored = json.loads((out / name).read_text())[field_]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        return {k: v for k, v in stored.items() if k not in _NOT_SETTINGS}
+    if (out / "samples").is_dir() and any((out / "samples").glob("*.jsonl")):
+        return {}
+    return None
+
+
+def check_output_dir(out: Path, cfg: FaithfulnessConfig) -> None:
+    """Refuse (:class:`OutputExistsError`, naming the settings that differ) a directory that holds another run's
+    outputs, unless ``force``; the same settings resume there. Reads only."""
+    from ..fingerprint import canonical_json, describe_difference
+
+    stored, current = _stored_settings(out), run_settings(cfg)
+    if stored is None or cfg.force or canonical_json(stored) == canonical_json(current):
+        return
+    differ = describe_difference(stored, current) if stored else "its outputs record no settings"
+    raise OutputExistsError(f"{out} holds a faithfulness run with other settings ({differ}); pass --force to replace "
+                            "it, or leave out --output_dir to get a directory of this run's own")
+
+
+def claim_output_dir(out: Path, cfg: FaithfulnessConfig) -> None:
+    """Record the run's settings in ``out/config.json``; with ``force``, first remove another run's outputs."""
+    from ..fingerprint import canonical_json, settings_fingerprint
+
+    stored, current = _stored_settings(out), run_settings(cfg)
+    if stored is not None and canonical_json(stored) != canonical_json(current):  # only reached with force
+        for name in _OUTPUT_FILES:
+            (out / name).unlink(missing_ok=True)
+        for f in (out / "samples").glob("*.jsonl"):
+            f.unlink()
+    atomic_write_json(out / "config.json", {"settings": current, "settings_fingerprint": settings_fingerprint(current)})
 
 
 def default_cache_path() -> Path:
@@ -243,10 +315,12 @@ def run_faithfulness(cfg: FaithfulnessConfig) -> dict[str, Any]:
     """Run every data set and task through each arm, write the samples, summary.json (after every row) and,
     with two arms, the comparison; return the summary."""
     flags = _check_inputs(cfg)
-    out = Path(cfg.output_dir or "validation/faithfulness_results/run")
+    out = Path(cfg.output_dir) if cfg.output_dir else default_output_dir(cfg)
+    check_output_dir(out, cfg)  # before the model loads
     cache = GenerationCache(cfg.cache or default_cache_path())
     t0 = time.perf_counter()
     arms, tokenizer = build_arms(cfg, cache)
+    claim_output_dir(out, cfg)
     render = lambda text: render_chat(tokenizer, text, cfg.chat_format)  # noqa: E731
     classify_settings = GenerationSettings(max_new_tokens=cfg.classify_max_new_tokens, seed=cfg.seed)
     explain_settings = GenerationSettings(max_new_tokens=cfg.max_new_tokens, seed=cfg.seed)
