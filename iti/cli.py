@@ -222,11 +222,18 @@ def add_faithfulness_args(p: argparse.ArgumentParser) -> None:
     _flag(p, "original_prompts", action="store_true", help="introspect's prompt text with its typos (comparability)")
     _flag(p, "chat_format", default=None, help="for tokenizers without a chat template: llama2, mistral or plain")
     _flag(p, "data_dir", default=None, help="data root holding faithfulness/ (default: $ITI_DATA_DIR, ../shared/data, hub)")
-    _flag(p, "output_dir", default="validation/faithfulness_results/run")
+    _flag(p, "output_dir", default=None, help="default: validation/faithfulness_results/<model>_<arm>_<datasets>_<tasks>_<settings hash>")
+    _flag(p, "force", action="store_true", help="write into an output directory that holds a run with other settings")
     _flag(p, "cache", default=None, help="SQLite generation cache (default: $ITI_CACHE/faithfulness/generations.sqlite)")
     _flag(p, "remote_url", default=None, help="OpenAI-compatible endpoint (e.g. http://localhost:8000/v1) instead of in-process")
     _flag(p, "remote_plain_model", default=None, help="served name of the plain model")
     _flag(p, "remote_intervened_model", default=None, help="served name of the baked model")
+    _flag(p, "remote_baked", default=None,
+          help="local copy of the served baked model: its iti_intervention/ keys the cache (else 'unverified remote')")
+    _flag(p, "remote_timeout", type=float, default=120.0,
+          help="seconds to wait for one answer of the endpoint before retrying, then stopping (default 120)")
+    _flag(p, "retry_errors", action="store_true",
+          help="generate again the prompts whose cached outcome is an error (e.g. after raising the server's context)")
     _flag(p, "quiet", action="store_true")
 
 
@@ -242,7 +249,9 @@ def run_faithfulness_cmd(args: argparse.Namespace) -> None:
         device_map=args.device_map, dtype=args.dtype,
         original_prompts=args.original_prompts, chat_format=args.chat_format, data_dir=args.data_dir,
         output_dir=args.output_dir, cache=args.cache, remote_url=args.remote_url, remote_plain_model=args.remote_plain_model,
-        remote_intervened_model=args.remote_intervened_model, progress=not args.quiet)
+        remote_intervened_model=args.remote_intervened_model, remote_baked=args.remote_baked,
+        remote_timeout=args.remote_timeout, retry_errors=args.retry_errors, force=args.force,
+        progress=not args.quiet)
     run_faithfulness(cfg)
 
 

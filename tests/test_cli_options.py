@@ -190,6 +190,9 @@ FAITHFULNESS = [
     (["--remote-plain-model", "smollm2"], "remote_plain_model"),
     (["--remote-intervened-model", "smollm2-iti"], "remote_intervened_model"),
     (["--remote-url", "http://127.0.0.1:9/v1", "--baked", "."], "baked"),
+    (["--remote-url", "http://127.0.0.1:9/v1", "--remote-timeout", "0"], "remote_timeout"),
+    (["--remote-baked", "."], "remote_baked"),
+    (["--remote-url", "http://127.0.0.1:9/v1", "--remote-intervened-model", "m", "--remote-baked", "."], "remote_baked"),
 ]
 
 

@@ -1,8 +1,21 @@
 """A faithfulness experiment: data sets x tasks, each through the plain arm and the intervened arm, compared.
 
-Outputs (in ``output_dir``): ``samples/{dataset}_{task}_{arm}.jsonl`` (every prompt, response and parse),
+What the generation cache is keyed by (besides the rendered prompt and the sampling settings): a local arm by
+the content of its weights (:func:`iti.fingerprint.model_fingerprint`: the checkpoint files' SHA-256, remembered by
+size and mtime, or the loaded tensors), so overwriting ``ckpt/model.safetensors`` and rerunning ``--model ckpt``
+generates again; the runtime arm adds the intervention's fingerprint; the baked arm (``--baked``) is the baked
+checkpoint's fingerprint plus ``baked:<fingerprint of its iti_intervention/>``. A remote arm cannot be hashed from
+here, so it is keyed by URL + served name + the server's own identity of the model (``root`` from ``GET
+/models``, the path vLLM loaded; ``root=unknown`` when the server does not say), never by the served name alone.
+The remote intervened arm's intervention is read from a local copy of the served baked model when
+``--remote_baked DIR`` is given (``baked:<fingerprint>``); otherwise its key says ``unverified remote``: the run
+cannot check what the server applies, and the cache keeps such answers apart from verified ones.
+
+Outputs (in ``output_dir``, by default ``validation/faithfulness_results/<model>_<arm>_<datasets>_<tasks>_<settings
+hash>`` in the checkout; ``config.json`` records the settings, and a directory holding a run with other settings is
+refused unless ``force``): ``samples/{dataset}_{task}_{arm}.jsonl`` (every prompt, response and parse),
 ``summary.json``, ``comparison.md`` and ``faithfulness.png``. Every generation goes through the SQLite cache, stored
-chunk by chunk, so an interrupted run resumes where it stopped and a finished one reruns from the cache.
+batch by batch (answer by answer for a remote arm), so an interrupted run resumes where it stopped and a finished one reruns from the cache.
 """
 from __future__ import annotations
 
@@ -12,10 +25,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..errors import EmptyInputError, ItiError
+from ..errors import EmptyInputError, ItiError, OutputExistsError
 from ..io import atomic_write_json, atomic_write_text
-from ..options import check_choice, check_existing_path, check_finite_nonneg, check_positive_int, check_seed, refuse
-from ..paths import cache_dir
+from ..options import check_choice, check_existing_path, check_finite_nonneg, check_range, check_positive_int, check_seed, refuse
+from ..paths import CHECKOUT_DIR, cache_dir
 from .cache import GenerationCache
 from .datasets import ALIASES, UnknownDatasetError, dataset_names, load_faithfulness_dataset
 from .generate import (FALLBACK_CHAT_FORMATS, CachedGenerator, GenerationSettings, LocalGenerator, RemoteGenerator,
@@ -29,6 +42,10 @@ EXPLAIN_TASKS = ("counterfactual", "redacted", "importance")
 
 class InterventionModelError(ItiError, ValueError):
     """An intervention made for a different model than the one being run."""
+
+
+class RemoteModelError(ItiError, ValueError):
+    """A served model name the endpoint does not serve."""
 
 
 @dataclass
@@ -57,6 +74,10 @@ class FaithfulnessConfig:
     remote_url: str | None = None     # OpenAI-compatible endpoint serving the plain model (and the baked one)
     remote_plain_model: str | None = None
     remote_intervened_model: str | None = None
+    remote_baked: str | None = None   # local copy of the served baked model: its iti_intervention/ keys the cache
+    remote_timeout: float = 120.0     # seconds to wait for one answer of the endpoint
+    retry_errors: bool = False        # generate again the prompts whose cached outcome is an error
+    force: bool = False               # write into an output directory that holds a run with other settings
     progress: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -66,6 +87,75 @@ class FaithfulnessConfig:
         only with an intervention), existing intervention / baked / data paths, an intervention made for this
         model (its small files are read, no model), and the remote options together."""
         _check_inputs(self)
+
+
+#: Where runs without ``--output_dir`` go, each into a directory named from its settings.
+RESULTS_DIR = CHECKOUT_DIR / "validation" / "faithfulness_results"
+
+#: Fields that do not change a run's outputs (speed, placement, where things go, how failures are retried).
+_NOT_SETTINGS = {"batch_size", "device_map", "output_dir", "cache", "progress", "remote_timeout", "retry_errors", "force",
+                 "extra"}
+_OUTPUT_FILES = ("summary.json", "comparison.md", "faithfulness.png", "config.json")
+
+
+def run_settings(cfg: FaithfulnessConfig) -> dict[str, Any]:
+    """The settings that determine a run's outputs (everything but speed, placement and paths of its own output)."""
+    return {k: (list(v) if isinstance(v, (tuple, list)) else v) for k, v in asdict(cfg).items() if k not in _NOT_SETTINGS}
+
+
+def default_output_dir(cfg: FaithfulnessConfig) -> Path:
+    """``validation/faithfulness_results/<model>_<arm>_<datasets>_<tasks>_<settings hash>`` in the checkout, so
+    that runs with different settings never share a directory and the same run always finds its own."""
+    import re
+
+    from ..fingerprint import settings_fingerprint
+    from ..models import resolve_model
+
+    arm = ("iti" if cfg.intervention else "baked" if cfg.baked else
+           "remote" if cfg.remote_url and cfg.remote_intervened_model else "remote-plain" if cfg.remote_url else "plain")
+    parts = [resolve_model(cfg.model).name, arm, "-".join(cfg.datasets), "-".join(cfg.tasks),
+             settings_fingerprint(run_settings(cfg))[:10]]
+    return RESULTS_DIR / "_".join(re.sub(r"[^A-Za-z0-9.+-]+", "-", p) for p in parts)
+
+
+def _stored_settings(out: Path) -> dict[str, Any] | None:
+    """The settings of the run whose outputs ``out`` holds (config.json, else an older run's summary.json), ``{}``
+    for outputs without settings, None for a directory without faithfulness outputs."""
+    for name, field_ in (("config.json", "settings"), ("summary.json", "config")):
+        try:
+            stored = json.loads((out / name).read_text())[field_]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        return {k: v for k, v in stored.items() if k not in _NOT_SETTINGS}
+    if (out / "samples").is_dir() and any((out / "samples").glob("*.jsonl")):
+        return {}
+    return None
+
+
+def check_output_dir(out: Path, cfg: FaithfulnessConfig) -> None:
+    """Refuse (:class:`OutputExistsError`, naming the settings that differ) a directory that holds another run's
+    outputs, unless ``force``; the same settings resume there. Reads only."""
+    from ..fingerprint import canonical_json, describe_difference
+
+    stored, current = _stored_settings(out), run_settings(cfg)
+    if stored is None or cfg.force or canonical_json(stored) == canonical_json(current):
+        return
+    differ = describe_difference(stored, current) if stored else "its outputs record no settings"
+    raise OutputExistsError(f"{out} holds a faithfulness run with other settings ({differ}); pass --force to replace "
+                            "it, or leave out --output_dir to get a directory of this run's own")
+
+
+def claim_output_dir(out: Path, cfg: FaithfulnessConfig) -> None:
+    """Record the run's settings in ``out/config.json``; with ``force``, first remove another run's outputs."""
+    from ..fingerprint import canonical_json, settings_fingerprint
+
+    stored, current = _stored_settings(out), run_settings(cfg)
+    if stored is not None and canonical_json(stored) != canonical_json(current):  # only reached with force
+        for name in _OUTPUT_FILES:
+            (out / name).unlink(missing_ok=True)
+        for f in (out / "samples").glob("*.jsonl"):
+            f.unlink()
+    atomic_write_json(out / "config.json", {"settings": current, "settings_fingerprint": settings_fingerprint(current)})
 
 
 def default_cache_path() -> Path:
@@ -106,10 +196,18 @@ def _check_inputs(cfg: FaithfulnessConfig) -> dict[str, tuple[str, ...]]:
             if getattr(cfg, name):
                 raise refuse(name, "not with --remote_url (serve the baked model and pass --remote_intervened_model)",
                              getattr(cfg, name))
+        if cfg.remote_baked and not cfg.remote_intervened_model:
+            raise refuse("remote_baked", "only with --remote_intervened_model (the local copy of that served model)",
+                         cfg.remote_baked)
     else:
-        for name in ("remote_plain_model", "remote_intervened_model"):
+        for name in ("remote_plain_model", "remote_intervened_model", "remote_baked"):
             if getattr(cfg, name):
                 raise refuse(name, "only with --remote_url", getattr(cfg, name))
+    check_existing_path("remote_baked", cfg.remote_baked)
+    if cfg.remote_baked and not (Path(cfg.remote_baked) / "iti_intervention").is_dir():
+        raise refuse("remote_baked", "a model saved by edit_weight.py (a directory holding iti_intervention/)",
+                     cfg.remote_baked)
+    check_range("remote_timeout", cfg.remote_timeout, 0.0, lo_open=True, why="seconds")
     if cfg.data_dir is not None:
         data_search(cfg.data_dir)  # the one check of --data_dir (used only after the model loads)
     if cfg.intervention or cfg.baked:  # the intervention's small files, read without a model: made for this one?
@@ -132,7 +230,12 @@ def _same_model(a: str, b: str) -> bool:
 
 
 def build_arms(cfg: FaithfulnessConfig, cache: GenerationCache | None) -> tuple[dict[str, CachedGenerator], Any]:
-    """``{"plain": ..., "intervened": ...}`` generators and the tokenizer that renders prompts."""
+    """``{"plain": ..., "intervened": ...}`` generators and the tokenizer that renders prompts.
+
+    Local arms are keyed by what their weights are (:func:`iti.fingerprint.model_fingerprint`), never by the
+    model's name or path, so a checkpoint overwritten in place is generated again; remote arms by URL, served
+    name and the server's own model identity (see the module docstring)."""
+    from ..fingerprint import model_fingerprint
     from ..intervention import Intervention
     from ..models import load_model
 
@@ -144,36 +247,80 @@ def build_arms(cfg: FaithfulnessConfig, cache: GenerationCache | None) -> tuple[
 
         src = resolve_model(cfg.model)
         tokenizer = AutoTokenizer.from_pretrained(str(embedded_model_dir(src.name)) if src.kind == "embedded" else src.location)
-        arms["plain"] = CachedGenerator(RemoteGenerator(cfg.remote_url, cfg.remote_plain_model or cfg.model,
-                                                        model_id=f"remote:{cfg.remote_plain_model or cfg.model}"), cache)
+        served = _served_models(cfg)
+        plain = cfg.remote_plain_model or cfg.model
+        # one answer per request, each stored as it arrives: a failure loses nothing that was finished
+        arms["plain"] = CachedGenerator(RemoteGenerator(cfg.remote_url, plain, model_id=remote_model_id(cfg.remote_url, plain, served),
+                                                        timeout=cfg.remote_timeout), cache, chunk=1, retry_errors=cfg.retry_errors, name=plain)
         if cfg.remote_intervened_model:
-            arms["intervened"] = CachedGenerator(RemoteGenerator(cfg.remote_url, cfg.remote_intervened_model), cache)
+            gen = RemoteGenerator(cfg.remote_url, cfg.remote_intervened_model,
+                                  model_id=remote_model_id(cfg.remote_url, cfg.remote_intervened_model, served),
+                                  timeout=cfg.remote_timeout)
+            if cfg.remote_baked:
+                gen.intervention_id = f"baked:{Intervention.load(Path(cfg.remote_baked) / 'iti_intervention').fingerprint()}"
+            else:
+                gen.intervention_id = UNVERIFIED_REMOTE
+            arms["intervened"] = CachedGenerator(gen, cache, chunk=1, retry_errors=cfg.retry_errors, name=cfg.remote_intervened_model)
         return arms, tokenizer
     model, tokenizer = load_model(cfg.model, device_map=cfg.device_map, dtype=cfg.dtype)
-    arms["plain"] = CachedGenerator(LocalGenerator(model, tokenizer, model_id=cfg.model, batch_size=cfg.batch_size), cache)
+    model_id = model_fingerprint(model)  # the weights, not the name: an overwritten checkpoint is a miss
+    arms["plain"] = CachedGenerator(LocalGenerator(model, tokenizer, model_id=model_id, batch_size=cfg.batch_size), cache,
+                                    chunk=cfg.batch_size, retry_errors=cfg.retry_errors, name=cfg.model)
     if cfg.intervention:
         inter = Intervention.load(cfg.intervention, model)  # made for cfg.model: checked by validate()
         if cfg.alpha is not None:
             inter = inter.with_alpha(cfg.alpha)
         arms["intervened"] = CachedGenerator(
-            LocalGenerator(model, tokenizer, model_id=cfg.model, intervention=inter, batch_size=cfg.batch_size), cache)
+            LocalGenerator(model, tokenizer, model_id=model_id, intervention=inter, batch_size=cfg.batch_size), cache,
+            chunk=cfg.batch_size, retry_errors=cfg.retry_errors, name=cfg.model)
     elif cfg.baked:
         baked_model, _ = load_model(cfg.baked, device_map=cfg.device_map, dtype=cfg.dtype)
         inter = Intervention.load(Path(cfg.baked) / "iti_intervention")  # baked from cfg.model: checked by validate()
-        gen = LocalGenerator(baked_model, tokenizer, model_id=cfg.model, batch_size=cfg.batch_size)
+        gen = LocalGenerator(baked_model, tokenizer, model_id=model_fingerprint(baked_model), batch_size=cfg.batch_size)
         gen.intervention_id = f"baked:{inter.fingerprint()}"
-        arms["intervened"] = CachedGenerator(gen, cache)
+        arms["intervened"] = CachedGenerator(gen, cache, chunk=cfg.batch_size, retry_errors=cfg.retry_errors, name=cfg.baked)
     return arms, tokenizer
+
+
+#: The intervention id of a served intervened model whose intervention could not be read (no ``--remote_baked``).
+UNVERIFIED_REMOTE = "unverified remote"
+
+
+def _served_models(cfg: FaithfulnessConfig) -> dict[str, dict[str, Any]] | None:
+    """What the server says it serves (``GET /models``), or None when it does not say; a served name that is
+    missing from a list it gives is refused here, before any generation."""
+    from ..openai_client import EndpointError, list_models
+
+    try:
+        served = list_models(cfg.remote_url, timeout=min(cfg.remote_timeout, 10.0))
+    except EndpointError:
+        return None
+    for option in ("remote_plain_model", "remote_intervened_model"):
+        name = getattr(cfg, option) or (cfg.model if option == "remote_plain_model" else None)
+        if name is not None and name not in served:
+            raise RemoteModelError(f"{cfg.remote_url} does not serve a model named {name!r} (it serves "
+                                   f"{', '.join(map(repr, sorted(served))) or 'nothing'}); fix --{option}")
+    return served
+
+
+def remote_model_id(url: str, served_model: str, served: dict[str, dict[str, Any]] | None) -> str:
+    """The cache identity of a served model: URL, served name and what the server says the model is (vLLM's
+    ``root``, the path it loaded), or ``root=unknown`` when it does not say."""
+    entry = (served or {}).get(served_model) or {}
+    root = entry.get("root") or "unknown"
+    return f"remote:{url.rstrip('/')}|{served_model}|root={root}"
 
 
 def run_faithfulness(cfg: FaithfulnessConfig) -> dict[str, Any]:
     """Run every data set and task through each arm, write the samples, summary.json (after every row) and,
     with two arms, the comparison; return the summary."""
     flags = _check_inputs(cfg)
-    out = Path(cfg.output_dir or "validation/faithfulness_results/run")
+    out = Path(cfg.output_dir) if cfg.output_dir else default_output_dir(cfg)
+    check_output_dir(out, cfg)  # before the model loads
     cache = GenerationCache(cfg.cache or default_cache_path())
     t0 = time.perf_counter()
     arms, tokenizer = build_arms(cfg, cache)
+    claim_output_dir(out, cfg)
     render = lambda text: render_chat(tokenizer, text, cfg.chat_format)  # noqa: E731
     classify_settings = GenerationSettings(max_new_tokens=cfg.classify_max_new_tokens, seed=cfg.seed)
     explain_settings = GenerationSettings(max_new_tokens=cfg.max_new_tokens, seed=cfg.seed)
@@ -216,7 +363,7 @@ def _write_summary(out: Path, cfg: FaithfulnessConfig, arms: dict[str, CachedGen
                    elapsed: float) -> dict[str, Any]:
     summary = {
         "config": {k: (list(v) if isinstance(v, (tuple, list)) else v) for k, v in asdict(cfg).items()},
-        "arms": {a: {"model": g.model_id, "intervention": g.intervention_id, "cache_hits": g.hits, "generated": g.misses}
+        "arms": {a: {"model": g.model_id, "name": g.name, "intervention": g.intervention_id, "cache_hits": g.hits, "generated": g.misses}
                  for a, g in arms.items()},
         "seconds": elapsed,
         "rows": rows,

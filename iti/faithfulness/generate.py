@@ -210,14 +210,16 @@ class RemoteGenerator:
     """Any OpenAI-compatible ``/completions`` endpoint (vLLM or TGI serving a baked model), prompts rendered here."""
 
     def __init__(self, url: str, served_model: str, *, model_id: str | None = None, api_key: str | None = None,
-                 timeout: float = 300.0, retries: int = 4):
+                 timeout: float = 120.0, retries: int = 4):
         self.url, self.served_model, self.api_key, self.timeout, self.retries = url, served_model, api_key, timeout, retries
         self.model_id = model_id or f"remote:{served_model}"
         self.intervention_id = "none"
 
     def generate(self, prompts: Sequence[str], settings: GenerationSettings, progress: bool = True) -> list[CachedGeneration]:
-        """One request per prompt; a failure of that prompt is recorded as its error, but an endpoint that keeps
-        failing through the retries raises, so that a transient outage is not cached."""
+        """One request per prompt. Only a failure that is the prompt's own (HTTP 400/413/422: over the server's
+        context) becomes that prompt's recorded error; anything that would fail every prompt (a wrong served
+        name, refused access, an error body, a server that is down or does not answer) raises
+        :class:`EndpointError` in one line, so that nothing of it reaches the cache."""
         out = []
         for p in tqdm(prompts, desc="remote generation", unit="prompt", disable=not progress):
             body = {"model": self.served_model, "prompt": p, "max_tokens": settings.max_new_tokens,
@@ -226,22 +228,37 @@ class RemoteGenerator:
             t = time.perf_counter()
             try:
                 data = post_completion(self.url, body, api_key=self.api_key, timeout=self.timeout, retries=self.retries)
-                out.append(CachedGeneration(str(data["choices"][0]["text"]).strip(), None, time.perf_counter() - t))
+                text = data["choices"][0]["text"]
+                if not isinstance(text, str):
+                    raise EndpointError(f"{self.url} answered a completion whose text is {type(text).__name__}, not a string")
             except EndpointError as e:
-                if e.retryable:  # the server is down: stop rather than cache a transient failure for every prompt
-                    raise
-                out.append(CachedGeneration(None, f"EndpointError: {e}", time.perf_counter() - t))
+                if e.prompt_specific:
+                    out.append(CachedGeneration(None, f"EndpointError: {e}", time.perf_counter() - t))
+                    continue
+                raise EndpointError(f"{e} (served model {self.served_model!r}; nothing cached): {self._hint(e)}",
+                                    status=e.status, retryable=e.retryable) from None
             except (KeyError, IndexError, TypeError) as e:
-                out.append(CachedGeneration(None, f"BadResponse: {type(e).__name__}: {e}", time.perf_counter() - t))
+                raise EndpointError(f"{self.url} answered without a completion text ({type(e).__name__}: {e}; served "
+                                    f"model {self.served_model!r}; nothing cached): is it an OpenAI-compatible endpoint?") from None
+            out.append(CachedGeneration(text.strip(), None, time.perf_counter() - t))
         return out
+
+    def _hint(self, e: EndpointError) -> str:
+        if e.retryable:
+            return f"is the server up? if it is only slow, raise --remote_timeout (now {self.timeout:g} s)"
+        if e.status in (401, 403):
+            return "the server refuses this client: check its API key or access settings"
+        return "check --remote_url and the served model name (--remote_plain_model / --remote_intervened_model)"
 
 
 class CachedGenerator:
     """A generator behind a :class:`GenerationCache`: only prompts never answered before reach the model."""
 
-    def __init__(self, inner: Generator, cache: GenerationCache | None, chunk: int = 64):
-        self.inner, self.cache, self.chunk = inner, cache, chunk
+    def __init__(self, inner: Generator, cache: GenerationCache | None, chunk: int = 64, *, name: str | None = None,
+                 retry_errors: bool = False):
+        self.inner, self.cache, self.chunk, self.retry_errors = inner, cache, chunk, retry_errors
         self.model_id, self.intervention_id = inner.model_id, inner.intervention_id
+        self.name = name or inner.model_id  # readable: the model's name or path as given (the key is its content)
         self.hits = self.misses = 0
 
     def key(self, prompt: str, settings: GenerationSettings) -> GenerationKey:
@@ -255,7 +272,7 @@ class CachedGenerator:
         found: dict[str, CachedGeneration] = {}
         if self.cache is not None:
             for p, hit in zip(unique, self.cache.get_many([self.key(p, settings) for p in unique])):
-                if hit is not None:
+                if hit is not None and (hit.ok or not self.retry_errors):  # --retry_errors: a cached error is a miss
                     found[p] = hit
         todo = [p for p in unique if p not in found]
         self.hits += len(unique) - len(todo)
