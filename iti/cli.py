@@ -323,6 +323,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ItiError as e:
         print(f"iti: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:
+        import errno
+
+        if e.errno != errno.ENOSPC:
+            raise
+        from .io import disk_full_error
+
+        print(f"iti: error: {disk_full_error(e.filename or os.getcwd())}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("iti: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130

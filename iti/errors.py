@@ -74,3 +74,8 @@ class OutputLockedError(ItiError, BlockingIOError):
 
 class JudgeError(ItiError, RuntimeError):
     """A True/Info judge that could not be reached or gave an answer that cannot be read."""
+
+
+class DiskFullError(ItiError, OSError):
+    """No space left where an output is written: the message says where, how much is free and, when known,
+    how much the write needs."""

@@ -9,6 +9,7 @@ been written sits in the page cache, not in the collecting process's resident se
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -172,6 +173,23 @@ def sha256_file(path: str | os.PathLike, block: int = 1 << 22) -> str:
     return digest.hexdigest()
 
 
+def disk_full_error(path: str | os.PathLike, needed: int | None = None):
+    """The :class:`~iti.errors.DiskFullError` for a write to ``path``: the file system's free space there and,
+    when known, the bytes the write needs."""
+    import shutil
+
+    from .errors import DiskFullError
+
+    where = Path(path).resolve()
+    probe = where
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    need = f"needs {needed / 1e6:,.1f} MB, " if needed is not None else ""
+    return DiskFullError(f"no space left on the device holding {where}: the write {need}{free / 1e6:,.1f} MB are free "
+                         "there; free space, or write the output (--output_dir, $ITI_CACHE) to another disk")
+
+
 def allocate_safetensors(
     path: str | os.PathLike,
     specs: Mapping[str, tuple[np.dtype | str, tuple[int, ...]]],
@@ -189,10 +207,19 @@ def allocate_safetensors(
         header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)
+    total = 8 + len(raw) + offset
     with open(path, "wb") as f:
         f.write(struct.pack("<Q", len(raw)))
         f.write(raw)
-        f.truncate(8 + len(raw) + offset)
+        f.truncate(total)
+        if hasattr(os, "posix_fallocate") and offset:
+            try:  # reserve the blocks now, so a full disk fails here with the size, not half-way through a run
+                os.posix_fallocate(f.fileno(), 0, total)
+            except OSError as e:
+                if e.errno == errno.ENOSPC:
+                    raise disk_full_error(path, total) from None
+                if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL):  # file systems without fallocate: stay sparse
+                    raise
 
 
 def read_safetensors_header(path: str | os.PathLike) -> tuple[int, dict[str, Any]]:

@@ -17,11 +17,12 @@ import torch
 
 from .architectures import model_device
 from .collect import pad_batch, pad_token_id
-from .errors import DataNotFoundError, EmptyInputError
+from .errors import DataFileError, DataNotFoundError, EmptyInputError
 from .intervention import Intervention
 from .paths import data_search
 
 IMDB_FILE = "faithfulness/imdb/imdb_test_sample_1000.csv"
+IMDB_SIZE = 1000
 OWT_HUB_ID = "stas/openwebtext-10k"
 
 
@@ -39,7 +40,14 @@ def load_neutral_texts(n: int = 100, *, seed: int = 0, corpus: str = "imdb", dat
     if path is None:
         raise DataNotFoundError(f"IMDB sample not found. Looked for {IMDB_FILE} in:\n{search.describe(IMDB_FILE)}\n"
                                 "Pass data_dir, set ITI_DATA_DIR, or use corpus='owt' online.")
-    texts = pd.read_csv(path, dtype=str, keep_default_na=False)["text"].tolist()
+    try:
+        texts = pd.read_csv(path, dtype=str, keep_default_na=False)["text"].tolist()
+    except (pd.errors.ParserError, KeyError, UnicodeDecodeError) as e:
+        raise DataFileError(f"{path} is not a valid IMDB sample ({type(e).__name__}: {str(e).splitlines()[0]}); restore it "
+                            "from its SOURCE.md") from None
+    if len(texts) != IMDB_SIZE:
+        raise DataFileError(f"{path} holds {len(texts)} reviews; the IMDB sample has {IMDB_SIZE} (truncated?): restore it from "
+                            "its SOURCE.md")
     order = np.random.default_rng(seed).permutation(len(texts))[:n]
     return [texts[i] for i in order]
 

@@ -213,6 +213,7 @@ def load_model(
     (``llama2_chat_7B``, ...), a hub id, or a local directory. ``device_map="auto"`` spreads a large model over
     the available GPUs with accelerate. ``dtype`` defaults to float32 on the CPU and float16 on a GPU.
     """
+    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     source = resolve_model(name_or_path)
@@ -222,12 +223,16 @@ def load_model(
     try:
         tokenizer = AutoTokenizer.from_pretrained(location, trust_remote_code=trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(location, **_from_pretrained_kwargs(torch_dtype, device_map, trust_remote_code))
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, SafetensorError) as e:
         where = "the Hugging Face hub" if source.kind == "hub" else location
-        raise ModelLoadError(
-            f"could not load model {str(name_or_path)!r} from {where}: {str(e).splitlines()[0]}"
-            + (" (offline? download it elsewhere and pass its local directory)" if source.kind == "hub" else "")
-        ) from e
+        if source.kind == "embedded":
+            hint = (f" (the de-quantized cache is damaged: delete the directory {location} and rerun; it is rebuilt from the "
+                    "GGUF in about 30 s)")
+        elif source.kind == "hub":
+            hint = " (offline? download it elsewhere and pass its local directory)"
+        else:
+            hint = " (a truncated or corrupt checkpoint file? check the files in that directory)" if isinstance(e, SafetensorError) else ""
+        raise ModelLoadError(f"could not load model {str(name_or_path)!r} from {where}: {str(e).splitlines()[0]}{hint}") from e
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     # Batched generation needs the prompts to end at the last column: with right padding the next token would be

@@ -17,7 +17,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..errors import DataNotFoundError, EmptyInputError, FeatureFileError
+from ..errors import DataFileError, DataNotFoundError, EmptyInputError
 from ..paths import data_search
 
 class UnknownDatasetError(DataNotFoundError, ValueError):
@@ -117,16 +117,18 @@ class _Source:
     read_local: Callable[[Path], list[Sample]]
     read_hub: Callable[[], list[Sample]] | None
     hub_id: str | None
+    size: int | None = None
+    """How many samples the local file must hold (a shorter file is cut off, not a subset)."""
 
 
 #: name -> where it lives. ``split`` is the split introspect evaluates (its "test").
 SOURCES: dict[str, _Source] = {
     "imdb": _Source(SENTIMENT, "test (1,000-review sample)", "faithfulness/imdb/imdb_test_sample_1000.csv",
-                    _imdb_local, _imdb_hub, "stanfordnlp/imdb"),
-    "rte": _Source(ENTAILMENT, "validation", "faithfulness/rte/glue_rte_validation.tsv", _rte_local, _rte_hub, "nyu-mll/glue"),
-    "babi1": _Source(MULTI_CHOICE, "test", "faithfulness/babi1/babi1_test_introspect.jsonl", _babi_local, None, None),
+                    _imdb_local, _imdb_hub, "stanfordnlp/imdb", 1000),
+    "rte": _Source(ENTAILMENT, "validation", "faithfulness/rte/glue_rte_validation.tsv", _rte_local, _rte_hub, "nyu-mll/glue", 277),
+    "babi1": _Source(MULTI_CHOICE, "test", "faithfulness/babi1/babi1_test_introspect.jsonl", _babi_local, None, None, 1000),
     "mctest": _Source(MULTI_CHOICE, "test (mc500)", "faithfulness/mctest/mc500_test_introspect.jsonl", _mctest_local,
-                      _mctest_hub, "sagnikrayc/mctest"),
+                      _mctest_hub, "sagnikrayc/mctest", 600),
 }
 ALIASES = {"babi": "babi1", "babi-1": "babi1", "mctest500": "mctest", "mc500": "mctest"}
 
@@ -148,8 +150,12 @@ def load_faithfulness_dataset(name: str, data_dir: str | os.PathLike | None = No
     if path is not None:
         try:
             samples, origin = src.read_local(path), str(path)
-        except (KeyError, ValueError, IndexError, json.JSONDecodeError) as e:
-            raise FeatureFileError(f"{path} is not a valid {key} file ({type(e).__name__}: {e})") from e
+        except (KeyError, ValueError, IndexError, TypeError, json.JSONDecodeError, csv.Error) as e:  # a cut-off row: None fields
+            raise DataFileError(f"{path} is not a valid {key} file ({type(e).__name__}: {e}); truncated or corrupt? "
+                                "restore it from its SOURCE.md") from e
+        if src.size is not None and len(samples) != src.size:
+            raise DataFileError(f"{path} holds {len(samples)} {key} samples; the data set has {src.size} (truncated or "
+                                "another file?): restore it from its SOURCE.md")
     else:
         hub_error = "not tried (allow_hub=False)" if not allow_hub else "no hub copy of this data set"
         samples = None
