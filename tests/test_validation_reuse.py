@@ -99,3 +99,13 @@ def test_judge_down_fails_before_any_row_and_a_failing_judge_loses_no_row(smollm
     assert len(seen) == 2 * 4 * 2  # 2 rows generate (baseline, ITI) x 2 folds x 2 questions x (True, Info): only judging ran
     base = next(r for r in summary["rows"] if r["name"] == "baseline")
     assert base["True"]["mean"] == 1.0
+
+
+def test_the_lock_is_released_and_removed_and_taken_again(tmp_path):
+    from iti.locks import LOCK_NAME, output_lock
+
+    with output_lock(tmp_path / "v") as d:
+        assert (d / LOCK_NAME).read_text().strip().isdigit()
+    assert not (tmp_path / "v" / LOCK_NAME).exists()
+    with output_lock(tmp_path / "v"):
+        pass
