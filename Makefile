@@ -6,7 +6,7 @@ TORCH_SPEC ?= torch==2.13.0
 STAMP := .make/installed
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-slow bench clean
+.PHONY: install demo test test-slow lint bench clean
 
 install: $(STAMP)
 
@@ -20,7 +20,11 @@ $(STAMP): pyproject.toml Makefile
 demo: install
 	$(PYTHON) -m iti demo
 
-test: install
+lint: install
+	$(PYTHON) -m ruff check iti tests benchmarks
+	$(PYTHON) -m mypy
+
+test: lint
 	$(PYTHON) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 test-slow: install

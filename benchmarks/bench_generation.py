@@ -12,8 +12,8 @@ import time
 from pathlib import Path
 
 from iti import load_model
-from iti.faithfulness.datasets import load_faithfulness_dataset
 from iti.faithfulness.cache import GenerationCache
+from iti.faithfulness.datasets import load_faithfulness_dataset
 from iti.faithfulness.generate import CachedGenerator, GenerationSettings, LocalGenerator, render_chat
 from iti.faithfulness.prompts import classify_prompt, prompt_options
 

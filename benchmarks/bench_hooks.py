@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from iti import HeadTrace, build_prompt_set, load_model, model_layout
-from iti.collect import batch_inputs, encode_prompts, forward_kwargs, pad_token_id, plan_batches
+from iti.batching import batch_inputs, encode_prompts, forward_kwargs, pad_token_id, plan_batches
 
 from .common import BenchResult, Row, bench_main, pyvene_component, skipped_row, time_interleaved
 

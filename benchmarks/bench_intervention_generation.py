@@ -13,8 +13,8 @@ import torch
 
 from iti import Intervention, load_model, load_truthfulqa, model_layout
 from iti.bake import bake
-from iti.collect import pad_batch, pad_token_id
-from iti.tqa_prompts import generation_prompt
+from iti.batching import pad_batch, pad_token_id
+from iti.truthfulqa.prompts import generation_prompt
 
 from .common import BenchResult, Row, bench_main, pyvene_component, skipped_row, time_interleaved
 

@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 
 from iti import load_model, load_truthfulqa
-from iti.mc_scoring import mc_metrics, score_choices
-from iti.tqa_prompts import mc_questions, shared_prefix
+from iti.truthfulqa.mc_scoring import mc_metrics, score_choices
+from iti.truthfulqa.prompts import mc_questions, shared_prefix
 
 from .common import BenchResult, Row, bench_main
 

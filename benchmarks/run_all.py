@@ -5,8 +5,16 @@ import argparse
 import time
 from pathlib import Path
 
-from . import (bench_collection, bench_generation, bench_hooks, bench_intervention_generation, bench_lm_eval, bench_mc,
-               bench_memory, bench_probes)
+from . import (
+    bench_collection,
+    bench_generation,
+    bench_hooks,
+    bench_intervention_generation,
+    bench_lm_eval,
+    bench_mc,
+    bench_memory,
+    bench_probes,
+)
 from .common import README, RESULTS_DIR, quick_results_dir, render_readme
 
 BENCHMARKS = {

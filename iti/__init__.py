@@ -1,17 +1,28 @@
 """iti: read and steer the attention heads of Hugging Face language models in-process."""
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
+from ._version import __version__
 from .architectures import HeadGeometry, ModelLayout, model_layout, register_architecture, supported_architectures
 from .collect import HeadActivations, collect_head_activations
-from .features import FeatureSet, load_features, merge_shards, write_features
+from .directions import ProbeFit, fit_head_probes, fit_intervention
+from .features import FeatureSet, PromptSet, load_features, merge_shards, write_features
 from .hooks import HeadTrace, module_hooks
 from .intervention import Intervention
-from .probes import HeadProbes
 from .models import load_model
-from .prompt_sets import PromptSet, build_prompt_set
-from .truthfulqa import load_truthfulqa
+from .probes import HeadProbes
+
+# The experiments' entry points, importable from the top as before but loaded on first use: importing the
+# library never imports a wing (tests/core/test_layering.py checks it).
+_FROM_WINGS = {"build_prompt_set": "iti.truthfulqa.prompt_sets", "load_truthfulqa": "iti.truthfulqa.data"}
+
+
+def __getattr__(name: str):
+    if name in _FROM_WINGS:
+        import importlib
+
+        return getattr(importlib.import_module(_FROM_WINGS[name]), name)
+    raise AttributeError(f"module 'iti' has no attribute {name!r}")
+
 
 __all__ = [
     "FeatureSet",
@@ -21,9 +32,12 @@ __all__ = [
     "HeadTrace",
     "Intervention",
     "ModelLayout",
+    "ProbeFit",
     "PromptSet",
     "build_prompt_set",
     "collect_head_activations",
+    "fit_head_probes",
+    "fit_intervention",
     "load_features",
     "load_model",
     "load_truthfulqa",

@@ -47,36 +47,61 @@ class HeadGeometry:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "HeadGeometry":
+    def from_dict(cls, d: dict[str, Any]) -> HeadGeometry:
         """Inverse of :meth:`to_dict`: reads the five sizes as ints and ignores any other keys."""
         return cls(**{k: int(d[k]) for k in ("num_layers", "num_heads", "num_kv_heads", "head_dim", "hidden_size")})
 
 
 @dataclass(frozen=True)
 class ArchitectureSpec:
-    """Where things are in one family of models, as module paths relative to the loaded model."""
+    """Everything the library knows about one family of models, in one place: where the decoder blocks and the
+    head-output module are, which linear layers make up attention, how the output projection takes a bias (for
+    baking), how its weight is laid out, and where the config keeps the context length."""
 
     layers_paths: tuple[str, ...]
     """Candidate paths of the ``nn.ModuleList`` of decoder blocks; the first that exists is used."""
     head_out: str
     """Path, relative to one decoder block, of the module whose input is the concatenated head outputs."""
+    attention_linears: tuple[str, ...] = ()
+    """Paths, relative to one block, of the attention's linear layers that share the output bias switch."""
+    output_bias: str = "none"
+    """``"config"``: stock transformers builds the attention biases when ``config.attention_bias`` is true (q/k/v/o
+    together); ``"always"``: the head-output module always has a bias; ``"none"``: the stock class has no bias
+    there, so a baked model could not be loaded (baking is refused)."""
+    weight_layout: str = "out_in"
+    """``"out_in"`` for ``nn.Linear`` ([out, in]); ``"in_out"`` for GPT-2's ``Conv1D``."""
+    context_attrs: tuple[str, ...] = ("max_position_embeddings",)
+    """Config attributes (of the text config) that hold the context length, first found wins."""
+
+    def __post_init__(self) -> None:
+        if self.output_bias not in ("config", "always", "none"):
+            raise ValueError(f"output_bias must be 'config', 'always' or 'none', got {self.output_bias!r}")
+        if self.weight_layout not in ("out_in", "in_out"):
+            raise ValueError(f"weight_layout must be 'out_in' or 'in_out', got {self.weight_layout!r}")
+
+    @property
+    def bakeable(self) -> bool:
+        """Whether a model with a baked output bias can be saved and loaded by stock transformers."""
+        return self.output_bias != "none"
 
 
-_LLAMA_LIKE = ArchitectureSpec(
-    layers_paths=("model.layers", "model.language_model.layers", "language_model.model.layers", "layers"),
-    head_out="self_attn.o_proj",
-)
+_LLAMA_PATHS = ("model.layers", "model.language_model.layers", "language_model.model.layers", "layers")
+_LLAMA_ATTENTION = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj")
+_LLAMA_LIKE = ArchitectureSpec(_LLAMA_PATHS, "self_attn.o_proj", _LLAMA_ATTENTION, output_bias="config")
+# Mistral and Qwen2 hard-code o_proj without a bias: collectable and steerable, not bakeable as such.
+_NO_OUTPUT_BIAS = ArchitectureSpec(_LLAMA_PATHS, "self_attn.o_proj", _LLAMA_ATTENTION, output_bias="none")
 
 _REGISTRY: dict[str, ArchitectureSpec] = {
     "llama": _LLAMA_LIKE,
-    "mistral": _LLAMA_LIKE,
-    "qwen2": _LLAMA_LIKE,
+    "mistral": _NO_OUTPUT_BIAS,
+    "qwen2": _NO_OUTPUT_BIAS,
     "gemma": _LLAMA_LIKE,
     "gemma2": _LLAMA_LIKE,
     "gemma3": _LLAMA_LIKE,
     "gemma3_text": _LLAMA_LIKE,
-    "gpt2": ArchitectureSpec(layers_paths=("transformer.h", "h"), head_out="attn.c_proj"),
-    "gpt_neox": ArchitectureSpec(layers_paths=("gpt_neox.layers", "layers"), head_out="attention.dense"),
+    "gpt2": ArchitectureSpec(("transformer.h", "h"), "attn.c_proj", output_bias="always", weight_layout="in_out",
+                             context_attrs=("n_positions", "max_position_embeddings")),
+    "gpt_neox": ArchitectureSpec(("gpt_neox.layers", "layers"), "attention.dense", output_bias="always"),
 }
 
 
@@ -85,19 +110,52 @@ def supported_architectures() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def register_architecture(model_type: str, *, layers_paths: tuple[str, ...] | list[str], head_out: str) -> None:
-    """Teach the library a new ``config.model_type``.
+def bakeable_architectures() -> list[str]:
+    """The registered model types whose baked models stock transformers can load, sorted."""
+    return sorted(t for t, spec in _REGISTRY.items() if spec.bakeable)
+
+
+def architecture_spec(model_type: str) -> ArchitectureSpec | None:
+    """The registered spec of a ``config.model_type``, or None."""
+    return _REGISTRY.get(model_type)
+
+
+def register_architecture(model_type: str, *, layers_paths: tuple[str, ...] | list[str], head_out: str,
+                          attention_linears: tuple[str, ...] | list[str] = (), output_bias: str = "none",
+                          weight_layout: str = "out_in",
+                          context_attrs: tuple[str, ...] | list[str] = ("max_position_embeddings",)) -> ArchitectureSpec:
+    """Teach the library a new ``config.model_type``: once registered, it is collectable, steerable and (with
+    ``output_bias`` "config" or "always") bakeable.
 
     Example for a Llama-like model: ``register_architecture("olmo", layers_paths=["model.layers"],
-    head_out="self_attn.o_proj")``. The head geometry is read from the config.
+    head_out="self_attn.o_proj", attention_linears=["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
+    "self_attn.o_proj"], output_bias="config")``. The head geometry is read from the config.
     """
-    _REGISTRY[model_type] = ArchitectureSpec(tuple(layers_paths), head_out)
+    spec = ArchitectureSpec(tuple(layers_paths), head_out, tuple(attention_linears), output_bias, weight_layout,
+                            tuple(context_attrs))
+    _REGISTRY[model_type] = spec
+    return spec
 
 
 def text_config(config: Any) -> Any:
     """The language-model part of a config (multimodal Gemma 3 nests it)."""
     getter = getattr(config, "get_text_config", None)
     return getter() if callable(getter) else config
+
+
+def context_length(model_or_config: Any) -> int | None:
+    """The longest input the model takes, from the attribute its architecture names (``max_position_embeddings``;
+    GPT-2's ``n_positions``) in its text config (Gemma 3 nests it), or None when the config does not say. The one
+    place this is read."""
+    config = getattr(model_or_config, "config", model_or_config)
+    spec = _REGISTRY.get(getattr(config, "model_type", None) or "")
+    attrs = spec.context_attrs if spec is not None else ("max_position_embeddings", "n_positions")
+    cfg = text_config(config)
+    for name in attrs:
+        value = getattr(cfg, name, None)
+        if value:
+            return int(value)
+    return None
 
 
 def geometry_from_config(config: Any) -> HeadGeometry:
@@ -117,12 +175,12 @@ def geometry_from_config(config: Any) -> HeadGeometry:
     )
 
 
-def _in_features(module: nn.Module) -> int | None:
+def _in_features(module: nn.Module, spec: ArchitectureSpec) -> int | None:
     if isinstance(module, nn.Linear):
         return module.in_features
     weight = getattr(module, "weight", None)
-    if type(module).__name__ == "Conv1D" and weight is not None:  # GPT-2: weight is [in, out]
-        return int(weight.shape[0])
+    if weight is not None and weight.ndim == 2:
+        return int(weight.shape[0] if spec.weight_layout == "in_out" else weight.shape[1])
     return None
 
 
@@ -134,6 +192,7 @@ class ModelLayout:
     geometry: HeadGeometry
     layer_paths: tuple[str, ...]
     head_out_paths: tuple[str, ...]
+    spec: ArchitectureSpec
 
     def head_out_module(self, model: nn.Module, layer: int) -> nn.Module:
         """The module of ``layer`` whose input is the concatenated head outputs (o_proj, c_proj or dense)."""
@@ -147,7 +206,7 @@ class ModelLayout:
 def _unsupported(model_type: str, why: str) -> UnsupportedArchitectureError:
     return UnsupportedArchitectureError(
         f"{why} (model_type {model_type!r}). Supported model types: {', '.join(supported_architectures())}. "
-        "To add one, call iti.architectures.register_architecture(model_type, layers_paths=[...], head_out=...)."
+        "To add one, call iti.register_architecture(model_type, layers_paths=[...], head_out=...)."
     )
 
 
@@ -177,14 +236,14 @@ def model_layout(model: nn.Module) -> ModelLayout:
         raise _unsupported(model_type, f"the config says {geometry.num_layers} layers but {layers_path} has {n}")
     layer_paths = tuple(f"{layers_path}.{i}" for i in range(n))
     head_out_paths = tuple(f"{p}.{spec.head_out}" for p in layer_paths)
-    width = _in_features(model.get_submodule(head_out_paths[0]))
+    width = _in_features(model.get_submodule(head_out_paths[0]), spec)
     if width is not None and width != geometry.head_out_size:
         raise _unsupported(
             model_type,
             f"{head_out_paths[0]} takes {width} inputs, but heads x head_dim = "
             f"{geometry.num_heads} x {geometry.head_dim} = {geometry.head_out_size}",
         )
-    return ModelLayout(model_type, geometry, layer_paths, head_out_paths)
+    return ModelLayout(model_type, geometry, layer_paths, head_out_paths, spec)
 
 
 def model_device(model: nn.Module) -> torch.device:

@@ -19,19 +19,22 @@ from typing import Any
 import torch
 from torch import nn
 
-from .architectures import model_layout, text_config
+from .architectures import bakeable_architectures, model_layout, text_config
 from .errors import AlreadyBakedError, UnsupportedArchitectureError
 from .intervention import Intervention
 from .io import set_plain_modes
 
-# model types whose attention biases (q/k/v/o together) are switched on by ``config.attention_bias``
-_BIAS_BY_CONFIG = {"llama", "gemma", "gemma2", "gemma3_text", "gemma3"}
-_HAS_BIAS = {"gpt2", "gpt_neox"}
 
-
-def _attention_linears(layer: nn.Module) -> list[nn.Linear]:
-    attn = getattr(layer, "self_attn", None)
-    return [getattr(attn, n) for n in ("q_proj", "k_proj", "v_proj", "o_proj") if attn is not None and isinstance(getattr(attn, n, None), nn.Linear)]
+def _attention_linears(layer: nn.Module, paths: tuple[str, ...]) -> list[nn.Linear]:
+    found = []
+    for path in paths:
+        try:
+            module = layer.get_submodule(path)
+        except AttributeError:
+            continue
+        if isinstance(module, nn.Linear):
+            found.append(module)
+    return found
 
 
 #: config attribute listing the fingerprints of the interventions baked into a model, in order (save_pretrained
@@ -64,18 +67,18 @@ def bake(model: nn.Module, intervention: Intervention, *, add_to_existing: bool 
             "unbaked model, or pass add_to_existing=True to stack the shifts on purpose."
         )
     layout = model_layout(model)
-    mt = layout.model_type
-    if mt not in _BIAS_BY_CONFIG and mt not in _HAS_BIAS:
+    spec = layout.spec
+    if not spec.bakeable:
         raise UnsupportedArchitectureError(
-            f"cannot bake into {mt!r}: stock transformers builds its attention output projection without a bias, so "
-            f"the baked model could not be loaded. Bakeable: {', '.join(sorted(_BIAS_BY_CONFIG | _HAS_BIAS))}; "
+            f"cannot bake into {layout.model_type!r}: stock transformers builds its attention output projection without "
+            f"a bias, so the baked model could not be loaded. Bakeable: {', '.join(bakeable_architectures())}; "
             "use intervention.applied(model, positions='all') instead."
         )
-    if mt in _BIAS_BY_CONFIG:
+    if spec.output_bias == "config":
         text_config(model.config).attention_bias = True
         model.config.attention_bias = True  # the same object unless the config nests a text config
         for i in range(layout.geometry.num_layers):
-            for lin in _attention_linears(layout.layer_module(model, i)):
+            for lin in _attention_linears(layout.layer_module(model, i), spec.attention_linears or (spec.head_out,)):
                 if lin.bias is None:
                     lin.bias = nn.Parameter(torch.zeros(lin.out_features, device=lin.weight.device, dtype=lin.weight.dtype), requires_grad=False)
     with torch.no_grad():
@@ -83,10 +86,7 @@ def bake(model: nn.Module, intervention: Intervention, *, add_to_existing: bool 
             module = layout.head_out_module(model, layer)
             w = module.weight
             s = torch.from_numpy(shift).to(device=w.device, dtype=torch.float32)
-            if type(module).__name__ == "Conv1D":  # GPT-2 stores [in, out]
-                delta = s @ w.float()
-            else:
-                delta = w.float() @ s
+            delta = s @ w.float() if spec.weight_layout == "in_out" else w.float() @ s  # GPT-2's Conv1D stores [in, out]
             module.bias.add_(delta.to(module.bias.dtype))
     setattr(model.config, BAKED_ATTR, [*already, intervention.fingerprint()])
     return model

@@ -5,8 +5,8 @@ import argparse
 import os
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from .errors import ItiError
 
@@ -63,7 +63,7 @@ def run_collect(args: argparse.Namespace) -> Path:
     from .models import check_dtype, load_model, resolve_model
     from .options import check_positive_int, check_seed, refuse
     from .paths import features_dir
-    from .prompt_sets import build_prompt_set
+    from .truthfulqa.prompt_sets import build_prompt_set
 
     check_positive_int("batch_size", args.batch_size)
     check_positive_int("max_questions", args.max_questions, none_ok=True)
@@ -131,7 +131,7 @@ def run_validate(args: argparse.Namespace) -> None:
     validation and print summary.md."""
     from .models import check_dtype, load_model, resolve_model
     from .paths import CHECKOUT_DIR
-    from .validation import ValidationConfig, check_features, check_output, run_validation
+    from .truthfulqa.experiment import ValidationConfig, check_features, check_output, run_validation
 
     name = resolve_model(args.model_name).name
     cfg = ValidationConfig(
@@ -191,9 +191,9 @@ def run_bake(args: argparse.Namespace) -> None:
 
 
 def run_demo(args: argparse.Namespace) -> None:
-    """``iti demo``: the quick end-to-end run of :func:`iti.demo.demo` (which checks its sizes before anything
+    """``iti demo``: the quick end-to-end run of :func:`iti.truthfulqa.demo.demo` (which checks its sizes before anything
     loads)."""
-    from .demo import demo
+    from .truthfulqa.demo import demo
 
     demo(max_questions=args.max_questions, output_dir=args.output_dir, batch_size=args.batch_size)
 

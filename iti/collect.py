@@ -6,9 +6,9 @@ trace selecting each row's last real token. The result is returned in the origin
 """
 from __future__ import annotations
 
-import inspect
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -16,7 +16,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .architectures import ModelLayout, model_device, model_layout
-from .errors import EmptyInputError
+from .batching import batch_inputs, check_context, encode_prompts, forward_kwargs, pad_token_id, plan_batches
 from .hooks import HeadTrace
 from .oom import AdaptiveBatchSize
 
@@ -33,84 +33,6 @@ class HeadActivations:
     residual: torch.Tensor | list[torch.Tensor] | None
     lengths: np.ndarray
     positions: str
-
-
-def encode_prompts(tokenizer: Any, prompts: Sequence[str]) -> list[list[int]]:
-    """Token ids per prompt, with the tokenizer's default special tokens (as honest_llama does)."""
-    if isinstance(prompts, str):
-        raise TypeError("prompts must be a list of strings, not a single string")
-    if len(prompts) == 0:
-        raise EmptyInputError("the prompt list is empty: nothing to collect")
-    ids = tokenizer(list(prompts), add_special_tokens=True)["input_ids"]
-    for i, row in enumerate(ids):
-        if len(row) == 0:
-            raise EmptyInputError(f"prompt {i} ({prompts[i]!r}) tokenizes to no tokens")
-    return [list(map(int, row)) for row in ids]
-
-
-def check_context(model: nn.Module, encoded: Sequence[Sequence[int]]) -> None:
-    """Refuse prompts longer than the model's context instead of failing deep inside the forward pass."""
-    from .architectures import text_config
-
-    limit = getattr(text_config(model.config), "max_position_embeddings", None)
-    if limit is None:
-        return
-    longest = max(range(len(encoded)), key=lambda i: len(encoded[i]))
-    if len(encoded[longest]) > int(limit):
-        raise ValueError(f"prompt {longest} has {len(encoded[longest])} tokens, more than the model's context of {limit}")
-
-
-def plan_batches(lengths: Sequence[int], batch_size: int) -> list[np.ndarray]:
-    """Row indices of each batch: longest first, ties in prompt order; deterministic for given lengths."""
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    lengths = np.asarray(lengths)
-    order = np.lexsort((np.arange(len(lengths)), -lengths))
-    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-
-
-def pad_batch(rows: Sequence[Sequence[int]], pad_id: int, padding_side: str = "right") -> tuple[torch.Tensor, torch.Tensor]:
-    """Pad token rows to one width: (ids, attention mask), both ``[B, S]`` long; with ``padding_side="left"``
-    the real tokens end at the last column."""
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        sl = slice(0, len(r)) if padding_side == "right" else slice(width - len(r), width)
-        ids[i, sl] = torch.tensor(r, dtype=torch.long)
-        mask[i, sl] = 1
-    return ids, mask
-
-
-def forward_kwargs(model: nn.Module) -> dict[str, Any]:
-    """Arguments that make a feature-only forward cheaper: no KV cache, logits for one position only."""
-    kwargs: dict[str, Any] = {"use_cache": False}
-    try:
-        if "logits_to_keep" in inspect.signature(model.forward).parameters:
-            kwargs["logits_to_keep"] = 1
-    except (TypeError, ValueError):
-        pass
-    return kwargs
-
-
-def batch_inputs(rows: Sequence[Sequence[int]], pad_id: int, device: torch.device, padding_side: str = "right") -> dict[str, torch.Tensor]:
-    """Model inputs of one batch on ``device``; with left padding also ``position_ids`` that count real tokens
-    only."""
-    ids, mask = pad_batch(rows, pad_id, padding_side)
-    inputs = {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
-    if padding_side == "left":  # positions must count real tokens only
-        inputs["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0).to(device)
-    return inputs
-
-
-def pad_token_id(tokenizer: Any) -> int:
-    """The id used for padding: the tokenizer's pad token, else its EOS (decoder-only models often have no
-    pad token), else 0."""
-    for attr in ("pad_token_id", "eos_token_id"):
-        value = getattr(tokenizer, attr, None)
-        if value is not None:
-            return int(value)
-    return 0
 
 
 def iter_last_token_batches(

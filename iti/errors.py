@@ -79,3 +79,55 @@ class JudgeError(ItiError, RuntimeError):
 class DiskFullError(ItiError, OSError):
     """No space left where an output is written: the message says where, how much is free and, when known,
     how much the write needs."""
+
+
+class GeometryMismatchError(ItiError, ValueError):
+    """An intervention made for a model of another shape."""
+
+
+class UnknownDatasetError(DataNotFoundError, ValueError):
+    """A data set name this module does not know."""
+
+
+class TaskConfigError(ItiError, ValueError):
+    """An unknown task, config flag, or a flag that does not apply to the task."""
+
+
+class InterventionModelError(ItiError, ValueError):
+    """An intervention made for a different model than the one being run."""
+
+
+class RemoteModelError(ItiError, ValueError):
+    """A served model name the endpoint does not serve."""
+
+
+class CacheFileError(ItiError, ValueError):
+    """A cache path that is not a SQLite file, is another program's database, or has another schema version."""
+
+
+class EndpointError(ItiError, RuntimeError):
+    """A request the endpoint refused, or that kept failing after every retry."""
+
+    #: HTTP statuses that are the request's own fault (an over-long prompt): the only failures worth caching.
+    prompt_statuses = frozenset({400, 413, 422})
+
+    def __init__(self, message: str, *, status: int | None = None, retryable: bool = False):
+        super().__init__(message)
+        self.status = status
+        self.retryable = retryable
+
+    @property
+    def prompt_specific(self) -> bool:
+        """True when the failure is the request's own (an over-long prompt), false when every request would fail."""
+        return self.status in self.prompt_statuses
+
+
+class PromptTooLongError(ItiError, ValueError):
+    """A prompt longer than the model's context (refused before the forward pass)."""
+
+
+class ModulePathError(ItiError, KeyError):
+    """A module path (``model.layers.3.self_attn.o_proj``) that the model does not have."""
+
+    def __str__(self) -> str:  # KeyError would print the message with quotes around it
+        return str(self.args[0]) if self.args else ""

@@ -20,23 +20,33 @@ import json
 import os
 import re
 import shutil
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import __version__
-from .architectures import HeadGeometry, model_layout
-from .collect import check_context, encode_prompts, iter_last_token_batches, pad_token_id, plan_batches
+from ._version import __version__
+from .architectures import HeadGeometry, ModelLayout, model_layout
+from .batching import check_context, encode_prompts, pad_token_id, plan_batches
+from .collect import iter_last_token_batches
 from .errors import EmptyInputError, FeatureFileError, OutputExistsError
-from .io import (SafetensorsRowWriter, allocate_safetensors, atomic_save_safetensors, atomic_write_json, fsync_dir,
-                 open_safetensors_memmap, read_json, read_safetensors_header, sha256_file)
+from .io import (
+    SafetensorsRowWriter,
+    allocate_safetensors,
+    atomic_save_safetensors,
+    atomic_write_json,
+    fsync_dir,
+    open_safetensors_memmap,
+    read_json,
+    read_safetensors_header,
+    sha256_file,
+)
 from .locks import output_lock
 from .paths import features_dir
-from .prompt_sets import PromptSet
 
 FORMAT = "iti-features"
 FORMAT_VERSION = 1
@@ -65,6 +75,43 @@ class FeatureSet:
         return len(self.labels)
 
 
+@dataclass
+class PromptSet:
+    """The rows a collection runs on: a prompt, a label and a group id per row.
+
+    ``question_ids`` are the group ids that keep related rows together when data are split (TruthfulQA's question
+    index in its mc order, a CEBaB review's index, ...); the name is kept because it is the manifest's key.
+    ``prompt_format`` and ``meta`` describe how the prompts were made and go into the features manifest."""
+
+    name: str
+    prompts: list[str]
+    labels: np.ndarray
+    question_ids: np.ndarray
+    prompt_format: str
+    categories: list[str] | None = None
+    meta: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.labels = np.asarray(self.labels, dtype=np.int64)
+        self.question_ids = np.asarray(self.question_ids, dtype=np.int64)
+        n = len(self.prompts)
+        if len(self.labels) != n or len(self.question_ids) != n:
+            raise ValueError(f"{n} prompts but {len(self.labels)} labels and {len(self.question_ids)} question ids")
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    def fingerprint(self) -> str:
+        """sha256 over prompts, labels and question ids: identifies the exact rows of a collection."""
+        h = hashlib.sha256()
+        for p in self.prompts:
+            h.update(p.encode())
+            h.update(b"\0")
+        h.update(self.labels.tobytes())
+        h.update(self.question_ids.tobytes())
+        return h.hexdigest()
+
+
 def output_name(model_name: str, dataset: str, shard: tuple[int, int] | None = None) -> str:
     """Directory name of a collection, ``<model>_<dataset>``, with ``.shard-i-of-n`` appended for one shard of
     several."""
@@ -85,10 +132,10 @@ def _versions() -> dict[str, str]:
     return {"iti": __version__, "torch": torch.__version__, "transformers": transformers.__version__}
 
 
-def _job_description(model_name: str, model: torch.nn.Module, ps: PromptSet, *, dtype: str, batch_size: int, layer_wise: bool) -> dict[str, Any]:
+def _job_description(model_name: str, model: torch.nn.Module, layout: ModelLayout, ps: PromptSet, *, dtype: str, batch_size: int,
+                     layer_wise: bool) -> dict[str, Any]:
     from .fingerprint import model_fingerprint
 
-    layout = model_layout(model)
     compute_dtype = str(next(model.parameters()).dtype).replace("torch.", "")
     return {
         "model": {"name": model_name, "model_type": layout.model_type, "geometry": layout.geometry.to_dict(), "compute_dtype": compute_dtype,
@@ -184,7 +231,8 @@ def _write_features(model, tokenizer, prompt_set: PromptSet, final: Path, *, mod
                     np_dtype: np.dtype, layer_wise: bool, shard: tuple[int, int], force: bool, progress: bool,
                     on_batch: Callable[[int, int], None] | None) -> Path:
     partial = final.with_name(final.name + ".partial")
-    job = _job_description(model_name, model, prompt_set, dtype=np_dtype.name, batch_size=batch_size, layer_wise=layer_wise)
+    layout = model_layout(model)  # resolved once, passed to everything below
+    job = _job_description(model_name, model, layout, prompt_set, dtype=np_dtype.name, batch_size=batch_size, layer_wise=layer_wise)
     job_id = _job_id(job)
 
     if (final / MANIFEST).exists():
@@ -206,7 +254,7 @@ def _write_features(model, tokenizer, prompt_set: PromptSet, final: Path, *, mod
     rows = np.sort(np.concatenate([batches[b] for b in my_batches]))
     row_pos = np.full(len(prompt_set), -1, dtype=np.int64)
     row_pos[rows] = np.arange(len(rows))
-    geometry = model_layout(model).geometry
+    geometry = layout.geometry
     specs = _tensor_specs(geometry, len(rows), np_dtype, layer_wise)
 
     done: set[int] = set()
@@ -241,7 +289,7 @@ def _write_features(model, tokenizer, prompt_set: PromptSet, final: Path, *, mod
                desc=f"{model_name} {prompt_set.name}", disable=not progress)
     try:
         results = iter_last_token_batches(
-            model, encoded, [batches[b] for b in todo], pad_id=pad_token_id(tokenizer), residual=layer_wise, progress=bar
+            model, encoded, [batches[b] for b in todo], pad_id=pad_token_id(tokenizer), residual=layer_wise, layout=layout, progress=bar
         )
         for b, (idx, heads, resid) in zip(todo, results):
             pos = row_pos[idx]

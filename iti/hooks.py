@@ -7,18 +7,18 @@ the body raises.
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Iterable, Iterator, Mapping, Union
+from collections.abc import Callable, Iterable, Iterator, Mapping
 
 import torch
 from torch import nn
 
 from .architectures import ModelLayout, model_layout
-from .errors import EmptyInputError, HeadIndexError
+from .errors import EmptyInputError, HeadIndexError, ModulePathError
 
 #: "last" (last non-pad token of each row, left or right padding), "all", or a boolean mask [batch, seq] of positions
 #: to keep. (When *steering*, ``Intervention.applied(positions="last")`` means the last column of each forward pass
 #: instead, and so needs left padding.)
-Positions = Union[str, torch.Tensor]
+Positions = str | torch.Tensor
 
 
 @contextlib.contextmanager
@@ -27,20 +27,26 @@ def module_hooks(
     *,
     pre: Mapping[str, Callable] | None = None,
     post: Mapping[str, Callable] | None = None,
+    pre_kwargs: Mapping[str, Callable] | None = None,
 ) -> Iterator[list[torch.utils.hooks.RemovableHandle]]:
-    """Register forward pre-hooks (``fn(module, args)``) and forward hooks (``fn(module, args, output)``) by path.
+    """Register forward pre-hooks (``fn(module, args)``), pre-hooks that also see the keyword arguments
+    (``fn(module, args, kwargs)``, in ``pre_kwargs``) and forward hooks (``fn(module, args, output)``) by module
+    path (``""`` is the model itself).
 
-    A wrong path raises before anything is registered; every hook is removed when the block exits.
+    A wrong path raises :class:`ModulePathError` before anything is registered; every hook is removed when the
+    block exits, also after an exception.
     """
-    pre, post = dict(pre or {}), dict(post or {})
+    pre, post, pre_kwargs = dict(pre or {}), dict(post or {}), dict(pre_kwargs or {})
     modules = {}
-    for path in list(pre) + list(post):
+    for path in list(pre) + list(post) + list(pre_kwargs):
         try:
             modules[path] = model.get_submodule(path)
         except AttributeError:
-            raise KeyError(f"the model has no module at path {path!r}") from None
+            raise ModulePathError(f"the model ({type(model).__name__}) has no module at path {path!r}") from None
     handles: list[torch.utils.hooks.RemovableHandle] = []
     try:
+        for path, fn in pre_kwargs.items():
+            handles.append(modules[path].register_forward_pre_hook(fn, with_kwargs=True))
         for path, fn in pre.items():
             handles.append(modules[path].register_forward_pre_hook(fn))
         for path, fn in post.items():
@@ -173,7 +179,7 @@ class HeadTrace:
 
         return hook
 
-    def __enter__(self) -> "HeadTrace":
+    def __enter__(self) -> HeadTrace:
         pre = {self.layout.head_out_paths[i]: self._head_hook(i) for i in self.layers}
         post = {self.layout.layer_paths[i]: self._residual_hook(i) for i in self.layers} if self.capture_residual else {}
         self._stack = contextlib.ExitStack()

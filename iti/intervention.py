@@ -21,29 +21,28 @@ import contextlib
 import hashlib
 import json
 import os
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterator, Union
+from typing import Any
 
 import numpy as np
 import torch
 from safetensors.numpy import load_file
 
-from . import __version__
+from ._version import __version__
 from .architectures import HeadGeometry, model_layout
-from .errors import FeatureFileError, HeadIndexError, ItiError, PaddingError
+from .errors import EmptyInputError, FeatureFileError, GeometryMismatchError, HeadIndexError, PaddingError
 from .hooks import module_hooks
 from .io import atomic_save_safetensors, atomic_write_json, read_json, read_safetensors_header, sha256_file
 from .kv_cache import passed_cache
 
-InterventionPositions = Union[str, int, torch.Tensor]
+InterventionPositions = str | int | torch.Tensor
 
 META_FILE = "intervention.json"
 TENSOR_FILE = "intervention.safetensors"
 
 
-class GeometryMismatchError(ItiError, ValueError):
-    """An intervention made for a model of another shape."""
 
 
 @dataclass
@@ -85,7 +84,7 @@ class Intervention:
         self.directions, self.stds = self.directions[order], self.stds[order]
 
     # --- the shift -------------------------------------------------------------------------------------------
-    def with_alpha(self, alpha: float) -> "Intervention":
+    def with_alpha(self, alpha: float) -> Intervention:
         """A copy with another ``alpha`` (same heads, directions and stds); this one is left unchanged."""
         return replace(self, alpha=alpha, meta=dict(self.meta))
 
@@ -97,6 +96,86 @@ class Intervention:
             vec = out.setdefault(l, np.zeros(g.num_heads * g.head_dim, dtype=np.float32))
             vec[h * g.head_dim : (h + 1) * g.head_dim] = self.alpha * std * direction
         return out
+
+    # --- one call from examples ----------------------------------------------------------------------------------
+    @classmethod
+    def from_contrast_pairs(cls, model: torch.nn.Module, tokenizer: Any, positive_prompts: Sequence[str],
+                            negative_prompts: Sequence[str], *, num_heads: int = 8, method: str = "mass_mean",
+                            head_choice: str | Sequence[tuple[int, int]] = "probe_accuracy", alpha: float = 5.0,
+                            val_ratio: float = 0.2, seed: int = 0, batch_size: int = 16, progress: bool = False) -> Intervention:
+        """Steer toward a concept named by examples: collect the last-token head outputs of each prompt, probe every
+        head (positive vs negative, split by pair so that the two sides of a pair stay together), pick the
+        ``num_heads`` best, and shift them along the mass-mean direction (see :func:`iti.directions.fit_intervention`
+        for the options). With lists of equal length, ``positive_prompts[i]`` and ``negative_prompts[i]`` form a
+        pair."""
+        from .collect import collect_head_activations
+        from .directions import fit_intervention
+
+        if not positive_prompts or not negative_prompts:
+            raise EmptyInputError("from_contrast_pairs needs at least one positive and one negative prompt")
+        prompts = list(positive_prompts) + list(negative_prompts)
+        X = collect_head_activations(model, tokenizer, prompts, batch_size=batch_size, progress=progress).heads.numpy()
+        labels = np.r_[np.ones(len(positive_prompts), dtype=np.int64), np.zeros(len(negative_prompts), dtype=np.int64)]
+        if len(positive_prompts) == len(negative_prompts):
+            groups = np.r_[np.arange(len(positive_prompts)), np.arange(len(negative_prompts))]
+        else:
+            groups = np.arange(len(prompts))
+        name = str(getattr(model.config, "_name_or_path", "") or getattr(model.config, "model_type", "model"))
+        return fit_intervention(X, labels, groups, num_heads=num_heads, method=method, head_choice=head_choice, alpha=alpha,
+                                val_ratio=val_ratio, seed=seed, geometry=model_layout(model).geometry, model_name=name,
+                                meta={"from": "contrast_pairs", "pairs": int(len(positive_prompts)), "method": method,
+                                      "num_heads": num_heads, "seed": seed})
+
+    # --- arithmetic: interventions compose like the shifts they add ---------------------------------------------
+    def head_shifts(self) -> dict[tuple[int, int], np.ndarray]:
+        """Per head, the [D] vector added to its output: ``alpha * std * direction``."""
+        return {head: self.alpha * float(std) * direction.astype(np.float64)
+                for head, direction, std in zip(self.heads, self.directions, self.stds)}
+
+    @classmethod
+    def from_head_shifts(cls, shifts: dict[tuple[int, int], np.ndarray], model_name: str, geometry: HeadGeometry,
+                         meta: dict[str, Any] | None = None) -> Intervention:
+        """The intervention that adds these per-head vectors: unit directions, stds = their norms, alpha 1. Heads
+        whose shift is zero are left out."""
+        kept = {h: np.asarray(v, dtype=np.float64) for h, v in shifts.items() if np.linalg.norm(v) > 0}
+        if not kept:
+            raise HeadIndexError("the composed intervention shifts no head (every shift cancelled)")
+        heads = sorted(kept)
+        norms = np.array([np.linalg.norm(kept[h]) for h in heads])
+        dirs = np.stack([kept[h] / n for h, n in zip(heads, norms)])
+        return cls(heads, dirs, norms, 1.0, model_name, geometry, dict(meta or {}))
+
+    def _check_same_geometry(self, other: Intervention) -> None:
+        if not isinstance(other, Intervention):
+            raise TypeError(f"can only combine an Intervention with another, not {type(other).__name__}")
+        if other.geometry != self.geometry:
+            raise GeometryMismatchError(f"cannot combine interventions of two geometries: {self.geometry} and {other.geometry}")
+
+    def __add__(self, other: Intervention) -> Intervention:
+        """Both shifts at once: the union of the heads, shared heads' shifts added."""
+        self._check_same_geometry(other)
+        shifts = self.head_shifts()
+        for head, vec in other.head_shifts().items():
+            shifts[head] = shifts.get(head, 0.0) + vec
+        name = self.model_name if self.model_name == other.model_name else f"{self.model_name}+{other.model_name}"
+        return Intervention.from_head_shifts(shifts, name, self.geometry, {"sum_of": [self.meta, other.meta]})
+
+    def __neg__(self) -> Intervention:
+        """The opposite shift (negated directions, same strength): undoes this one when applied with it."""
+        return replace(self, directions=-self.directions, meta={"negated": dict(self.meta)})
+
+    def __sub__(self, other: Intervention) -> Intervention:
+        return self + (-other)
+
+    def __mul__(self, k: float) -> Intervention:
+        """``k`` times the shift; a negative ``k`` also turns the directions round (alpha stays >= 0)."""
+        k = float(k)
+        if not np.isfinite(k):
+            raise ValueError(f"the factor must be finite, got {k}")
+        scaled = replace(self, alpha=self.alpha * abs(k), meta=dict(self.meta))
+        return -scaled if k < 0 else scaled
+
+    __rmul__ = __mul__
 
     def fingerprint(self) -> str:
         """Identifies the exact shift (for caches): heads, directions, stds, alpha, model."""
@@ -115,24 +194,22 @@ class Intervention:
             )
 
     @contextlib.contextmanager
-    def applied(self, model: torch.nn.Module, positions: InterventionPositions = "last") -> Iterator["Intervention"]:
+    def applied(self, model: torch.nn.Module, positions: InterventionPositions = "last") -> Iterator[Intervention]:
         """Shift the chosen heads while the block runs; every hook is removed on exit.
 
         ``positions="last"`` means the last column of each forward pass (see the module docstring), not each row's
         last non-pad token as when capturing: a right-padded batch is refused with :class:`PaddingError` at its
         forward pass. Pad on the left (``tokenizer.padding_side = "left"``, what :func:`iti.load_model` returns).
         """
-        self.check_model(model)
         layout = model_layout(model)
+        if layout.geometry != self.geometry:
+            self.check_model(model)
         tracker = _PositionTracker(positions)
         shifts = {l: torch.from_numpy(v) for l, v in self.layer_shifts().items()}
         pre = {layout.head_out_paths[l]: _shift_hook(vec, tracker) for l, vec in shifts.items()}
-        with module_hooks(model, pre=pre):
-            handle = model.base_model.register_forward_pre_hook(tracker.observe, with_kwargs=True)
-            try:
-                yield self
-            finally:
-                handle.remove()
+        # the tracker sees each forward's inputs (ids, mask, cache) at the base model, before any layer runs
+        with module_hooks(model, pre=pre, pre_kwargs={_base_model_path(model): tracker.observe}):
+            yield self
 
     # --- files ----------------------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> Path:
@@ -155,7 +232,7 @@ class Intervention:
         return path
 
     @classmethod
-    def load(cls, path: str | os.PathLike, model: torch.nn.Module | None = None) -> "Intervention":
+    def load(cls, path: str | os.PathLike, model: torch.nn.Module | None = None) -> Intervention:
         """Read a saved intervention; with ``model``, refuse it unless the head geometry matches."""
         path = Path(path)
         meta = read_json(path / META_FILE, "intervention file")
@@ -175,6 +252,15 @@ class Intervention:
         if model is not None:
             inter.check_model(model)
         return inter
+
+
+def _base_model_path(model: torch.nn.Module) -> str:
+    """The module path of ``model.base_model`` ("model" for Llama, "transformer" for GPT-2, "" if it is the model)."""
+    base = model.base_model
+    prefix = getattr(model, "base_model_prefix", "")
+    if prefix and getattr(model, prefix, None) is base:
+        return prefix
+    return next((name for name, module in model.named_modules() if module is base), "")
 
 
 class _PositionTracker:

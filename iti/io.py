@@ -14,8 +14,9 @@ import hashlib
 import json
 import os
 import struct
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -308,7 +309,7 @@ class SafetensorsRowWriter:
             os.close(self._fd)
             self._fd = -1
 
-    def __enter__(self) -> "SafetensorsRowWriter":
+    def __enter__(self) -> SafetensorsRowWriter:
         return self
 
     def __exit__(self, *exc: object) -> None:

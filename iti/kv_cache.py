@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import functools
 import inspect
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 
@@ -21,7 +22,7 @@ def cache_argument(model: torch.nn.Module) -> str:
     return _cache_argument(type(model))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _cache_argument(cls: type) -> str:
     try:
         params = inspect.signature(cls.forward).parameters

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import gc
 import sys
-from typing import Callable, Sequence, TypeVar
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 import torch
 

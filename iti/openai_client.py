@@ -10,20 +10,19 @@ from __future__ import annotations
 
 import http.client
 import json
-import socket
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from typing import Any
 
-from .errors import ItiError
+from .errors import EndpointError
 
 RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 #: Statuses that are about the one request (a prompt over the context: vLLM 400, TGI 422, a proxy's 413), not the
 #: server: a caller may record them as that prompt's outcome. Anything else final (404 wrong model name, 401/403)
 #: is about every request and must stop the caller.
-PROMPT_STATUS = {400, 413, 422}
+PROMPT_STATUS = EndpointError.prompt_statuses
 
 
 def _one_line(text: str, limit: int = 300) -> str:
@@ -31,18 +30,6 @@ def _one_line(text: str, limit: int = 300) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-class EndpointError(ItiError, RuntimeError):
-    """A request the endpoint refused, or that kept failing after every retry."""
-
-    def __init__(self, message: str, *, status: int | None = None, retryable: bool = False):
-        super().__init__(message)
-        self.status = status
-        self.retryable = retryable
-
-    @property
-    def prompt_specific(self) -> bool:
-        """True when the failure is the request's own (an over-long prompt), false when every request would fail."""
-        return self.status in PROMPT_STATUS
 
 
 def post_completion(url: str, body: dict[str, Any], *, api_key: str | None = None, timeout: float = 60.0,
@@ -76,7 +63,7 @@ def post_completion(url: str, body: dict[str, Any], *, api_key: str | None = Non
                 answer = json.loads(raw)
                 _check_answer(endpoint, answer)
                 return answer
-        except (socket.timeout, TimeoutError) as e:
+        except TimeoutError as e:
             timeouts += 1
             last = f"no answer within {timeout:g} s ({type(e).__name__})"
         except (OSError, http.client.HTTPException, json.JSONDecodeError) as e:

@@ -10,8 +10,9 @@ import math
 import numbers
 import os
 import re
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from .errors import InvalidOptionError
 

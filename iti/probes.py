@@ -72,7 +72,7 @@ class HeadProbes:
         self.dtype = dtype
         self.chunk_heads = int(chunk_heads)
 
-    def fit(self, X: np.ndarray | torch.Tensor, y: np.ndarray | torch.Tensor) -> "HeadProbes":
+    def fit(self, X: np.ndarray | torch.Tensor, y: np.ndarray | torch.Tensor) -> HeadProbes:
         """Fit every head's probe on X ``[N, L, H, D]`` and 0/1 labels ``[N]`` (both classes needed); sets
         ``coef_``, ``intercept_`` and ``fit_`` (convergence). Non-finite features (NaN, inf, or too large for
         ``dtype``) raise :class:`~iti.errors.NonFiniteInputError` naming the rows and (layer, head)s."""

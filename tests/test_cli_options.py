@@ -34,7 +34,7 @@ def tiny_features(tmp_path_factory):
     """tqa_mc2 features of a tiny llama (3 layers x 4 heads = 12 heads) on 4 questions, filed under smollm2-135m's
     name so that ``iti validate`` finds them."""
     from iti import write_features
-    from iti.prompt_sets import PromptSet
+    from iti.features import PromptSet
 
     root = tmp_path_factory.mktemp("features")
     ps = PromptSet("tqa_mc2", TEXTS * 2, np.arange(8) % 2, np.arange(8) // 2, "{t}")
@@ -251,7 +251,7 @@ def test_demo_refuses(args, option, tmp_path, capsys):
 def test_defaults_pass_validation():
     from iti.concepts.experiment import ConceptConfig
     from iti.faithfulness.experiment import FaithfulnessConfig
-    from iti.validation import ValidationConfig
+    from iti.truthfulqa.experiment import ValidationConfig
 
     ValidationConfig().validate()
     ValidationConfig(max_questions=4, num_fold=4, val_ratio=0.5, num_heads=1, sweep_alphas=[0.0], sweep_heads=[2]).validate()
@@ -281,7 +281,7 @@ def test_command_defaults_get_through_to_the_model_load(tmp_path):
 def test_python_api_refuses_the_same_before_writing(tmp_path):
     from iti.concepts.experiment import ConceptConfig, run_concepts
     from iti.faithfulness.experiment import FaithfulnessConfig, run_faithfulness
-    from iti.validation import ValidationConfig, run_validation
+    from iti.truthfulqa.experiment import ValidationConfig, run_validation
 
     out = tmp_path / "out"
     with pytest.raises(InvalidOptionError, match=r"^--val_ratio: a number in \(0, 1\), got 0$"):

@@ -23,7 +23,7 @@ def _data_copy(tmp_path, relative, cut_bytes=None, keep_lines=None):
 
 def test_a_truncated_imdb_file_is_a_clear_error(tmp_path):
     from iti.faithfulness.datasets import load_faithfulness_dataset
-    from iti.lm_cost import load_neutral_texts
+    from iti.truthfulqa.lm_cost import load_neutral_texts
 
     size = (SHARED_DATA / "faithfulness/imdb/imdb_test_sample_1000.csv").stat().st_size
     root = _data_copy(tmp_path, "faithfulness/imdb/imdb_test_sample_1000.csv", cut_bytes=size // 2)  # cut mid-row

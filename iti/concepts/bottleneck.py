@@ -59,7 +59,7 @@ class SparseConceptBottleneck:
     heads: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
     head_accuracy: dict[str, np.ndarray] = field(default_factory=dict)
 
-    def select_heads(self, X_train, C_train, X_val, C_val) -> "SparseConceptBottleneck":
+    def select_heads(self, X_train, C_train, X_val, C_val) -> SparseConceptBottleneck:
         """Rank every head per aspect by held-out accuracy (probes fitted on train, scored on val)."""
         for j, aspect in enumerate(ASPECTS):
             acc = head_concept_accuracy(X_train, C_train[:, j], X_val, C_val[:, j], self.C)
@@ -67,7 +67,7 @@ class SparseConceptBottleneck:
             self.heads[aspect] = top_heads(acc, self.k)
         return self
 
-    def fit(self, X: np.ndarray, concepts: np.ndarray, ratings: np.ndarray) -> "SparseConceptBottleneck":
+    def fit(self, X: np.ndarray, concepts: np.ndarray, ratings: np.ndarray) -> SparseConceptBottleneck:
         """Fit each aspect's concept probe on its selected heads (X ``[N, L, H, D]``, concepts ``[N, 4]``), then the
         label head on the 12 concept probabilities (ratings 0..4); needs ``heads`` (from :meth:`select_heads` or set
         directly)."""

@@ -4,21 +4,20 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import accuracy_score, f1_score
 
 from ..errors import EmptyInputError
-from ..features import load_features, write_features
+from ..features import PromptSet, load_features, write_features
 from ..io import atomic_write_json, atomic_write_text
 from ..options import check_each, check_finite_nonneg, check_positive_int, check_ratio, check_seed, refuse
-from ..prompt_sets import PromptSet
-from .bottleneck import (SparseConceptBottleneck, head_concept_accuracy, oracle_correction, review_prompt,
-                         task_and_concept_metrics)
+from .bottleneck import SparseConceptBottleneck, head_concept_accuracy, oracle_correction, review_prompt, task_and_concept_metrics
 from .cebab import ASPECTS, CebabSplit, load_cebab, majority_baseline
 from .group_lasso import GroupLassoHeads
 from .steering import VARIANTS, ConceptDirections, steer_pairs, summarize_steering, zero_shot_rating_probabilities

@@ -24,7 +24,7 @@ class GroupLassoHeads:
             raise ValueError(f"strength is a fraction of the all-zero penalty, in (0, 1); got {strength}")
         self.strength, self.max_iter, self.tol = float(strength), int(max_iter), float(tol)
 
-    def fit(self, X: np.ndarray, y: np.ndarray) -> "GroupLassoHeads":
+    def fit(self, X: np.ndarray, y: np.ndarray) -> GroupLassoHeads:
         """Standardize every feature, then minimise mean cross-entropy + lam * sum_heads sqrt(D) * ||W_head||."""
         X = np.asarray(X)
         if X.ndim != 4:
@@ -51,7 +51,8 @@ class GroupLassoHeads:
         self.lam_ = self.strength * lam_max
         thresh = step * self.lam_ * np.sqrt(d)
         W, b, Wm, bm, t = W0.clone(), b0.clone(), W0.clone(), b0.clone(), 1.0
-        for self.n_iter_ in range(1, self.max_iter + 1):
+        for iteration in range(1, self.max_iter + 1):
+            self.n_iter_ = iteration
             gW, gb, _ = grads(Wm, bm)
             Wn = _group_shrink(Wm - step * gW, layers * heads, d, thresh)
             bn = bm - step * gb

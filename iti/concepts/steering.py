@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import contextlib
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from ..architectures import model_device, model_layout
-from ..collect import batch_inputs, forward_kwargs, pad_token_id, plan_batches
-from ..directions import mass_mean_directions, projection_stds, random_directions, unit
+from ..batching import batch_inputs, forward_kwargs, pad_token_id, plan_batches
+from ..directions import fit_intervention, random_directions, unit
 from ..hooks import HeadTrace
 from ..intervention import Intervention
 from ..kv_cache import returned_cache, with_cache
@@ -100,14 +101,16 @@ class ConceptDirections:
     stds: dict[tuple[str, str], np.ndarray]
 
     @classmethod
-    def fit(cls, X: np.ndarray, concepts: np.ndarray, heads: dict[str, list[tuple[int, int]]]) -> "ConceptDirections":
+    def fit(cls, X: np.ndarray, concepts: np.ndarray, heads: dict[str, list[tuple[int, int]]]) -> ConceptDirections:
         """Per aspect and goal class: unit mass-mean directions (goal class minus the other classes) on the aspect's
         heads, and the std of ``X`` projected on them."""
         dirs, stds = {}, {}
         for j, aspect in enumerate(ASPECTS):
             for c, goal in enumerate(CONCEPT_CLASSES):
-                d = unit(mass_mean_directions(X, (concepts[:, j] == c).astype(int), heads[aspect]))
-                dirs[(aspect, goal)], stds[(aspect, goal)] = d, projection_stds(X, heads[aspect], d)
+                fitted = fit_intervention(X, (concepts[:, j] == c).astype(int), head_choice=heads[aspect], method="mass_mean",
+                                          alpha=1.0)
+                order = [fitted.heads.index((int(l), int(h))) for l, h in heads[aspect]]  # back to the aspect's head order
+                dirs[(aspect, goal)], stds[(aspect, goal)] = fitted.directions[order], fitted.stds[order]
         return cls(heads, dirs, stds)
 
     def intervention(self, model: torch.nn.Module, aspect: str, goal: str, alpha: float, variant: str = "concept",

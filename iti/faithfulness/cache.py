@@ -35,12 +35,13 @@ import os
 import sqlite3
 import threading
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Mapping, Sequence
+from typing import Any
 
-from iti.errors import ItiError
+from ..errors import CacheFileError
 
 __all__ = ["CacheFileError", "CachedGeneration", "GenerationCache", "GenerationKey", "PLAIN", "SCHEMA_VERSION"]
 
@@ -72,8 +73,6 @@ _INSERT = (
 _SQLITE_BUSY_CODES = {5, 6}  # SQLITE_BUSY, SQLITE_LOCKED: contention, not a bad file
 
 
-class CacheFileError(ItiError, ValueError):
-    """A cache path that is not a SQLite file, is another program's database, or has another schema version."""
 
 
 def _canonical_json(obj: Any) -> str:

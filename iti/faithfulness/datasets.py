@@ -11,18 +11,14 @@ from __future__ import annotations
 import csv
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
-from ..errors import DataFileError, DataNotFoundError, EmptyInputError
+from ..errors import DataFileError, DataNotFoundError, EmptyInputError, UnknownDatasetError
 from ..paths import data_search
-
-class UnknownDatasetError(DataNotFoundError, ValueError):
-    """A data set name this module does not know."""
-
 
 #: Which of the three prompt families a data set uses.
 SENTIMENT, ENTAILMENT, MULTI_CHOICE = "sentiment", "entailment", "multi_choice"

@@ -21,18 +21,18 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
-from ..errors import EmptyInputError, ItiError, OutputExistsError
+from ..errors import EmptyInputError, InterventionModelError, ItiError, OutputExistsError, RemoteModelError
 from ..io import atomic_write_json, atomic_write_text
-from ..options import check_choice, check_existing_path, check_finite_nonneg, check_range, check_positive_int, check_seed, refuse
+from ..options import check_choice, check_existing_path, check_finite_nonneg, check_positive_int, check_range, check_seed, refuse
 from ..paths import CHECKOUT_DIR, cache_dir
 from .cache import GenerationCache
 from .datasets import ALIASES, UnknownDatasetError, dataset_names, load_faithfulness_dataset
-from .generate import (FALLBACK_CHAT_FORMATS, CachedGenerator, GenerationSettings, LocalGenerator, RemoteGenerator,
-                       render_chat)
+from .generate import FALLBACK_CHAT_FORMATS, CachedGenerator, GenerationSettings, LocalGenerator, RemoteGenerator, render_chat
 from .prompts import normalize_config, prompt_options
 from .report import compare_arms, comparison_markdown, first_answer_markdown, first_answer_stats, plot_comparison
 from .tasks import run_task, summarize
@@ -40,12 +40,8 @@ from .tasks import run_task, summarize
 EXPLAIN_TASKS = ("counterfactual", "redacted", "importance")
 
 
-class InterventionModelError(ItiError, ValueError):
-    """An intervention made for a different model than the one being run."""
 
 
-class RemoteModelError(ItiError, ValueError):
-    """A served model name the endpoint does not serve."""
 
 
 @dataclass
@@ -253,13 +249,13 @@ def build_arms(cfg: FaithfulnessConfig, cache: GenerationCache | None) -> tuple[
         arms["plain"] = CachedGenerator(RemoteGenerator(cfg.remote_url, plain, model_id=remote_model_id(cfg.remote_url, plain, served),
                                                         timeout=cfg.remote_timeout), cache, chunk=1, retry_errors=cfg.retry_errors, name=plain)
         if cfg.remote_intervened_model:
+            if cfg.remote_baked:
+                baked_id = f"baked:{Intervention.load(Path(cfg.remote_baked) / 'iti_intervention').fingerprint()}"
+            else:
+                baked_id = UNVERIFIED_REMOTE
             gen = RemoteGenerator(cfg.remote_url, cfg.remote_intervened_model,
                                   model_id=remote_model_id(cfg.remote_url, cfg.remote_intervened_model, served),
-                                  timeout=cfg.remote_timeout)
-            if cfg.remote_baked:
-                gen.intervention_id = f"baked:{Intervention.load(Path(cfg.remote_baked) / 'iti_intervention').fingerprint()}"
-            else:
-                gen.intervention_id = UNVERIFIED_REMOTE
+                                  intervention_id=baked_id, timeout=cfg.remote_timeout)
             arms["intervened"] = CachedGenerator(gen, cache, chunk=1, retry_errors=cfg.retry_errors, name=cfg.remote_intervened_model)
         return arms, tokenizer
     model, tokenizer = load_model(cfg.model, device_map=cfg.device_map, dtype=cfg.dtype)
@@ -276,8 +272,8 @@ def build_arms(cfg: FaithfulnessConfig, cache: GenerationCache | None) -> tuple[
     elif cfg.baked:
         baked_model, _ = load_model(cfg.baked, device_map=cfg.device_map, dtype=cfg.dtype)
         inter = Intervention.load(Path(cfg.baked) / "iti_intervention")  # baked from cfg.model: checked by validate()
-        gen = LocalGenerator(baked_model, tokenizer, model_id=model_fingerprint(baked_model), batch_size=cfg.batch_size)
-        gen.intervention_id = f"baked:{inter.fingerprint()}"
+        gen = LocalGenerator(baked_model, tokenizer, model_id=model_fingerprint(baked_model), intervention_id=f"baked:{inter.fingerprint()}",
+                             batch_size=cfg.batch_size)
         arms["intervened"] = CachedGenerator(gen, cache, chunk=cfg.batch_size, retry_errors=cfg.retry_errors, name=cfg.baked)
     return arms, tokenizer
 

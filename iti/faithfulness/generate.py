@@ -10,19 +10,20 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Protocol, Sequence
+from typing import Any, Protocol
 
 import torch
 from tqdm.auto import tqdm
 
-from ..architectures import model_device
-from ..collect import batch_inputs, pad_token_id
-from ..oom import AdaptiveBatchSize
+from ..architectures import context_length, model_device
+from ..batching import batch_inputs, pad_token_id
 from ..intervention import Intervention
+from ..kv_cache import returned_cache, with_cache
+from ..oom import AdaptiveBatchSize
 from ..openai_client import EndpointError, post_completion
 from ..options import check_choice
-from ..kv_cache import returned_cache, with_cache
 from .cache import CachedGeneration, GenerationCache, GenerationKey
 
 #: Chat formats for tokenizers without a chat template (the originals' formats, from the protocol notes).
@@ -33,8 +34,6 @@ FALLBACK_CHAT_FORMATS = {
 }
 
 
-class PromptTooLongError(ValueError):
-    """A rendered prompt that leaves no room to generate within the model's context."""
 
 
 @dataclass(frozen=True)
@@ -109,14 +108,18 @@ class LocalGenerator:
     """
 
     def __init__(self, model: torch.nn.Module, tokenizer: Any, *, model_id: str, intervention: Intervention | None = None,
-                 batch_size: int = 8, max_batch_tokens: int = 8192):
+                 intervention_id: str | None = None, batch_size: int = 8, max_batch_tokens: int = 8192):
+        """``intervention_id`` names an edit that is already in the weights (``baked:<fingerprint>``); by default
+        the runtime ``intervention``'s fingerprint, or "none"."""
         if intervention is not None:
             intervention.check_model(model)
         self.model, self.tokenizer, self.model_id, self.intervention = model, tokenizer, model_id, intervention
-        self.intervention_id = intervention.fingerprint() if intervention is not None else "none"
+        if intervention_id is None:
+            intervention_id = intervention.fingerprint() if intervention is not None else "none"
+        self.intervention_id = intervention_id
         self.batch_size, self.max_batch_tokens = batch_size, max_batch_tokens
         self.sizes = AdaptiveBatchSize(batch_size, what="prompt")  # lowered for good after an out-of-memory error
-        self.context = int(getattr(model.config, "max_position_embeddings", 0) or 0) or None
+        self.context = context_length(model)
 
     def _batches(self, lengths: Sequence[int]) -> list[list[int]]:
         """Longest first; a batch closes at ``batch_size`` rows or ``max_batch_tokens`` padded prompt tokens."""
@@ -209,11 +212,11 @@ def _eos_ids(model: torch.nn.Module, tokenizer: Any) -> torch.Tensor:
 class RemoteGenerator:
     """Any OpenAI-compatible ``/completions`` endpoint (vLLM or TGI serving a baked model), prompts rendered here."""
 
-    def __init__(self, url: str, served_model: str, *, model_id: str | None = None, api_key: str | None = None,
-                 timeout: float = 120.0, retries: int = 4):
+    def __init__(self, url: str, served_model: str, *, model_id: str | None = None, intervention_id: str = "none",
+                 api_key: str | None = None, timeout: float = 120.0, retries: int = 4):
         self.url, self.served_model, self.api_key, self.timeout, self.retries = url, served_model, api_key, timeout, retries
         self.model_id = model_id or f"remote:{served_model}"
-        self.intervention_id = "none"
+        self.intervention_id = intervention_id
 
     def generate(self, prompts: Sequence[str], settings: GenerationSettings, progress: bool = True) -> list[CachedGeneration]:
         """One request per prompt. Only a failure that is the prompt's own (HTTP 400/413/422: over the server's

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 import re
-from typing import Sequence
+from collections.abc import Sequence
 
 __all__ = [
     "SENTIMENT_CLASSES",
@@ -39,31 +39,31 @@ def _alternatives(options: tuple[str, ...]) -> str:
     return "(?:" + "|".join(re.escape(option) for option in options) + ")"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _startswith_re(options: tuple[str, ...]) -> re.Pattern[str]:
     return re.compile(_alternatives(options), re.IGNORECASE)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _contains_re(options: tuple[str, ...]) -> re.Pattern[str]:
     # The trailing (\b|\W) is part of the protocol: it consumes one character, so a phrase ending in a non-word
     # character (e.g. ':') does not match at the very end of the text.
     return re.compile(r"\b" + _alternatives(options) + r"(\b|\W)", re.IGNORECASE)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _contains_last_re(options: tuple[str, ...]) -> re.Pattern[str]:
     # A zero-width lookahead makes finditer report a candidate at every start position, overlapping ones included;
     # the last of them is the match starting furthest right, which is what a reverse search finds here.
     return re.compile(r"(?=(\b" + _alternatives(options) + r"(\b|\W)))", re.IGNORECASE)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _pair_re(prefixes: tuple[str, ...], postfixes: tuple[str, ...]) -> re.Pattern[str]:
     return re.compile(r"\b" + _alternatives(prefixes) + " " + _alternatives(postfixes) + r"(\b|\W)", re.IGNORECASE)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _plain_re(options: tuple[str, ...]) -> re.Pattern[str]:
     return re.compile(_alternatives(options), re.IGNORECASE)
 

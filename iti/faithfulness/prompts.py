@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..errors import ItiError
+from ..errors import TaskConfigError
 from .datasets import ENTAILMENT, MULTI_CHOICE, SENTIMENT, Sample
 
 TASKS = ("classify", "counterfactual", "redacted", "importance")
@@ -39,8 +39,6 @@ TYPO_FIXES: tuple[tuple[str, str], ...] = (
 )
 
 
-class TaskConfigError(ItiError, ValueError):
-    """An unknown task, config flag, or a flag that does not apply to the task."""
 
 
 @dataclass(frozen=True)

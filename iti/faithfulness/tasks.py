@@ -8,13 +8,23 @@ each parsed explanation with the same classify prompt; (5) score. Per-sample out
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from .datasets import ENTAILMENT, SENTIMENT, Sample
 from .generate import CachedGenerator, GenerationSettings
-from .parsing import (choice_correct, entailment_correct, extract_choice, extract_entailment, extract_list_content,
-                      extract_paragraph, extract_sentiment, redact_words, sentiment_correct)
+from .parsing import (
+    choice_correct,
+    entailment_correct,
+    extract_choice,
+    extract_entailment,
+    extract_list_content,
+    extract_paragraph,
+    extract_sentiment,
+    redact_words,
+    sentiment_correct,
+)
 from .prompts import EXPLAIN_PROMPTS, PromptOptions, classify_prompt, counterfactual_target
 
 

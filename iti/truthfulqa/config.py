@@ -1,0 +1,137 @@
+"""Settings of a k-fold TruthfulQA validation (honest_llama's validate_2fold): :class:`ValidationConfig`, checked
+before anything loads, and the rows it plans (:class:`RowSpec`, :func:`plan_rows`)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..features import read_manifest
+from ..options import (
+    TRUTHFULQA_QUESTIONS,
+    check_each,
+    check_existing_path,
+    check_finite_nonneg,
+    check_folds,
+    check_positive_int,
+    check_range,
+    check_seed,
+)
+
+
+@dataclass
+class ValidationConfig:
+    """Settings of one ``iti validate`` run: what to fit on, the controls, sweeps and seeds, and what to evaluate."""
+    model_name: str = "smollm2-135m"
+    dataset_name: str = "tqa_mc2"
+    activations_dataset: str = "tqa_gen_end_q"
+    num_heads: int = 48
+    alpha: float = 15.0
+    num_fold: int = 2
+    val_ratio: float = 0.2
+    seed: int = 42
+    use_center_of_mass: bool = False
+    use_random_dir: bool = False
+    instruction_prompt: str = "default"
+    preset: str = "qa"
+    judge: bool = False
+    control_seeds: list[int] = field(default_factory=lambda: [42])
+    sweep_alphas: list[float] = field(default_factory=list)
+    sweep_heads: list[int] = field(default_factory=list)
+    generate: bool = True
+    generate_controls: bool = False
+    max_new_tokens: int = 50
+    ce_samples: int = 100
+    ce_corpus: str = "imdb"
+    tune_on_all_questions: bool = False
+    max_questions: int | None = None
+    features_dir: str | None = None
+    data_dir: str | None = None
+    batch_size: int = 16
+    force: bool = False
+
+    def validate(self) -> None:
+        """Refuse impossible settings with one :class:`~iti.errors.InvalidOptionError` naming the option, before
+        anything is loaded or written. Reads only the features manifest (for the model's layers x heads and the
+        number of questions; without one, ``max_questions`` or TruthfulQA's 817 questions)."""
+        check_finite_nonneg("alpha", self.alpha)
+        check_each(check_finite_nonneg, "sweep_alphas", self.sweep_alphas)
+        check_seed("seed", self.seed)
+        check_each(check_seed, "control_seeds", self.control_seeds)
+        for name in ("batch_size", "max_new_tokens", "ce_samples"):
+            check_positive_int(name, getattr(self, name))
+        check_positive_int("max_questions", self.max_questions, none_ok=True)
+        check_existing_path("features_dir", self.features_dir)
+        if self.data_dir is not None:
+            from ..paths import data_search
+
+            data_search(self.data_dir)  # the one check of --data_dir (used only after the model loads)
+        manifest_path = self.features_path(self.dataset_name) / "manifest.json"
+        manifest = read_manifest(manifest_path.parent) if manifest_path.is_file() else None
+        total = None
+        if manifest is not None:
+            from ..architectures import HeadGeometry
+
+            total = HeadGeometry.from_dict(manifest["model"]["geometry"]).num_total_heads
+        why = f"the layers x heads of {self.model_name}" if total else None
+        check_range("num_heads", self.num_heads, 1, total, integer=True, why=why)
+        check_each(check_range, "sweep_heads", self.sweep_heads, lo=1, hi=total, integer=True, why=why)
+        if manifest is not None:
+            available = len(set(manifest["question_ids"]))
+            source = f"the {self.dataset_name} features"
+        else:
+            available, source = TRUTHFULQA_QUESTIONS, "TruthfulQA"
+        if self.max_questions is not None and self.max_questions <= available:
+            n, source, option = self.max_questions, "--max_questions", "max_questions"
+        else:
+            n, option = available, "max_questions" if manifest is None else "dataset_name"
+        check_folds(n, self.num_fold, self.val_ratio, questions_option=option, source=source)
+
+    def features_path(self, dataset: str) -> Path:
+        """The features directory of ``dataset`` for this model: ``<features_dir>/<model_name>_<dataset>``."""
+        from ..paths import features_dir
+
+        return (Path(self.features_dir) if self.features_dir else features_dir()) / f"{self.model_name}_{dataset}"
+
+    @property
+    def direction(self) -> str:
+        """The direction method: "random" with use_random_dir, else "mass_mean" with use_center_of_mass, else
+        "probe"."""
+        if self.use_random_dir:
+            return "random"
+        return "mass_mean" if self.use_center_of_mass else "probe"
+
+
+@dataclass(frozen=True)
+class RowSpec:
+    """One evaluated configuration."""
+
+    name: str  # baseline | ITI | random heads | random direction
+    alpha: float
+    num_heads: int
+    seed: int
+    heads: str = "top"
+    direction: str = "mass_mean"
+    generate: bool = False
+
+    @property
+    def key(self) -> str:
+        """File-safe id of the row (e.g. ``ITI_a15_k48_s42``); its results go to rows/fold<i>_<key>.json."""
+        return f"{self.name.replace(' ', '-')}_a{self.alpha:g}_k{self.num_heads}_s{self.seed}"
+
+
+def plan_rows(cfg: ValidationConfig) -> list[RowSpec]:
+    """The rows to evaluate, in order: baseline, then per seed ITI and the random-heads and random-direction
+    controls, with the alpha and head-count sweeps after the main seed."""
+    d = cfg.direction
+    heads = "random" if cfg.use_random_dir else "top"
+    rows = [RowSpec("baseline", 0.0, 0, cfg.seed, generate=cfg.generate)]
+    # the main seed first, then the sweeps, then the other seeds: an interrupted run has the key rows first
+    seeds = [cfg.seed] + [s for s in cfg.control_seeds if s != cfg.seed]
+    for i, s in enumerate(seeds):
+        rows.append(RowSpec("ITI", cfg.alpha, cfg.num_heads, s, heads, d, generate=cfg.generate and s == cfg.seed))
+        rows.append(RowSpec("random heads", cfg.alpha, cfg.num_heads, s, "random", d if d != "random" else "mass_mean", generate=cfg.generate_controls))
+        rows.append(RowSpec("random direction", cfg.alpha, cfg.num_heads, s, "top", "random", generate=cfg.generate_controls))
+        if i == 0:
+            rows += [RowSpec("ITI", a, cfg.num_heads, cfg.seed, heads, d) for a in cfg.sweep_alphas if a != cfg.alpha]
+            rows += [RowSpec("ITI", cfg.alpha, k, cfg.seed, heads, d) for k in cfg.sweep_heads if k != cfg.num_heads]
+    return rows

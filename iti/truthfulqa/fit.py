@@ -1,0 +1,49 @@
+"""One fold of honest_llama's validate_2fold: probes on the fold's training questions, then an intervention, both
+through the library's one recipe (:func:`iti.directions.fit_head_probes`, :func:`iti.directions.fit_intervention`)."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..directions import ProbeFit, fit_head_probes, fit_intervention
+from ..features import FeatureSet
+from ..intervention import Intervention
+
+#: Probes trained on one fold's train split, with their validation accuracy per head (the library's ProbeFit).
+FoldProbes = ProbeFit
+
+
+def train_fold_probes(features: FeatureSet, train_questions: np.ndarray, *, val_ratio: float = 0.2, seed: int = 42) -> FoldProbes:
+    """Split the fold's training questions into train and validation (by question, seeded), fit every head's
+    probe on train and score it on validation."""
+    return fit_head_probes(features.head_wise, features.labels, features.question_ids, val_ratio=val_ratio, seed=seed,
+                           split_groups=train_questions)
+
+
+def build_intervention(
+    features: FeatureSet,
+    tuning: FeatureSet,
+    fold: FoldProbes,
+    *,
+    num_heads: int,
+    alpha: float,
+    model_name: str,
+    direction: str = "mass_mean",
+    heads: str = "top",
+    seed: int = 42,
+    tune_on_all_questions: bool = False,
+) -> Intervention:
+    """Heads: "top" (by validation accuracy) or "random"; direction: "mass_mean", "probe" or "random".
+
+    Mass-mean directions pool the train and validation questions of the fold (as the original). The std of the
+    projections comes from the tuning set (tqa_gen_end_q) restricted to the fold's training questions; the
+    original used every question, test fold included (``tune_on_all_questions=True``).
+    """
+    train_q = np.concatenate([fold.train_questions, fold.val_questions])
+    rows = np.isin(features.question_ids, train_q)
+    tune_rows = slice(None) if tune_on_all_questions else np.isin(tuning.question_ids, train_q)
+    std_from = tuning.head_wise[tune_rows]
+    meta = {"heads": heads, "direction": direction, "seed": seed, "num_heads": num_heads,
+            "train_questions": int(len(train_q)), "tuning_rows": int(len(std_from))}
+    return fit_intervention(features.head_wise[rows], features.labels[rows], features.question_ids[rows], num_heads=num_heads,
+                            method=direction, head_choice="probe_accuracy" if heads == "top" else "random", alpha=alpha,
+                            std_from=std_from, probes=fold, seed=seed, geometry=features.geometry, model_name=model_name, meta=meta)

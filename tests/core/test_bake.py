@@ -1,0 +1,80 @@
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from iti.bake import bake, save_baked
+from iti.errors import UnsupportedArchitectureError
+
+from ..conftest import ARCHS, make_tiny_model, tiny_tokenizer
+from .test_intervention import _ids, make_intervention
+
+BAKEABLE = [a for a in ARCHS if a not in ("mistral", "qwen2")]
+
+
+@pytest.mark.parametrize("arch", BAKEABLE)
+def test_baked_logits_equal_runtime_all_positions(arch):
+    model = make_tiny_model(arch)
+    inter = make_intervention(model)
+    ids = _ids()
+    with torch.no_grad():
+        base = model(ids).logits
+        with inter.applied(model, positions="all"):
+            runtime = model(ids).logits
+        bake(model, inter)
+        baked = model(ids).logits
+    assert not torch.allclose(runtime, base, atol=1e-3)
+    torch.testing.assert_close(baked, runtime, rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "gemma3_text"])
+def test_baked_model_reloads_with_stock_transformers(arch, tmp_path):
+    model = make_tiny_model(arch)
+    inter = make_intervention(model)
+    ids = _ids()
+    bake(model, inter)
+    save_baked(model, tiny_tokenizer(), tmp_path, inter)
+    assert (tmp_path / "model.safetensors").exists() and (tmp_path / "iti_intervention" / "intervention.json").exists()
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(ids).logits, model(ids).logits, rtol=0, atol=1e-6)
+
+
+def test_zero_alpha_bake_changes_nothing():
+    model = make_tiny_model("llama")
+    ids = _ids()
+    with torch.no_grad():
+        base = model(ids).logits
+        bake(model, make_intervention(model, alpha=0.0))
+        torch.testing.assert_close(model(ids).logits, base, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("arch", ["mistral", "qwen2"])
+def test_architectures_without_an_o_proj_bias_are_refused(arch):
+    model = make_tiny_model(arch)
+    with pytest.raises(UnsupportedArchitectureError, match="without a bias"):
+        bake(model, make_intervention(model))
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_baking_twice_is_refused_unless_adding(arch, tmp_path):
+    from iti.errors import ItiError
+
+    model = make_tiny_model(arch)
+    inter = make_intervention(model)
+    bake(model, inter)
+    biases = {n: p.clone() for n, p in model.named_parameters() if n.endswith("bias")}
+    with pytest.raises(ItiError) as err:
+        bake(model, inter)
+    assert inter.fingerprint() in str(err.value) and "add_to_existing" in str(err.value)
+    assert all(torch.equal(p, biases[n]) for n, p in model.named_parameters() if n.endswith("bias"))  # unchanged
+    # a saved-then-reloaded baked model carries the mark too
+    save_baked(model, tiny_tokenizer(), tmp_path, inter)
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    with pytest.raises(ItiError):
+        bake(reloaded, inter)
+    # adding on purpose works, and stacks the shift: the same as one bake at twice the alpha
+    bake(reloaded, inter, add_to_existing=True)
+    once_double = bake(make_tiny_model(arch), inter.with_alpha(2 * inter.alpha))
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(_ids()).logits, once_double(_ids()).logits, rtol=1e-4, atol=1e-4)
+    assert list(reloaded.config.iti_baked) == [inter.fingerprint()] * 2

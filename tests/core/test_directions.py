@@ -1,0 +1,56 @@
+import numpy as np
+import pytest
+
+from iti.architectures import HeadGeometry
+from iti.directions import (
+    mass_mean_directions,
+    probe_directions,
+    projection_stds,
+    random_directions,
+    random_heads,
+    top_heads,
+    unit,
+)
+from iti.errors import EmptyInputError, HeadIndexError
+
+G = HeadGeometry(num_layers=3, num_heads=4, num_kv_heads=2, head_dim=5, hidden_size=20)
+
+
+def test_top_heads_by_accuracy():
+    acc = np.zeros((3, 4))
+    acc[2, 1], acc[0, 3], acc[1, 0] = 0.9, 0.8, 0.7
+    assert top_heads(acc, 2) == [(0, 3), (2, 1)]
+    with pytest.raises(HeadIndexError, match="between 1 and 12"):
+        top_heads(acc, 13)
+    with pytest.raises(HeadIndexError):
+        top_heads(acc, 0)
+
+
+def test_random_heads_follow_the_seed():
+    a, b, c = random_heads(G, 5, 1), random_heads(G, 5, 1), random_heads(G, 5, 2)
+    assert a == b and a != c and len(set(a)) == 5
+    assert all(0 <= l < 3 and 0 <= h < 4 for l, h in a)
+
+
+def test_mass_mean_points_from_false_to_true():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(200, 3, 4, 5))
+    y = np.arange(200) % 2
+    X[y == 1, 1, 2, 0] += 3.0
+    d = unit(mass_mean_directions(X, y, [(1, 2), (0, 0)]))
+    assert d[0, 0] > 0.9 and np.allclose(np.linalg.norm(d, axis=1), 1)
+    with pytest.raises(EmptyInputError):
+        mass_mean_directions(X, np.ones(200), [(1, 2)])
+
+
+def test_probe_and_random_directions_and_stds():
+    coef = np.arange(3 * 4 * 5, dtype=float).reshape(3, 4, 5)
+    assert np.array_equal(probe_directions(coef, [(2, 3)])[0], coef[2, 3])
+    r = random_directions(2, 5, seed=7)
+    assert r.shape == (2, 5) and np.array_equal(r, random_directions(2, 5, seed=7))
+    X = np.random.default_rng(1).normal(size=(50, 3, 4, 5))
+    u = unit(r)
+    stds = projection_stds(X, [(0, 1), (2, 2)], u)
+    assert np.isclose(stds[1], np.std(X[:, 2, 2] @ u[1]))
+    with pytest.raises(ValueError, match="zero"):
+        unit(np.zeros((1, 5)))

@@ -1,0 +1,47 @@
+import pytest
+import torch
+
+from iti import load_model
+from iti.errors import ModelLoadError, UnknownModelError
+from iti.models import HF_NAMES, _dtype_from, resolve_model
+
+from ..conftest import make_tiny_model, tiny_tokenizer
+
+
+def test_unknown_model_name_lists_the_known_ones():
+    with pytest.raises(UnknownModelError) as err:
+        load_model("smollm3-9000")
+    assert "smollm2-135m" in str(err.value) and "llama2_chat_7B" in str(err.value)
+    assert isinstance(err.value, ValueError)
+
+
+def test_names_resolve_without_loading(tmp_path):
+    assert resolve_model("llama2_chat_7B").location == "meta-llama/Llama-2-7b-chat-hf"
+    assert resolve_model("llama3_8B_instruct").location == HF_NAMES["llama3_8B_instruct"]
+    assert resolve_model("smollm2-135m").kind == "embedded"
+    assert resolve_model("Qwen/Qwen2-0.5B").kind == "hub"
+    assert resolve_model(tmp_path).kind == "local"
+
+
+def test_local_directory_loads_with_identical_logits(tmp_path):
+    model, tok = make_tiny_model("qwen2"), tiny_tokenizer()
+    model.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    loaded, loaded_tok = load_model(str(tmp_path))
+    ids = torch.tensor([tok("the lazy dog")["input_ids"]])
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(ids).logits, model(ids).logits)
+    assert loaded_tok.pad_token is not None and not loaded.training
+
+
+def test_unreachable_hub_id_gives_a_clear_error():
+    with pytest.raises(ModelLoadError, match="offline"):
+        load_model("iti-test/no-such-model")
+
+
+def test_dtype_names():
+    assert _dtype_from("bf16", None) is torch.bfloat16
+    assert _dtype_from(None, None) is torch.float32
+    assert _dtype_from(torch.float16, None) is torch.float16
+    with pytest.raises(ValueError, match="--dtype: one of auto, float32, float16, bfloat16"):
+        _dtype_from("float13", None)

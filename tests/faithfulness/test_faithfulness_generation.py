@@ -1,0 +1,159 @@
+"""In-process and remote generation for the faithfulness tasks: equivalence with HF generate, batch invariance,
+interventions, over-long prompts, the cache in front, and the OpenAI-compatible client."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from iti import Intervention, model_layout
+from iti.faithfulness.cache import GenerationCache
+from iti.faithfulness.generate import (
+    CachedGenerator,
+    GenerationSettings,
+    LocalGenerator,
+    RemoteGenerator,
+    _sample_next,
+    render_chat,
+)
+from iti.openai_client import EndpointError
+
+from ..conftest import make_tiny_model, serve_json, tiny_tokenizer
+
+PROMPTS = ["Q: Why do veins appear blue? A:", "the quick brown fox", "Q: Where did fortune cookies originate? A: The"]
+GREEDY = GenerationSettings(temperature=0.0, repetition_penalty=1.0, max_new_tokens=12)
+
+
+def _random_intervention(model, name="tiny", alpha=8.0, seed=0) -> Intervention:
+    g = model_layout(model).geometry
+    rng = np.random.default_rng(seed)
+    heads = [(0, 1), (1, 0), (2, 3)]
+    d = rng.normal(size=(len(heads), g.head_dim))
+    return Intervention(heads, d / np.linalg.norm(d, axis=1, keepdims=True), np.ones(len(heads)), alpha, name, g)
+
+
+def _hf_greedy(model, tok, prompt, max_new_tokens):
+    ids = tok(prompt, return_tensors="pt", add_special_tokens=False)
+    out = model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
+    cut = out[0, ids["input_ids"].shape[1]:].tolist()
+    if tok.eos_token_id in cut:
+        cut = cut[: cut.index(tok.eos_token_id)]
+    return tok.decode(cut, skip_special_tokens=True).strip()
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma2", "gpt2"])
+def test_greedy_batched_equals_hf_generate_with_and_without_intervention(arch):
+    model, tok = make_tiny_model(arch), tiny_tokenizer()
+    inter = _random_intervention(model)
+    for intervention in (None, inter):
+        gen = LocalGenerator(model, tok, model_id=arch, intervention=intervention, batch_size=3)
+        got = [g.response for g in gen.generate(PROMPTS, GREEDY, progress=False)]
+        with torch.inference_mode():
+            if intervention is None:
+                want = [_hf_greedy(model, tok, p, 12) for p in PROMPTS]
+            else:
+                want = []
+                for p in PROMPTS:
+                    with intervention.applied(model, positions="last"):
+                        want.append(_hf_greedy(model, tok, p, 12))
+        assert got == want
+    plain = [g.response for g in LocalGenerator(model, tok, model_id=arch).generate(PROMPTS, GREEDY, progress=False)]
+    assert plain != got  # the shift changes the text
+
+
+def test_sampling_is_per_prompt_and_batch_invariant():
+    model, tok = make_tiny_model("llama"), tiny_tokenizer()
+    s = GenerationSettings(temperature=1.0, top_k=0, top_p=1.0, repetition_penalty=1.0, max_new_tokens=10, seed=3)
+    gen = LocalGenerator(model, tok, model_id="tiny", batch_size=8)
+    together = [g.response for g in gen.generate(PROMPTS, s, progress=False)]
+    alone = [gen.generate([p], s, progress=False)[0].response for p in PROMPTS]
+    assert together == alone
+    other_seed = [g.response for g in gen.generate(PROMPTS, GenerationSettings(**{**s.to_dict(), "seed": 4}), progress=False)]
+    assert other_seed != together
+
+
+def test_sampling_filters_follow_hf_order():
+    from transformers import (
+        LogitsProcessorList,
+        RepetitionPenaltyLogitsProcessor,
+        TemperatureLogitsWarper,
+        TopKLogitsWarper,
+        TopPLogitsWarper,
+    )
+
+    torch.manual_seed(0)
+    logits, seen = torch.randn(3, 40) * 3, torch.randint(0, 40, (3, 6))
+    s = GenerationSettings(temperature=0.7, top_p=0.8, top_k=12, repetition_penalty=1.3)
+    hf = LogitsProcessorList([RepetitionPenaltyLogitsProcessor(1.3), TemperatureLogitsWarper(0.7), TopKLogitsWarper(12),
+                              TopPLogitsWarper(0.8)])(seen, logits.clone())
+    allowed = torch.isfinite(hf)
+    for _ in range(30):  # every draw lands on a token HF's filters keep
+        gens = [torch.Generator().manual_seed(int(x)) for x in torch.randint(0, 10**6, (3,))]
+        tokens = _sample_next(logits, seen, s, gens)
+        assert all(allowed[r, t] for r, t in enumerate(tokens.tolist()))
+    greedy = _sample_next(logits, seen, GenerationSettings(temperature=0, repetition_penalty=1.3), gens)
+    assert torch.equal(greedy, RepetitionPenaltyLogitsProcessor(1.3)(seen, logits.clone()).argmax(-1))
+
+
+def test_over_long_prompts_become_errors_not_crashes():
+    model, tok = make_tiny_model("llama"), tiny_tokenizer()
+    long_prompt = "the quick brown fox " * 200  # far beyond the tiny model's 512 positions
+    out = LocalGenerator(model, tok, model_id="tiny").generate([PROMPTS[0], long_prompt], GREEDY, progress=False)
+    assert out[0].response and out[0].error is None
+    assert out[1].response is None and out[1].error.startswith("PromptTooLong")
+
+
+def test_cache_serves_reruns_and_keeps_arms_apart(tmp_path):
+    model, tok = make_tiny_model("llama"), tiny_tokenizer()
+    inter = _random_intervention(model)
+    with GenerationCache(tmp_path / "c.sqlite") as cache:
+        plain = CachedGenerator(LocalGenerator(model, tok, model_id="tiny"), cache, chunk=2)
+        shifted = CachedGenerator(LocalGenerator(model, tok, model_id="tiny", intervention=inter), cache, chunk=2)
+        a = plain.generate(PROMPTS, GREEDY, progress=False)
+        b = shifted.generate(PROMPTS, GREEDY, progress=False)
+        assert (plain.misses, shifted.misses, len(cache)) == (3, 3, 6)
+        assert [x.response for x in a] != [x.response for x in b]
+        again = plain.generate(PROMPTS + PROMPTS[:1], GREEDY, progress=False)
+        assert plain.hits == 3 and plain.misses == 3 and [x.response for x in again] == [x.response for x in a] + [a[0].response]
+        plain.generate(PROMPTS[:1], GenerationSettings(**{**GREEDY.to_dict(), "max_new_tokens": 5}), progress=False)
+        assert plain.misses == 4  # other settings: a miss, not a stale hit
+
+
+def test_render_chat_uses_the_template_or_a_named_fallback():
+    tok = tiny_tokenizer()
+    assert render_chat(tok, "hi") == "User: hi\nAssistant:"
+    assert render_chat(tok, "hi", "llama2") == "<s>[INST] hi [/INST]"
+    with pytest.raises(ValueError, match="--chat_format: one of llama2, mistral, plain"):
+        render_chat(tok, "hi", "vicuna")
+
+
+@pytest.fixture
+def completions_server():
+    """A loopback OpenAI-compatible /v1/completions: echoes a reply built from the request, 400 for long prompts."""
+    def respond(body):
+        if len(body["prompt"]) > 100:
+            return 400, {"error": {"message": "prompt is too long"}}
+        return 200, {"choices": [{"text": f"  reply to {body['prompt']} "}]}
+
+    with serve_json(respond) as server:
+        yield server
+
+
+def test_remote_generator_sends_the_settings_and_caches_failures(completions_server, tmp_path):
+    url, seen = completions_server
+    s = GenerationSettings(max_new_tokens=7, seed=5)
+    with GenerationCache(tmp_path / "c.sqlite") as cache:
+        gen = CachedGenerator(RemoteGenerator(url, "smol-baked", retries=1), cache)
+        out = gen.generate(["short", "x" * 200], s, progress=False)
+        assert out[0].response == "reply to short" and "prompt is too long" in out[1].error
+        assert seen[0] | {"prompt": None} == {"model": "smol-baked", "prompt": None, "max_tokens": 7, "temperature": 0.1,
+                                              "top_p": 0.95, "top_k": 50, "repetition_penalty": 1.2, "seed": 5}
+        gen.generate(["short", "x" * 200], s, progress=False)
+        assert len(seen) == 2 and gen.hits == 2
+
+
+def test_remote_generator_gives_up_clearly_when_the_server_is_down():
+    gen = RemoteGenerator("http://127.0.0.1:9/v1", "m", retries=2, timeout=1)
+    gen_settings = GenerationSettings()
+    with pytest.raises(EndpointError, match="failed after 2 tries"):
+        gen.generate(["hi"], gen_settings, progress=False)

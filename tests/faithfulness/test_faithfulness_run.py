@@ -1,0 +1,233 @@
+"""The faithfulness run end to end on tiny random checkpoints and loopback servers: what the generation cache is
+keyed by, which server failures stop the run (and are never cached), timeouts, and where each run writes."""
+from __future__ import annotations
+
+import contextlib
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from iti import Intervention, model_layout
+from iti.faithfulness.cache import GenerationCache
+from iti.faithfulness.experiment import FaithfulnessConfig, run_faithfulness
+
+from ..conftest import make_tiny_model, tiny_tokenizer
+
+
+def save_checkpoint(path: Path, seed: int = 0) -> Path:
+    """A tiny random llama with its tokenizer, saved as a local checkpoint directory."""
+    make_tiny_model("llama", seed=seed).save_pretrained(path)
+    tiny_tokenizer().save_pretrained(path)
+    return path
+
+
+def save_baked(path: Path, made_from: Path, seed: int = 1) -> Path:
+    """A stand-in for an edit_weight.py output: other weights plus the iti_intervention/ it was baked from."""
+    model = make_tiny_model("llama", seed=seed)
+    model.save_pretrained(path)
+    tiny_tokenizer().save_pretrained(path)
+    g = model_layout(model).geometry
+    d = np.random.default_rng(0).normal(size=(2, g.head_dim))
+    Intervention([(0, 1), (1, 0)], d / np.linalg.norm(d, axis=1, keepdims=True), np.ones(2), 4.0, str(made_from),
+                 g).save(path / "iti_intervention")
+    return path
+
+
+@contextlib.contextmanager
+def serve_openai(respond=None, models: dict[str, str] | None = None):
+    """A loopback OpenAI-compatible server: ``GET /v1/models`` lists ``models`` (served name -> root; 404 when
+    None), ``POST /v1/completions`` answers ``respond(body) -> (status, payload)`` (default: a reply naming the
+    prompt's length), where ``status`` None means never answer. Yields the base URL and the bodies received."""
+    seen: list[dict] = []
+    stop = threading.Event()
+    respond = respond or (lambda body: (200, {"choices": [{"text": f" answer {len(body['prompt'])}"}]}))
+
+    class Handler(BaseHTTPRequestHandler):
+        def _send(self, status, payload):
+            data = json.dumps(payload).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_GET(self):
+            if models is None or not self.path.endswith("/models"):
+                return self._send(404, {"error": "not found"})
+            self._send(200, {"object": "list", "data": [{"id": k, "object": "model", "root": v} for k, v in models.items()]})
+
+        def do_POST(self):
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            seen.append(body)
+            status, payload = respond(body)
+            if status is None:  # accept, read, never answer
+                stop.wait(60)
+                return
+            self._send(status, payload)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/v1", seen
+    finally:
+        stop.set()
+        server.shutdown()
+        server.server_close()
+
+
+def config(tmp_path: Path, model: Path, **kw) -> FaithfulnessConfig:
+    base = dict(model=str(model), datasets=("rte",), tasks=("classify",), max_samples=2, max_new_tokens=4,
+                classify_max_new_tokens=4, output_dir=str(tmp_path / "out"), cache=str(tmp_path / "c.sqlite"),
+                progress=False)
+    return FaithfulnessConfig(**{**base, **kw})
+
+
+def test_an_overwritten_checkpoint_is_generated_again_not_served_from_the_cache(tmp_path):
+    ckpt = save_checkpoint(tmp_path / "ckpt", seed=0)
+    cfg = config(tmp_path, ckpt)
+    first = run_faithfulness(cfg)
+    assert first["arms"]["plain"]["generated"] == 2
+    assert run_faithfulness(cfg)["arms"]["plain"]["cache_hits"] == 2  # same weights: from the cache
+    save_checkpoint(ckpt, seed=1)  # other weights under the same name
+    again = run_faithfulness(cfg)
+    assert again["arms"]["plain"]["generated"] == 2 and again["arms"]["plain"]["cache_hits"] == 0
+    assert again["arms"]["plain"]["model"] != first["arms"]["plain"]["model"]
+
+
+def test_an_overwritten_baked_checkpoint_is_generated_again(tmp_path):
+    ckpt = save_checkpoint(tmp_path / "ckpt")
+    baked = save_baked(tmp_path / "baked", ckpt, seed=1)
+    cfg = config(tmp_path, ckpt, baked=str(baked))
+    assert run_faithfulness(cfg)["arms"]["intervened"]["generated"] == 2
+    make_tiny_model("llama", seed=2).save_pretrained(baked)  # re-baked in place, same intervention files
+    again = run_faithfulness(cfg)
+    assert again["arms"]["intervened"]["generated"] == 2 and again["arms"]["plain"]["cache_hits"] == 2
+
+
+@pytest.fixture(autouse=True)
+def own_cache_dir(tmp_path, monkeypatch):
+    """Checkpoint hashes are remembered under $ITI_CACHE: keep them in the test's directory."""
+    monkeypatch.setenv("ITI_CACHE", str(tmp_path / "iti-cache"))
+
+
+def test_remote_arms_are_keyed_by_url_and_what_the_server_serves_not_the_name_alone(tmp_path):
+    ckpt = save_checkpoint(tmp_path / "ckpt")
+    base = dict(remote_plain_model="smol", remote_intervened_model="smol-iti")
+    with serve_openai(models={"smol": "/srv/smollm2", "smol-iti": "/srv/smollm2-iti"}) as (url, seen):
+        first = run_faithfulness(config(tmp_path, ckpt, remote_url=url, **base))
+    assert first["arms"]["plain"]["model"] == f"remote:{url}|smol|root=/srv/smollm2"
+    assert first["arms"]["intervened"]["intervention"] == "unverified remote" and len(seen) == 4
+    with serve_openai(models={"smol": "/srv/other-model", "smol-iti": "/srv/smollm2-iti"}) as (url2, seen2):
+        second = run_faithfulness(config(tmp_path, ckpt, remote_url=url2, force=True, **base))
+    assert second["arms"]["plain"]["generated"] == 2 and len(seen2) == 4  # another server: not the first one's answers
+    baked = save_baked(tmp_path / "baked", ckpt)
+    with serve_openai(models={"smol": "/srv/smollm2", "smol-iti": "/srv/smollm2-iti"}) as (url3, seen3):
+        third = run_faithfulness(config(tmp_path, ckpt, remote_url=url3, remote_baked=str(baked), force=True, **base))
+    assert third["arms"]["intervened"]["intervention"] == "baked:" + Intervention.load(baked / "iti_intervention").fingerprint()
+
+
+def _cached_errors(path: Path) -> int:
+    with GenerationCache(path) as cache:
+        return cache.stats()["errors"]
+
+
+VLLM_404 = {"object": "error", "message": "The model `smoll` does not exist.", "type": "NotFoundError", "param": None,
+            "code": 404}
+
+
+@pytest.mark.parametrize("status,payload", [(404, VLLM_404), (200, VLLM_404), (401, {"error": "bad key"}),
+                                            (403, {"error": "forbidden"})],
+                         ids=["404 wrong name", "200 error body", "401", "403"])
+def test_server_errors_stop_the_run_and_are_never_cached(tmp_path, capsys, status, payload):
+    from iti.cli import main
+
+    ckpt = save_checkpoint(tmp_path / "ckpt")
+    capsys.readouterr()
+    argv = ["faithfulness", "--model", str(ckpt), "--dataset", "rte", "--task", "classify", "--max-samples", "2",
+            "--classify-max-new-tokens", "4", "--cache", str(tmp_path / "c.sqlite"), "--output_dir", str(tmp_path / "out"),
+            "--remote-plain-model", "smoll", "--quiet"]
+    with serve_openai(lambda body: (status, payload)) as (url, seen):
+        assert main(argv + ["--remote-url", url]) == 2
+    err = capsys.readouterr().err.strip()
+    print(err)
+    assert err.startswith("iti: error:") and len(err.splitlines()) == 1 and url in err and len(seen) == 1
+    assert _cached_errors(tmp_path / "c.sqlite") == 0
+    with serve_openai() as (url, seen):  # the right server: everything is generated, nothing comes from the cache
+        assert main(argv + ["--remote-url", url, "--force"]) == 0  # another URL: another run's settings
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["arms"]["plain"]["generated"] == 2 and summary["rows"][0]["summaries"]["plain"]["error"] == 0
+
+
+def test_an_over_long_prompt_is_cached_as_its_error_and_retry_errors_regenerates_it(tmp_path):
+    ckpt = save_checkpoint(tmp_path / "ckpt")
+    context = {"chars": 300}
+    too_long = lambda body: ((400, {"object": "error", "message": "prompt is too long", "code": 400})  # noqa: E731
+                             if len(body["prompt"]) > context["chars"] else (200, {"choices": [{"text": " positive"}]}))
+    with serve_openai(too_long) as (url, seen):
+        cfg = lambda **kw: config(tmp_path, ckpt, remote_url=url, remote_plain_model="smol", **kw)  # noqa: E731
+        first = run_faithfulness(cfg())
+        errors = _cached_errors(tmp_path / "c.sqlite")
+        assert errors >= 1 and first["rows"][0]["summaries"]["plain"]["error"] == errors
+        again = run_faithfulness(cfg())
+        assert again["arms"]["plain"]["generated"] == 0  # the prompt's own error is reused
+        retried = run_faithfulness(cfg(retry_errors=True))  # still too long: generated again, still an error
+        assert retried["arms"]["plain"]["generated"] == errors and retried["arms"]["plain"]["cache_hits"] == 2 - errors
+        context["chars"] = 10**6  # the server restarted with a longer context
+        fixed = run_faithfulness(cfg(retry_errors=True))
+    assert fixed["arms"]["plain"]["generated"] == errors
+    assert fixed["rows"][0]["summaries"]["plain"]["error"] == 0 and _cached_errors(tmp_path / "c.sqlite") == 0
+
+
+def test_a_server_that_stops_answering_fails_fast_and_keeps_the_answers_before(tmp_path):
+    import time
+
+    from iti.errors import ItiError
+
+    ckpt = save_checkpoint(tmp_path / "ckpt")
+    answered = []
+
+    def respond(body):  # two answers, then the server accepts every request and never answers
+        if len(answered) >= 2:
+            return None, None
+        answered.append(body["prompt"])
+        return 200, {"choices": [{"text": " positive"}]}
+
+    with serve_openai(respond) as (url, seen):
+        t = time.perf_counter()
+        with pytest.raises(ItiError) as e:
+            run_faithfulness(config(tmp_path, ckpt, remote_url=url, remote_plain_model="smol", max_samples=4,
+                                    remote_timeout=0.5))
+        took = time.perf_counter() - t
+    message = str(e.value)
+    assert took < 8 and len(message.splitlines()) == 1 and url in message and "--remote_timeout" in message
+    with GenerationCache(tmp_path / "c.sqlite") as cache:  # the two finished answers are kept
+        assert cache.stats() == {"entries": 2, "errors": 0}
+
+
+def test_each_run_writes_to_its_own_directory_and_another_runs_directory_is_refused(tmp_path, monkeypatch):
+    from iti.errors import OutputExistsError
+    from iti.faithfulness import experiment
+
+    monkeypatch.setattr(experiment, "RESULTS_DIR", tmp_path / "results")
+    ckpt = save_checkpoint(tmp_path / "ckpt")
+    run_faithfulness(config(tmp_path, ckpt, output_dir=None))
+    run_faithfulness(config(tmp_path, ckpt, output_dir=None, max_samples=3))
+    run_faithfulness(config(tmp_path, ckpt, output_dir=None))  # the same settings again: the same directory
+    dirs = sorted(p.name for p in (tmp_path / "results").iterdir())
+    assert len(dirs) == 2 and all(d.startswith("ckpt_plain_rte_classify_") for d in dirs)
+    for d in dirs:
+        assert len(list((tmp_path / "results" / d / "samples").iterdir())) == 1
+    run_faithfulness(config(tmp_path, ckpt))  # an explicit directory
+    with pytest.raises(OutputExistsError, match=r"max_samples 2 -> 3.*--force") as e:
+        run_faithfulness(config(tmp_path, ckpt, max_samples=3))
+    assert len(str(e.value).splitlines()) == 1
+    forced = run_faithfulness(config(tmp_path, ckpt, max_samples=3, force=True))
+    assert forced["config"]["max_samples"] == 3
