@@ -7,7 +7,7 @@ outputs (before the output projection): ``o_proj`` in Llama-like models, ``attn.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -231,7 +231,7 @@ def model_layout(model: nn.Module) -> ModelLayout:
             break
     if layers_path is None:
         raise _unsupported(model_type, f"no decoder-block list at any of {list(spec.layers_paths)}")
-    n = len(model.get_submodule(layers_path))
+    n = len(cast(nn.ModuleList, model.get_submodule(layers_path)))
     if n != geometry.num_layers:
         raise _unsupported(model_type, f"the config says {geometry.num_layers} layers but {layers_path} has {n}")
     layer_paths = tuple(f"{layers_path}.{i}" for i in range(n))
@@ -249,6 +249,6 @@ def model_layout(model: nn.Module) -> ModelLayout:
 def model_device(model: nn.Module) -> torch.device:
     """The device of the input embeddings (where input ids must go when the model spans devices)."""
     try:
-        return model.get_input_embeddings().weight.device
+        return cast(Any, model).get_input_embeddings().weight.device  # a transformers model
     except (AttributeError, NotImplementedError):
         return next(model.parameters()).device

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -75,8 +75,9 @@ def bake(model: nn.Module, intervention: Intervention, *, add_to_existing: bool 
             "use intervention.applied(model, positions='all') instead."
         )
     if spec.output_bias == "config":
-        text_config(model.config).attention_bias = True
-        model.config.attention_bias = True  # the same object unless the config nests a text config
+        config: Any = model.config
+        text_config(config).attention_bias = True
+        config.attention_bias = True  # the same object unless the config nests a text config
         for i in range(layout.geometry.num_layers):
             for lin in _attention_linears(layout.layer_module(model, i), spec.attention_linears or (spec.head_out,)):
                 if lin.bias is None:
@@ -84,10 +85,10 @@ def bake(model: nn.Module, intervention: Intervention, *, add_to_existing: bool 
     with torch.no_grad():
         for layer, shift in intervention.layer_shifts().items():
             module = layout.head_out_module(model, layer)
-            w = module.weight
+            w, bias = cast(torch.Tensor, module.weight), cast(torch.Tensor, module.bias)
             s = torch.from_numpy(shift).to(device=w.device, dtype=torch.float32)
             delta = s @ w.float() if spec.weight_layout == "in_out" else w.float() @ s  # GPT-2's Conv1D stores [in, out]
-            module.bias.add_(delta.to(module.bias.dtype))
+            bias.add_(delta.to(bias.dtype))
     setattr(model.config, BAKED_ATTR, [*already, intervention.fingerprint()])
     return model
 
@@ -96,7 +97,7 @@ def save_baked(model: nn.Module, tokenizer: Any, out_dir: str | os.PathLike, int
     """``save_pretrained`` as safetensors (loadable by transformers, vLLM, TGI) plus the intervention for provenance."""
     out = Path(out_dir)
     before = _file_stamps(out)
-    model.save_pretrained(out, safe_serialization=True)
+    cast(Any, model).save_pretrained(out, safe_serialization=True)  # a transformers model
     tokenizer.save_pretrained(out)
     # save_pretrained writes its safetensors files private (0600): give what this call wrote a plain write's mode
     set_plain_modes(out, [p for p, stamp in _file_stamps(out).items() if before.get(p) != stamp])

@@ -40,12 +40,12 @@ def check_context(model: nn.Module, encoded: Sequence[Sequence[int]]) -> None:
         raise PromptTooLongError(f"prompt {longest} has {len(encoded[longest])} tokens, more than the model's context of {limit}")
 
 
-def plan_batches(lengths: Sequence[int], batch_size: int) -> list[np.ndarray]:
+def plan_batches(lengths: Sequence[int] | np.ndarray, batch_size: int) -> list[np.ndarray]:
     """Row indices of each batch: longest first, ties in prompt order; deterministic for given lengths."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    lengths = np.asarray(lengths)
-    order = np.lexsort((np.arange(len(lengths)), -lengths))
+    lens = np.asarray(lengths)
+    order = np.lexsort((np.arange(len(lens)), -lens))
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 

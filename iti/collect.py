@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -71,7 +71,7 @@ def iter_last_token_batches(
             for idx in batches:  # a batch that runs out of memory runs in parts and is yielded whole
                 parts = sizes.run(idx, run)
                 heads = parts[0][0] if len(parts) == 1 else torch.cat([h for h, _ in parts])
-                resid = None if not residual else parts[0][1] if len(parts) == 1 else torch.cat([r for _, r in parts])
+                resid = None if not residual else parts[0][1] if len(parts) == 1 else torch.cat([cast(torch.Tensor, r) for _, r in parts])  # residual: set
                 bar.update(len(idx))
                 yield idx, heads, resid
     finally:

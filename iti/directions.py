@@ -191,8 +191,11 @@ def fit_intervention(
         raise InvalidOptionError(f"--head_choice: one of {', '.join(HEAD_CHOICES)} or a list of (layer, head), got {head_choice!r}")
     if probes is None and (head_choice == "probe_accuracy" or method == "probe"):
         probes = fit_head_probes(X, labels, groups, val_ratio=val_ratio, seed=seed)
-    if isinstance(head_choice, str):
-        chosen = top_heads(probes.accuracies, num_heads) if head_choice == "probe_accuracy" else random_heads(geometry, num_heads, seed)
+    if isinstance(head_choice, str) and head_choice == "probe_accuracy":
+        assert probes is not None  # fitted above
+        chosen = top_heads(probes.accuracies, num_heads)
+    elif isinstance(head_choice, str):
+        chosen = random_heads(geometry, num_heads, seed)
     else:
         chosen = sorted({(int(l), int(h)) for l, h in head_choice})
         for l, h in chosen:

@@ -23,7 +23,7 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -183,8 +183,8 @@ def _refuse(path: Path, what: str, existing: dict[str, Any] | None, wanted: dict
     )
 
 
-def _tensor_specs(g: HeadGeometry, n: int, dtype: np.dtype, layer_wise: bool) -> dict[str, dict[str, Any]]:
-    specs = {"head_wise": (dtype, (n, g.num_layers, g.num_heads, g.head_dim))}
+def _tensor_specs(g: HeadGeometry, n: int, dtype: np.dtype, layer_wise: bool) -> dict[str, tuple[np.dtype, tuple[int, ...]]]:
+    specs: dict[str, tuple[np.dtype, tuple[int, ...]]] = {"head_wise": (dtype, (n, g.num_layers, g.num_heads, g.head_dim))}
     if layer_wise:
         specs["layer_wise"] = (dtype, (n, g.num_layers, g.hidden_size))
     return specs
@@ -491,7 +491,7 @@ def merge_shards(final: str | os.PathLike, *, force: bool = False, remove_shards
         allocate_safetensors(partial / f"{name}.safetensors", {name: spec})
         with SafetensorsRowWriter(partial / f"{name}.safetensors", name) as out:
             for fs, r in zip(sets, rows):
-                out.write(r, fs.head_wise if name == "head_wise" else fs.layer_wise)
+                out.write(r, fs.head_wise if name == "head_wise" else cast(np.ndarray, fs.layer_wise))  # layer_wise: in every shard
             out.flush()
     for fs, r in zip(sets, rows):
         labels[r] = fs.labels

@@ -24,7 +24,7 @@ import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -114,7 +114,7 @@ class Intervention:
         if not positive_prompts or not negative_prompts:
             raise EmptyInputError("from_contrast_pairs needs at least one positive and one negative prompt")
         prompts = list(positive_prompts) + list(negative_prompts)
-        X = collect_head_activations(model, tokenizer, prompts, batch_size=batch_size, progress=progress).heads.numpy()
+        X = cast(torch.Tensor, collect_head_activations(model, tokenizer, prompts, batch_size=batch_size, progress=progress).heads).numpy()
         labels = np.r_[np.ones(len(positive_prompts), dtype=np.int64), np.zeros(len(negative_prompts), dtype=np.int64)]
         if len(positive_prompts) == len(negative_prompts):
             groups = np.r_[np.arange(len(positive_prompts)), np.arange(len(negative_prompts))]
@@ -280,7 +280,7 @@ class _PositionTracker:
     def observe(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
         ids = kwargs.get("input_ids", args[0] if args else None)
         embeds = kwargs.get("inputs_embeds")
-        ref = ids if ids is not None else embeds
+        ref = cast(torch.Tensor, ids if ids is not None else embeds)
         batch, seq = int(ref.shape[0]), int(ref.shape[1])
         past = _past_length(kwargs)
         absolute = torch.arange(past, past + seq)

@@ -16,11 +16,11 @@ import os
 import struct
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
-_ST_DTYPES = {
+_ST_DTYPES: dict[np.dtype, str] = {
     np.dtype("float16"): "F16",
     np.dtype("float32"): "F32",
     np.dtype("float64"): "F64",
@@ -30,7 +30,7 @@ _ST_DTYPES = {
     np.dtype("uint8"): "U8",
     np.dtype("bool"): "BOOL",
 }
-_NP_DTYPES = {v: k for k, v in _ST_DTYPES.items()}
+_NP_DTYPES: dict[str, np.dtype] = {v: k for k, v in _ST_DTYPES.items()}
 
 
 def fsync_dir(path: Path) -> None:
@@ -248,7 +248,7 @@ def read_safetensors_header(path: str | os.PathLike) -> tuple[int, dict[str, Any
     return 8 + n, header
 
 
-def open_safetensors_memmap(path: str | os.PathLike, name: str, mode: str = "r") -> np.memmap:
+def open_safetensors_memmap(path: str | os.PathLike, name: str, mode: Literal["r", "r+", "c"] = "r") -> np.memmap:
     """Memory-map one tensor of a safetensors file (``mode='r+'`` to fill it in place)."""
     from .errors import FeatureFileError
 
@@ -293,7 +293,7 @@ class SafetensorsRowWriter:
         pos, data = positions[order], rows[order]
         breaks = np.flatnonzero(np.diff(pos) != 1) + 1
         for run_start, run_end in zip([0, *breaks], [*breaks, len(pos)]):
-            buf = memoryview(data[run_start:run_end]).cast("B")
+            buf = data[run_start:run_end].data.cast("B")
             offset = self._start + int(pos[run_start]) * self.row_bytes
             while buf:
                 n = os.pwrite(self._fd, buf, offset)

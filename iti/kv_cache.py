@@ -19,11 +19,11 @@ _NAMES = ("cache", "past_key_values")  # transformers 5 first, then earlier vers
 def cache_argument(model: torch.nn.Module) -> str:
     """The name ``model.forward`` takes its KV cache under (looked up once per model class: decode loops call this
     every step)."""
-    return _cache_argument(type(model))
+    return _cache_argument(type(model))  # type: ignore[arg-type]  # classes hash; torch's Module.__hash__ stub says not
 
 
 @functools.cache
-def _cache_argument(cls: type) -> str:
+def _cache_argument(cls: type[torch.nn.Module]) -> str:
     try:
         params = inspect.signature(cls.forward).parameters
     except (TypeError, ValueError):

@@ -10,13 +10,14 @@ from __future__ import annotations
 import gc
 import sys
 from collections.abc import Callable, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
+import numpy as np
 import torch
 
 from .errors import OutOfMemoryError
 
-T = TypeVar("T")
+Rows = TypeVar("Rows", Sequence[Any], np.ndarray)  # what can be cut into chunks: a sequence or an index array
 R = TypeVar("R")
 
 _OOM_MESSAGES = ("out of memory", "can't allocate memory", "not enough memory", "failed to allocate")
@@ -63,7 +64,7 @@ class AdaptiveBatchSize:
               f"Pass {self.flag} {self.limit} to start there.", file=sys.stderr, flush=True)
         return self.limit
 
-    def run(self, rows: Sequence[T], fn: Callable[[Sequence[T]], R]) -> list[R]:
+    def run(self, rows: Rows, fn: Callable[[Rows], R]) -> list[R]:
         """``fn`` over consecutive chunks of ``rows`` of at most ``limit`` rows, in order; a chunk that runs out
         of memory is split in halves and retried."""
         pending = [rows[i : i + self.limit] for i in range(0, len(rows), self.limit)]

@@ -14,7 +14,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from typing import Any
+from typing import Any, cast
 
 from .errors import EndpointError
 
@@ -81,7 +81,7 @@ def _post_once(endpoint: str, data: bytes, headers: dict[str, str], connect_time
     """One POST: connect within ``connect_timeout``, then wait up to ``read_timeout`` for each read."""
     u = urllib.parse.urlsplit(endpoint)
     cls = http.client.HTTPSConnection if u.scheme == "https" else http.client.HTTPConnection
-    conn = cls(u.hostname, u.port, timeout=connect_timeout)
+    conn = cls(cast(str, u.hostname), u.port, timeout=connect_timeout)
     try:
         conn.connect()
         conn.sock.settimeout(read_timeout)

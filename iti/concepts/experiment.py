@@ -129,7 +129,8 @@ def run_concepts(cfg: ConceptConfig) -> dict[str, Any]:
     tr, dv, te = "train_exclusive", "dev", "test"
 
     head_acc = {a: head_concept_accuracy(X[tr], C[tr][:, j], X[dv], C[dv][:, j]) for j, a in enumerate(ASPECTS)}
-    sweep, fitted = [], {}
+    sweep: list[dict[str, Any]] = []
+    fitted: dict[int, SparseConceptBottleneck] = {}
     for k in cfg.ks:
         bn = SparseConceptBottleneck(k=k, seed=cfg.seed, head_accuracy=dict(head_acc))
         bn.heads = {a: _top(head_acc[a], k) for a in ASPECTS}
@@ -163,7 +164,7 @@ def run_concepts(cfg: ConceptConfig) -> dict[str, Any]:
         result["dense_test"] = task_and_concept_metrics(dr, y[te], dc, C[te])
 
     directions = ConceptDirections.fit(X[tr], C[tr], bn.heads)
-    steering = {}
+    steering: dict[str, dict[str, Any]] = {}
     for s in (dv, te):
         pairs = splits[s].pairs()
         if cfg.max_pairs is not None and cfg.max_pairs < len(pairs):

@@ -24,7 +24,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from ..errors import EmptyInputError, InterventionModelError, ItiError, OutputExistsError, RemoteModelError
 from ..io import atomic_write_json, atomic_write_text
@@ -209,7 +209,7 @@ def _check_inputs(cfg: FaithfulnessConfig) -> dict[str, tuple[str, ...]]:
     if cfg.intervention or cfg.baked:  # the intervention's small files, read without a model: made for this one?
         from ..intervention import Intervention
 
-        made_for = Intervention.load(cfg.intervention or Path(cfg.baked) / "iti_intervention").model_name
+        made_for = Intervention.load(cfg.intervention or Path(cast(str, cfg.baked)) / "iti_intervention").model_name
         if not _same_model(made_for, cfg.model):
             raise InterventionModelError(f"{cfg.intervention} was made for {made_for!r}, not for {cfg.model!r}" if cfg.intervention
                                          else f"{cfg.baked} was baked from {made_for!r}, not from {cfg.model!r}")
@@ -272,9 +272,9 @@ def build_arms(cfg: FaithfulnessConfig, cache: GenerationCache | None) -> tuple[
     elif cfg.baked:
         baked_model, _ = load_model(cfg.baked, device_map=cfg.device_map, dtype=cfg.dtype)
         inter = Intervention.load(Path(cfg.baked) / "iti_intervention")  # baked from cfg.model: checked by validate()
-        gen = LocalGenerator(baked_model, tokenizer, model_id=model_fingerprint(baked_model), intervention_id=f"baked:{inter.fingerprint()}",
-                             batch_size=cfg.batch_size)
-        arms["intervened"] = CachedGenerator(gen, cache, chunk=cfg.batch_size, retry_errors=cfg.retry_errors, name=cfg.baked)
+        baked_gen = LocalGenerator(baked_model, tokenizer, model_id=model_fingerprint(baked_model),
+                                   intervention_id=f"baked:{inter.fingerprint()}", batch_size=cfg.batch_size)
+        arms["intervened"] = CachedGenerator(baked_gen, cache, chunk=cfg.batch_size, retry_errors=cfg.retry_errors, name=cfg.baked)
     return arms, tokenizer
 
 
@@ -287,6 +287,7 @@ def _served_models(cfg: FaithfulnessConfig) -> dict[str, dict[str, Any]] | None:
     missing from a list it gives is refused here, before any generation."""
     from ..openai_client import EndpointError, list_models
 
+    assert cfg.remote_url is not None  # called for remote arms only
     try:
         served = list_models(cfg.remote_url, timeout=min(cfg.remote_timeout, 10.0))
     except EndpointError:

@@ -26,8 +26,8 @@ def bootstrap_ratio(num: np.ndarray, den: np.ndarray, *, n_boot: int = 2000, see
 
 def mcnemar_exact(a: Sequence[bool], b: Sequence[bool]) -> tuple[int, int, float]:
     """Discordant counts (a only, b only) and the exact two-sided McNemar p-value (binomial, p = 0.5)."""
-    a, b = np.asarray(a, dtype=bool), np.asarray(b, dtype=bool)
-    n01, n10 = int((a & ~b).sum()), int((~a & b).sum())
+    x, y = np.asarray(a, dtype=bool), np.asarray(b, dtype=bool)
+    n01, n10 = int((x & ~y).sum()), int((~x & y).sum())
     n = n01 + n10
     if n == 0:
         return n01, n10, 1.0

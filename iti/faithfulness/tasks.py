@@ -131,29 +131,31 @@ def run_task(task: str, samples: Sequence[Sample], generator: CachedGenerator, r
         return results
 
     make = EXPLAIN_PROMPTS[task]
+    explains: list[Step] = []
     for s, r in zip(samples, results):
         r.explain = Step(make(s, opts))
+        explains.append(r.explain)
         if task == "counterfactual":
             r.target = counterfactual_target(s)
-    _ask(generator, render, [r.explain for r in results], explain_settings, progress)
+    _ask(generator, render, explains, explain_settings, progress)
 
-    pending: list[tuple[Sample, SampleResult]] = []
-    for s, r in zip(samples, results):
-        if r.explain.response is None:
+    pending: list[tuple[Sample, SampleResult, Step]] = []
+    for s, r, explain in zip(samples, results, explains):
+        if explain.response is None:
             continue
         if task == "importance":
-            words = extract_list_content(r.explain.response)
-            r.explain.parsed = words
+            words = extract_list_content(explain.response)
+            explain.parsed = words
             r.explanation = redact_words(s.paragraph, words, opts.mask_token) if words else None
         else:
-            r.explanation = r.explain.parsed = extract_paragraph(r.explain.response)
+            r.explanation = explain.parsed = extract_paragraph(explain.response)
         if r.explanation is not None:
             r.reclassify = Step(classify_prompt(s, r.explanation, opts))
-            pending.append((s, r))
-    _ask(generator, render, [r.reclassify for _, r in pending], classify_settings, progress)
-    for s, r in pending:
-        if r.reclassify.response is not None:
-            r.explain_predict = r.reclassify.parsed = parse_class(s, r.reclassify.response)
+            pending.append((s, r, r.reclassify))
+    _ask(generator, render, [step for _, _, step in pending], classify_settings, progress)
+    for s, r, step in pending:
+        if step.response is not None:
+            r.explain_predict = step.parsed = parse_class(s, step.response)
             r.faithful = is_faithful(task, s, r.explain_predict, opts)
     return results
 

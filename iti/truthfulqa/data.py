@@ -199,23 +199,25 @@ def load_truthfulqa(data_dir: str | os.PathLike | None = None, *, allow_hub: boo
         origin = str(mc_path.parent)
     else:
         hub_error = "not tried (allow_hub=False)"
+        hub: tuple[list[MCItem], list[GenItem]] | None = None
         if allow_hub:
             try:
-                mc, gen = _read_hub()
+                hub = _read_hub()
                 origin = f"hub:{HUB_ID}"
             except Exception as e:  # network, missing dataset, ...: reported with the local misses below
                 hub_error = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-                mc = None  # type: ignore[assignment]
-        if not allow_hub or mc is None:
+        if hub is None:
             raise DataNotFoundError(
                 "TruthfulQA not found. Looked for truthfulqa/mc_task.json and truthfulqa/TruthfulQA.csv in:\n"
                 f"{search.describe('truthfulqa')}\n  then the Hugging Face hub ({HUB_ID}): {hub_error}\n"
                 "Pass data_dir=/path/to/data (or --data_dir), or set ITI_DATA_DIR."
             )
+        mc, gen = hub
     if origin.startswith("hub:"):
         _check_count(len(mc), f"the hub's {HUB_ID} multiple_choice split", max_questions)
         _check_count(len(gen), f"the hub's {HUB_ID} generation split", max_questions)
     else:
+        assert mc_path is not None  # a local origin: found above
         _check_count(len(mc), str(mc_path), max_questions)
         _check_count(len(gen), str(gen_path), max_questions)
         if max_questions is not None:

@@ -34,6 +34,7 @@ def generate_answers(
     """Greedy decoding of up to ``max_new_tokens``; the shift (if any) reaches the last prompt token and every
     generated token, as in honest_llama's 'lt' setting."""
     device = model_device(model)
+    hf_model: Any = model  # a transformers model: generate() is not nn.Module's
     pad = pad_token_id(tokenizer)
     encoded = [list(e) for e in tokenizer(list(prompts))["input_ids"]]
     order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
@@ -49,9 +50,9 @@ def generate_answers(
                           do_sample=False, pad_token_id=pad, eos_token_id=eos)
             if intervention is not None:
                 with intervention.applied(model, positions="last"):
-                    out = model.generate(**kwargs)
+                    out = hf_model.generate(**kwargs)
             else:
-                out = model.generate(**kwargs)
+                out = hf_model.generate(**kwargs)
             for j, i in enumerate(idx):
                 answers[i] = postprocess_answer(tokenizer.decode(out[j, width:], skip_special_tokens=True))
     return answers

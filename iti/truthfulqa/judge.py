@@ -12,6 +12,7 @@ import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from ..errors import JudgeError
 from ..openai_client import EndpointError, post_completion
@@ -61,7 +62,7 @@ def check_judge_endpoint(config: JudgeConfig, timeout: float = 10.0) -> None:
                          "ITI_JUDGE_URL, or run without --judge") from None
     except ValueError:
         return
-    served = {m.get("id") for m in listing.get("data", []) if isinstance(m, dict)} if isinstance(listing, dict) else set()
+    served: set[Any] = {m.get("id") for m in listing.get("data", []) if isinstance(m, dict)} if isinstance(listing, dict) else set()
     missing = [m for m in (config.true_model, config.info_model) if served and m not in served]
     if missing:
         raise JudgeError(f"judge endpoint {config.url} does not serve {', '.join(missing)} (it serves {', '.join(sorted(served))}): "

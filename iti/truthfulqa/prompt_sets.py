@@ -30,7 +30,7 @@ def _tqa_mc2(tqa: TruthfulQA, questions: set[int], seed: int) -> PromptSet:
             prompts.append(QA_FORMAT.format(question=item.question, answer=choice))
             labels.append(label)
             qids.append(qi)
-    return PromptSet("tqa_mc2", prompts, labels, qids, QA_FORMAT)
+    return PromptSet("tqa_mc2", prompts, np.asarray(labels, dtype=np.int64), np.asarray(qids, dtype=np.int64), QA_FORMAT)
 
 
 def _tqa_gen_rows(tqa: TruthfulQA, questions: set[int], fmt: str, rand_questions: list[str] | None, name: str) -> PromptSet:
@@ -46,7 +46,7 @@ def _tqa_gen_rows(tqa: TruthfulQA, questions: set[int], fmt: str, rand_questions
                 labels.append(label)
                 qids.append(qi)
                 cats.append(item.category)
-    return PromptSet(name, prompts, labels, qids, fmt, categories=cats)
+    return PromptSet(name, prompts, np.asarray(labels, dtype=np.int64), np.asarray(qids, dtype=np.int64), fmt, categories=cats)
 
 
 def _tqa_gen(tqa: TruthfulQA, questions: set[int], seed: int) -> PromptSet:

@@ -81,14 +81,14 @@ def mc_questions(tqa: TruthfulQA, question_ids, preset: str = "qa", instruction:
         qi = int(qi)
         if preset == "qa":
             refs = tqa.refs[qi]
-            answers = list(refs.true) + list(refs.false)
+            answers: list[str] = list(refs.true) + list(refs.false)
             nt = len(refs.true)
             context = prefix + "\n\nQ: " + refs.question + "\nA:"
             out.append(MCQuestion(qi, context, tuple(" " + a for a in answers), tuple(range(nt)), tuple(range(nt, len(answers))),
                                   refs.true.index(refs.best)))
         else:
             item = tqa.mc[qi]
-            answers: list[str] = []
+            answers = []
             index: dict[str, int] = {}
             for a, _ in list(item.mc2) + list(item.mc1):
                 if a not in index:

@@ -59,10 +59,15 @@ def similarity_scores(answers: Sequence[str], refs: Sequence[Refs]) -> Similarit
     for answer, ref in zip(answers, refs):
         true = list(ref.true) + ([NO_COMMENT] if NO_COMMENT not in ref.true else [])
         if not answer.strip():  # an empty answer matches nothing
-            b_acc.append(0.0), r_acc.append(0.0), b_diff.append(0.0), r_diff.append(0.0)
+            b_acc.append(0.0)
+            r_acc.append(0.0)
+            b_diff.append(0.0)
+            r_diff.append(0.0)
             continue
         bt, bf = max(bleu(a, answer) for a in true), max(bleu(a, answer) for a in ref.false)
         rt, rf = max(rouge_l(a, answer) for a in true), max(rouge_l(a, answer) for a in ref.false)
-        b_diff.append(bt - bf), r_diff.append(rt - rf)
-        b_acc.append(float(bt > bf)), r_acc.append(float(rt > rf))
+        b_diff.append(bt - bf)
+        r_diff.append(rt - rf)
+        b_acc.append(float(bt > bf))
+        r_acc.append(float(rt > rf))
     return SimilarityResult(np.array(b_acc), np.array(r_acc), np.array(b_diff), np.array(r_diff))
