@@ -24,7 +24,8 @@ def add_collect_args(p: argparse.ArgumentParser) -> None:
     _flag(p, "model_name", default="smollm2-135m", help="embedded name, honest_llama short name, hub id or local dir")
     _flag(p, "dataset_name", default="tqa_mc2", choices=DATASETS)
     _flag(p, "data_dir", default=None, help="data root holding truthfulqa/ (default: $ITI_DATA_DIR, then ../shared/data, then the hub)")
-    _flag(p, "output_dir", default=None, help="where feature directories go (default: features/ in the checkout)")
+    _flag(p, "output_dir", default=None, help="where feature directories go (default: features/ under the output root: "
+                                               "$ITI_OUTPUT_DIR, else the checkout, else the working directory)")
     _flag(p, "batch_size", type=int, default=32)
     _flag(p, "dtype", default=None, help="compute dtype (default float32 on CPU, float16 on GPU)")
     _flag(p, "save_dtype", default="float16", choices=("float16", "float32"))
@@ -93,58 +94,29 @@ def run_collect(args: argparse.Namespace) -> Path:
 
 
 def add_validate_args(p: argparse.ArgumentParser) -> None:
-    """Flags of ``iti validate`` (honest_llama's validate_2fold options, plus controls, sweeps and seeds)."""
-    _flag(p, "model_name", default="smollm2-135m")
-    _flag(p, "dataset_name", default="tqa_mc2", help="features the probes and directions are fit on")
-    _flag(p, "activations_dataset", default="tqa_gen_end_q", help="features whose projections set the shift's std")
-    _flag(p, "num_heads", type=int, default=48)
-    _flag(p, "alpha", type=float, default=15.0)
-    _flag(p, "num_fold", type=int, default=2)
-    _flag(p, "val_ratio", type=float, default=0.2)
-    _flag(p, "seed", type=int, default=42)
-    _flag(p, "use_center_of_mass", action="store_true", help="mass-mean directions (else probe weights)")
-    _flag(p, "use_random_dir", action="store_true", help="random heads and random directions (honest_llama's control)")
-    _flag(p, "instruction_prompt", default="default", choices=("default", "informative", "none"))
-    _flag(p, "preset", default="qa", choices=("qa", "lm-eval"), help="prompt format: honest_llama's (qa) or lm-evaluation-harness's")
-    _flag(p, "judge", action="store_true", help="True/Info by an LLM judge (ITI_JUDGE_URL, ITI_JUDGE_TRUE_MODEL, ITI_JUDGE_INFO_MODEL)")
-    _flag(p, "control_seeds", type=int, nargs="+", default=None, help="seeds of ITI and the random controls (default: --seed)")
-    _flag(p, "sweep_alphas", type=float, nargs="*", default=[], help="extra alphas (MC, CE, KL only), reusing the probes")
-    _flag(p, "sweep_heads", type=int, nargs="*", default=[], help="extra head counts (MC, CE, KL only)")
-    _flag(p, "no_generate", action="store_true", help="skip greedy answers and BLEU/ROUGE")
-    _flag(p, "generate_controls", action="store_true", help="also generate for the control rows")
-    _flag(p, "max_new_tokens", type=int, default=50)
-    _flag(p, "ce_samples", type=int, default=100)
-    _flag(p, "ce_corpus", default="imdb", choices=("imdb", "owt"), help="neutral text for CE/KL: offline IMDB sample or the hub's openwebtext-10k")
-    _flag(p, "tune_on_all_questions", action="store_true", help="std of projections over all questions (the original) instead of the training fold")
-    _flag(p, "max_questions", type=int, default=None, help="first N questions of the features only (quick runs)")
-    _flag(p, "features_dir", default=None)
-    _flag(p, "data_dir", default=None)
-    _flag(p, "batch_size", type=int, default=16)
-    _flag(p, "output_dir", default=None, help="default: validation/results/<model>_k<K>_a<alpha>_<direction>")
-    _flag(p, "force", action="store_true", help="discard rows in the output directory that other settings produced")
-    _flag(p, "device_map", default=None)
-    _flag(p, "dtype", default=None)
+    """Flags of ``iti validate`` (honest_llama's validate_2fold options, plus controls, sweeps and seeds): one per
+    field of :class:`~iti.truthfulqa.config.ValidationConfig`, plus where the run goes and how the model loads."""
+    from .config_cli import add_config_args
+    from .truthfulqa.config import ValidationConfig
+
+    add_config_args(p, ValidationConfig)
+    _flag(p, "output_dir", default=None, help="default: validation/results/<model>_k<K>_a<alpha>_<direction> under the "
+                                               "output root ($ITI_OUTPUT_DIR, else the checkout, else the working directory)")
+    _flag(p, "device_map", default=None, help="e.g. auto (spread over GPUs), cpu, cuda:0")
+    _flag(p, "dtype", default=None, help="compute dtype (default float32 on CPU, float16 on GPU)")
 
 
 def run_validate(args: argparse.Namespace) -> None:
     """``iti validate``: refuse impossible settings, check that the features exist, load the model, run the k-fold
     validation and print summary.md."""
+    from .config_cli import config_from_args
     from .models import check_dtype, load_model, resolve_model
-    from .paths import CHECKOUT_DIR
+    from .paths import results_dir
     from .truthfulqa.experiment import ValidationConfig, check_features, check_output, run_validation
 
     name = resolve_model(args.model_name).name
-    cfg = ValidationConfig(
-        model_name=name, dataset_name=args.dataset_name, activations_dataset=args.activations_dataset, num_heads=args.num_heads,
-        alpha=args.alpha, num_fold=args.num_fold, val_ratio=args.val_ratio, seed=args.seed, use_center_of_mass=args.use_center_of_mass,
-        use_random_dir=args.use_random_dir, instruction_prompt=args.instruction_prompt, preset=args.preset, judge=args.judge,
-        control_seeds=args.control_seeds or [args.seed], sweep_alphas=args.sweep_alphas, sweep_heads=args.sweep_heads,
-        generate=not args.no_generate, generate_controls=args.generate_controls, max_new_tokens=args.max_new_tokens,
-        ce_samples=args.ce_samples, ce_corpus=args.ce_corpus, tune_on_all_questions=args.tune_on_all_questions,
-        max_questions=args.max_questions, features_dir=args.features_dir, data_dir=args.data_dir, batch_size=args.batch_size,
-        force=args.force,
-    )
-    out = Path(args.output_dir) if args.output_dir else CHECKOUT_DIR / "validation" / "results" / f"{name}_k{cfg.num_heads}_a{cfg.alpha:g}_{cfg.direction}"
+    cfg = config_from_args(ValidationConfig, args, model_name=name)
+    out = Path(args.output_dir) if args.output_dir else results_dir("validation") / f"{name}_k{cfg.num_heads}_a{cfg.alpha:g}_{cfg.direction}"
     cfg.validate()
     check_dtype(args.dtype)
     check_features(cfg)
@@ -200,91 +172,42 @@ def run_demo(args: argparse.Namespace) -> None:
 
 def add_faithfulness_args(p: argparse.ArgumentParser) -> None:
     """Flags of ``iti faithfulness`` (introspect's options, plus the intervened arm, the cache and a remote
-    endpoint)."""
-    from .faithfulness.datasets import dataset_names
-    from .faithfulness.prompts import CONFIG_FLAGS, TASKS
+    endpoint): one per field of :class:`~iti.faithfulness.experiment.FaithfulnessConfig`."""
+    from .config_cli import add_config_args
+    from .faithfulness.experiment import FaithfulnessConfig
 
-    _flag(p, "model", default="smollm2-135m", help="embedded name, short name, hub id or local dir (renders the prompts)")
-    _flag(p, "dataset", nargs="+", default=list(dataset_names()), help=f"any of {', '.join(dataset_names())}")
-    _flag(p, "task", nargs="+", default=["counterfactual", "redacted", "importance"], choices=TASKS)
-    p.add_argument("--task-config", "--task_config", dest="task_config", nargs="*", default=[],
-                   help=f"introspect's config flags: {', '.join(CONFIG_FLAGS)} (e-implicit-target also accepted)")
-    _flag(p, "intervention", default=None, help="a saved intervention (validate_2fold output): the intervened arm")
-    _flag(p, "baked", default=None, help="a model saved by edit_weight.py: the intervened arm")
-    _flag(p, "alpha", type=float, default=None, help="override the intervention's alpha")
-    _flag(p, "max_samples", type=int, default=100, help="first N samples of each data set after the seeded shuffle (0 = all)")
-    _flag(p, "seed", type=int, default=0, help="shuffle and sampling seed (introspect: 0)")
-    _flag(p, "max_new_tokens", type=int, default=256, help="explanation length limit (introspect: 1024)")
-    _flag(p, "classify_max_new_tokens", type=int, default=48, help="classification answer length limit")
-    _flag(p, "batch_size", type=int, default=8)
-    _flag(p, "device_map", default=None, help="e.g. auto (spread a large model over the GPUs)")
-    _flag(p, "dtype", default=None, help="compute dtype (default float32 on CPU, float16 on GPU)")
-    _flag(p, "original_prompts", action="store_true", help="introspect's prompt text with its typos (comparability)")
-    _flag(p, "chat_format", default=None, help="for tokenizers without a chat template: llama2, mistral or plain")
-    _flag(p, "data_dir", default=None, help="data root holding faithfulness/ (default: $ITI_DATA_DIR, ../shared/data, hub)")
-    _flag(p, "output_dir", default=None, help="default: validation/faithfulness_results/<model>_<arm>_<datasets>_<tasks>_<settings hash>")
-    _flag(p, "force", action="store_true", help="write into an output directory that holds a run with other settings")
-    _flag(p, "cache", default=None, help="SQLite generation cache (default: $ITI_CACHE/faithfulness/generations.sqlite)")
-    _flag(p, "remote_url", default=None, help="OpenAI-compatible endpoint (e.g. http://localhost:8000/v1) instead of in-process")
-    _flag(p, "remote_plain_model", default=None, help="served name of the plain model")
-    _flag(p, "remote_intervened_model", default=None, help="served name of the baked model")
-    _flag(p, "remote_baked", default=None,
-          help="local copy of the served baked model: its iti_intervention/ keys the cache (else 'unverified remote')")
-    _flag(p, "remote_timeout", type=float, default=120.0,
-          help="seconds to wait for one answer of the endpoint before retrying, then stopping (default 120)")
-    _flag(p, "retry_errors", action="store_true",
-          help="generate again the prompts whose cached outcome is an error (e.g. after raising the server's context)")
-    _flag(p, "quiet", action="store_true")
+    add_config_args(p, FaithfulnessConfig)
 
 
 def run_faithfulness_cmd(args: argparse.Namespace) -> None:
     """``iti faithfulness``: build a :class:`FaithfulnessConfig` from the flags and run it
     (``--max_samples 0`` means every sample)."""
+    from .config_cli import config_from_args
     from .faithfulness.experiment import FaithfulnessConfig, run_faithfulness
 
-    cfg = FaithfulnessConfig(
-        model=args.model, datasets=args.dataset, tasks=args.task, task_config=args.task_config, intervention=args.intervention,
-        baked=args.baked, alpha=args.alpha, max_samples=args.max_samples or None, seed=args.seed,
-        max_new_tokens=args.max_new_tokens, classify_max_new_tokens=args.classify_max_new_tokens, batch_size=args.batch_size,
-        device_map=args.device_map, dtype=args.dtype,
-        original_prompts=args.original_prompts, chat_format=args.chat_format, data_dir=args.data_dir,
-        output_dir=args.output_dir, cache=args.cache, remote_url=args.remote_url, remote_plain_model=args.remote_plain_model,
-        remote_intervened_model=args.remote_intervened_model, remote_baked=args.remote_baked,
-        remote_timeout=args.remote_timeout, retry_errors=args.retry_errors, force=args.force,
-        progress=not args.quiet)
-    run_faithfulness(cfg)
+    run_faithfulness(config_from_args(FaithfulnessConfig, args))
 
 
 def add_concepts_args(p: argparse.ArgumentParser) -> None:
-    """Flags of ``iti concepts`` (the k and alpha grids, sample sizes, seed and paths)."""
-    _flag(p, "model", default="smollm2-135m")
-    _flag(p, "ks", type=int, nargs="+", default=[1, 4, 16, 64], help="heads per concept to try (chosen on dev)")
-    _flag(p, "alphas", type=float, nargs="+", default=[0.0, 2.0, 5.0, 10.0, 20.0], help="steering strengths (chosen on dev)")
-    _flag(p, "l1_strengths", type=float, nargs="*", default=[0.7, 0.5, 0.3],
-          help="group-lasso head selection, as fractions of the all-zero penalty (none = skip the L1 variant)")
-    _flag(p, "max_reviews", type=int, default=None, help="seeded sample of N reviews per split (default: all)")
-    _flag(p, "max_pairs", type=int, default=200, help="counterfactual pairs per split for steering (0 = all)")
-    _flag(p, "no_dense", action="store_true", help="skip the dense all-heads probe baseline")
-    _flag(p, "seed", type=int, default=0)
-    _flag(p, "batch_size", type=int, default=16)
-    _flag(p, "data_dir", default=None, help="data root holding cebab/ (default: $ITI_DATA_DIR, ../shared/data, hub)")
-    _flag(p, "output_dir", default="validation/concepts_results/run")
-    _flag(p, "quiet", action="store_true")
+    """Flags of ``iti concepts`` (the k and alpha grids, sample sizes, seed and paths): one per field of
+    :class:`~iti.concepts.experiment.ConceptConfig`."""
+    from .concepts.experiment import ConceptConfig
+    from .config_cli import add_config_args
+
+    add_config_args(p, ConceptConfig)
 
 
 def run_concepts_cmd(args: argparse.Namespace) -> None:
     """``iti concepts``: run the CEBaB concept experiment and print the chosen k and the test accuracies
     (``--max_pairs 0`` means every pair)."""
     from .concepts.experiment import ConceptConfig, run_concepts
+    from .config_cli import config_from_args
 
-    r = run_concepts(ConceptConfig(model=args.model, ks=args.ks, alphas=args.alphas, l1_strengths=args.l1_strengths,
-                                   max_reviews=args.max_reviews,
-                                   max_pairs=args.max_pairs or None, dense_baseline=not args.no_dense, seed=args.seed,
-                                   batch_size=args.batch_size, data_dir=args.data_dir, output_dir=args.output_dir,
-                                   progress=not args.quiet))
+    cfg = config_from_args(ConceptConfig, args)
+    r = run_concepts(cfg)
     print(f"[concepts] k = {r['chosen_k']}, test task accuracy {r['test']['task_accuracy']:.3f}, concept accuracy "
           f"{r['test']['concept_accuracy']:.3f} (majority {r['majority_baseline_test']['mean']:.3f}); {r['seconds']:.0f} s; "
-          f"wrote {args.output_dir}")
+          f"wrote {cfg.output_dir}")
 
 
 def build_parser() -> argparse.ArgumentParser:

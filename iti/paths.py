@@ -1,4 +1,4 @@
-"""Where data sets and the model cache live.
+"""Where data sets, the model cache and the outputs of each command live.
 
 Data sets are looked up in a fixed order so that the same command works for a developer with a checkout
 beside ``shared/``, a user with ``ITI_DATA_DIR`` set, and a user online (the hub, tried by the caller last).
@@ -11,6 +11,15 @@ from pathlib import Path
 
 DATA_ENV = "ITI_DATA_DIR"
 CACHE_ENV = "ITI_CACHE"
+OUTPUT_ENV = "ITI_OUTPUT_DIR"
+
+#: Default output directory of each kind of output, relative to :func:`output_root`.
+RESULT_DIRS = {
+    "features": "features",  # iti collect (and where validate looks for features)
+    "validation": "validation/results",  # iti validate: <model>_k<K>_a<alpha>_<direction>/
+    "faithfulness": "validation/faithfulness_results",  # iti faithfulness: <model>_<arm>_<datasets>_<tasks>_<hash>/
+    "concepts": "validation/concepts_results",  # iti concepts: run/
+}
 
 #: The project checkout (parent of the ``iti`` package). Only meaningful for a source checkout.
 CHECKOUT_DIR = Path(__file__).resolve().parents[1]
@@ -21,9 +30,42 @@ def cache_dir() -> Path:
     return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "iti").expanduser()
 
 
+def in_checkout() -> bool:
+    """Whether the package runs from a source checkout (a ``pyproject.toml`` beside ``iti/``; an editable install
+    counts), rather than from an installed copy in site-packages."""
+    return (CHECKOUT_DIR / "pyproject.toml").is_file()
+
+
+def output_root() -> Path:
+    """The directory every default output path is relative to, decided at call time:
+
+    1. ``$ITI_OUTPUT_DIR`` when set (an explicit choice wins, in a checkout too);
+    2. the checkout when running from one (:func:`in_checkout`), so that the paths in the README, such as
+       ``validation/results/smollm2-135m_k48_a15_mass_mean/intervention_fold0``, are where the outputs are;
+    3. otherwise (a non-editable install, where the package's parent is site-packages) the current working
+       directory.
+
+    An explicit ``--output_dir`` (or ``output_dir=``) of a command is used as given and bypasses this."""
+    env = os.environ.get(OUTPUT_ENV)
+    if env:
+        return Path(env).expanduser()
+    return CHECKOUT_DIR if in_checkout() else Path.cwd()
+
+
+def results_dir(kind: str) -> Path:
+    """Default output directory of one kind of output (a key of :data:`RESULT_DIRS`: ``features``, ``validation``,
+    ``faithfulness``, ``concepts``) under :func:`output_root`, e.g. ``<root>/validation/results``."""
+    try:
+        relative = RESULT_DIRS[kind]
+    except KeyError:
+        raise ValueError(f"unknown kind of output {kind!r}; one of {', '.join(RESULT_DIRS)}") from None
+    return output_root() / relative
+
+
 def features_dir() -> Path:
-    """Default output directory of activation features: ``features/`` at the top of the checkout."""
-    return CHECKOUT_DIR / "features"
+    """Default output directory of activation features (and where they are looked up): ``results_dir("features")``,
+    i.e. ``features/`` at the top of the checkout (see :func:`output_root`)."""
+    return results_dir("features")
 
 
 @dataclass

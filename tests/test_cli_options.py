@@ -18,14 +18,14 @@ class ModelLoadReached(Exception):
 @pytest.fixture(autouse=True)
 def no_model(monkeypatch, tmp_path):
     """No test here may load a model: load_model raises, and caches go to the test's directory."""
-    import iti.demo
     import iti.models
+    import iti.truthfulqa.demo
 
     def load_model(*args, **kwargs):
         raise ModelLoadReached(args)
 
     monkeypatch.setattr(iti.models, "load_model", load_model)
-    monkeypatch.setattr(iti.demo, "load_model", load_model)
+    monkeypatch.setattr(iti.truthfulqa.demo, "load_model", load_model)
     monkeypatch.setenv("ITI_CACHE", str(tmp_path / "cache"))
 
 

@@ -17,6 +17,7 @@ from ..errors import EmptyInputError
 from ..features import PromptSet, load_features, write_features
 from ..io import atomic_write_json, atomic_write_text
 from ..options import check_each, check_finite_nonneg, check_positive_int, check_ratio, check_seed, refuse
+from ..paths import results_dir
 from .bottleneck import SparseConceptBottleneck, head_concept_accuracy, oracle_correction, review_prompt, task_and_concept_metrics
 from .cebab import ASPECTS, CebabSplit, load_cebab, majority_baseline
 from .group_lasso import GroupLassoHeads
@@ -26,19 +27,27 @@ from .steering import VARIANTS, ConceptDirections, steer_pairs, summarize_steeri
 @dataclass
 class ConceptConfig:
     """Settings of one ``iti concepts`` run; k and alpha are chosen on dev from ``ks`` and ``alphas``."""
-    model: str = "smollm2-135m"
-    ks: Sequence[int] = (1, 4, 16, 64)
-    alphas: Sequence[float] = (0.0, 2.0, 5.0, 10.0, 20.0)
-    l1_strengths: Sequence[float] = (0.7, 0.5, 0.3)  # group-lasso head selection (the L1 variant); () skips it
-    max_reviews: int | None = None      # per split, seeded sample (None = all)
-    max_pairs: int | None = 200         # counterfactual pairs per split for steering
-    dense_baseline: bool = True
-    seed: int = 0
-    batch_size: int = 16
-    data_dir: str | None = None
-    output_dir: str = "validation/concepts_results/run"
-    progress: bool = True
-    extra: dict[str, Any] = field(default_factory=dict)
+    model: str = field(default="smollm2-135m", metadata={"help": "embedded name, short name, hub id or local dir"})
+    ks: Sequence[int] = field(default=(1, 4, 16, 64), metadata={"help": "heads per concept to try (chosen on dev)"})
+    alphas: Sequence[float] = field(default=(0.0, 2.0, 5.0, 10.0, 20.0), metadata={
+        "help": "steering strengths (chosen on dev)"})
+    l1_strengths: Sequence[float] = field(default=(0.7, 0.5, 0.3), metadata={
+        "help": "group-lasso head selection, as fractions of the all-zero penalty (none = skip the L1 variant)",
+        "nargs": "*"})
+    max_reviews: int | None = field(default=None, metadata={"help": "seeded sample of N reviews per split (default: all)"})
+    max_pairs: int | None = field(default=200, metadata={
+        "help": "counterfactual pairs per split for steering (0 = all)", "zero_is_none": True})
+    dense_baseline: bool = field(default=True, metadata={
+        "help": "skip the dense all-heads probe baseline", "flag": "no_dense", "invert": True})
+    seed: int = field(default=0, metadata={"help": "seed of the samples, probes and steering pairs"})
+    batch_size: int = field(default=16, metadata={"help": "reviews per forward pass"})
+    data_dir: str | None = field(default=None, metadata={
+        "help": "data root holding cebab/ (default: $ITI_DATA_DIR, ../shared/data, hub)"})
+    output_dir: str = field(default_factory=lambda: str(results_dir("concepts") / "run"), metadata={
+        "help": "where the run goes (default: validation/concepts_results/run under the output root, see "
+                "iti.paths.output_root)"})
+    progress: bool = field(default=True, metadata={"help": "no progress bar", "flag": "quiet", "invert": True})
+    extra: dict[str, Any] = field(default_factory=dict, metadata={"cli": False})
 
     def validate(self) -> None:
         """Refuse impossible settings (one error naming the option) before the model loads or a file is written:

@@ -12,7 +12,7 @@ The remote intervened arm's intervention is read from a local copy of the served
 cannot check what the server applies, and the cache keeps such answers apart from verified ones.
 
 Outputs (in ``output_dir``, by default ``validation/faithfulness_results/<model>_<arm>_<datasets>_<tasks>_<settings
-hash>`` in the checkout; ``config.json`` records the settings, and a directory holding a run with other settings is
+hash>`` under :func:`iti.paths.output_root`; ``config.json`` records the settings, and a directory holding a run with other settings is
 refused unless ``force``): ``samples/{dataset}_{task}_{arm}.jsonl`` (every prompt, response and parse),
 ``summary.json``, ``comparison.md`` and ``faithfulness.png``. Every generation goes through the SQLite cache, stored
 batch by batch (answer by answer for a remote arm), so an interrupted run resumes where it stopped and a finished one reruns from the cache.
@@ -29,11 +29,11 @@ from typing import Any, cast
 from ..errors import EmptyInputError, InterventionModelError, ItiError, OutputExistsError, RemoteModelError
 from ..io import atomic_write_json, atomic_write_text
 from ..options import check_choice, check_existing_path, check_finite_nonneg, check_positive_int, check_range, check_seed, refuse
-from ..paths import CHECKOUT_DIR, cache_dir
+from ..paths import cache_dir, results_dir
 from .cache import GenerationCache
 from .datasets import ALIASES, UnknownDatasetError, dataset_names, load_faithfulness_dataset
 from .generate import FALLBACK_CHAT_FORMATS, CachedGenerator, GenerationSettings, LocalGenerator, RemoteGenerator, render_chat
-from .prompts import normalize_config, prompt_options
+from .prompts import CONFIG_FLAGS, TASKS, normalize_config, prompt_options
 from .report import compare_arms, comparison_markdown, first_answer_markdown, first_answer_stats, plot_comparison
 from .tasks import run_task, summarize
 
@@ -48,34 +48,50 @@ EXPLAIN_TASKS = ("counterfactual", "redacted", "importance")
 class FaithfulnessConfig:
     """Settings of one ``iti faithfulness`` run; the intervened arm comes from ``intervention`` or ``baked`` (not
     both), or with ``remote_url`` from ``remote_intervened_model``; without it only the plain arm runs."""
-    model: str = "smollm2-135m"
-    datasets: Sequence[str] = ("imdb", "rte", "babi1", "mctest")
-    tasks: Sequence[str] = EXPLAIN_TASKS
-    task_config: Sequence[str] = ()
-    intervention: str | None = None   # a saved Intervention (validate_2fold output): the runtime arm
-    baked: str | None = None          # a model saved by edit_weight.py: the baked arm
-    alpha: float | None = None        # override the intervention's alpha
-    max_samples: int | None = 100
-    seed: int = 0
-    max_new_tokens: int = 256
-    classify_max_new_tokens: int = 48
-    batch_size: int = 8
-    device_map: str | None = None     # e.g. "auto": spread a large model over the GPUs
-    dtype: str | None = None
-    original_prompts: bool = False
-    chat_format: str | None = None
-    data_dir: str | None = None
-    output_dir: str | None = None
-    cache: str | None = None
-    remote_url: str | None = None     # OpenAI-compatible endpoint serving the plain model (and the baked one)
-    remote_plain_model: str | None = None
-    remote_intervened_model: str | None = None
-    remote_baked: str | None = None   # local copy of the served baked model: its iti_intervention/ keys the cache
-    remote_timeout: float = 120.0     # seconds to wait for one answer of the endpoint
-    retry_errors: bool = False        # generate again the prompts whose cached outcome is an error
-    force: bool = False               # write into an output directory that holds a run with other settings
-    progress: bool = True
-    extra: dict[str, Any] = field(default_factory=dict)
+    model: str = field(default="smollm2-135m", metadata={
+        "help": "embedded name, short name, hub id or local dir (renders the prompts)"})
+    datasets: Sequence[str] = field(default=("imdb", "rte", "babi1", "mctest"), metadata={
+        "help": f"any of {', '.join(dataset_names())}", "flag": "dataset"})
+    tasks: Sequence[str] = field(default=EXPLAIN_TASKS, metadata={"help": "tasks to run", "flag": "task", "choices": TASKS})
+    task_config: Sequence[str] = field(default=(), metadata={
+        "help": f"introspect's config flags: {', '.join(CONFIG_FLAGS)} (e-implicit-target also accepted)"})
+    intervention: str | None = field(default=None, metadata={
+        "help": "a saved intervention (validate_2fold output): the intervened arm"})
+    baked: str | None = field(default=None, metadata={"help": "a model saved by edit_weight.py: the intervened arm"})
+    alpha: float | None = field(default=None, metadata={"help": "override the intervention's alpha"})
+    max_samples: int | None = field(default=100, metadata={
+        "help": "first N samples of each data set after the seeded shuffle (0 = all)", "zero_is_none": True})
+    seed: int = field(default=0, metadata={"help": "shuffle and sampling seed (introspect: 0)"})
+    max_new_tokens: int = field(default=256, metadata={"help": "explanation length limit (introspect: 1024)"})
+    classify_max_new_tokens: int = field(default=48, metadata={"help": "classification answer length limit"})
+    batch_size: int = field(default=8, metadata={"help": "prompts per generation batch"})
+    device_map: str | None = field(default=None, metadata={"help": "e.g. auto (spread a large model over the GPUs)"})
+    dtype: str | None = field(default=None, metadata={"help": "compute dtype (default float32 on CPU, float16 on GPU)"})
+    original_prompts: bool = field(default=False, metadata={
+        "help": "introspect's prompt text with its typos (comparability)"})
+    chat_format: str | None = field(default=None, metadata={
+        "help": "for tokenizers without a chat template: llama2, mistral or plain"})
+    data_dir: str | None = field(default=None, metadata={
+        "help": "data root holding faithfulness/ (default: $ITI_DATA_DIR, ../shared/data, hub)"})
+    output_dir: str | None = field(default=None, metadata={
+        "help": "default: validation/faithfulness_results/<model>_<arm>_<datasets>_<tasks>_<settings hash> "
+                "under the output root (see iti.paths.output_root)"})
+    cache: str | None = field(default=None, metadata={
+        "help": "SQLite generation cache (default: $ITI_CACHE/faithfulness/generations.sqlite)"})
+    remote_url: str | None = field(default=None, metadata={
+        "help": "OpenAI-compatible endpoint (e.g. http://localhost:8000/v1) instead of in-process"})
+    remote_plain_model: str | None = field(default=None, metadata={"help": "served name of the plain model"})
+    remote_intervened_model: str | None = field(default=None, metadata={"help": "served name of the baked model"})
+    remote_baked: str | None = field(default=None, metadata={
+        "help": "local copy of the served baked model: its iti_intervention/ keys the cache (else 'unverified remote')"})
+    remote_timeout: float = field(default=120.0, metadata={
+        "help": "seconds to wait for one answer of the endpoint before retrying, then stopping (default 120)"})
+    retry_errors: bool = field(default=False, metadata={
+        "help": "generate again the prompts whose cached outcome is an error (e.g. after raising the server's context)"})
+    force: bool = field(default=False, metadata={
+        "help": "write into an output directory that holds a run with other settings"})
+    progress: bool = field(default=True, metadata={"help": "no progress bar", "flag": "quiet", "invert": True})
+    extra: dict[str, Any] = field(default_factory=dict, metadata={"cli": False})
 
     def validate(self) -> None:
         """Refuse impossible settings (one error naming the option) before any model loads or file is written:
@@ -85,8 +101,9 @@ class FaithfulnessConfig:
         _check_inputs(self)
 
 
-#: Where runs without ``--output_dir`` go, each into a directory named from its settings.
-RESULTS_DIR = CHECKOUT_DIR / "validation" / "faithfulness_results"
+#: Where runs without ``--output_dir`` go, each into a directory named from its settings; None (the default):
+#: ``paths.results_dir("faithfulness")``, decided when the run starts.
+RESULTS_DIR: Path | None = None
 
 #: Fields that do not change a run's outputs (speed, placement, where things go, how failures are retried).
 _NOT_SETTINGS = {"batch_size", "device_map", "output_dir", "cache", "progress", "remote_timeout", "retry_errors", "force",
@@ -100,7 +117,8 @@ def run_settings(cfg: FaithfulnessConfig) -> dict[str, Any]:
 
 
 def default_output_dir(cfg: FaithfulnessConfig) -> Path:
-    """``validation/faithfulness_results/<model>_<arm>_<datasets>_<tasks>_<settings hash>`` in the checkout, so
+    """``validation/faithfulness_results/<model>_<arm>_<datasets>_<tasks>_<settings hash>`` under the output root
+    (:func:`iti.paths.output_root`: ``$ITI_OUTPUT_DIR``, else the checkout, else the working directory), so
     that runs with different settings never share a directory and the same run always finds its own."""
     import re
 
@@ -111,7 +129,7 @@ def default_output_dir(cfg: FaithfulnessConfig) -> Path:
            "remote" if cfg.remote_url and cfg.remote_intervened_model else "remote-plain" if cfg.remote_url else "plain")
     parts = [resolve_model(cfg.model).name, arm, "-".join(cfg.datasets), "-".join(cfg.tasks),
              settings_fingerprint(run_settings(cfg))[:10]]
-    return RESULTS_DIR / "_".join(re.sub(r"[^A-Za-z0-9.+-]+", "-", p) for p in parts)
+    return (RESULTS_DIR or results_dir("faithfulness")) / "_".join(re.sub(r"[^A-Za-z0-9.+-]+", "-", p) for p in parts)
 
 
 def _stored_settings(out: Path) -> dict[str, Any] | None:

@@ -21,33 +21,47 @@ from ..options import (
 @dataclass
 class ValidationConfig:
     """Settings of one ``iti validate`` run: what to fit on, the controls, sweeps and seeds, and what to evaluate."""
-    model_name: str = "smollm2-135m"
-    dataset_name: str = "tqa_mc2"
-    activations_dataset: str = "tqa_gen_end_q"
-    num_heads: int = 48
-    alpha: float = 15.0
-    num_fold: int = 2
-    val_ratio: float = 0.2
-    seed: int = 42
-    use_center_of_mass: bool = False
-    use_random_dir: bool = False
-    instruction_prompt: str = "default"
-    preset: str = "qa"
-    judge: bool = False
-    control_seeds: list[int] = field(default_factory=lambda: [42])
-    sweep_alphas: list[float] = field(default_factory=list)
-    sweep_heads: list[int] = field(default_factory=list)
-    generate: bool = True
-    generate_controls: bool = False
-    max_new_tokens: int = 50
-    ce_samples: int = 100
-    ce_corpus: str = "imdb"
-    tune_on_all_questions: bool = False
-    max_questions: int | None = None
-    features_dir: str | None = None
-    data_dir: str | None = None
-    batch_size: int = 16
-    force: bool = False
+    model_name: str = field(default="smollm2-135m", metadata={
+        "help": "embedded name, honest_llama short name, hub id or local dir (the CLI stores the resolved name)"})
+    dataset_name: str = field(default="tqa_mc2", metadata={"help": "features the probes and directions are fit on"})
+    activations_dataset: str = field(default="tqa_gen_end_q", metadata={
+        "help": "features whose projections set the shift's std"})
+    num_heads: int = field(default=48, metadata={"help": "heads to intervene on (top by probe accuracy)"})
+    alpha: float = field(default=15.0, metadata={"help": "intervention strength, in std of the projections"})
+    num_fold: int = field(default=2, metadata={"help": "folds of the cross-validation over questions"})
+    val_ratio: float = field(default=0.2, metadata={"help": "share of the training questions held out to validate the probes"})
+    seed: int = field(default=42, metadata={"help": "seed of the fold split, probes and random controls"})
+    use_center_of_mass: bool = field(default=False, metadata={"help": "mass-mean directions (else probe weights)"})
+    use_random_dir: bool = field(default=False, metadata={
+        "help": "random heads and random directions (honest_llama's control)"})
+    instruction_prompt: str = field(default="default", metadata={
+        "help": "instruction before the questions", "choices": ("default", "informative", "none")})
+    preset: str = field(default="qa", metadata={
+        "help": "prompt format: honest_llama's (qa) or lm-evaluation-harness's", "choices": ("qa", "lm-eval")})
+    judge: bool = field(default=False, metadata={
+        "help": "True/Info by an LLM judge (ITI_JUDGE_URL, ITI_JUDGE_TRUE_MODEL, ITI_JUDGE_INFO_MODEL)"})
+    control_seeds: list[int] = field(default_factory=lambda: [42], metadata={
+        "help": "seeds of ITI and the random controls (default: --seed)", "default_from": "seed"})
+    sweep_alphas: list[float] = field(default_factory=list, metadata={
+        "help": "extra alphas (MC, CE, KL only), reusing the probes"})
+    sweep_heads: list[int] = field(default_factory=list, metadata={"help": "extra head counts (MC, CE, KL only)"})
+    generate: bool = field(default=True, metadata={
+        "help": "skip greedy answers and BLEU/ROUGE", "flag": "no_generate", "invert": True})
+    generate_controls: bool = field(default=False, metadata={"help": "also generate for the control rows"})
+    max_new_tokens: int = field(default=50, metadata={"help": "length limit of the generated answers"})
+    ce_samples: int = field(default=100, metadata={"help": "neutral texts for the CE/KL cost"})
+    ce_corpus: str = field(default="imdb", metadata={
+        "help": "neutral text for CE/KL: offline IMDB sample or the hub's openwebtext-10k", "choices": ("imdb", "owt")})
+    tune_on_all_questions: bool = field(default=False, metadata={
+        "help": "std of projections over all questions (the original) instead of the training fold"})
+    max_questions: int | None = field(default=None, metadata={
+        "help": "first N questions of the features only (quick runs)"})
+    features_dir: str | None = field(default=None, metadata={
+        "help": "where the feature directories are (default: features/ of the output root, see iti.paths)"})
+    data_dir: str | None = field(default=None, metadata={
+        "help": "data root holding truthfulqa/ (default: $ITI_DATA_DIR, then ../shared/data, then the hub)"})
+    batch_size: int = field(default=16, metadata={"help": "prompts per forward pass"})
+    force: bool = field(default=False, metadata={"help": "discard rows in the output directory that other settings produced"})
 
     def validate(self) -> None:
         """Refuse impossible settings with one :class:`~iti.errors.InvalidOptionError` naming the option, before

@@ -1,0 +1,101 @@
+"""``iti validate``, ``iti faithfulness`` and ``iti concepts`` are generated from their config dataclasses: every
+field has a flag, the defaults parse to the dataclass defaults, values round-trip, help comes from the field; and
+default output locations follow :func:`iti.paths.output_root`. Nothing here loads a model."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+import pytest
+
+from iti.cli import build_parser
+from iti.concepts.experiment import ConceptConfig
+from iti.config_cli import config_from_args, flag_specs
+from iti.faithfulness.experiment import FaithfulnessConfig
+from iti.truthfulqa.config import ValidationConfig
+
+COMMANDS = {"validate": ValidationConfig, "faithfulness": FaithfulnessConfig, "concepts": ConceptConfig}
+
+
+def _subparser(command: str) -> argparse.ArgumentParser:
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return sub.choices[command]
+
+
+def _parse(command: str, argv: list[str]):
+    return config_from_args(COMMANDS[command], _subparser(command).parse_args(argv))
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_field_has_a_flag_with_help_from_the_field(command):
+    cls = COMMANDS[command]
+    parser = _subparser(command)
+    actions = {a.dest: a for a in parser._actions}
+    for f in dataclasses.fields(cls):
+        if f.metadata.get("cli", True) is False:
+            continue
+        assert f.name in actions, f"{command}: no flag for {f.name}"
+        action = actions[f.name]
+        flag = f.metadata.get("flag", f.name)
+        assert f"--{flag}" in action.option_strings and f"--{flag.replace('_', '-')}" in action.option_strings
+        assert f.metadata["help"].replace("%", "%%") in action.help, f.name
+    text = "".join(parser.format_help().split())  # argparse wraps lines anywhere in a long word
+    for f in dataclasses.fields(cls):
+        if "help" in f.metadata:
+            assert "".join(f.metadata["help"].split()) in text, f.name
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_defaults_parse_to_the_dataclass_defaults(command, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    cfg = _parse(command, [])
+    assert cfg == COMMANDS[command]()  # control_seeds: [--seed] = [42], the field's default
+
+
+def test_values_round_trip_into_the_configs():
+    v = _parse("validate", ["--num-heads", "7", "--alpha", "2.5", "--seed", "3", "--no_generate", "--use_center_of_mass",
+                            "--sweep_alphas", "1", "2", "--preset", "lm-eval", "--max_questions", "10"])
+    assert (v.num_heads, v.alpha, v.seed, v.generate, v.use_center_of_mass) == (7, 2.5, 3, False, True)
+    assert (v.sweep_alphas, v.preset, v.max_questions, v.control_seeds) == ([1.0, 2.0], "lm-eval", 10, [3])
+    assert _parse("validate", ["--control_seeds", "1", "2"]).control_seeds == [1, 2]
+
+    f = _parse("faithfulness", ["--dataset", "rte", "--task", "classify", "--task-config", "c-persona-you",
+                                "--max_samples", "0", "--quiet", "--remote_timeout", "5", "--alpha", "3"])
+    assert (f.datasets, f.tasks, f.task_config) == (("rte",), ("classify",), ("c-persona-you",))
+    assert (f.max_samples, f.progress, f.remote_timeout, f.alpha) == (None, False, 5.0, 3.0)
+    assert _parse("faithfulness", ["--max-samples", "7"]).max_samples == 7
+
+    c = _parse("concepts", ["--ks", "2", "8", "--max_pairs", "0", "--no-dense", "--l1_strengths", "--output_dir", "x"])
+    assert (c.ks, c.max_pairs, c.dense_baseline, c.l1_strengths, c.output_dir) == ((2, 8), None, False, (), "x")
+    with pytest.raises(SystemExit):
+        _subparser("faithfulness").parse_args(["--task", "bogus"])
+
+
+def test_unsupported_field_types_are_refused():
+    @dataclasses.dataclass
+    class Bad:
+        mapping: dict = dataclasses.field(default_factory=dict)
+
+    with pytest.raises(TypeError, match="mapping"):
+        flag_specs(Bad)
+
+
+def test_default_output_locations(monkeypatch, tmp_path):
+    """The checkout when running from one, the working directory for an installed copy, $ITI_OUTPUT_DIR above both."""
+    from iti import paths
+    from iti.faithfulness.experiment import default_output_dir
+
+    monkeypatch.delenv(paths.OUTPUT_ENV, raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert paths.in_checkout() and paths.results_dir("validation") == paths.CHECKOUT_DIR / "validation" / "results"
+    assert paths.features_dir() == paths.CHECKOUT_DIR / "features"
+    monkeypatch.setattr(paths, "CHECKOUT_DIR", tmp_path / "site-packages")  # an installed copy: no pyproject.toml
+    assert not paths.in_checkout()
+    assert paths.results_dir("concepts") == tmp_path / "validation" / "concepts_results"
+    assert ConceptConfig().output_dir == str(tmp_path / "validation" / "concepts_results" / "run")
+    assert default_output_dir(FaithfulnessConfig()).parent == tmp_path / "validation" / "faithfulness_results"
+    monkeypatch.setenv(paths.OUTPUT_ENV, str(tmp_path / "out"))
+    assert paths.features_dir() == tmp_path / "out" / "features"
+    assert ValidationConfig().features_path("tqa_mc2") == tmp_path / "out" / "features" / "smollm2-135m_tqa_mc2"
+    with pytest.raises(ValueError, match="unknown kind"):
+        paths.results_dir("bogus")
