@@ -4,10 +4,10 @@ from __future__ import annotations
 from ._version import __version__
 from .architectures import HeadGeometry, ModelLayout, model_layout, register_architecture, supported_architectures
 from .collect import HeadActivations, collect_head_activations
-from .directions import ProbeFit, fit_head_probes, fit_intervention
+from .directions import ProbeFit, fit_head_probes
 from .features import FeatureSet, PromptSet, load_features, merge_shards, write_features
 from .hooks import HeadTrace, module_hooks
-from .intervention import Intervention
+from .intervention import Intervention, fit_intervention
 from .models import load_model
 from .probes import HeadProbes
 

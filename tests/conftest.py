@@ -106,16 +106,16 @@ def tqa():
 
 
 @contextlib.contextmanager
-def serve_json(respond):
-    """A loopback HTTP server: every POST's JSON body goes to ``respond(body) -> (status, payload)``; yields the
-    ``/v1`` base URL and the list of bodies received. Stands in for an OpenAI-compatible endpoint."""
+def serve_openai(respond=None, models: dict[str, str] | None = None):
+    """A loopback OpenAI-compatible server, standing in for vLLM or TGI where a test needs to control the answers: ``GET /v1/models`` lists ``models`` (served name -> root; 404 when
+    None), ``POST /v1/completions`` answers ``respond(body) -> (status, payload)`` (default: a reply naming the
+    prompt's length), where ``status`` None means never answer. Yields the base URL and the bodies received."""
     seen: list[dict] = []
+    stop = threading.Event()
+    respond = respond or (lambda body: (200, {"choices": [{"text": f" answer {len(body['prompt'])}"}]}))
 
     class Handler(BaseHTTPRequestHandler):
-        def do_POST(self):
-            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            seen.append(body)
-            status, payload = respond(body)
+        def _send(self, status, payload):
             data = json.dumps(payload).encode()
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
@@ -123,12 +123,43 @@ def serve_json(respond):
             self.end_headers()
             self.wfile.write(data)
 
+        def do_GET(self):
+            if models is None or not self.path.endswith("/models"):
+                return self._send(404, {"error": "not found"})
+            self._send(200, {"object": "list", "data": [{"id": k, "object": "model", "root": v} for k, v in models.items()]})
+
+        def do_POST(self):
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            seen.append(body)
+            status, payload = respond(body)
+            if status is None:  # accept, read, never answer
+                stop.wait(60)
+                return
+            self._send(status, payload)
+
         def log_message(self, *args):
             pass
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         yield f"http://127.0.0.1:{server.server_address[1]}/v1", seen
     finally:
+        stop.set()
         server.shutdown()
+        server.server_close()
+
+
+def write_tqa_features(model, tok, out: Path, max_questions: int, model_name: str = "smollm2-135m") -> Path:
+    """tqa_mc2 and tqa_gen_end_q features of the first ``max_questions`` questions, written into ``out``."""
+    from iti import build_prompt_set, write_features
+
+    for name in ("tqa_mc2", "tqa_gen_end_q"):
+        write_features(model, tok, build_prompt_set(name, max_questions=max_questions), out, model_name=model_name, progress=False)
+    return out
+
+
+def serve_json(respond):
+    """:func:`serve_openai` answering every POST with ``respond(body) -> (status, payload)``; no model list."""
+    return serve_openai(respond)

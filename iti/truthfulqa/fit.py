@@ -1,12 +1,12 @@
 """One fold of honest_llama's validate_2fold: probes on the fold's training questions, then an intervention, both
-through the library's one recipe (:func:`iti.directions.fit_head_probes`, :func:`iti.directions.fit_intervention`)."""
+through the library's one recipe (:func:`iti.directions.fit_head_probes`, :func:`iti.intervention.fit_intervention`)."""
 from __future__ import annotations
 
 import numpy as np
 
-from ..directions import ProbeFit, fit_head_probes, fit_intervention
+from ..directions import ProbeFit, fit_head_probes
 from ..features import FeatureSet
-from ..intervention import Intervention
+from ..intervention import Intervention, fit_intervention
 
 #: Probes trained on one fold's train split, with their validation accuracy per head (the library's ProbeFit).
 FoldProbes = ProbeFit

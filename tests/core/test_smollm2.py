@@ -10,7 +10,7 @@ import torch
 from iti import load_features, model_layout
 from iti.batching import forward_kwargs
 
-from ..conftest import REPO
+from ..conftest import REPO, write_tqa_features
 
 pytestmark = pytest.mark.real
 
@@ -90,13 +90,7 @@ def test_gguf_conversion_matches_the_cache(tmp_path, monkeypatch):
 @pytest.fixture(scope="module")
 def smol_features(smollm2, tmp_path_factory):
     """tqa_mc2 and tqa_gen_end_q features of the first 20 questions."""
-    from iti import build_prompt_set, write_features
-
-    model, tok = smollm2
-    out = tmp_path_factory.mktemp("features")
-    for name in ("tqa_mc2", "tqa_gen_end_q"):
-        write_features(model, tok, build_prompt_set(name, max_questions=20), out, model_name="smollm2-135m", progress=False)
-    return out
+    return write_tqa_features(*smollm2, tmp_path_factory.mktemp("features"), max_questions=20)
 
 
 def test_probes_match_sklearn_on_real_features(smol_features):

@@ -2,10 +2,7 @@
 keyed by, which server failures stop the run (and are never cached), timeouts, and where each run writes."""
 from __future__ import annotations
 
-import contextlib
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +12,7 @@ from iti import Intervention, model_layout
 from iti.faithfulness.cache import GenerationCache
 from iti.faithfulness.experiment import FaithfulnessConfig, run_faithfulness
 
-from ..conftest import make_tiny_model, tiny_tokenizer
+from ..conftest import make_tiny_model, serve_openai, tiny_tokenizer
 
 
 def save_checkpoint(path: Path, seed: int = 0) -> Path:
@@ -35,52 +32,6 @@ def save_baked(path: Path, made_from: Path, seed: int = 1) -> Path:
     Intervention([(0, 1), (1, 0)], d / np.linalg.norm(d, axis=1, keepdims=True), np.ones(2), 4.0, str(made_from),
                  g).save(path / "iti_intervention")
     return path
-
-
-@contextlib.contextmanager
-def serve_openai(respond=None, models: dict[str, str] | None = None):
-    """A loopback OpenAI-compatible server: ``GET /v1/models`` lists ``models`` (served name -> root; 404 when
-    None), ``POST /v1/completions`` answers ``respond(body) -> (status, payload)`` (default: a reply naming the
-    prompt's length), where ``status`` None means never answer. Yields the base URL and the bodies received."""
-    seen: list[dict] = []
-    stop = threading.Event()
-    respond = respond or (lambda body: (200, {"choices": [{"text": f" answer {len(body['prompt'])}"}]}))
-
-    class Handler(BaseHTTPRequestHandler):
-        def _send(self, status, payload):
-            data = json.dumps(payload).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def do_GET(self):
-            if models is None or not self.path.endswith("/models"):
-                return self._send(404, {"error": "not found"})
-            self._send(200, {"object": "list", "data": [{"id": k, "object": "model", "root": v} for k, v in models.items()]})
-
-        def do_POST(self):
-            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            seen.append(body)
-            status, payload = respond(body)
-            if status is None:  # accept, read, never answer
-                stop.wait(60)
-                return
-            self._send(status, payload)
-
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/v1", seen
-    finally:
-        stop.set()
-        server.shutdown()
-        server.server_close()
 
 
 def config(tmp_path: Path, model: Path, **kw) -> FaithfulnessConfig:

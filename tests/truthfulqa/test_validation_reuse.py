@@ -7,20 +7,14 @@ import pytest
 from iti.errors import JudgeError, OutputExistsError, OutputLockedError
 from iti.truthfulqa.experiment import ValidationConfig, run_validation
 
-from ..conftest import serve_json
+from ..conftest import serve_json, write_tqa_features
 
 pytestmark = pytest.mark.real
 
 
 @pytest.fixture(scope="module")
 def features8(smollm2, tmp_path_factory):
-    from iti import build_prompt_set, write_features
-
-    model, tok = smollm2
-    out = tmp_path_factory.mktemp("features8")
-    for name in ("tqa_mc2", "tqa_gen_end_q"):
-        write_features(model, tok, build_prompt_set(name, max_questions=8), out, model_name="smollm2-135m", progress=False)
-    return out
+    return write_tqa_features(*smollm2, tmp_path_factory.mktemp("features8"), max_questions=8)
 
 
 def _cfg(features8, **kw):
