@@ -1,8 +1,8 @@
 """Answer parsers for the introspect self-explanation faithfulness protocol (Madsen et al., 2024).
 
 The benchmark's numbers depend on exactly how free-form model answers are turned into labels, explanations and
-word lists, so these parsers reproduce introspect's rules as the protocol notes give them (sections 2-4),
-*including its quirks*: a lone letter such as "a" or "I" can be read as a multi-choice answer, a
+word lists, so these parsers reproduce the rules of introspect's current code (commit be801d9, May 2024; the
+protocol notes, sections 2-4), *including its quirks*: a lone letter such as "a" or "I" can be read as a multi-choice answer, a
 marker ending in ':' at the very end of a text is not found, HTML is only cut when ``<p>`` follows a word
 character, the misspelt ``<blockqoute>`` tag, prefix lists in which "Not sure" parses as "no", and so on.  Do not
 "fix" these without deciding to leave the protocol.
@@ -252,6 +252,7 @@ _PARAGRAPH_MARKERS = (
     "without changing its meaning:",
     "the paragraph could be something like this:",
     "without explaining why:",
+    "paragraph are as follows:",
     "here are the redacted words:",
 )
 _HERE_IS_RE = re.compile(r"\b(Here's|Here are|Here is)\b[\w ]*:")  # no IGNORECASE, as in the original
@@ -265,35 +266,52 @@ _FIRST_LINE_STARTS = (
     "Here's",
     "Thank you for sharing your thoughts",
     "Thank you for sharing your opinion",
-    "I am sorry,Thank you for your feedback.",  # sic: two strings the original concatenated by a missing comma
+    "Thank you for your feedback.",
     "This paragraph has been edited",
     "What specific changes",
     "What specific aspects of the original text did you change",
     "This paragraph",
     "Thank you for sharing this information with me.",
-    "Based on",
+    "Based on your prompt",
+    "Based on your instructions",
+    "Based on your input",
+    "Based on your description",
+    "Based on the provided text",
+    "Based on the given text",
+    "Based on my analysis",
 )
 _HTML_BLOCK_TAGS = ("<p>", "</p>", "<ul>", "</ul>", "<ol>", "</ol>", "<blockquote>", "</blockquote>")
 _HTML_BREAK_TAGS = ("<br>", "<br />")
+
+
+def _remove_html(paragraph: str) -> str:
+    """Block tags become blank lines, ``<br>`` a newline, ``<li>`` a bullet; runs of blank lines collapse to one and
+    every line, then the whole text, is stripped."""
+    paragraph = _replace(paragraph, _HTML_BLOCK_TAGS, "\n\n")
+    paragraph = _replace(paragraph, _HTML_BREAK_TAGS, "\n")
+    paragraph = paragraph.replace("<li>", "* ").replace("</li>", "")  # case-sensitive, as in the original
+    paragraph = re.sub(r"\n\n+", "\n\n", paragraph)
+    return "\n".join(line.strip() for line in paragraph.splitlines()).strip()
 
 
 def extract_paragraph(text: str) -> str | None:
     """The edited/redacted paragraph inside a model's answer, or None for refusals and unusable answers.
 
     Models wrap the paragraph in chatter ("Sure, here is ...:", HTML from Falcon, quotes); the rules below strip
-    that chatter the way introspect does, so the re-classified text is the same as in the benchmark.
+    that chatter the way introspect's current code does (reference: see docs/architecture.md), in its order: several
+    suggestions are refused, HTML is cut and stripped FIRST, and only then are refusals, markers, "Here is ...:" and
+    first-line lead-ins looked for, so ``<p>Sorry, ...</p>`` is a refusal and no tag fragment survives a marker.
     """
-    stripped = text.strip()
-    if _starts_with(stripped, _REFUSAL_STARTS) or _contains(stripped, _REFUSAL_PHRASES):
-        return None
-
     paragraph = text
     if _contains(paragraph, ("here are some suggestions",)) and _count(paragraph, ("<li>", "<p>", "- ")) > 1:
         return None
-
     if _contains(paragraph, _HTML_START_TAGS):
         paragraph = paragraph[paragraph.find("<"):]
-    elif (marker_end := _contains_last_end(paragraph, _PARAGRAPH_MARKERS)) is not None:
+    paragraph = _remove_html(paragraph)
+
+    if _starts_with(paragraph, _REFUSAL_STARTS) or _contains(paragraph, _REFUSAL_PHRASES):
+        return None
+    if (marker_end := _contains_last_end(paragraph, _PARAGRAPH_MARKERS)) is not None:
         paragraph = paragraph[marker_end:]
     elif here_matches := list(_HERE_IS_RE.finditer(paragraph)):
         paragraph = paragraph[here_matches[-1].end():]
@@ -303,11 +321,7 @@ def extract_paragraph(text: str) -> str | None:
             return None
         paragraph = paragraph[newline + 1:]
 
-    paragraph = _replace(paragraph, _HTML_BLOCK_TAGS, "\n\n")
-    paragraph = _replace(paragraph, _HTML_BREAK_TAGS, "\n")
-    paragraph = paragraph.replace("<li>", "* ").replace("</li>", "")  # case-sensitive, as in the original
-    paragraph = re.sub(r"\n\n+", "\n\n", paragraph)
-    paragraph = "\n".join(line.strip() for line in paragraph.splitlines()).strip()
+    paragraph = paragraph.strip()
     if paragraph.startswith('"') and paragraph.endswith('"'):
         paragraph = paragraph[1:-1]
     return paragraph if paragraph else None

@@ -187,7 +187,7 @@ def test_choice_correct(label, predict, expected):
 # ---------------------------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("text, expected", _cases([
-    # refusals (checked first, on the stripped answer)
+    # refusals (checked after the HTML is cut and stripped)
     ("refusal-i-am-sorry", "I am sorry, but I cannot edit this.", None),
     ("refusal-sorry", "Sorry, I can't.", None),
     ("refusal-cannot-determine", "I cannot determine the sentiment.", None),
@@ -225,7 +225,17 @@ def test_choice_correct(label, predict, expected):
     ("first-line-sure", "Sure, here's the edited paragraph.\nBad movie.", "Bad movie."),
     ("first-line-without-newline", "Sure, here is the edited paragraph.", None),
     ("first-line-this-paragraph", "This paragraph is great.", None),
-    ("first-line-based-on", "Based on the text, I would write\nBad movie.", "Bad movie."),
+    ("first-line-based-on-your", "Based on your input, I would write\nBad movie.", "Bad movie."),
+    ("based-on-other-words-is-no-lead-in", "Based on the text, I would write\nBad movie.",
+     "Based on the text, I would write\nBad movie."),
+    ("first-line-thank-you-feedback", "Thank you for your feedback.\nBad movie.", "Bad movie."),
+    ("marker-paragraph-are-as-follows", "The changes to the paragraph are as follows: Bad movie.", "Bad movie."),
+    # HTML is stripped before refusals and markers are looked for (issue 16)
+    ("html-sure-heres-then-p", "Sure, here's the redacted paragraph:<p>Bad movie.</p>", "Bad movie."),
+    ("html-here-is-then-br", "Here is the redacted paragraph:<br>Bad movie.", "Bad movie."),
+    ("html-marker-inside-p", "<p>Here is the edited paragraph:</p><p>Bad movie.</p>", "Bad movie."),
+    ("html-refusal-inside-p", "<p>Sorry, I cannot do that.</p>", None),
+    ("html-heres-without-colon-br", "Here's the paragraph<br>Bad movie.", "Bad movie."),
     ("first-line-then-quotes", 'Sure, here is the edited paragraph.\n\n"Bad movie."', "Bad movie."),
     # HTML clean-up and whitespace
     ("br-tags", "Line one<br>Line two<BR />Line three", "Line one\nLine two\nLine three"),
@@ -239,7 +249,8 @@ def test_choice_correct(label, predict, expected):
     ("plain-text-unchanged", "The movie was bad.", "The movie was bad."),
     ("empty", "", None),
     ("empty-quotes", '""', None),
-    ("empty-after-marker", "Paragraph: ", None),
+    ("bare-marker-is-kept", "Paragraph: ", "Paragraph:"),  # stripped first, so the colon ends the text
+    ("empty-after-marker", 'Paragraph: ""', None),
 ]))
 def test_extract_paragraph(text, expected):
     assert extract_paragraph(text) == expected
