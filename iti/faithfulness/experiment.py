@@ -20,6 +20,7 @@ batch by batch (answer by answer for a remote arm), so an interrupted run resume
 from __future__ import annotations
 
 import json
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -33,7 +34,7 @@ from ..paths import cache_dir, results_dir
 from .cache import GenerationCache
 from .datasets import ALIASES, UnknownDatasetError, dataset_names, load_faithfulness_dataset
 from .generate import FALLBACK_CHAT_FORMATS, CachedGenerator, GenerationSettings, LocalGenerator, RemoteGenerator, render_chat
-from .prompts import CONFIG_FLAGS, TASKS, normalize_config, prompt_options
+from .prompts import CONFIG_FLAGS, TASKS, prompt_options, task_configs
 from .report import compare_arms, comparison_markdown, first_answer_markdown, first_answer_stats, plot_comparison
 from .tasks import run_task, summarize
 
@@ -191,7 +192,7 @@ def _check_inputs(cfg: FaithfulnessConfig) -> dict[str, tuple[str, ...]]:
     for d in cfg.datasets:
         if ALIASES.get(d.lower(), d.lower()) not in dataset_names():
             raise UnknownDatasetError(f"unknown faithfulness data set {d!r}; choose from {', '.join(dataset_names())}")
-    flags = {t: normalize_config(t, cfg.task_config) for t in cfg.tasks}
+    flags, _ignored = task_configs(cfg.tasks, cfg.task_config)
     if cfg.intervention and cfg.baked:
         raise InterventionModelError("give --intervention (runtime shift) or --baked (edited weights), not both")
     check_positive_int("max_samples", cfg.max_samples, none_ok=True, why="0 or None = all")
@@ -326,10 +327,18 @@ def remote_model_id(url: str, served_model: str, served: dict[str, dict[str, Any
     return f"remote:{url.rstrip('/')}|{served_model}|root={root}"
 
 
+def ignored_config_notes(cfg: FaithfulnessConfig) -> list[str]:
+    """One line per task that ignores some of the given task-config flags (they are applied to the other tasks)."""
+    return [f"[faithfulness] task {task} ignores task config {', '.join(flags)} (it changes nothing there)"
+            for task, flags in task_configs(cfg.tasks, cfg.task_config)[1].items()]
+
+
 def run_faithfulness(cfg: FaithfulnessConfig) -> dict[str, Any]:
     """Run every data set and task through each arm, write the samples, summary.json (after every row) and,
     with two arms, the comparison; return the summary."""
     flags = _check_inputs(cfg)
+    for line in ignored_config_notes(cfg):
+        print(line, file=sys.stderr, flush=True)
     out = Path(cfg.output_dir) if cfg.output_dir else default_output_dir(cfg)
     check_output_dir(out, cfg)  # before the model loads
     cache = GenerationCache(cfg.cache or default_cache_path())

@@ -16,11 +16,14 @@ TASKS = ("classify", "counterfactual", "redacted", "importance")
 CONFIG_FLAGS = ("c-persona-you", "c-persona-human", "c-no-redacted", "m-removed",
                 "e-persona-you", "e-persona-human", "e-implcit-target")
 _FLAG_ALIASES = {"e-implicit-target": "e-implcit-target"}
-#: Which flags change which task (others are refused for that task, as introspect's argument checks do).
+#: Which flags change which task's prompts. introspect accepts any flag for any task (it has no such checks) and a
+#: flag that a task does not read changes nothing there, so a flag is applied to the tasks listed here and the run
+#: says which of its tasks ignore it (:func:`task_configs`). ``m-removed`` belongs to every task: the classify
+#: prompt, which every task asks first and again on the explanation, names the mask token.
 TASK_FLAGS = {
     "classify": {"c-persona-you", "c-persona-human", "c-no-redacted", "m-removed"},
-    "counterfactual": {"c-persona-you", "c-persona-human", "c-no-redacted", "e-persona-you", "e-persona-human",
-                       "e-implcit-target"},
+    "counterfactual": {"c-persona-you", "c-persona-human", "c-no-redacted", "m-removed", "e-persona-you",
+                       "e-persona-human", "e-implcit-target"},
     "redacted": {"c-persona-you", "c-persona-human", "c-no-redacted", "m-removed", "e-persona-you", "e-persona-human"},
     "importance": {"c-persona-you", "c-persona-human", "c-no-redacted", "m-removed", "e-persona-you", "e-persona-human"},
 }
@@ -58,22 +61,43 @@ class PromptOptions:
         return "removed" if self.mask_token == "[REMOVED]" else "redacted"
 
 
-def normalize_config(task: str, flags) -> tuple[str, ...]:
-    """Validated, sorted config flags for ``task`` (introspect sorts them into the experiment id)."""
-    if task not in TASKS:
-        raise TaskConfigError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+def _canonical_flags(flags) -> set[str]:
+    """The flags in introspect's spelling; unknown flags and excluding pairs are refused."""
     out = set()
     for flag in flags or ():
         f = _FLAG_ALIASES.get(flag, flag)
         if f not in CONFIG_FLAGS:
             raise TaskConfigError(f"unknown task config {flag!r}; choose from {', '.join(CONFIG_FLAGS)}")
-        if f not in TASK_FLAGS[task]:
-            raise TaskConfigError(f"task config {flag!r} does not apply to task {task!r}")
         out.add(f)
     for a, b in (("c-persona-you", "c-persona-human"), ("e-persona-you", "e-persona-human")):
         if a in out and b in out:
             raise TaskConfigError(f"task configs {a!r} and {b!r} exclude each other")
-    return tuple(sorted(out))
+    return out
+
+
+def normalize_config(task: str, flags) -> tuple[str, ...]:
+    """The sorted config flags that change ``task`` (introspect sorts them into the experiment id); flags the task
+    does not read are dropped, as they change nothing there (:func:`task_configs` reports them)."""
+    if task not in TASKS:
+        raise TaskConfigError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+    return tuple(sorted(_canonical_flags(flags) & TASK_FLAGS[task]))
+
+
+def task_configs(tasks, flags) -> tuple[dict[str, tuple[str, ...]], dict[str, tuple[str, ...]]]:
+    """(flags applied per task, flags ignored per task) for a run of ``tasks``.
+
+    A flag is applied to the tasks it changes; the tasks that ignore it are returned for the caller to report. A flag
+    that no given task reads is an error (TaskConfigError): the run would not be what was asked for.
+    """
+    given = _canonical_flags(flags)
+    applied = {t: normalize_config(t, given) for t in tasks}
+    for flag in sorted(given):
+        if tasks and not any(flag in applied[t] for t in tasks):
+            raise TaskConfigError(f"task config {flag!r} does not apply to task{'s' if len(tasks) > 1 else ''} "
+                                  f"{', '.join(map(repr, tasks))} (it changes: "
+                                  f"{', '.join(t for t in TASKS if flag in TASK_FLAGS[t])})")
+    ignored = {t: tuple(sorted(given - set(applied[t]))) for t in tasks}
+    return applied, {t: f for t, f in ignored.items() if f}
 
 
 def prompt_options(flags, original_text: bool = False) -> PromptOptions:
@@ -94,9 +118,14 @@ def _finish(text: str, opts: PromptOptions) -> str:
     return text
 
 
-def answer_choices(choices, join_word: str = "or") -> str:
-    """``a) "x", b) "y", or c) "z"``: letters, quoted choices, the last one after ``join_word``."""
+def answer_choices(choices, join_word: str = "or", original_text: bool = False) -> str:
+    """``a) "x", b) "y", or c) "z"``: letters, quoted choices, the last one after ``join_word``.
+
+    A single choice gives ``and a) "x"``; introspect always puts ", " before the join word, so with
+    ``original_text`` it gives ``, and a) "x"`` (a bAbI story with one location, implicit-target counterfactual)."""
     items = [f'{chr(ord("a") + i)}) "{c}"' for i, c in enumerate(choices)]
+    if original_text and len(items) == 1:
+        return f", {join_word} {items[0]}"
     return ", ".join(items[:-1] + [f"{join_word} {items[-1]}"])
 
 
@@ -169,7 +198,7 @@ def counterfactual_prompt(sample: Sample, opts: PromptOptions) -> str:
             text = {"default": f'Edit the following paragraph such that the answer to the question "{q}" is different from how it should currently be answered.',
                     "you": f'Edit the following paragraph such you would answer the question "{q}" differently from how it should currently be answered.',
                     "human": f'Edit the following paragraph such a human would answer the question "{q}" differently from how it should currently be answered.'}[p]
-            text += f" The possible answer options, including the current answer, are {answer_choices(sample.choices, 'and')}."
+            text += f" The possible answer options, including the current answer, are {answer_choices(sample.choices, 'and', opts.original_text)}."
         else:
             text = {"default": f'Edit the following paragraph such that the answer to the question "{q}" is "{target}".',
                     "you": f'Edit the following paragraph such you would answer the question "{q}" with "{target}".',

@@ -10,6 +10,7 @@ from iti.faithfulness.cache import CachedGeneration
 from iti.faithfulness.datasets import ENTAILMENT, MULTI_CHOICE, SENTIMENT, Sample, UnknownDatasetError, load_faithfulness_dataset
 from iti.faithfulness.generate import CachedGenerator, GenerationSettings
 from iti.faithfulness.prompts import (
+    TASKS,
     TaskConfigError,
     answer_choices,
     classify_prompt,
@@ -19,6 +20,7 @@ from iti.faithfulness.prompts import (
     normalize_config,
     prompt_options,
     redacted_prompt,
+    task_configs,
 )
 from iti.faithfulness.report import bootstrap_ratio, compare_arms, comparison_markdown, mcnemar_exact
 from iti.faithfulness.tasks import run_task, summarize
@@ -135,8 +137,22 @@ def test_task_configs_are_validated():
         normalize_config("summarize", [])
     with pytest.raises(TaskConfigError, match="unknown task config 'e-typo'"):
         normalize_config("redacted", ["e-typo"])
+    assert normalize_config("redacted", ["e-implcit-target", "m-removed"]) == ("m-removed",)  # applied where it means something
     with pytest.raises(TaskConfigError, match="does not apply to task 'redacted'"):
-        normalize_config("redacted", ["e-implcit-target"])
+        task_configs(["redacted"], ["e-implcit-target"])
+    with pytest.raises(TaskConfigError, match="does not apply to tasks 'classify', 'importance'"):
+        task_configs(["classify", "importance"], ["e-implicit-target"])
+    applied, ignored = task_configs(TASKS, ["e-persona-you", "m-removed"])
+    assert applied == {"classify": ("m-removed",), "counterfactual": ("e-persona-you", "m-removed"),
+                       "redacted": ("e-persona-you", "m-removed"), "importance": ("e-persona-you", "m-removed")}
+    assert ignored == {"classify": ("e-persona-you",)}
+    applied, ignored = task_configs(TASKS, ["e-implcit-target"])
+    assert applied["counterfactual"] == ("e-implcit-target",) and set(ignored) == {"classify", "redacted", "importance"}
+    from iti.faithfulness.experiment import FaithfulnessConfig, ignored_config_notes
+
+    notes = ignored_config_notes(FaithfulnessConfig(tasks=("classify", "redacted"), task_config=("e-persona-human",)))
+    assert notes == ["[faithfulness] task classify ignores task config e-persona-human (it changes nothing there)"]
+    assert ignored_config_notes(FaithfulnessConfig(task_config=("m-removed",))) == []  # the example: no error
     with pytest.raises(TaskConfigError, match="exclude each other"):
         normalize_config("classify", ["c-persona-you", "c-persona-human"])
 
