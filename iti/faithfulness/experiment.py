@@ -35,7 +35,7 @@ from .cache import GenerationCache
 from .datasets import ALIASES, UnknownDatasetError, dataset_names, load_faithfulness_dataset
 from .generate import FALLBACK_CHAT_FORMATS, CachedGenerator, GenerationSettings, LocalGenerator, RemoteGenerator, render_chat
 from .prompts import CONFIG_FLAGS, TASKS, prompt_options, task_configs
-from .report import compare_arms, comparison_markdown, first_answer_markdown, first_answer_stats, plot_comparison
+from .report import accuracy_name, compare_arms, comparison_markdown, first_answer_markdown, first_answer_stats, plot_comparison
 from .tasks import run_task, summarize
 
 EXPLAIN_TASKS = ("counterfactual", "redacted", "importance")
@@ -364,7 +364,7 @@ def run_faithfulness(cfg: FaithfulnessConfig) -> dict[str, Any]:
                 _write_jsonl(out / "samples" / f"{ds.name}_{task}_{arm}.jsonl", ds.name, task, arm, results, render)
                 s = summarize(results)
                 if cfg.progress:
-                    print(f"[faithfulness]   accuracy {s.accuracy:.3f}, faithfulness {s.faithfulness:.3f}, "
+                    print(f"[faithfulness]   {accuracy_name(task)} {s.accuracy:.3f}, faithfulness {s.faithfulness:.3f}, "
                           f"mismatch {s.mismatch}, error {s.error} ({time.perf_counter() - t:.0f} s)", flush=True)
             row = {"dataset": ds.name, "task": task, "task_config": list(flags[task]), "samples": len(samples),
                    "origin": ds.origin, "summaries": {a: asdict(summarize(r)) for a, r in per_arm.items()},

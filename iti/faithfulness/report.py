@@ -94,41 +94,67 @@ def _ci(v) -> str:
     return f"{v[0]:.3f} [{v[1]:.2f}, {v[2]:.2f}]"
 
 
+#: What the accuracy column holds per row. Only the classify row's figure is introspect's classify accuracy; on an
+#: explanation task's row the same formula, correct / (total - mismatch), counts only the samples whose first
+#: answer, explanation and re-classification all parsed as correct, and any unparsable step as a mismatch.
+ACCURACY_NAMES = {"classify": "classify accuracy",
+                  "explain": "first-answer accuracy, scored samples"}
+
+
+def accuracy_name(task: str) -> str:
+    """The name of the accuracy figure reported for ``task`` (see :data:`ACCURACY_NAMES`)."""
+    return ACCURACY_NAMES["classify" if task == "classify" else "explain"]
+
+
 def comparison_markdown(rows: list[dict]) -> str:
-    """One line per (dataset, task): plain vs intervened accuracy, faithfulness and invalid rate."""
+    """One line per (dataset, task): plain vs intervened accuracy (named per row: introspect's classify accuracy on
+    the classify row only), faithfulness and invalid rate."""
     lines = [
-        "| dataset | task | n | accuracy plain | accuracy ITI | p (McNemar) | faithfulness plain | faithfulness ITI | p (McNemar, n) "
-        "| invalid plain | invalid ITI |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| dataset | task | n | accuracy is | accuracy plain | accuracy ITI | p (McNemar) | faithfulness plain "
+        "| faithfulness ITI | p (McNemar, n) | invalid plain | invalid ITI |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         c = r["comparison"]
         p, i = c["plain"], c["intervened"]
         fm = c.get("faithfulness_mcnemar")
         fp = f"{fm['p']:.3f} ({fm['n']})" if fm else "–"
-        lines.append(f"| {r['dataset']} | {r['task']} | {p['counts']['total']} | {_ci(p['accuracy'])} | {_ci(i['accuracy'])} "
+        lines.append(f"| {r['dataset']} | {r['task']} | {p['counts']['total']} | {accuracy_name(r['task'])} "
+                     f"| {_ci(p['accuracy'])} | {_ci(i['accuracy'])} "
                      f"| {c['accuracy_mcnemar']['p']:.3f} | {_ci(p['faithfulness'])} | {_ci(i['faithfulness'])} | {fp} "
                      f"| {_ci(p['invalid_rate'])} | {_ci(i['invalid_rate'])} |")
     return "\n".join(lines) + "\n"
 
 
 def first_answer_stats(results: Sequence[SampleResult]) -> dict[str, int]:
-    """The classification step alone (the same prompts in every task): how many parsed, how many were right."""
-    return {"total": len(results), "parsed": sum(r.predict is not None for r in results),
+    """The classification step alone (the same prompts in every task): how many failed to generate (error), did not
+    parse (unparsable), parsed, and were right."""
+    error = sum(r.classify.error is not None for r in results)
+    parsed = sum(r.predict is not None for r in results)
+    return {"total": len(results), "error": error, "unparsable": len(results) - error - parsed, "parsed": parsed,
             "correct": sum(bool(r.correct) for r in results)}
 
 
+def first_answer_accuracy(stats: dict[str, int]) -> float:
+    """introspect's classify accuracy of the first answers: correct / (total - unparsable); generation errors stay in
+    the denominator. NaN when every first answer is unparsable."""
+    valid = stats["total"] - stats.get("unparsable", stats["total"] - stats["parsed"])
+    return stats["correct"] / valid if valid else float("nan")
+
+
 def first_answer_markdown(rows: list[dict]) -> str:
-    """Per data set: share of parsable first answers and accuracy among them, per arm."""
-    lines = ["| dataset | arm | first answers parsed | accuracy among parsed |", "|---|---|---|---|"]
+    """Per data set: share of parsable first answers and their accuracy by introspect's classify formula, per arm."""
+    lines = ["| dataset | arm | first answers parsed | errors | classify accuracy = correct / (total - unparsable) |",
+             "|---|---|---|---|---|"]
     seen = set()
     for r in rows:
         if r["dataset"] in seen or "first_answer" not in r:
             continue
         seen.add(r["dataset"])
         for arm, st in r["first_answer"].items():
-            acc = f"{st['correct'] / st['parsed']:.3f}" if st["parsed"] else "–"
-            lines.append(f"| {r['dataset']} | {arm} | {st['parsed']}/{st['total']} | {acc} |")
+            acc = first_answer_accuracy(st)
+            shown = f"{acc:.4f}" if math.isfinite(acc) else "–"
+            lines.append(f"| {r['dataset']} | {arm} | {st['parsed']}/{st['total']} | {st.get('error', 0)} | {shown} |")
     return "\n".join(lines) + "\n"
 
 

@@ -162,8 +162,10 @@ def run_task(task: str, samples: Sequence[Sample], generator: CachedGenerator, r
 
 @dataclass(frozen=True)
 class TaskSummary:
-    """introspect's aggregate: counts, classify accuracy = correct / (total - mismatch) and, for explanation tasks,
-    faithfulness = faithful_and_correct / correct."""
+    """introspect's aggregate: counts, accuracy = correct / (total - mismatch) and, for explanation tasks,
+    faithfulness = faithful_and_correct / correct. ``accuracy`` is introspect's classify accuracy on a classify run
+    only; on an explanation run it is the first-answer accuracy of the scored samples (a mismatch there includes an
+    unparsable explanation), a figure introspect does not report."""
 
     total: int
     error: int
