@@ -76,8 +76,8 @@ def bake(model: nn.Module, intervention: Intervention, *, add_to_existing: bool 
         )
     if spec.output_bias == "config":
         config: Any = model.config
-        text_config(config).attention_bias = True
-        config.attention_bias = True  # the same object unless the config nests a text config
+        setattr(text_config(config), spec.bias_attr, True)
+        setattr(config, spec.bias_attr, True)  # the same object unless the config nests a text config
         for i in range(layout.geometry.num_layers):
             for lin in _attention_linears(layout.layer_module(model, i), spec.attention_linears or (spec.head_out,)):
                 if lin.bias is None:

@@ -7,7 +7,8 @@ from iti.errors import HeadIndexError, UnsupportedArchitectureError
 
 from ..conftest import ARCHS, make_tiny_model, tiny_config
 
-EXPECTED_KV = {"llama": 2, "mistral": 2, "qwen2": 2, "gemma": 1, "gemma2": 2, "gemma3_text": 1, "gpt2": 4, "gpt_neox": 4}
+EXPECTED_KV = {"llama": 2, "mistral": 2, "qwen2": 2, "gemma": 1, "gemma2": 2, "gemma3_text": 1, "gpt2": 4, "gpt_neox": 4,
+               "falcon": 1, "falcon_new": 2}
 EXPECTED_HEAD_DIM = {"gemma": 16, "gemma2": 16, "gemma3_text": 16}
 
 

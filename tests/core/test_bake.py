@@ -26,7 +26,7 @@ def test_baked_logits_equal_runtime_all_positions(arch):
     torch.testing.assert_close(baked, runtime, rtol=0, atol=1e-4)
 
 
-@pytest.mark.parametrize("arch", ["llama", "gpt2", "gemma3_text"])
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "gemma3_text", "falcon", "falcon_new"])
 def test_baked_model_reloads_with_stock_transformers(arch, tmp_path):
     model = make_tiny_model(arch)
     inter = make_intervention(model)
@@ -78,3 +78,17 @@ def test_baking_twice_is_refused_unless_adding(arch, tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(reloaded(_ids()).logits, once_double(_ids()).logits, rtol=1e-4, atol=1e-4)
     assert list(reloaded.config.iti_baked) == [inter.fingerprint()] * 2
+
+
+@pytest.mark.parametrize("arch", ["falcon", "falcon_new"])
+def test_falcon_bake_switches_config_bias_and_stores_zero_biases_elsewhere(arch):
+    """Falcon's config.bias also gives the fused QKV and the MLP biases: baking turns it on and stores those as
+    explicit zeros, so only the dense (output projection) bias carries the shift."""
+    model = make_tiny_model(arch)
+    assert not model.config.bias
+    bake(model, make_intervention(model))
+    assert model.config.bias is True
+    for name, p in model.named_parameters():
+        if name.endswith(("query_key_value.bias", "dense_h_to_4h.bias", "dense_4h_to_h.bias")):
+            assert torch.count_nonzero(p) == 0, name
+    assert any(torch.count_nonzero(p) for n, p in model.named_parameters() if n.endswith("self_attention.dense.bias"))
