@@ -69,7 +69,9 @@ class ArchitectureSpec:
     output_bias: str = "none"
     """``"config"``: stock transformers builds the head-output bias (with the other ``attention_linears``) when the
     config attribute ``bias_attr`` is true; ``"always"``: the head-output module always has a bias; ``"none"``: the
-    stock class has no bias there, so a baked model could not be loaded (baking is refused)."""
+    stock class has no bias there, so a baked model could not be loaded (baking is refused); ``"llama"``: the stock
+    class has no bias there but is Llama with other defaults (Mistral, Qwen2), so the baked model is saved as a
+    Llama-architecture checkpoint with ``attention_bias: true`` (when its config says the same model, else refused)."""
     weight_layout: str = "out_in"
     """``"out_in"`` for ``nn.Linear`` ([out, in]); ``"in_out"`` for GPT-2's ``Conv1D``."""
     context_attrs: tuple[str, ...] = ("max_position_embeddings",)
@@ -81,8 +83,8 @@ class ArchitectureSpec:
     """The KV-head count from the text config, where ``num_key_value_heads`` (else the head count) is not it."""
 
     def __post_init__(self) -> None:
-        if self.output_bias not in ("config", "always", "none"):
-            raise ValueError(f"output_bias must be 'config', 'always' or 'none', got {self.output_bias!r}")
+        if self.output_bias not in ("config", "always", "none", "llama"):
+            raise ValueError(f"output_bias must be 'config', 'always', 'llama' or 'none', got {self.output_bias!r}")
         if self.weight_layout not in ("out_in", "in_out"):
             raise ValueError(f"weight_layout must be 'out_in' or 'in_out', got {self.weight_layout!r}")
 
@@ -95,8 +97,8 @@ class ArchitectureSpec:
 _LLAMA_PATHS = ("model.layers", "model.language_model.layers", "language_model.model.layers", "layers")
 _LLAMA_ATTENTION = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj")
 _LLAMA_LIKE = ArchitectureSpec(_LLAMA_PATHS, "self_attn.o_proj", _LLAMA_ATTENTION, output_bias="config")
-# Mistral and Qwen2 hard-code o_proj without a bias: collectable and steerable, not bakeable as such.
-_NO_OUTPUT_BIAS = ArchitectureSpec(_LLAMA_PATHS, "self_attn.o_proj", _LLAMA_ATTENTION, output_bias="none")
+# Mistral and Qwen2 hard-code o_proj without a bias: a baked one is saved as a Llama checkpoint with attention biases.
+_SAVED_AS_LLAMA = ArchitectureSpec(_LLAMA_PATHS, "self_attn.o_proj", _LLAMA_ATTENTION, output_bias="llama")
 
 
 
@@ -118,8 +120,8 @@ _FALCON = ArchitectureSpec(
 
 _REGISTRY: dict[str, ArchitectureSpec] = {
     "llama": _LLAMA_LIKE,
-    "mistral": _NO_OUTPUT_BIAS,
-    "qwen2": _NO_OUTPUT_BIAS,
+    "mistral": _SAVED_AS_LLAMA,
+    "qwen2": _SAVED_AS_LLAMA,
     "gemma": _LLAMA_LIKE,
     "gemma2": _LLAMA_LIKE,
     "gemma3": _LLAMA_LIKE,
