@@ -6,6 +6,7 @@ outputs (before the output projection): ``o_proj`` in Llama-like models, ``attn.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any, cast
 
@@ -63,19 +64,27 @@ class ArchitectureSpec:
     head_out: str
     """Path, relative to one decoder block, of the module whose input is the concatenated head outputs."""
     attention_linears: tuple[str, ...] = ()
-    """Paths, relative to one block, of the attention's linear layers that share the output bias switch."""
+    """Paths, relative to one block, of the linear layers that share the output bias switch (``bias_attr``): baking
+    gives each one without a bias an explicit zero bias, so switching the config flag on changes no maths."""
     output_bias: str = "none"
-    """``"config"``: stock transformers builds the attention biases when ``config.attention_bias`` is true (q/k/v/o
-    together); ``"always"``: the head-output module always has a bias; ``"none"``: the stock class has no bias
-    there, so a baked model could not be loaded (baking is refused)."""
+    """``"config"``: stock transformers builds the head-output bias (with the other ``attention_linears``) when the
+    config attribute ``bias_attr`` is true; ``"always"``: the head-output module always has a bias; ``"none"``: the
+    stock class has no bias there, so a baked model could not be loaded (baking is refused); ``"llama"``: the stock
+    class has no bias there but is Llama with other defaults (Mistral, Qwen2), so the baked model is saved as a
+    Llama-architecture checkpoint with ``attention_bias: true`` (when its config says the same model, else refused)."""
     weight_layout: str = "out_in"
     """``"out_in"`` for ``nn.Linear`` ([out, in]); ``"in_out"`` for GPT-2's ``Conv1D``."""
     context_attrs: tuple[str, ...] = ("max_position_embeddings",)
     """Config attributes (of the text config) that hold the context length, first found wins."""
+    bias_attr: str = "attention_bias"
+    """With ``output_bias="config"``: the config attribute that switches the biases on (Llama: ``attention_bias``;
+    Falcon: ``bias``, which also switches on its fused QKV and MLP biases)."""
+    kv_heads: Callable[[Any], int] | None = None
+    """The KV-head count from the text config, where ``num_key_value_heads`` (else the head count) is not it."""
 
     def __post_init__(self) -> None:
-        if self.output_bias not in ("config", "always", "none"):
-            raise ValueError(f"output_bias must be 'config', 'always' or 'none', got {self.output_bias!r}")
+        if self.output_bias not in ("config", "always", "none", "llama"):
+            raise ValueError(f"output_bias must be 'config', 'always', 'llama' or 'none', got {self.output_bias!r}")
         if self.weight_layout not in ("out_in", "in_out"):
             raise ValueError(f"weight_layout must be 'out_in' or 'in_out', got {self.weight_layout!r}")
 
@@ -88,13 +97,31 @@ class ArchitectureSpec:
 _LLAMA_PATHS = ("model.layers", "model.language_model.layers", "language_model.model.layers", "layers")
 _LLAMA_ATTENTION = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj")
 _LLAMA_LIKE = ArchitectureSpec(_LLAMA_PATHS, "self_attn.o_proj", _LLAMA_ATTENTION, output_bias="config")
-# Mistral and Qwen2 hard-code o_proj without a bias: collectable and steerable, not bakeable as such.
-_NO_OUTPUT_BIAS = ArchitectureSpec(_LLAMA_PATHS, "self_attn.o_proj", _LLAMA_ATTENTION, output_bias="none")
+# Mistral and Qwen2 hard-code o_proj without a bias: a baked one is saved as a Llama checkpoint with attention biases.
+_SAVED_AS_LLAMA = ArchitectureSpec(_LLAMA_PATHS, "self_attn.o_proj", _LLAMA_ATTENTION, output_bias="llama")
+
+
+
+def _falcon_kv_heads(cfg: Any) -> int:
+    """Falcon-40B's layout (``new_decoder_architecture``) has ``num_kv_heads`` groups; Falcon-7B's multi-query
+    layout one; otherwise every head has its own."""
+    if getattr(cfg, "new_decoder_architecture", False):
+        return int(cfg.num_kv_heads)
+    if getattr(cfg, "multi_query", True):
+        return 1
+    return int(getattr(cfg, "num_kv_heads", None) or cfg.num_attention_heads)
+
+
+# Falcon's config.bias switches on the biases of the fused QKV projection, the output projection (dense) and the MLP
+_FALCON = ArchitectureSpec(
+    ("transformer.h",), "self_attention.dense",
+    ("self_attention.query_key_value", "self_attention.dense", "mlp.dense_h_to_4h", "mlp.dense_4h_to_h"),
+    output_bias="config", bias_attr="bias", kv_heads=_falcon_kv_heads)
 
 _REGISTRY: dict[str, ArchitectureSpec] = {
     "llama": _LLAMA_LIKE,
-    "mistral": _NO_OUTPUT_BIAS,
-    "qwen2": _NO_OUTPUT_BIAS,
+    "mistral": _SAVED_AS_LLAMA,
+    "qwen2": _SAVED_AS_LLAMA,
     "gemma": _LLAMA_LIKE,
     "gemma2": _LLAMA_LIKE,
     "gemma3": _LLAMA_LIKE,
@@ -102,6 +129,7 @@ _REGISTRY: dict[str, ArchitectureSpec] = {
     "gpt2": ArchitectureSpec(("transformer.h", "h"), "attn.c_proj", output_bias="always", weight_layout="in_out",
                              context_attrs=("n_positions", "max_position_embeddings")),
     "gpt_neox": ArchitectureSpec(("gpt_neox.layers", "layers"), "attention.dense", output_bias="always"),
+    "falcon": _FALCON,
 }
 
 
@@ -123,7 +151,8 @@ def architecture_spec(model_type: str) -> ArchitectureSpec | None:
 def register_architecture(model_type: str, *, layers_paths: tuple[str, ...] | list[str], head_out: str,
                           attention_linears: tuple[str, ...] | list[str] = (), output_bias: str = "none",
                           weight_layout: str = "out_in",
-                          context_attrs: tuple[str, ...] | list[str] = ("max_position_embeddings",)) -> ArchitectureSpec:
+                          context_attrs: tuple[str, ...] | list[str] = ("max_position_embeddings",),
+                          bias_attr: str = "attention_bias", kv_heads: Callable[[Any], int] | None = None) -> ArchitectureSpec:
     """Teach the library a new ``config.model_type``: once registered, it is collectable, steerable and (with
     ``output_bias`` "config" or "always") bakeable.
 
@@ -132,7 +161,7 @@ def register_architecture(model_type: str, *, layers_paths: tuple[str, ...] | li
     "self_attn.o_proj"], output_bias="config")``. The head geometry is read from the config.
     """
     spec = ArchitectureSpec(tuple(layers_paths), head_out, tuple(attention_linears), output_bias, weight_layout,
-                            tuple(context_attrs))
+                            tuple(context_attrs), bias_attr, kv_heads)
     _REGISTRY[model_type] = spec
     return spec
 
@@ -160,12 +189,15 @@ def context_length(model_or_config: Any) -> int | None:
 
 def geometry_from_config(config: Any) -> HeadGeometry:
     """Head geometry from a Hugging Face config (its text part); ``head_dim`` defaults to hidden_size // heads
-    and the KV-head count to the head count when the config leaves them out."""
+    and the KV-head count to the head count when the config leaves them out (an architecture whose config names it
+    otherwise, like Falcon's ``num_kv_heads`` and ``multi_query``, says how in its spec's ``kv_heads``)."""
     cfg = text_config(config)
+    spec = _REGISTRY.get(getattr(config, "model_type", None) or "") or _REGISTRY.get(getattr(cfg, "model_type", None) or "")
     num_heads = int(cfg.num_attention_heads)
     hidden = int(cfg.hidden_size)
     head_dim = getattr(cfg, "head_dim", None) or hidden // num_heads
-    kv = getattr(cfg, "num_key_value_heads", None) or num_heads
+    kv = spec.kv_heads(cfg) if spec is not None and spec.kv_heads is not None else (
+        getattr(cfg, "num_key_value_heads", None) or num_heads)
     return HeadGeometry(
         num_layers=int(cfg.num_hidden_layers),
         num_heads=num_heads,

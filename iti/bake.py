@@ -6,9 +6,13 @@ shift), which is not the same model; we store ``W_o @ s`` (added to an existing 
 
 Stock transformers must be able to load the result: Llama and Gemma read ``config.attention_bias``, which gives
 q/k/v/o projections biases; we set it and store explicit zero q/k/v biases (identical maths, no reliance on
-initialisation of missing weights). GPT-2 (``attn.c_proj``) and GPT-NeoX (``attention.dense``) already have biases.
-Mistral and Qwen2 hard-code ``o_proj`` without a bias, so a baked model of those could not be loaded by stock
-transformers: they are refused with a clear error (use the runtime intervention instead).
+initialisation of missing weights). Falcon's ``config.bias`` does the same for its fused QKV, dense and MLP layers.
+GPT-2 (``attn.c_proj``) and GPT-NeoX (``attention.dense``) already have biases. Mistral and Qwen2 hard-code
+``o_proj`` without a bias, but each is Llama with other defaults (Mistral: a sliding window; Qwen2: q/k/v biases), so
+:func:`save_baked` writes them as Llama-architecture checkpoints (``LlamaForCausalLM``, ``attention_bias: true``, their
+own biases, zeros where they had none), which stock transformers and serving engines load with the bias. That is done
+only when the Llama config reproduces the model exactly (no sliding window within the context, a rope Llama knows);
+otherwise baking is refused with the reason.
 """
 from __future__ import annotations
 
@@ -74,10 +78,17 @@ def bake(model: nn.Module, intervention: Intervention, *, add_to_existing: bool 
             f"a bias, so the baked model could not be loaded. Bakeable: {', '.join(bakeable_architectures())}; "
             "use intervention.applied(model, positions='all') instead."
         )
-    if spec.output_bias == "config":
+    if spec.output_bias == "llama":
+        problem = llama_checkpoint_problem(model.config)
+        if problem is not None:
+            raise UnsupportedArchitectureError(
+                f"cannot bake into {layout.model_type!r}: its o_proj has no bias, and a baked model is saved as a Llama "
+                f"checkpoint only when that reproduces the model exactly, but {problem}. Use "
+                "intervention.applied(model, positions='all') instead.")
+    if spec.output_bias in ("config", "llama"):
         config: Any = model.config
-        text_config(config).attention_bias = True
-        config.attention_bias = True  # the same object unless the config nests a text config
+        setattr(text_config(config), spec.bias_attr, True)
+        setattr(config, spec.bias_attr, True)  # the same object unless the config nests a text config
         for i in range(layout.geometry.num_layers):
             for lin in _attention_linears(layout.layer_module(model, i), spec.attention_linears or (spec.head_out,)):
                 if lin.bias is None:
@@ -93,10 +104,71 @@ def bake(model: nn.Module, intervention: Intervention, *, add_to_existing: bool 
     return model
 
 
+#: Config keys of Mistral and Qwen2 that a Llama config does not have; what they say is checked before they are dropped.
+_NOT_LLAMA_KEYS = ("sliding_window", "use_sliding_window", "max_window_layers", "layer_types")
+
+
+def llama_checkpoint_problem(config: Any) -> str | None:
+    """Why a Llama config could not reproduce this Mistral or Qwen2 model, or None when it can: the sliding window
+    must be unused within the context (Mistral: ``sliding_window`` None or at least ``max_position_embeddings``;
+    Qwen2: no sliding layers, or a window at least the context), and the rope must be one Llama computes alike."""
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    model_type = getattr(config, "model_type", None)
+    if model_type not in ("mistral", "qwen2"):
+        return f"model_type {model_type!r} is not Mistral or Qwen2"
+    context = getattr(config, "max_position_embeddings", None)
+    window = getattr(config, "sliding_window", None)
+    if model_type == "mistral":
+        sliding = window is not None
+    else:
+        layer_types = getattr(config, "layer_types", None) or []
+        sliding = bool(getattr(config, "use_sliding_window", False)) or "sliding_attention" in layer_types
+        sliding = sliding and window is not None
+    if sliding and (context is None or int(cast(Any, window)) < int(context)):
+        return (f"its sliding window ({window} tokens) is active within its context ({context} tokens), which a Llama "
+                "checkpoint cannot express")
+    rope = getattr(config, "rope_parameters", None) or {}
+    rope_type = rope.get("rope_type", "default") if isinstance(rope, dict) else "default"
+    if rope_type != "default" and rope_type not in ROPE_INIT_FUNCTIONS:
+        return f"its rope type {rope_type!r} is not one Llama computes"
+    return None
+
+
+def as_llama_checkpoint(model: nn.Module) -> nn.Module:
+    """A ``LlamaForCausalLM`` sharing the baked Mistral or Qwen2 model's tensors (no copy), with ``attention_bias``
+    on: every q/k/v/o bias the model has (Qwen2's q/k/v, the baked o_proj), zeros where it has none."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config: Any = model.config
+    problem = llama_checkpoint_problem(config)
+    if problem is not None:
+        raise UnsupportedArchitectureError(f"cannot save this {config.model_type!r} model as a Llama checkpoint: {problem}")
+    d = {k: v for k, v in config.to_dict().items() if k not in (*_NOT_LLAMA_KEYS, "model_type", "architectures", "transformers_version")}
+    d.update(attention_bias=True, mlp_bias=False, architectures=["LlamaForCausalLM"])
+    llama_config = LlamaConfig(**d)
+    with torch.device("meta"):
+        llama = LlamaForCausalLM(llama_config)
+    state = dict(model.state_dict())
+    for name, p in llama.state_dict().items():  # zero biases the model lacks (Mistral's q/k/v/o before baking)
+        if name not in state and name.endswith(".bias"):
+            like = state[name[: -len("bias")] + "weight"]
+            state[name] = torch.zeros(p.shape, dtype=like.dtype, device=like.device)
+    llama.load_state_dict(state, strict=True, assign=True)
+    if getattr(llama_config, "tie_word_embeddings", False):
+        llama.tie_weights()
+    if getattr(model, "generation_config", None) is not None:
+        llama.generation_config = cast(Any, model).generation_config
+    return llama.eval()
+
+
 def save_baked(model: nn.Module, tokenizer: Any, out_dir: str | os.PathLike, intervention: Intervention) -> Path:
-    """``save_pretrained`` as safetensors (loadable by transformers, vLLM, TGI) plus the intervention for provenance."""
+    """``save_pretrained`` as safetensors (loadable by transformers, vLLM, TGI) plus the intervention for provenance.
+    A baked Mistral or Qwen2 is written as a Llama-architecture checkpoint (see :func:`as_llama_checkpoint`)."""
     out = Path(out_dir)
     before = _file_stamps(out)
+    if model_layout(model).spec.output_bias == "llama":
+        model = as_llama_checkpoint(model)
     cast(Any, model).save_pretrained(out, safe_serialization=True)  # a transformers model
     tokenizer.save_pretrained(out)
     # save_pretrained writes its safetensors files private (0600): give what this call wrote a plain write's mode

@@ -68,10 +68,16 @@ def tiny_config(arch: str):
         return tf.GPT2Config(vocab_size=vocab, n_layer=3, n_head=4, n_embd=32, n_positions=512, bos_token_id=1, eos_token_id=2)
     if arch == "gpt_neox":
         return tf.GPTNeoXConfig(**c)
+    falcon = dict(vocab_size=vocab, num_hidden_layers=3, num_attention_heads=4, hidden_size=32, max_position_embeddings=512,
+                  pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    if arch == "falcon":  # Falcon-7B's layout: multi-query (one KV head), parallel attention, no biases
+        return tf.FalconConfig(**falcon, multi_query=True, new_decoder_architecture=False)
+    if arch == "falcon_new":  # Falcon-40B's layout: grouped KV heads, two layer norms
+        return tf.FalconConfig(**falcon, new_decoder_architecture=True, num_kv_heads=2)
     raise KeyError(arch)
 
 
-ARCHS = ["llama", "mistral", "qwen2", "gemma", "gemma2", "gemma3_text", "gpt2", "gpt_neox"]
+ARCHS = ["llama", "mistral", "qwen2", "gemma", "gemma2", "gemma3_text", "gpt2", "gpt_neox", "falcon", "falcon_new"]
 
 
 def make_tiny_model(arch: str, seed: int = 0):

@@ -288,7 +288,7 @@ def test_python_api_refuses_the_same_before_writing(tmp_path):
         run_validation(None, None, ValidationConfig(val_ratio=0), out)
     with pytest.raises(InvalidOptionError, match="^--num_fold: an integer between 2 and 4"):
         run_validation(None, None, ValidationConfig(num_fold=10, max_questions=4), out)
-    with pytest.raises(InvalidOptionError, match="^--chat_format: one of llama2, mistral, plain, got 'bogus'$"):
+    with pytest.raises(InvalidOptionError, match="^--chat_format: one of falcon, llama2, mistral, plain, got 'bogus'$"):
         run_faithfulness(FaithfulnessConfig(chat_format="bogus", output_dir=str(out), cache=str(tmp_path / "c.sqlite")))
     with pytest.raises(InvalidOptionError, match=r"^--ks: an integer >= 1, got 0$"):
         run_concepts(ConceptConfig(ks=[4, 0], output_dir=str(out)))

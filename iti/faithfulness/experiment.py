@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -71,7 +71,10 @@ class FaithfulnessConfig:
     original_prompts: bool = field(default=False, metadata={
         "help": "introspect's prompt text with its typos (comparability)"})
     chat_format: str | None = field(default=None, metadata={
-        "help": "for tokenizers without a chat template: llama2, mistral or plain"})
+        "help": "introspect's prompt format instead of the tokenizer's chat template: falcon, llama2, mistral or plain "
+                "(default: the one an introspect short name such as falcon-7b stands for, else the template, else plain)"})
+    system_message: str | None = field(default=None, metadata={
+        "help": "a system message to render before each prompt (default: none)"})
     data_dir: str | None = field(default=None, metadata={
         "help": "data root holding faithfulness/ (default: $ITI_DATA_DIR, ../shared/data, hub)"})
     output_dir: str | None = field(default=None, metadata={
@@ -333,6 +336,15 @@ def ignored_config_notes(cfg: FaithfulnessConfig) -> list[str]:
             for task, flags in task_configs(cfg.tasks, cfg.task_config)[1].items()]
 
 
+def prompt_renderer(cfg: FaithfulnessConfig, tokenizer: Any) -> Callable[[str], str]:
+    """How a run renders each task prompt: ``--chat_format``, else the format an introspect short name stands for
+    (``falcon-7b`` -> introspect's Falcon format), else the tokenizer's chat template; with ``--system_message``."""
+    from ..models import chat_format_of
+
+    chat_format = cfg.chat_format or chat_format_of(cfg.model)
+    return lambda text: render_chat(tokenizer, text, chat_format, cfg.system_message)
+
+
 def run_faithfulness(cfg: FaithfulnessConfig) -> dict[str, Any]:
     """Run every data set and task through each arm, write the samples, summary.json (after every row) and,
     with two arms, the comparison; return the summary."""
@@ -345,7 +357,7 @@ def run_faithfulness(cfg: FaithfulnessConfig) -> dict[str, Any]:
     t0 = time.perf_counter()
     arms, tokenizer = build_arms(cfg, cache)
     claim_output_dir(out, cfg)
-    render = lambda text: render_chat(tokenizer, text, cfg.chat_format)  # noqa: E731
+    render = prompt_renderer(cfg, tokenizer)
     classify_settings = GenerationSettings(max_new_tokens=cfg.classify_max_new_tokens, seed=cfg.seed)
     explain_settings = GenerationSettings(max_new_tokens=cfg.max_new_tokens, seed=cfg.seed)
     rows: list[dict[str, Any]] = []

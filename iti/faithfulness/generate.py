@@ -26,11 +26,14 @@ from ..openai_client import EndpointError, post_completion
 from ..options import check_choice
 from .cache import CachedGeneration, GenerationCache, GenerationKey
 
-#: Chat formats for tokenizers without a chat template (the originals' formats, from the protocol notes).
-FALLBACK_CHAT_FORMATS = {
-    "llama2": "<s>[INST] {user} [/INST]",
-    "mistral": "<s>[INST] {user} [/INST]",
-    "plain": "User: {user}\nAssistant:",
+#: Chat formats for tokenizers without a chat template (introspect's renderings of one user turn), each as
+#: (without a system message, with one). introspect's Mistral takes no system message; Mistral's own convention
+#: (its later chat templates) puts it before the user text in the first [INST] block, as here.
+FALLBACK_CHAT_FORMATS: dict[str, tuple[str, str]] = {
+    "falcon": ("User: {user}\nFalcon:", "{system}\nUser: {user}\nFalcon:"),
+    "llama2": ("<s>[INST] {user} [/INST]", "<s>[INST] <<SYS>>\n{system}\n<</SYS>>\n\n{user} [/INST]"),
+    "mistral": ("<s>[INST] {user} [/INST]", "<s>[INST] {system}\n\n{user} [/INST]"),
+    "plain": ("User: {user}\nAssistant:", "{system}\nUser: {user}\nAssistant:"),
 }
 
 
@@ -52,12 +55,15 @@ class GenerationSettings:
         return asdict(self)
 
 
-def render_chat(tokenizer: Any, user: str, chat_format: str | None = None) -> str:
-    """A single-turn chat prompt: the tokenizer's chat template, else a named fallback format."""
+def render_chat(tokenizer: Any, user: str, chat_format: str | None = None, system: str | None = None) -> str:
+    """A single-turn chat prompt, with a system message when ``system`` is given: a named format of
+    :data:`FALLBACK_CHAT_FORMATS` when ``chat_format`` is given, else the tokenizer's chat template, else "plain"."""
     if chat_format is None and getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template([{"role": "user", "content": user}], tokenize=False, add_generation_prompt=True)
+        messages = ([{"role": "system", "content": system}] if system is not None else []) + [{"role": "user", "content": user}]
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     check_choice("chat_format", chat_format, FALLBACK_CHAT_FORMATS, none_ok=True)
-    return FALLBACK_CHAT_FORMATS[chat_format or "plain"].format(user=user)
+    without, with_system = FALLBACK_CHAT_FORMATS[chat_format or "plain"]
+    return (without if system is None else with_system).format(user=user, system=system)
 
 
 def prompt_seed(seed: int, prompt: str) -> int:

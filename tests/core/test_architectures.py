@@ -7,7 +7,8 @@ from iti.errors import HeadIndexError, UnsupportedArchitectureError
 
 from ..conftest import ARCHS, make_tiny_model, tiny_config
 
-EXPECTED_KV = {"llama": 2, "mistral": 2, "qwen2": 2, "gemma": 1, "gemma2": 2, "gemma3_text": 1, "gpt2": 4, "gpt_neox": 4}
+EXPECTED_KV = {"llama": 2, "mistral": 2, "qwen2": 2, "gemma": 1, "gemma2": 2, "gemma3_text": 1, "gpt2": 4, "gpt_neox": 4,
+               "falcon": 1, "falcon_new": 2}
 EXPECTED_HEAD_DIM = {"gemma": 16, "gemma2": 16, "gemma3_text": 16}
 
 
@@ -115,14 +116,17 @@ def test_a_registered_architecture_is_collectable_steerable_and_bakeable_at_once
     torch.testing.assert_close(baked, runtime, rtol=0, atol=1e-5)
 
 
-def test_an_architecture_without_an_output_bias_is_refused_by_bake_with_the_bakeable_list():
+def test_an_architecture_without_an_output_bias_is_refused_by_bake_with_the_bakeable_list(monkeypatch):
+    from iti import architectures
     from iti.bake import bake
     from iti.intervention import Intervention
 
     from ..conftest import make_tiny_model
 
-    model = make_tiny_model("qwen2")
+    monkeypatch.setattr(architectures, "_REGISTRY", dict(architectures._REGISTRY))
+    register_architecture("llama", layers_paths=["model.layers"], head_out="self_attn.o_proj", output_bias="none")
+    model = make_tiny_model("llama")
     g = model_layout(model).geometry
     inter = Intervention([(0, 0)], [[1.0] + [0.0] * (g.head_dim - 1)], [1.0], 1.0, "tiny", g)
-    with pytest.raises(UnsupportedArchitectureError, match="Bakeable: .*llama"):
+    with pytest.raises(UnsupportedArchitectureError, match="Bakeable: .*gpt2.*mistral, qwen2"):
         bake(model, inter)

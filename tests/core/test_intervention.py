@@ -170,7 +170,7 @@ def _loaded_tiny(tmp_path, arch="llama"):
 BATCH_PROMPTS = ["the lazy dog", "Q: Why do veins appear blue? A: Because"]
 
 
-@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "falcon", "falcon_new"])
 def test_batched_steered_generation_equals_one_prompt_at_a_time(tmp_path, arch):
     model, tok = _loaded_tiny(tmp_path, arch)
     inter = make_intervention(model, alpha=1.0)  # small enough that the steered text still depends on the prompt

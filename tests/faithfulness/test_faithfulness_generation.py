@@ -123,7 +123,7 @@ def test_render_chat_uses_the_template_or_a_named_fallback():
     tok = tiny_tokenizer()
     assert render_chat(tok, "hi") == "User: hi\nAssistant:"
     assert render_chat(tok, "hi", "llama2") == "<s>[INST] hi [/INST]"
-    with pytest.raises(ValueError, match="--chat_format: one of llama2, mistral, plain"):
+    with pytest.raises(ValueError, match="--chat_format: one of falcon, llama2, mistral, plain"):
         render_chat(tok, "hi", "vicuna")
 
 
