@@ -130,36 +130,93 @@ def run_validate(args: argparse.Namespace) -> None:
 
 
 def add_bake_args(p: argparse.ArgumentParser) -> None:
-    """Flags of ``iti bake``: the model, a saved intervention, the output directory and an optional alpha."""
+    """Flags of ``iti bake`` (honest_llama's edit_weight options): the model, either a saved intervention or the
+    settings to fit one on every question, the output directory and alpha."""
     _flag(p, "model_name", default="smollm2-135m")
-    _flag(p, "intervention", required=True, help="a saved intervention directory (e.g. from validate_2fold)")
+    _flag(p, "intervention", default=None, help="a saved intervention directory (e.g. intervention_fold0 of validate_2fold); "
+                                                 "without it, the intervention is fitted on ALL questions as edit_weight.py does")
     _flag(p, "output_dir", required=True, help="where the baked model is saved (safetensors, loadable by transformers/vLLM/TGI)")
-    _flag(p, "alpha", type=float, default=None, help="override the intervention's alpha")
+    _flag(p, "alpha", type=float, default=None, help="strength (default 15 when fitting; with --intervention, its own alpha)")
+    _flag(p, "num_heads", type=int, default=None, help="heads to intervene on, top by probe accuracy (default 48; fitting only)")
+    _flag(p, "use_center_of_mass", action="store_true", help="mass-mean directions, else probe weights (fitting only)")
+    _flag(p, "use_random_dir", action="store_true", help="random heads and random directions, the original's control (fitting only)")
+    _flag(p, "seed", type=int, default=None, help="seed of the 80/20 probe split and random draws (default 42; fitting only)")
+    _flag(p, "features_dir", default=None, help="where the tqa_mc2 and tqa_gen_end_q feature directories are (fitting only; "
+                                                 "default: features/ of the output root)")
     _flag(p, "dtype", default=None)
 
 
+#: bake flags that only mean something when the intervention is fitted (not with --intervention)
+_FIT_ONLY = ("num_heads", "use_center_of_mass", "use_random_dir", "seed", "features_dir")
+
+
 def run_bake(args: argparse.Namespace) -> None:
-    """``iti bake``: load a saved intervention (with ``--alpha`` if given), add it to the output-projection biases
-    and save the model with the intervention in ``iti_intervention/``. The options and the intervention's files
-    are checked before the model loads."""
+    """``iti bake``: the intervention is loaded (``--intervention``, with ``--alpha`` if given) or fitted on every
+    question of the features (:func:`iti.truthfulqa.fit.fit_on_all_questions`, as honest_llama's edit_weight.py);
+    it is added to the output-projection biases and the model saved with the intervention in ``iti_intervention/``,
+    whose meta says what it was fitted on (``fitted_on``). Options, features and intervention files are checked
+    before the model loads."""
     from .bake import bake, save_baked
     from .intervention import Intervention
     from .models import check_dtype, load_model, resolve_model
     from .options import check_existing_path, check_finite_nonneg, refuse
 
-    check_existing_path("intervention", args.intervention)
     check_finite_nonneg("alpha", args.alpha, none_ok=True)
     check_dtype(args.dtype)
     if Path(args.output_dir).is_file():
         raise refuse("output_dir", "a directory to save the model in (existing or new), not a file", args.output_dir)
-    resolve_model(args.model_name)
-    inter = Intervention.load(args.intervention)
-    if args.alpha is not None:
-        inter = inter.with_alpha(args.alpha)
+    name = resolve_model(args.model_name).name
+    if args.intervention is not None:
+        for option in _FIT_ONLY:
+            if getattr(args, option) not in (None, False):
+                raise refuse(option, "only without --intervention (it sets how the intervention is fitted; a saved one "
+                             "is already fitted)", getattr(args, option))
+        check_existing_path("intervention", args.intervention)
+        inter = Intervention.load(args.intervention)
+        if args.alpha is not None:
+            inter = inter.with_alpha(args.alpha)
+        fitted = inter.meta.get("fitted_on")
+        if fitted is None:
+            n = inter.meta.get("train_questions")
+            fitted = f"a saved intervention ({n} training questions of a fold)" if n else "a saved intervention"
+        inter.meta = {**inter.meta, "fitted_on": fitted, "source": str(args.intervention)}
+    else:
+        inter = _fit_bake_intervention(args, name)
     model, tokenizer = load_model(args.model_name, dtype=args.dtype)
     bake(model, inter)  # refuses an intervention made for another geometry
     out = save_baked(model, tokenizer, args.output_dir, inter)
-    print(f"[bake] {len(inter.heads)} heads, alpha {inter.alpha:g}: o_proj bias = W_o @ shift; saved to {out}")
+    print(f"[bake] {len(inter.heads)} heads, alpha {inter.alpha:g}: o_proj bias = W_o @ shift; saved to {out} "
+          f"(fitted on {inter.meta['fitted_on']}, in iti_intervention/)")
+
+
+def _fit_bake_intervention(args: argparse.Namespace, name: str):
+    """edit_weight.py's fit: every question of the resolved model's tqa_mc2 features (probes, directions) and
+    tqa_gen_end_q features (stds), refused with the collect command when they are missing."""
+    from .architectures import HeadGeometry
+    from .features import load_features, read_manifest
+    from .options import check_existing_path, check_range, check_seed
+    from .truthfulqa.config import ValidationConfig
+    from .truthfulqa.experiment import check_features
+    from .truthfulqa.fit import ALL_QUESTIONS, fit_on_all_questions
+
+    num_heads = 48 if args.num_heads is None else args.num_heads
+    seed = 42 if args.seed is None else args.seed
+    alpha = 15.0 if args.alpha is None else args.alpha
+    check_seed("seed", seed)
+    check_existing_path("features_dir", args.features_dir)
+    cfg = ValidationConfig(model_name=name, features_dir=args.features_dir, num_heads=num_heads, alpha=alpha, seed=seed,
+                           use_center_of_mass=args.use_center_of_mass, use_random_dir=args.use_random_dir)
+    check_features(cfg)
+    manifest = read_manifest(cfg.features_path(cfg.dataset_name))
+    total = HeadGeometry.from_dict(manifest["model"]["geometry"]).num_total_heads
+    check_range("num_heads", num_heads, 1, total, integer=True, why=f"the layers x heads of {name}")
+    features = load_features(cfg.features_path(cfg.dataset_name), mmap=False)
+    tuning = load_features(cfg.features_path(cfg.activations_dataset), mmap=False)
+    inter = fit_on_all_questions(features, tuning, num_heads=num_heads, alpha=alpha, model_name=name, direction=cfg.direction,
+                                 heads="random" if args.use_random_dir else "top", seed=seed, val_ratio=cfg.val_ratio)
+    print(f"[bake] fitted on {ALL_QUESTIONS} ({inter.meta['questions']} questions; probes on an 80/20 split, seed {seed}; "
+          f"{cfg.direction} directions; stds over {inter.meta['tuning_rows']} {cfg.activations_dataset} rows)", flush=True)
+    return inter
 
 
 def run_demo(args: argparse.Namespace) -> None:

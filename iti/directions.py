@@ -15,13 +15,17 @@ HEAD_CHOICES = ("probe_accuracy", "random")
 
 
 def top_heads(accuracies: np.ndarray, k: int) -> list[tuple[int, int]]:
-    """The k heads with the highest validation accuracy (ties broken toward the later flat index, like
-    ``np.argsort(...)[::-1]`` in the original), as sorted (layer, head) pairs."""
+    """The k heads with the highest validation accuracy, as sorted (layer, head) pairs.
+
+    Chosen exactly as honest_llama's ``get_top_heads``: ``np.argsort(accuracies.ravel())[::-1][:k]`` with numpy's
+    default sort, which is not stable. Among heads of equal accuracy at the cut, which ones are kept is therefore
+    numpy's choice (deterministic for a given array, numpy version and CPU), not "the later flat index"; it is the
+    same choice the original makes on the same accuracies."""
     acc = np.asarray(accuracies)
     if acc.ndim != 2:
         raise ValueError(f"accuracies must be [layers, heads], got shape {acc.shape}")
     _check_k(k, acc.size)
-    flat = np.argsort(acc.reshape(-1), kind="stable")[::-1][:k]
+    flat = np.argsort(acc.reshape(-1))[::-1][:k]  # default kind, as the original
     return sorted((int(i // acc.shape[1]), int(i % acc.shape[1])) for i in flat)
 
 

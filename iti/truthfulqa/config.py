@@ -8,6 +8,7 @@ from pathlib import Path
 from ..features import read_manifest
 from ..options import (
     TRUTHFULQA_QUESTIONS,
+    check_choice,
     check_each,
     check_existing_path,
     check_finite_nonneg,
@@ -54,6 +55,10 @@ class ValidationConfig:
         "help": "neutral text for CE/KL: offline IMDB sample or the hub's openwebtext-10k", "choices": ("imdb", "owt")})
     tune_on_all_questions: bool = field(default=False, metadata={
         "help": "std of projections over all questions (the original) instead of the training fold"})
+    mc_shift_start: str = field(default="first_answer_token", metadata={
+        "help": "where the MC shift starts: the first answer token, or the original's len(question prompt) + 4 "
+                "(the second answer token for SmolLM2's and Llama 2's tokenizers)",
+        "choices": ("first_answer_token", "original")})
     max_questions: int | None = field(default=None, metadata={
         "help": "first N questions of the features only (quick runs)"})
     features_dir: str | None = field(default=None, metadata={
@@ -68,6 +73,7 @@ class ValidationConfig:
         anything is loaded or written. Reads only the features manifest (for the model's layers x heads and the
         number of questions; without one, ``max_questions`` or TruthfulQA's 817 questions)."""
         check_finite_nonneg("alpha", self.alpha)
+        check_choice("mc_shift_start", self.mc_shift_start, ("first_answer_token", "original"))
         check_each(check_finite_nonneg, "sweep_alphas", self.sweep_alphas)
         check_seed("seed", self.seed)
         check_each(check_seed, "control_seeds", self.control_seeds)

@@ -30,7 +30,7 @@ from .report import plot_results, summarize, summary_markdown
 #: sweeps), how fast (batch_size) or where from (paths, replaced by the content they point at).
 RESULT_FIELDS = ("model_name", "dataset_name", "activations_dataset", "num_fold", "val_ratio", "seed", "use_center_of_mass",
                  "use_random_dir", "instruction_prompt", "preset", "max_new_tokens", "ce_samples", "ce_corpus",
-                 "tune_on_all_questions", "max_questions")
+                 "tune_on_all_questions", "max_questions", "mc_shift_start")
 RUN_RECORD = "run.json"
 
 
@@ -87,7 +87,7 @@ def _mc_part(model, tokenizer, tqa, test_q, intervention, cfg, texts) -> dict[st
     questions = mc_questions(tqa, test_q, cfg.preset, cfg.instruction_prompt)
     t0 = time.perf_counter()
     scores = score_choices(model, tokenizer, questions, prefix=shared_prefix(cfg.preset, cfg.instruction_prompt),
-                           intervention=intervention, batch_size=cfg.batch_size)
+                           intervention=intervention, batch_size=cfg.batch_size, shift_start=cfg.mc_shift_start)
     mc = mc_metrics(questions, scores, cfg.preset)
     out: dict[str, Any] = {"question_ids": [int(q) for q in test_q], "MC1": mc.mc1.tolist(), "MC2": mc.mc2.tolist(), "MC3": mc.mc3.tolist(),
                            "mc_seconds": time.perf_counter() - t0}

@@ -47,3 +47,31 @@ def build_intervention(
     return fit_intervention(features.head_wise[rows], features.labels[rows], features.question_ids[rows], num_heads=num_heads,
                             method=direction, head_choice="probe_accuracy" if heads == "top" else "random", alpha=alpha,
                             std_from=std_from, probes=fold, seed=seed, geometry=features.geometry, model_name=model_name, meta=meta)
+
+
+#: what ``meta["fitted_on"]`` says of an intervention fitted by :func:`fit_on_all_questions`
+ALL_QUESTIONS = "all questions"
+
+
+def fit_on_all_questions(
+    features: FeatureSet,
+    tuning: FeatureSet,
+    *,
+    num_heads: int,
+    alpha: float,
+    model_name: str,
+    direction: str = "probe",
+    heads: str = "top",
+    seed: int = 42,
+    val_ratio: float = 0.2,
+) -> Intervention:
+    """honest_llama's edit_weight.py: the intervention fitted on every question of the features (817 for the full
+    TruthfulQA), not on a fold. Probes on a seeded 80/20 split of all questions pick the top heads ("top"; "random"
+    draws them), directions from all rows ("mass_mean", "probe" or "random"), stds from every tuning row
+    (tqa_gen_end_q), as the original. ``meta["fitted_on"]`` is :data:`ALL_QUESTIONS`."""
+    questions = int(len(np.unique(features.question_ids)))
+    meta = {"fitted_on": ALL_QUESTIONS, "questions": questions, "heads": heads, "direction": direction, "seed": seed,
+            "num_heads": num_heads, "val_ratio": val_ratio, "tuning_rows": int(len(tuning.question_ids)),
+            "features": {fs.manifest["dataset"]["name"]: fs.manifest.get("job_id") for fs in (features, tuning)}}
+    return fit_intervention(features, num_heads=num_heads, method=direction, head_choice="probe_accuracy" if heads == "top" else "random",
+                            alpha=alpha, std_from=tuning, val_ratio=val_ratio, seed=seed, model_name=model_name, meta=meta)

@@ -3,7 +3,11 @@ and answers are scored many at a time.
 
 An answer's score is the sum of the log-probabilities of its tokens given the context (not length-normalised),
 where its tokens are those of ``context + continuation`` beyond the tokens of ``context`` (lm-evaluation-harness's
-split). With an intervention, only the answer tokens' positions are shifted.
+split). With an intervention, only the answer tokens' positions are shifted: from the first answer token
+(``shift_start="first_answer_token"``, the default) or, as honest_llama's ``tqa_run_probs``, from
+``len(tokens(question prompt)) + 4`` (``shift_start="original"``; the question prompt is the context without its
+"\nA:", and where "\nA:" is 3 tokens, as for Llama-2-style and SmolLM2's tokenizers inside a prompt, this is the
+second answer token).
 """
 from __future__ import annotations
 
@@ -49,6 +53,25 @@ def _tokenize(tokenizer: Any, questions: Sequence[MCQuestion]) -> tuple[list[lis
     return contexts, conts
 
 
+#: where the MC shift starts: the first answer token, or honest_llama's ``len(tokens(question prompt)) + 4``
+SHIFT_STARTS = ("first_answer_token", "original")
+_ANSWER_CUE = "\nA:"
+
+
+def _shift_starts(tokenizer: Any, questions: Sequence[MCQuestion], contexts: list[list[int]], shift_start: str) -> list[int]:
+    """The absolute position each question's shift starts at."""
+    if shift_start == "first_answer_token":
+        return [len(c) for c in contexts]
+    if shift_start != "original":
+        raise ValueError(f"shift_start must be one of {', '.join(SHIFT_STARTS)}, got {shift_start!r}")
+    bare = []
+    for q in questions:
+        if not q.context.endswith(_ANSWER_CUE):
+            raise ValueError(f"question {q.question_id}: shift_start='original' needs a context ending in {_ANSWER_CUE!r}")
+        bare.append(q.context[: -len(_ANSWER_CUE)])
+    return [len(ids) + 4 for ids in tokenizer(bare)["input_ids"]]  # tqa_run_probs: "the '\nA: ' which is 4 tokens"
+
+
 def score_choices(
     model: torch.nn.Module,
     tokenizer: Any,
@@ -56,6 +79,7 @@ def score_choices(
     *,
     prefix: str | None = None,
     intervention: Intervention | None = None,
+    shift_start: str = "first_answer_token",
     batch_size: int = 16,
     group_answers: int = 64,
     progress: bool = True,
@@ -66,7 +90,9 @@ def score_choices(
     the prefix is encoded once; each group of questions then encodes its question parts once on top of it,
     and all answers of the group run in one batch on top of their question's cache. ``prefix=None`` runs one
     full forward per answer (the slow reference, same token ids, same numbers). ``group_answers`` bounds the
-    answers per question group, ``batch_size`` the rows per forward pass.
+    answers per question group, ``batch_size`` the rows per forward pass. ``shift_start``: where the intervention's
+    shift starts (:data:`SHIFT_STARTS`; see the module docstring); a start inside the context runs that question
+    the slow way.
     """
     device = model_device(model)
     pad = pad_token_id(tokenizer)
@@ -74,7 +100,9 @@ def score_choices(
     scores = [np.full(len(q.continuations), np.nan) for q in questions]
     prefix_ids = list(tokenizer(prefix)["input_ids"]) if prefix else []
     lp = len(prefix_ids)
-    shared = [qi for qi in range(len(questions)) if prefix and contexts[qi][:lp] == prefix_ids and len(contexts[qi]) > lp]
+    starts = _shift_starts(tokenizer, questions, contexts, shift_start)
+    shared = [qi for qi in range(len(questions)) if prefix and contexts[qi][:lp] == prefix_ids and len(contexts[qi]) > lp
+              and starts[qi] >= len(contexts[qi])]
     alone = sorted(set(range(len(questions))) - set(shared))
     bar = tqdm(total=sum(len(q.continuations) for q in questions), desc="MC scoring", unit="answer", disable=not progress)
     shift = intervention.applied if intervention is not None else None
@@ -82,7 +110,7 @@ def score_choices(
         for qi in alone:  # one full forward per answer, shifting the answer tokens only
             for ci, cont in enumerate(conts[qi]):
                 ids = torch.tensor([contexts[qi] + cont], device=device)
-                ctx = shift(model, positions=len(contexts[qi])) if shift else contextlib.nullcontext()
+                ctx = shift(model, positions=starts[qi]) if shift else contextlib.nullcontext()
                 with ctx:
                     logits = model(input_ids=ids, use_cache=False).logits[0]
                 n = len(contexts[qi])
@@ -96,7 +124,7 @@ def score_choices(
             question_sizes = AdaptiveBatchSize(max(len(g) for g in groups), what="question", flag="group_answers")
             for group in groups:
                 question_sizes.run(group, lambda sub: _score_group(model, sub, contexts, conts, scores, prefix_cache, lp, pad,
-                                                                   device, shift, answer_sizes))
+                                                                   device, shift, answer_sizes, starts))
                 bar.update(sum(len(conts[qi]) for qi in group))
     bar.close()
     return scores
@@ -132,7 +160,8 @@ def _groups(questions: list[int], n_answers: list[int], batch_size: int) -> list
     return groups
 
 
-def _score_group(model, group, contexts, conts, scores, prefix_cache, lp, pad, device, shift, sizes: AdaptiveBatchSize) -> None:
+def _score_group(model, group, contexts, conts, scores, prefix_cache, lp, pad, device, shift, sizes: AdaptiveBatchSize,
+                 starts: Sequence[int]) -> None:
     # Stage 1: the question parts of the group, on top of the shared prefix (no shift: context tokens).
     q_ids, q_mask = pad_batch([contexts[qi][lp:] for qi in group], pad)
     past = _fork(prefix_cache)
@@ -152,7 +181,8 @@ def _score_group(model, group, contexts, conts, scores, prefix_cache, lp, pad, d
             scores[qi][ci] = float(first[g, cont[0]])
             if len(cont) > 1:
                 rows.append((g, qi, ci))
-    # Stage 2: the answers, each on top of its question's cache; all positions here are answer tokens.
+    # Stage 2: the answers, each on top of its question's cache; all positions here are answer tokens, shifted from
+    # column starts[qi] - len(context) on (0: every column). The intervention counts columns after the padded cache.
     rows.sort(key=lambda r: -len(conts[r[1]][r[2]]))  # similar lengths together: less padding
 
     def run(chunk: Sequence[tuple[int, int, int]]) -> None:
@@ -164,7 +194,9 @@ def _score_group(model, group, contexts, conts, scores, prefix_cache, lp, pad, d
         positions = lp + q_lens[index][:, None] + torch.arange(a_ids.shape[1])[None, :]
         kwargs = dict(input_ids=a_ids.to(device), attention_mask=attn.to(device), position_ids=positions.to(device),
                       **with_cache(model, past), use_cache=True)
-        with (shift(model, positions="all") if shift else contextlib.nullcontext()):
+        skip = [starts[qi] - len(contexts[qi]) for _, qi, _ in chunk]
+        where: str | torch.Tensor = "all" if not any(skip) else torch.tensor(skip) + lp + q_ids.shape[1]
+        with (shift(model, positions=where) if shift else contextlib.nullcontext()):
             logits = model(**kwargs).logits
         for j, (_, qi, ci) in enumerate(chunk):
             cont = conts[qi][ci]

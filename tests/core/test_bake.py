@@ -158,3 +158,76 @@ def test_falcon_bake_switches_config_bias_and_stores_zero_biases_elsewhere(arch)
         if name.endswith(("query_key_value.bias", "dense_h_to_4h.bias", "dense_4h_to_h.bias")):
             assert torch.count_nonzero(p) == 0, name
     assert any(torch.count_nonzero(p) for n, p in model.named_parameters() if n.endswith("self_attention.dense.bias"))
+
+
+def _tiny_tqa_features(model, root, name):
+    """tqa_mc2 (2 rows a question, true then false) and tqa_gen_end_q (1 row a question) of 10 questions, filed
+    under ``name`` as ``iti collect`` files them."""
+    import numpy as np
+
+    from iti import write_features
+    from iti.features import PromptSet
+
+    from ..conftest import TEXTS
+
+    n = 10
+    texts = [f"{TEXTS[i % len(TEXTS)]} {i}" for i in range(2 * n)]
+    mc2 = PromptSet("tqa_mc2", texts, np.arange(2 * n) % 2 == 0, np.arange(2 * n) // 2, "{t}")
+    gen = PromptSet("tqa_gen_end_q", texts[::2], np.zeros(n, dtype=int), np.arange(n), "{t}")
+    for ps in (mc2, gen):
+        write_features(model, tiny_tokenizer(), ps, root, model_name=name, dtype="float32", layer_wise=False, progress=False)
+
+
+def test_bake_without_intervention_fits_on_all_questions(tmp_path, capsys):
+    """`iti bake` (edit_weight.py) without --intervention: fit_intervention on every row of the features (probes on
+    an 80/20 split of all questions, stds from tqa_gen_end_q), baked, with meta saying it was fitted on all questions."""
+    import numpy as np
+
+    from iti import Intervention, load_features
+    from iti.cli import main
+    from iti.intervention import fit_intervention
+
+    model_dir, features = tmp_path / "tinyllama", tmp_path / "features"
+    model = make_tiny_model("llama")
+    model.save_pretrained(model_dir)
+    tiny_tokenizer().save_pretrained(model_dir)
+    out = tmp_path / "baked"
+    features.mkdir()
+    argv = ["bake", "--model_name", str(model_dir), "--features_dir", str(features), "--output_dir", str(out)]
+    assert main(argv) == 2  # no features yet: refused before the model loads, with the command that collects them
+    err = capsys.readouterr().err
+    assert "get_activations.py --model_name tinyllama --dataset_name tqa_mc2" in err and not out.exists()
+    _tiny_tqa_features(model, features, "tinyllama")
+    assert main([*argv, "--use_center_of_mass", "--num_heads", "3", "--alpha", "5", "--seed", "3"]) == 0
+    assert "fitted on all questions (10 questions" in capsys.readouterr().out
+    saved = Intervention.load(out / "iti_intervention")
+    assert saved.meta["fitted_on"] == "all questions" and saved.meta["questions"] == 10
+    mc2, gen = load_features(features / "tinyllama_tqa_mc2"), load_features(features / "tinyllama_tqa_gen_end_q")
+    expected = fit_intervention(mc2, num_heads=3, method="mass_mean", alpha=5.0, std_from=gen, seed=3, model_name="tinyllama")
+    assert saved.heads == expected.heads and saved.alpha == 5.0
+    np.testing.assert_array_equal(saved.directions, expected.directions)
+    np.testing.assert_array_equal(saved.stds, expected.stds)
+    reloaded = AutoModelForCausalLM.from_pretrained(out).eval()
+    want = bake(make_tiny_model("llama"), expected)
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(_ids()).logits, want(_ids()).logits, rtol=0, atol=1e-6)
+    # probe directions and the random control go through the same recipe
+    for flags, method, heads in ((["--seed", "3"], "probe", "probe_accuracy"), (["--use_random_dir"], "random", "random")):
+        assert main([*argv[:-1], str(tmp_path / method), "--num_heads", "2", *flags]) == 0
+        got = Intervention.load(tmp_path / method / "iti_intervention")
+        seed = 3 if method == "probe" else 42
+        ref = fit_intervention(mc2, num_heads=2, method=method, head_choice=heads, alpha=15.0, std_from=gen, seed=seed, model_name="tinyllama")
+        assert got.heads == ref.heads and got.meta["direction"] == method
+        np.testing.assert_allclose(got.directions, ref.directions, rtol=0, atol=1e-6)
+    # a saved intervention says so; fitting flags next to it are refused
+    assert main(["bake", "--model_name", str(model_dir), "--intervention", str(out / "iti_intervention"),
+                 "--output_dir", str(tmp_path / "again")]) == 0
+    assert Intervention.load(tmp_path / "again" / "iti_intervention").meta["fitted_on"] == "all questions"
+    fold = expected.with_alpha(1.0)
+    fold.meta = {"train_questions": 408}
+    fold.save(tmp_path / "fold0")
+    assert main(["bake", "--model_name", str(model_dir), "--intervention", str(tmp_path / "fold0"), "--output_dir", str(tmp_path / "f")]) == 0
+    assert "408 training questions of a fold" in Intervention.load(tmp_path / "f" / "iti_intervention").meta["fitted_on"]
+    capsys.readouterr()
+    assert main(["bake", "--intervention", str(tmp_path / "fold0"), "--output_dir", str(tmp_path / "x"), "--num_heads", "4"]) == 2
+    assert "--num_heads: only without --intervention" in capsys.readouterr().err and not (tmp_path / "x").exists()

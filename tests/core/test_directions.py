@@ -26,6 +26,15 @@ def test_top_heads_by_accuracy():
         top_heads(acc, 0)
 
 
+def test_top_heads_break_ties_as_the_originals_argsort():
+    """honest_llama's get_top_heads: np.argsort(...)[::-1] with numpy's default (unstable) sort, which keeps other
+    tied heads than a stable sort does (the reproduction of issue 16)."""
+    a = np.array(([0.7] + [0.6] * 19) * 3 + [0.5] * 30).reshape(10, 9)
+    original = sorted(divmod(int(i), 9) for i in np.argsort(a.ravel())[::-1][:10])
+    assert top_heads(a, 10) == original
+    assert {(0, 0), (2, 2), (4, 4)} <= set(original)  # the three 0.7s, then seven of the 57 tied 0.6s
+
+
 def test_random_heads_follow_the_seed():
     a, b, c = random_heads(G, 5, 1), random_heads(G, 5, 1), random_heads(G, 5, 2)
     assert a == b and a != c and len(set(a)) == 5

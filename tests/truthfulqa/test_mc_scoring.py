@@ -71,3 +71,31 @@ def test_prompts_are_the_protocols(tqa):
     assert lm.context.startswith(QA_PRIMER) and lm.mc1_idx[0] == lm.best_idx
     with pytest.raises(ValueError):
         shared_prefix("qa", "verbose")
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_original_shift_start_is_len_question_prompt_plus_4(arch):
+    """shift_start="original": honest_llama's tqa_run_probs shifts from len(tokens(context without "\\nA:")) + 4 on,
+    both in the shared-prefix path and one forward per answer."""
+    model, tok = make_tiny_model(arch), tiny_tokenizer()
+    qs, inter = _questions(), make_intervention(model)
+    expected = []
+    for q in qs:
+        start = len(tok(q.context[: -len("\nA:")])["input_ids"]) + 4
+        n = len(tok(q.context)["input_ids"])
+        row = []
+        for c in q.continuations:
+            full = tok(q.context + c)["input_ids"]
+            with torch.no_grad(), inter.applied(model, positions=start):
+                logp = model(torch.tensor([full])).logits[0].log_softmax(-1)
+            row.append(sum(float(logp[t - 1, full[t]]) for t in range(n, len(full))))
+        expected.append(np.array(row))
+    for prefix in (PREFIX, None):
+        got = score_choices(model, tok, qs, prefix=prefix, intervention=inter, shift_start="original", batch_size=2,
+                            group_answers=3, progress=False)
+        for a, b in zip(got, expected):
+            np.testing.assert_allclose(a, b, atol=1e-4)
+    today = score_choices(model, tok, qs, prefix=PREFIX, intervention=inter, progress=False)
+    assert not np.allclose(np.concatenate(today), np.concatenate(expected))
+    with pytest.raises(ValueError, match="shift_start"):
+        score_choices(model, tok, qs, prefix=PREFIX, intervention=inter, shift_start="second", progress=False)
