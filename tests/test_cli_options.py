@@ -193,6 +193,7 @@ FAITHFULNESS = [
     (["--remote-url", "http://127.0.0.1:9/v1", "--remote-timeout", "0"], "remote_timeout"),
     (["--remote-baked", "."], "remote_baked"),
     (["--remote-url", "http://127.0.0.1:9/v1", "--remote-intervened-model", "m", "--remote-baked", "."], "remote_baked"),
+    (["--remote-url", "http://127.0.0.1:9/v1", "--remote-intervened-model", "m"], "remote_baked"),
 ]
 
 

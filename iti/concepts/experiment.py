@@ -47,7 +47,6 @@ class ConceptConfig:
         "help": "where the run goes (default: validation/concepts_results/run under the output root, see "
                 "iti.paths.output_root)"})
     progress: bool = field(default=True, metadata={"help": "no progress bar", "flag": "quiet", "invert": True})
-    extra: dict[str, Any] = field(default_factory=dict, metadata={"cli": False})
 
     def validate(self) -> None:
         """Refuse impossible settings (one error naming the option) before the model loads or a file is written:

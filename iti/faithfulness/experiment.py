@@ -7,9 +7,8 @@ generates again; the runtime arm adds the intervention's fingerprint; the baked 
 checkpoint's fingerprint plus ``baked:<fingerprint of its iti_intervention/>``. A remote arm cannot be hashed from
 here, so it is keyed by URL + served name + the server's own identity of the model (``root`` from ``GET
 /models``, the path vLLM loaded; ``root=unknown`` when the server does not say), never by the served name alone.
-The remote intervened arm's intervention is read from a local copy of the served baked model when
-``--remote_baked DIR`` is given (``baked:<fingerprint>``); otherwise its key says ``unverified remote``: the run
-cannot check what the server applies, and the cache keeps such answers apart from verified ones.
+The remote intervened arm's intervention is read from the local copy of the served baked model, which
+``--remote_baked DIR`` must name (``baked:<fingerprint>`` of its ``iti_intervention/``): never the served name alone.
 
 Outputs (in ``output_dir``, by default ``validation/faithfulness_results/<model>_<arm>_<datasets>_<tasks>_<settings
 hash>`` under :func:`iti.paths.output_root`; ``config.json`` records the settings, and a directory holding a run with other settings is
@@ -95,7 +94,6 @@ class FaithfulnessConfig:
     force: bool = field(default=False, metadata={
         "help": "write into an output directory that holds a run with other settings"})
     progress: bool = field(default=True, metadata={"help": "no progress bar", "flag": "quiet", "invert": True})
-    extra: dict[str, Any] = field(default_factory=dict, metadata={"cli": False})
 
     def validate(self) -> None:
         """Refuse impossible settings (one error naming the option) before any model loads or file is written:
@@ -111,7 +109,7 @@ RESULTS_DIR: Path | None = None
 
 #: Fields that do not change a run's outputs (speed, placement, where things go, how failures are retried).
 _NOT_SETTINGS = {"batch_size", "device_map", "output_dir", "cache", "progress", "remote_timeout", "retry_errors", "force",
-                 "extra"}
+}
 _OUTPUT_FILES = ("summary.json", "comparison.md", "faithfulness.png", "config.json")
 
 
@@ -217,6 +215,10 @@ def _check_inputs(cfg: FaithfulnessConfig) -> dict[str, tuple[str, ...]]:
         if cfg.remote_baked and not cfg.remote_intervened_model:
             raise refuse("remote_baked", "only with --remote_intervened_model (the local copy of that served model)",
                          cfg.remote_baked)
+        if cfg.remote_intervened_model and not cfg.remote_baked:
+            raise refuse("remote_baked", "required with --remote_intervened_model: the local copy of the served baked "
+                                         "model, whose iti_intervention/ keys the cache (a served name is not an identity)",
+                         None)
     else:
         for name in ("remote_plain_model", "remote_intervened_model", "remote_baked"):
             if getattr(cfg, name):
@@ -271,10 +273,8 @@ def build_arms(cfg: FaithfulnessConfig, cache: GenerationCache | None) -> tuple[
         arms["plain"] = CachedGenerator(RemoteGenerator(cfg.remote_url, plain, model_id=remote_model_id(cfg.remote_url, plain, served),
                                                         timeout=cfg.remote_timeout), cache, chunk=1, retry_errors=cfg.retry_errors, name=plain)
         if cfg.remote_intervened_model:
-            if cfg.remote_baked:
-                baked_id = f"baked:{Intervention.load(Path(cfg.remote_baked) / 'iti_intervention').fingerprint()}"
-            else:
-                baked_id = UNVERIFIED_REMOTE
+            assert cfg.remote_baked is not None  # required with remote_intervened_model (validate)
+            baked_id = f"baked:{Intervention.load(Path(cfg.remote_baked) / 'iti_intervention').fingerprint()}"
             gen = RemoteGenerator(cfg.remote_url, cfg.remote_intervened_model,
                                   model_id=remote_model_id(cfg.remote_url, cfg.remote_intervened_model, served),
                                   intervention_id=baked_id, timeout=cfg.remote_timeout)
@@ -298,10 +298,6 @@ def build_arms(cfg: FaithfulnessConfig, cache: GenerationCache | None) -> tuple[
                                    intervention_id=f"baked:{inter.fingerprint()}", batch_size=cfg.batch_size)
         arms["intervened"] = CachedGenerator(baked_gen, cache, chunk=cfg.batch_size, retry_errors=cfg.retry_errors, name=cfg.baked)
     return arms, tokenizer
-
-
-#: The intervention id of a served intervened model whose intervention could not be read (no ``--remote_baked``).
-UNVERIFIED_REMOTE = "unverified remote"
 
 
 def _served_models(cfg: FaithfulnessConfig) -> dict[str, dict[str, Any]] | None:

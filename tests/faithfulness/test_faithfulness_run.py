@@ -71,18 +71,20 @@ def own_cache_dir(tmp_path, monkeypatch):
 
 def test_remote_arms_are_keyed_by_url_and_what_the_server_serves_not_the_name_alone(tmp_path):
     ckpt = save_checkpoint(tmp_path / "ckpt")
-    base = dict(remote_plain_model="smol", remote_intervened_model="smol-iti")
+    baked = save_baked(tmp_path / "baked", ckpt)
+    base = dict(remote_plain_model="smol", remote_intervened_model="smol-iti", remote_baked=str(baked))
     with serve_openai(models={"smol": "/srv/smollm2", "smol-iti": "/srv/smollm2-iti"}) as (url, seen):
         first = run_faithfulness(config(tmp_path, ckpt, remote_url=url, **base))
     assert first["arms"]["plain"]["model"] == f"remote:{url}|smol|root=/srv/smollm2"
-    assert first["arms"]["intervened"]["intervention"] == "unverified remote" and len(seen) == 4
+    assert first["arms"]["intervened"]["intervention"] == "baked:" + Intervention.load(baked / "iti_intervention").fingerprint()
+    assert len(seen) == 4
     with serve_openai(models={"smol": "/srv/other-model", "smol-iti": "/srv/smollm2-iti"}) as (url2, seen2):
         second = run_faithfulness(config(tmp_path, ckpt, remote_url=url2, force=True, **base))
     assert second["arms"]["plain"]["generated"] == 2 and len(seen2) == 4  # another server: not the first one's answers
-    baked = save_baked(tmp_path / "baked", ckpt)
-    with serve_openai(models={"smol": "/srv/smollm2", "smol-iti": "/srv/smollm2-iti"}) as (url3, seen3):
-        third = run_faithfulness(config(tmp_path, ckpt, remote_url=url3, remote_baked=str(baked), force=True, **base))
-    assert third["arms"]["intervened"]["intervention"] == "baked:" + Intervention.load(baked / "iti_intervention").fingerprint()
+    from iti.errors import InvalidOptionError
+
+    with pytest.raises(InvalidOptionError, match="--remote_baked: required with --remote_intervened_model"):
+        run_faithfulness(config(tmp_path, ckpt, remote_url=url2, remote_plain_model="smol", remote_intervened_model="smol-iti"))
 
 
 def _cached_errors(path: Path) -> int:
