@@ -7,10 +7,14 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from .config_cli import add_config_args, config_from_args
 from .errors import ItiError
 
-DATASETS = ("tqa_mc2", "tqa_gen", "tqa_gen_end_q")
+if TYPE_CHECKING:
+    from .truthfulqa.config import BakeConfig
+
 
 
 def _flag(parser: argparse.ArgumentParser, name: str, **kwargs) -> None:
@@ -20,31 +24,17 @@ def _flag(parser: argparse.ArgumentParser, name: str, **kwargs) -> None:
 
 
 def add_collect_args(p: argparse.ArgumentParser) -> None:
-    """Flags of ``iti collect`` (honest_llama's get_activations options, plus sharding, merging and dtypes)."""
-    _flag(p, "model_name", default="smollm2-135m", help="embedded name, honest_llama short name, hub id or local dir")
-    _flag(p, "dataset_name", default="tqa_mc2", choices=DATASETS)
-    _flag(p, "data_dir", default=None, help="data root holding truthfulqa/ (default: $ITI_DATA_DIR, then ../shared/data, then the hub)")
-    _flag(p, "output_dir", default=None, help="where feature directories go (default: features/ under the output root: "
-                                               "$ITI_OUTPUT_DIR, else the checkout, else the working directory)")
-    _flag(p, "batch_size", type=int, default=32)
-    _flag(p, "dtype", default=None, help="compute dtype (default float32 on CPU, float16 on GPU)")
-    _flag(p, "save_dtype", default="float16", choices=("float16", "float32"))
-    _flag(p, "device_map", default=None, help="e.g. auto (spread over GPUs), cpu, cuda:0")
-    _flag(p, "max_questions", type=int, default=None, help="first N questions only (quick runs)")
-    _flag(p, "seed", type=int, default=42, help="seed of the random questions in tqa_gen_end_q")
-    _flag(p, "no_layer_wise", action="store_true", help="skip the residual-stream (layer-wise) features")
-    _flag(p, "shard", default=None, help="collect shard i/n only (default under accelerate launch: RANK/WORLD_SIZE)")
-    _flag(p, "merge", action="store_true", help="merge finished shards instead of collecting")
-    _flag(p, "force", action="store_true", help="replace an existing output of a different job")
-    _flag(p, "trust_remote_code", action="store_true")
-    _flag(p, "quiet", action="store_true", help="no progress bar")
+    """Flags of ``iti collect``, generated from :class:`~iti.truthfulqa.config.CollectConfig`."""
+    from .truthfulqa.config import CollectConfig
+
+    add_config_args(p, CollectConfig)
 
 
-def _shard_from(args: argparse.Namespace) -> tuple[int, int] | None:
+def _shard_from(shard_text: str | None) -> tuple[int, int] | None:
     from .features import parse_shard
 
-    if args.shard:
-        return parse_shard(args.shard)
+    if shard_text:
+        return parse_shard(shard_text)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1:  # one shard per process under accelerate launch / torchrun
         return int(os.environ.get("RANK", "0")), world
@@ -64,29 +54,32 @@ def run_collect(args: argparse.Namespace) -> Path:
     from .models import check_dtype, load_model, resolve_model
     from .options import check_positive_int, check_seed, refuse
     from .paths import features_dir
+    from .truthfulqa.config import CollectConfig
     from .truthfulqa.prompt_sets import build_prompt_set
 
-    check_positive_int("batch_size", args.batch_size)
-    check_positive_int("max_questions", args.max_questions, none_ok=True)
-    check_seed("seed", args.seed)
-    check_dtype(args.dtype)
-    shard = _shard_from(args)
-    out_root = Path(args.output_dir) if args.output_dir else features_dir()
-    name = resolve_model(args.model_name).name
-    if args.merge:
-        path = merge_shards(out_root / output_name(name, args.dataset_name), force=args.force)
+    cfg = config_from_args(CollectConfig, args)
+
+    check_positive_int("batch_size", cfg.batch_size)
+    check_positive_int("max_questions", cfg.max_questions, none_ok=True)
+    check_seed("seed", cfg.seed)
+    check_dtype(cfg.dtype)
+    shard = _shard_from(cfg.shard)
+    out_root = Path(cfg.output_dir) if cfg.output_dir else features_dir()
+    name = resolve_model(cfg.model_name).name
+    if cfg.merge:
+        path = merge_shards(out_root / output_name(name, cfg.dataset_name), force=cfg.force)
         print(f"[iti] merged shards into {_describe(path)}")
         return path
-    ps = build_prompt_set(args.dataset_name, data_dir=args.data_dir, max_questions=args.max_questions, seed=args.seed)
-    batches = -(-len(ps) // args.batch_size)  # write_features plans batches by count: ceil(prompts / batch_size)
+    ps = build_prompt_set(cfg.dataset_name, data_dir=cfg.data_dir, max_questions=cfg.max_questions, seed=cfg.seed)
+    batches = -(-len(ps) // cfg.batch_size)  # write_features plans batches by count: ceil(prompts / batch_size)
     if shard is not None and shard[0] >= batches:
-        raise refuse("shard", f"i/n with i < {batches}, the number of batches ({len(ps)} prompts, --batch_size {args.batch_size})",
+        raise refuse("shard", f"i/n with i < {batches}, the number of batches ({len(ps)} prompts, --batch_size {cfg.batch_size})",
                      f"{shard[0]}/{shard[1]}")
-    model, tokenizer = load_model(args.model_name, device_map=args.device_map, dtype=args.dtype, trust_remote_code=args.trust_remote_code)
+    model, tokenizer = load_model(cfg.model_name, device_map=cfg.device_map, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code)
     start = time.perf_counter()
     path = write_features(
-        model, tokenizer, ps, out_root, model_name=name, batch_size=args.batch_size, dtype=args.save_dtype,
-        layer_wise=not args.no_layer_wise, shard=shard, force=args.force, progress=not args.quiet,
+        model, tokenizer, ps, out_root, model_name=name, batch_size=cfg.batch_size, dtype=cfg.save_dtype,
+        layer_wise=cfg.layer_wise, shard=shard, force=cfg.force, progress=cfg.progress,
     )
     print(f"[iti] {ps.name}: {len(ps)} prompts from {ps.meta['num_questions']} questions in {time.perf_counter() - start:.1f} s")
     print(f"[iti] wrote {_describe(path)}")
@@ -96,7 +89,6 @@ def run_collect(args: argparse.Namespace) -> Path:
 def add_validate_args(p: argparse.ArgumentParser) -> None:
     """Flags of ``iti validate`` (honest_llama's validate_2fold options, plus controls, sweeps and seeds): one per
     field of :class:`~iti.truthfulqa.config.ValidationConfig`, plus where the run goes and how the model loads."""
-    from .config_cli import add_config_args
     from .truthfulqa.config import ValidationConfig
 
     add_config_args(p, ValidationConfig)
@@ -109,7 +101,6 @@ def add_validate_args(p: argparse.ArgumentParser) -> None:
 def run_validate(args: argparse.Namespace) -> None:
     """``iti validate``: refuse impossible settings, check that the features exist, load the model, run the k-fold
     validation and print summary.md."""
-    from .config_cli import config_from_args
     from .models import check_dtype, load_model, resolve_model
     from .paths import results_dir
     from .truthfulqa.experiment import ValidationConfig, check_features, check_output, run_validation
@@ -130,20 +121,11 @@ def run_validate(args: argparse.Namespace) -> None:
 
 
 def add_bake_args(p: argparse.ArgumentParser) -> None:
-    """Flags of ``iti bake`` (honest_llama's edit_weight options): the model, either a saved intervention or the
-    settings to fit one on every question, the output directory and alpha."""
-    _flag(p, "model_name", default="smollm2-135m")
-    _flag(p, "intervention", default=None, help="a saved intervention directory (e.g. intervention_fold0 of validate_2fold); "
-                                                 "without it, the intervention is fitted on ALL questions as edit_weight.py does")
-    _flag(p, "output_dir", required=True, help="where the baked model is saved (safetensors, loadable by transformers/vLLM/TGI)")
-    _flag(p, "alpha", type=float, default=None, help="strength (default 15 when fitting; with --intervention, its own alpha)")
-    _flag(p, "num_heads", type=int, default=None, help="heads to intervene on, top by probe accuracy (default 48; fitting only)")
-    _flag(p, "use_center_of_mass", action="store_true", help="mass-mean directions, else probe weights (fitting only)")
-    _flag(p, "use_random_dir", action="store_true", help="random heads and random directions, the original's control (fitting only)")
-    _flag(p, "seed", type=int, default=None, help="seed of the 80/20 probe split and random draws (default 42; fitting only)")
-    _flag(p, "features_dir", default=None, help="where the tqa_mc2 and tqa_gen_end_q feature directories are (fitting only; "
-                                                 "default: features/ of the output root)")
-    _flag(p, "dtype", default=None)
+    """Flags of ``iti bake`` (honest_llama's edit_weight options), generated from
+    :class:`~iti.truthfulqa.config.BakeConfig`."""
+    from .truthfulqa.config import BakeConfig
+
+    add_config_args(p, BakeConfig)
 
 
 #: bake flags that only mean something when the intervention is fitted (not with --intervention)
@@ -160,36 +142,38 @@ def run_bake(args: argparse.Namespace) -> None:
     from .intervention import Intervention
     from .models import check_dtype, load_model, resolve_model
     from .options import check_existing_path, check_finite_nonneg, refuse
+    from .truthfulqa.config import BakeConfig
 
-    check_finite_nonneg("alpha", args.alpha, none_ok=True)
-    check_dtype(args.dtype)
-    if Path(args.output_dir).is_file():
-        raise refuse("output_dir", "a directory to save the model in (existing or new), not a file", args.output_dir)
-    name = resolve_model(args.model_name).name
-    if args.intervention is not None:
+    cfg = config_from_args(BakeConfig, args)
+    check_finite_nonneg("alpha", cfg.alpha, none_ok=True)
+    check_dtype(cfg.dtype)
+    if Path(cfg.output_dir).is_file():
+        raise refuse("output_dir", "a directory to save the model in (existing or new), not a file", cfg.output_dir)
+    name = resolve_model(cfg.model_name).name
+    if cfg.intervention is not None:
         for option in _FIT_ONLY:
-            if getattr(args, option) not in (None, False):
+            if getattr(cfg, option) not in (None, False):
                 raise refuse(option, "only without --intervention (it sets how the intervention is fitted; a saved one "
-                             "is already fitted)", getattr(args, option))
-        check_existing_path("intervention", args.intervention)
-        inter = Intervention.load(args.intervention)
-        if args.alpha is not None:
-            inter = inter.with_alpha(args.alpha)
+                             "is already fitted)", getattr(cfg, option))
+        check_existing_path("intervention", cfg.intervention)
+        inter = Intervention.load(cfg.intervention)
+        if cfg.alpha is not None:
+            inter = inter.with_alpha(cfg.alpha)
         fitted = inter.meta.get("fitted_on")
         if fitted is None:
             n = inter.meta.get("train_questions")
             fitted = f"a saved intervention ({n} training questions of a fold)" if n else "a saved intervention"
-        inter.meta = {**inter.meta, "fitted_on": fitted, "source": str(args.intervention)}
+        inter.meta = {**inter.meta, "fitted_on": fitted, "source": str(cfg.intervention)}
     else:
-        inter = _fit_bake_intervention(args, name)
-    model, tokenizer = load_model(args.model_name, dtype=args.dtype)
+        inter = _fit_bake_intervention(cfg, name)
+    model, tokenizer = load_model(cfg.model_name, dtype=cfg.dtype)
     bake(model, inter)  # refuses an intervention made for another geometry
-    out = save_baked(model, tokenizer, args.output_dir, inter)
+    out = save_baked(model, tokenizer, cfg.output_dir, inter)
     print(f"[bake] {len(inter.heads)} heads, alpha {inter.alpha:g}: o_proj bias = W_o @ shift; saved to {out} "
           f"(fitted on {inter.meta['fitted_on']}, in iti_intervention/)")
 
 
-def _fit_bake_intervention(args: argparse.Namespace, name: str):
+def _fit_bake_intervention(bake_cfg: BakeConfig, name: str):
     """edit_weight.py's fit: every question of the resolved model's tqa_mc2 features (probes, directions) and
     tqa_gen_end_q features (stds), refused with the collect command when they are missing."""
     from .architectures import HeadGeometry
@@ -199,13 +183,13 @@ def _fit_bake_intervention(args: argparse.Namespace, name: str):
     from .truthfulqa.experiment import check_features
     from .truthfulqa.fit import ALL_QUESTIONS, fit_on_all_questions
 
-    num_heads = 48 if args.num_heads is None else args.num_heads
-    seed = 42 if args.seed is None else args.seed
-    alpha = 15.0 if args.alpha is None else args.alpha
+    num_heads = 48 if bake_cfg.num_heads is None else bake_cfg.num_heads
+    seed = 42 if bake_cfg.seed is None else bake_cfg.seed
+    alpha = 15.0 if bake_cfg.alpha is None else bake_cfg.alpha
     check_seed("seed", seed)
-    check_existing_path("features_dir", args.features_dir)
-    cfg = ValidationConfig(model_name=name, features_dir=args.features_dir, num_heads=num_heads, alpha=alpha, seed=seed,
-                           use_center_of_mass=args.use_center_of_mass, use_random_dir=args.use_random_dir)
+    check_existing_path("features_dir", bake_cfg.features_dir)
+    cfg = ValidationConfig(model_name=name, features_dir=bake_cfg.features_dir, num_heads=num_heads, alpha=alpha, seed=seed,
+                           use_center_of_mass=bake_cfg.use_center_of_mass, use_random_dir=bake_cfg.use_random_dir)
     check_features(cfg)
     manifest = read_manifest(cfg.features_path(cfg.dataset_name))
     total = HeadGeometry.from_dict(manifest["model"]["geometry"]).num_total_heads
@@ -213,7 +197,7 @@ def _fit_bake_intervention(args: argparse.Namespace, name: str):
     features = load_features(cfg.features_path(cfg.dataset_name), mmap=False)
     tuning = load_features(cfg.features_path(cfg.activations_dataset), mmap=False)
     inter = fit_on_all_questions(features, tuning, num_heads=num_heads, alpha=alpha, model_name=name, direction=cfg.direction,
-                                 heads="random" if args.use_random_dir else "top", seed=seed, val_ratio=cfg.val_ratio)
+                                 heads="random" if bake_cfg.use_random_dir else "top", seed=seed, val_ratio=cfg.val_ratio)
     print(f"[bake] fitted on {ALL_QUESTIONS} ({inter.meta['questions']} questions; probes on an 80/20 split, seed {seed}; "
           f"{cfg.direction} directions; stds over {inter.meta['tuning_rows']} {cfg.activations_dataset} rows)", flush=True)
     return inter
@@ -222,15 +206,16 @@ def _fit_bake_intervention(args: argparse.Namespace, name: str):
 def run_demo(args: argparse.Namespace) -> None:
     """``iti demo``: the quick end-to-end run of :func:`iti.truthfulqa.demo.demo` (which checks its sizes before anything
     loads)."""
+    from .truthfulqa.config import DemoConfig
     from .truthfulqa.demo import demo
 
-    demo(max_questions=args.max_questions, output_dir=args.output_dir, batch_size=args.batch_size)
+    cfg = config_from_args(DemoConfig, args)
+    demo(max_questions=cfg.max_questions, output_dir=cfg.output_dir, batch_size=cfg.batch_size)
 
 
 def add_faithfulness_args(p: argparse.ArgumentParser) -> None:
     """Flags of ``iti faithfulness`` (introspect's options, plus the intervened arm, the cache and a remote
     endpoint): one per field of :class:`~iti.faithfulness.experiment.FaithfulnessConfig`."""
-    from .config_cli import add_config_args
     from .faithfulness.experiment import FaithfulnessConfig
 
     add_config_args(p, FaithfulnessConfig)
@@ -239,7 +224,6 @@ def add_faithfulness_args(p: argparse.ArgumentParser) -> None:
 def run_faithfulness_cmd(args: argparse.Namespace) -> None:
     """``iti faithfulness``: build a :class:`FaithfulnessConfig` from the flags and run it
     (``--max_samples 0`` means every sample)."""
-    from .config_cli import config_from_args
     from .faithfulness.experiment import FaithfulnessConfig, run_faithfulness
 
     run_faithfulness(config_from_args(FaithfulnessConfig, args))
@@ -249,7 +233,6 @@ def add_concepts_args(p: argparse.ArgumentParser) -> None:
     """Flags of ``iti concepts`` (the k and alpha grids, sample sizes, seed and paths): one per field of
     :class:`~iti.concepts.experiment.ConceptConfig`."""
     from .concepts.experiment import ConceptConfig
-    from .config_cli import add_config_args
 
     add_config_args(p, ConceptConfig)
 
@@ -258,7 +241,6 @@ def run_concepts_cmd(args: argparse.Namespace) -> None:
     """``iti concepts``: run the CEBaB concept experiment and print the chosen k and the test accuracies
     (``--max_pairs 0`` means every pair)."""
     from .concepts.experiment import ConceptConfig, run_concepts
-    from .config_cli import config_from_args
 
     cfg = config_from_args(ConceptConfig, args)
     r = run_concepts(cfg)
@@ -287,9 +269,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_concepts_args(p)
     p.set_defaults(func=run_concepts_cmd)
     p = sub.add_parser("demo", help="the main job end to end on the embedded model, quick preset")
-    _flag(p, "max_questions", type=int, default=100)
-    _flag(p, "output_dir", default=None)
-    _flag(p, "batch_size", type=int, default=32)
+    from .truthfulqa.config import DemoConfig
+
+    add_config_args(p, DemoConfig)
     p.set_defaults(func=run_demo)
     return parser
 

@@ -86,6 +86,7 @@ def flag_specs(cls: type) -> list[FlagSpec]:
         if meta.get("cli", True) is False:
             continue
         default = _field_default(f)
+        required = default is dataclasses.MISSING  # a field without a default is a required flag
         tp, several = _unwrap(hints[f.name])
         help_text = meta.get("help")
         kwargs: dict[str, Any] = {"dest": f.name}
@@ -103,7 +104,11 @@ def flag_specs(cls: type) -> list[FlagSpec]:
                 default = list(default) if default is not None else None
             if meta.get("default_from"):
                 default = None
-            kwargs["default"] = default
+            if required:
+                kwargs["required"] = True
+                default = None
+            else:
+                kwargs["default"] = default
             kwargs["metavar"] = meta.get("flag", f.name).upper()
             if "choices" in meta:
                 kwargs["choices"] = tuple(meta["choices"])

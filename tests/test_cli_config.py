@@ -1,4 +1,4 @@
-"""``iti validate``, ``iti faithfulness`` and ``iti concepts`` are generated from their config dataclasses: every
+"""Every ``iti`` subcommand (collect, validate, bake, faithfulness, concepts, demo) is generated from its config dataclass: every
 field has a flag, the defaults parse to the dataclass defaults, values round-trip, help comes from the field; and
 default output locations follow :func:`iti.paths.output_root`. Nothing here loads a model."""
 from __future__ import annotations
@@ -12,9 +12,11 @@ from iti.cli import build_parser
 from iti.concepts.experiment import ConceptConfig
 from iti.config_cli import config_from_args, flag_specs
 from iti.faithfulness.experiment import FaithfulnessConfig
-from iti.truthfulqa.config import ValidationConfig
+from iti.truthfulqa.config import BakeConfig, CollectConfig, DemoConfig, ValidationConfig
 
-COMMANDS = {"validate": ValidationConfig, "faithfulness": FaithfulnessConfig, "concepts": ConceptConfig}
+COMMANDS = {"validate": ValidationConfig, "faithfulness": FaithfulnessConfig, "concepts": ConceptConfig, "collect": CollectConfig,
+            "bake": BakeConfig, "demo": DemoConfig}
+REQUIRED = {"bake": ["--output_dir", "out"]}  # flags without a default
 
 
 def _subparser(command: str) -> argparse.ArgumentParser:
@@ -48,8 +50,9 @@ def test_every_field_has_a_flag_with_help_from_the_field(command):
 @pytest.mark.parametrize("command", COMMANDS)
 def test_defaults_parse_to_the_dataclass_defaults(command, monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
-    cfg = _parse(command, [])
-    assert cfg == COMMANDS[command]()  # control_seeds: [--seed] = [42], the field's default
+    cfg = _parse(command, REQUIRED.get(command, []))
+    expected = COMMANDS[command](**({"output_dir": "out"} if command in REQUIRED else {}))
+    assert cfg == expected  # control_seeds: [--seed] = [42], the field's default
 
 
 def test_values_round_trip_into_the_configs():
@@ -99,3 +102,14 @@ def test_default_output_locations(monkeypatch, tmp_path):
     assert ValidationConfig().features_path("tqa_mc2") == tmp_path / "out" / "features" / "smollm2-135m_tqa_mc2"
     with pytest.raises(ValueError, match="unknown kind"):
         paths.results_dir("bogus")
+
+
+def test_collect_bake_and_demo_round_trip_and_a_required_flag_is_required(capsys):
+    c = _parse("collect", ["--model_name", "m", "--dataset-name", "tqa_gen_end_q", "--no_layer_wise", "--quiet", "--shard", "0/2"])
+    assert (c.model_name, c.dataset_name, c.layer_wise, c.progress, c.shard) == ("m", "tqa_gen_end_q", False, False, "0/2")
+    b = _parse("bake", ["--output_dir", "o", "--num_heads", "4", "--use_center_of_mass", "--alpha", "3"])
+    assert (b.output_dir, b.num_heads, b.use_center_of_mass, b.alpha, b.intervention) == ("o", 4, True, 3.0, None)
+    assert _parse("demo", ["--max_questions", "8"]).max_questions == 8
+    with pytest.raises(SystemExit):
+        _subparser("bake").parse_args([])
+    assert "--output_dir" in capsys.readouterr().err

@@ -155,3 +155,66 @@ def plan_rows(cfg: ValidationConfig) -> list[RowSpec]:
             rows += [RowSpec("ITI", a, cfg.num_heads, cfg.seed, heads, d) for a in cfg.sweep_alphas if a != cfg.alpha]
             rows += [RowSpec("ITI", cfg.alpha, k, cfg.seed, heads, d) for k in cfg.sweep_heads if k != cfg.num_heads]
     return rows
+
+
+#: The prompt sets features can be collected on (honest_llama's get_activations datasets).
+DATASETS = ("tqa_mc2", "tqa_gen", "tqa_gen_end_q")
+
+
+@dataclass
+class CollectConfig:
+    """Settings of one ``iti collect`` run (honest_llama's get_activations options, plus sharding, merging and
+    dtypes); the command line is generated from these fields."""
+    model_name: str = field(default="smollm2-135m", metadata={"help": "embedded name, honest_llama short name, hub id or local dir"})
+    dataset_name: str = field(default="tqa_mc2", metadata={"choices": DATASETS, "help": "the prompt set"})
+    data_dir: str | None = field(default=None, metadata={
+        "help": "data root holding truthfulqa/ (default: $ITI_DATA_DIR, then ../shared/data, then the hub)"})
+    output_dir: str | None = field(default=None, metadata={
+        "help": "where feature directories go (default: features/ under the output root: $ITI_OUTPUT_DIR, else the "
+                "checkout, else the working directory)"})
+    batch_size: int = field(default=32, metadata={"help": "prompts per forward pass"})
+    dtype: str | None = field(default=None, metadata={"help": "compute dtype (default float32 on CPU, float16 on GPU)"})
+    save_dtype: str = field(default="float16", metadata={"choices": ("float16", "float32"), "help": "dtype of the saved features"})
+    device_map: str | None = field(default=None, metadata={"help": "e.g. auto (spread over GPUs), cpu, cuda:0"})
+    max_questions: int | None = field(default=None, metadata={"help": "first N questions only (quick runs)"})
+    seed: int = field(default=42, metadata={"help": "seed of the random questions in tqa_gen_end_q"})
+    layer_wise: bool = field(default=True, metadata={"flag": "no_layer_wise", "invert": True,
+                                                     "help": "skip the residual-stream (layer-wise) features"})
+    shard: str | None = field(default=None, metadata={
+        "help": "collect shard i/n only (default under accelerate launch: RANK/WORLD_SIZE)"})
+    merge: bool = field(default=False, metadata={"help": "merge finished shards instead of collecting"})
+    force: bool = field(default=False, metadata={"help": "replace an existing output of a different job"})
+    trust_remote_code: bool = field(default=False, metadata={"help": "run the model repository's own code (off by default)"})
+    progress: bool = field(default=True, metadata={"flag": "quiet", "invert": True, "help": "no progress bar"})
+
+
+@dataclass
+class BakeConfig:
+    """Settings of one ``iti bake`` run (honest_llama's edit_weight options): a saved intervention, or the settings
+    to fit one on every question; the command line is generated from these fields."""
+    output_dir: str = field(metadata={"help": "where the baked model is saved (safetensors, loadable by transformers/vLLM/TGI)"})
+    model_name: str = field(default="smollm2-135m", metadata={"help": "embedded name, honest_llama short name, hub id or local dir"})
+    intervention: str | None = field(default=None, metadata={
+        "help": "a saved intervention directory (e.g. intervention_fold0 of validate_2fold); without it, the intervention "
+                "is fitted on ALL questions as edit_weight.py does"})
+    alpha: float | None = field(default=None, metadata={
+        "help": "strength (default 15 when fitting; with --intervention, its own alpha)"})
+    num_heads: int | None = field(default=None, metadata={
+        "help": "heads to intervene on, top by probe accuracy (default 48; fitting only)"})
+    use_center_of_mass: bool = field(default=False, metadata={"help": "mass-mean directions, else probe weights (fitting only)"})
+    use_random_dir: bool = field(default=False, metadata={
+        "help": "random heads and random directions, the original's control (fitting only)"})
+    seed: int | None = field(default=None, metadata={
+        "help": "seed of the 80/20 probe split and random draws (default 42; fitting only)"})
+    features_dir: str | None = field(default=None, metadata={
+        "help": "where the tqa_mc2 and tqa_gen_end_q feature directories are (fitting only; default: features/ of the "
+                "output root)"})
+    dtype: str | None = field(default=None, metadata={"help": "compute dtype (default float32 on CPU, float16 on GPU)"})
+
+
+@dataclass
+class DemoConfig:
+    """Settings of ``iti demo`` (``make demo``): how many questions to collect, where to write, the batch size."""
+    max_questions: int = field(default=100, metadata={"help": "questions to collect features for (the validation uses 40 of them)"})
+    output_dir: str | None = field(default=None, metadata={"help": "where everything goes (default: features/demo)"})
+    batch_size: int = field(default=32, metadata={"help": "prompts per forward pass"})
