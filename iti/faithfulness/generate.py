@@ -216,13 +216,31 @@ def _eos_ids(model: torch.nn.Module, tokenizer: Any) -> torch.Tensor:
 
 
 class RemoteGenerator:
-    """Any OpenAI-compatible ``/completions`` endpoint (vLLM or TGI serving a baked model), prompts rendered here."""
+    """Any OpenAI-compatible ``/completions`` endpoint (vLLM or TGI serving a baked model), prompts rendered here.
+
+    With ``tokenizer`` (the served model's), each prompt is sent as the token ids :class:`LocalGenerator` feeds its
+    model (``add_special_tokens=False``: the chat template already holds the BOS), so both arms see the same tokens;
+    a server tokenizing the text itself adds a second BOS for tokenizers that add one (vLLM's default; Gemma's
+    ``[2, 2, ...]``). Without it the text goes with vLLM's ``add_special_tokens: false``."""
 
     def __init__(self, url: str, served_model: str, *, model_id: str | None = None, intervention_id: str = "none",
-                 api_key: str | None = None, timeout: float = 120.0, retries: int = 4):
+                 api_key: str | None = None, timeout: float = 120.0, retries: int = 4, tokenizer: Any = None):
         self.url, self.served_model, self.api_key, self.timeout, self.retries = url, served_model, api_key, timeout, retries
         self.model_id = model_id or f"remote:{served_model}"
         self.intervention_id = intervention_id
+        self.tokenizer = tokenizer
+
+    def request_body(self, prompt: str, settings: GenerationSettings) -> dict[str, Any]:
+        """The JSON body of one completion request: the prompt (token ids, or text without added special
+        tokens) and the protocol's sampling settings (``top_k`` and ``repetition_penalty`` as vLLM's extras)."""
+        body: dict[str, Any] = {"model": self.served_model}
+        if self.tokenizer is not None:
+            body["prompt"] = list(self.tokenizer(prompt, add_special_tokens=False)["input_ids"])
+        else:
+            body["prompt"], body["add_special_tokens"] = prompt, False
+        body.update({"max_tokens": settings.max_new_tokens, "temperature": settings.temperature, "top_p": settings.top_p,
+                     "top_k": settings.top_k, "repetition_penalty": settings.repetition_penalty, "seed": settings.seed})
+        return body
 
     def generate(self, prompts: Sequence[str], settings: GenerationSettings, progress: bool = True) -> list[CachedGeneration]:
         """One request per prompt. Only a failure that is the prompt's own (HTTP 400/413/422: over the server's
@@ -231,9 +249,7 @@ class RemoteGenerator:
         :class:`EndpointError` in one line, so that nothing of it reaches the cache."""
         out = []
         for p in tqdm(prompts, desc="remote generation", unit="prompt", disable=not progress):
-            body = {"model": self.served_model, "prompt": p, "max_tokens": settings.max_new_tokens,
-                    "temperature": settings.temperature, "top_p": settings.top_p, "top_k": settings.top_k,
-                    "repetition_penalty": settings.repetition_penalty, "seed": settings.seed}
+            body = self.request_body(p, settings)
             t = time.perf_counter()
             try:
                 data = post_completion(self.url, body, api_key=self.api_key, timeout=self.timeout, retries=self.retries)

@@ -59,3 +59,33 @@ def test_introspect_short_names_resolve_in_load_model(tmp_path, monkeypatch):
     model, tok = load_model("falcon-7b")
     assert model.config.model_type == "falcon" and model_layout(model).geometry.num_kv_heads == 1
     assert tok.padding_side == "left"
+
+
+def test_complete_checkpoint_check_refuses_what_a_serving_engine_would_misread(tmp_path):
+    """safetensors' save_model keeps one name per shared tensor (lm_head.weight for tied embeddings), and a config
+    without ``architectures`` made vLLM load the bare backbone; both are refused, a save_pretrained one passes."""
+    import json
+
+    from safetensors.torch import save_model
+
+    from iti.models import check_complete_checkpoint
+
+    model = make_tiny_model("llama")
+    model.config.tie_word_embeddings = True
+    model.tie_weights()
+    good = tmp_path / "good"
+    model.save_pretrained(good)
+    check_complete_checkpoint(good, model)
+
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    model.config.save_pretrained(partial)
+    save_model(model, str(partial / "model.safetensors"))
+    with pytest.raises(ModelLoadError, match="lacks 1 weights .*embed_tokens"):
+        check_complete_checkpoint(partial, model)
+
+    config = json.loads((good / "config.json").read_text())
+    del config["architectures"]
+    (good / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelLoadError, match="names no architectures"):
+        check_complete_checkpoint(good, model)

