@@ -143,9 +143,11 @@ def _cached_answers(cache: Path) -> int:
         return len(c)
 
 
-def _one_line_error(done: subprocess.CompletedProcess) -> str:
-    lines = [line for line in done.stderr.splitlines() if line.startswith("iti: error:")]
-    return lines[-1] if lines else ""
+def _one_line_error(stderr: str | subprocess.CompletedProcess) -> str:
+    """The CLI's error line (a progress bar may share its terminal line: search, do not anchor)."""
+    text = stderr if isinstance(stderr, str) else stderr.stderr
+    found = re.findall(r"iti: error: [^\r\n]*", text)
+    return found[-1] if found else ""
 
 
 def run(quick: bool = False, prompts: int = 10, new_tokens: int = 40, samples: int = 8) -> BenchResult:
@@ -290,7 +292,7 @@ def _stop_and_resume(plain: VllmServer, cache: Path, work: Path, samples: int) -
     reader.join(10)
     failed_after = time.perf_counter() - t_stop
     kept = _cached_answers(cache) - start
-    error = next((line.strip() for line in stderr if line.startswith("iti: error:")), "")
+    error = _one_line_error("".join(stderr))
     _check(proc.returncode == 2 and "nothing cached" in error and "is the server up?" in error,
            f"a server stopped mid-run: exit {proc.returncode}, {''.join(stderr)[-800:]}")
     plain.start()

@@ -304,14 +304,14 @@ class CachedGenerator:
         self.misses += len(todo)
         # Chunks of similar length, each stored as soon as it is done: an interrupted run loses one chunk at most.
         todo.sort(key=len, reverse=True)
-        bar = tqdm(total=len(todo), desc=f"generating ({self.intervention_id[:8]})", unit="prompt",
-                   disable=not progress or not todo)
-        for start in range(0, len(todo), self.chunk):
-            part = todo[start : start + self.chunk]
-            fresh = self.inner.generate(part, settings, progress=False)
-            if self.cache is not None:
-                self.cache.put_many([(self.key(p, settings), g) for p, g in zip(part, fresh)])
-            found.update(zip(part, fresh))
-            bar.update(len(part))
-        bar.close()
+        # the bar closes before an error propagates, so the error's line is not glued to it
+        with tqdm(total=len(todo), desc=f"generating ({self.intervention_id[:8]})", unit="prompt",
+                  disable=not progress or not todo) as bar:
+            for start in range(0, len(todo), self.chunk):
+                part = todo[start : start + self.chunk]
+                fresh = self.inner.generate(part, settings, progress=False)
+                if self.cache is not None:
+                    self.cache.put_many([(self.key(p, settings), g) for p, g in zip(part, fresh)])
+                found.update(zip(part, fresh))
+                bar.update(len(part))
         return [found[p] for p in prompts]
