@@ -126,7 +126,7 @@ def _faithfulness_args(plain: VllmServer, cache: Path, out: Path, samples: int, 
                        plain_name: str | None = None, tasks: str = "classify", quiet: bool = True) -> list[str]:
     args = ["faithfulness", "--model", "smollm2-135m", "--remote_url", plain.url, "--remote_plain_model",
             plain_name or plain.served_name, "--dataset", "imdb", "--task", *tasks.split(), "--max_samples", str(samples),
-            "--cache", str(cache), "--output_dir", str(out), "--remote_timeout", "60"] + (["--quiet"] if quiet else [])
+            "--cache", str(cache), "--output_dir", str(out), "--remote_timeout", "300"] + (["--quiet"] if quiet else [])
     if baked is not None:
         server, local_copy = baked
         args += ["--remote_intervened_url", server.url, "--remote_intervened_model", server.served_name,

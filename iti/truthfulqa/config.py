@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..errors import InvalidOptionError
 from ..features import read_manifest
 from ..options import (
     TRUTHFULQA_QUESTIONS,
@@ -17,6 +18,7 @@ from ..options import (
     check_range,
     check_seed,
 )
+from .budget import parse_head_count
 
 
 @dataclass
@@ -27,7 +29,9 @@ class ValidationConfig:
     dataset_name: str = field(default="tqa_mc2", metadata={"help": "features the probes and directions are fit on"})
     activations_dataset: str = field(default="tqa_gen_end_q", metadata={
         "help": "features whose projections set the shift's std"})
-    num_heads: int = field(default=48, metadata={"help": "heads to intervene on (top by probe accuracy)"})
+    num_heads: int | str = field(default=48, metadata={
+        "help": "heads to intervene on (top by probe accuracy): a count, or a share of all heads such as 4.7%",
+        "type": str})
     alpha: float = field(default=15.0, metadata={"help": "intervention strength, in std of the projections"})
     num_fold: int = field(default=2, metadata={"help": "folds of the cross-validation over questions"})
     val_ratio: float = field(default=0.2, metadata={"help": "share of the training questions held out to validate the probes"})
@@ -59,6 +63,13 @@ class ValidationConfig:
         "help": "where the MC shift starts: the first answer token, or the original's len(question prompt) + 4 "
                 "(the second answer token for SmolLM2's and Llama 2's tokenizers)",
         "choices": ("first_answer_token", "original")})
+    kl_budget: list[float] = field(default_factory=list, metadata={
+        "help": "KL budgets (nats per token): ITI and each control get the alpha whose KL on the search texts meets "
+                "each budget (bisection); several budgets trace the frontier"})
+    ce_budget: list[float] = field(default_factory=list, metadata={
+        "help": "CE-increase budgets (nats per token), as --kl_budget"})
+    budget_texts: int = field(default=20, metadata={
+        "help": "neutral texts the budget search measures on (drawn after, never among, the reported CE/KL texts)"})
     max_questions: int | None = field(default=None, metadata={
         "help": "first N questions of the features only (quick runs)"})
     features_dir: str | None = field(default=None, metadata={
@@ -93,7 +104,20 @@ class ValidationConfig:
 
             total = HeadGeometry.from_dict(manifest["model"]["geometry"]).num_total_heads
         why = f"the layers x heads of {self.model_name}" if total else None
+        if isinstance(self.num_heads, str) and self.num_heads.strip().endswith("%"):
+            if total is None:
+                raise InvalidOptionError(f"--num_heads {self.num_heads}: a share of all heads needs the features manifest "
+                                         f"(collect {self.dataset_name} first) to know how many heads the model has")
+            self.num_heads = parse_head_count(self.num_heads, total)
+        elif isinstance(self.num_heads, str):
+            self.num_heads = parse_head_count(self.num_heads, total or 10**9)
         check_range("num_heads", self.num_heads, 1, total, integer=True, why=why)
+        if self.kl_budget and self.ce_budget:
+            raise InvalidOptionError("--kl_budget and --ce_budget: give one of them (a row is matched on one cost)")
+        for name in ("kl_budget", "ce_budget"):
+            for value in getattr(self, name):
+                check_range(name, value, 0.0, None, lo_open=True, why="nats per token")
+        check_positive_int("budget_texts", self.budget_texts)
         check_each(check_range, "sweep_heads", self.sweep_heads, lo=1, hi=total, integer=True, why=why)
         if manifest is not None:
             available = len(set(manifest["question_ids"]))
@@ -132,11 +156,15 @@ class RowSpec:
     heads: str = "top"
     direction: str = "mass_mean"
     generate: bool = False
+    budget: float | None = None  # alpha chosen per fold so that the cost meets this budget (alpha: where the search starts)
+    budget_metric: str = "KL"
 
     @property
     def key(self) -> str:
-        """File-safe id of the row (e.g. ``ITI_a15_k48_s42``); its results go to rows/fold<i>_<key>.json."""
-        return f"{self.name.replace(' ', '-')}_a{self.alpha:g}_k{self.num_heads}_s{self.seed}"
+        """File-safe id of the row (e.g. ``ITI_a15_k48_s42``, ``ITI_kl0.1_k48_s42``); its results go to
+        rows/fold<i>_<key>.json."""
+        strength = f"{self.budget_metric.lower()}{self.budget:g}" if self.budget is not None else f"a{self.alpha:g}"
+        return f"{self.name.replace(' ', '-')}_{strength}_k{self.num_heads}_s{self.seed}"
 
 
 def plan_rows(cfg: ValidationConfig) -> list[RowSpec]:
@@ -147,13 +175,20 @@ def plan_rows(cfg: ValidationConfig) -> list[RowSpec]:
     rows = [RowSpec("baseline", 0.0, 0, cfg.seed, generate=cfg.generate)]
     # the main seed first, then the sweeps, then the other seeds: an interrupted run has the key rows first
     seeds = [cfg.seed] + [s for s in cfg.control_seeds if s != cfg.seed]
+    k = int(cfg.num_heads)  # resolved from a share by validate()
+    metric, budgets = ("CE", cfg.ce_budget) if cfg.ce_budget else ("KL", cfg.kl_budget)
+    strengths: list[float | None] = list(budgets) if budgets else [None]
     for i, s in enumerate(seeds):
-        rows.append(RowSpec("ITI", cfg.alpha, cfg.num_heads, s, heads, d, generate=cfg.generate and s == cfg.seed))
-        rows.append(RowSpec("random heads", cfg.alpha, cfg.num_heads, s, "random", d if d != "random" else "mass_mean", generate=cfg.generate_controls))
-        rows.append(RowSpec("random direction", cfg.alpha, cfg.num_heads, s, "top", "random", generate=cfg.generate_controls))
+        for j, b in enumerate(strengths):
+            main = i == 0 and j == 0
+            rows.append(RowSpec("ITI", cfg.alpha, k, s, heads, d, generate=cfg.generate and main, budget=b, budget_metric=metric))
+            rows.append(RowSpec("random heads", cfg.alpha, k, s, "random", d if d != "random" else "mass_mean",
+                                generate=cfg.generate_controls and j == 0, budget=b, budget_metric=metric))
+            rows.append(RowSpec("random direction", cfg.alpha, k, s, "top", "random", generate=cfg.generate_controls and j == 0,
+                                budget=b, budget_metric=metric))
         if i == 0:
-            rows += [RowSpec("ITI", a, cfg.num_heads, cfg.seed, heads, d) for a in cfg.sweep_alphas if a != cfg.alpha]
-            rows += [RowSpec("ITI", cfg.alpha, k, cfg.seed, heads, d) for k in cfg.sweep_heads if k != cfg.num_heads]
+            rows += [RowSpec("ITI", a, k, cfg.seed, heads, d) for a in cfg.sweep_alphas if a != cfg.alpha]
+            rows += [RowSpec("ITI", cfg.alpha, n, cfg.seed, heads, d) for n in cfg.sweep_heads if n != k]
     return rows
 
 

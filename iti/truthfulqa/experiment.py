@@ -16,6 +16,7 @@ from ..errors import FeatureFileError
 from ..features import load_features, read_manifest
 from ..io import atomic_write_json, atomic_write_text, read_json
 from ..locks import output_lock
+from .budget import BudgetSearch, alpha_for_budget
 from .config import RowSpec, ValidationConfig, plan_rows
 from .data import load_truthfulqa
 from .fit import FoldProbes, build_intervention, train_fold_probes
@@ -40,6 +41,8 @@ def run_identity(cfg: ValidationConfig, *, manifests: dict[str, dict[str, Any]] 
     from ..fingerprint import model_fingerprint, settings_fingerprint
 
     identity: dict[str, Any] = {f: getattr(cfg, f) for f in RESULT_FIELDS}
+    if cfg.kl_budget or cfg.ce_budget:
+        identity["budget_texts"] = cfg.budget_texts  # what the alpha of a budget row was searched on
     for name, manifest in (manifests or {}).items():
         identity[f"{name} features_sha256"] = settings_fingerprint({"job": manifest.get("job_id"), "files": manifest["files"]})
     if tqa is not None:
@@ -94,6 +97,17 @@ def _mc_part(model, tokenizer, tqa, test_q, intervention, cfg, texts) -> dict[st
     cost = ce_and_kl(model, tokenizer, texts, intervention)
     out.update({"CE": cost.ce, "CE_base": cost.ce_base, "KL": cost.kl})
     return out
+
+
+def search_alpha(model, tokenizer, intervention, spec: RowSpec, texts: list[str]) -> BudgetSearch:
+    """The alpha at which ``intervention`` costs ``spec.budget`` (KL, or CE increase) on ``texts``, searched from
+    ``spec.alpha``."""
+    def cost(alpha: float) -> float:
+        c = ce_and_kl(model, tokenizer, texts, intervention.with_alpha(alpha))
+        return c.kl if spec.budget_metric == "KL" else c.ce - c.ce_base
+
+    assert spec.budget is not None
+    return alpha_for_budget(cost, spec.budget, metric=spec.budget_metric, start=spec.alpha or 1.0)
 
 
 def _generation_part(model, tokenizer, tqa, test_q, intervention, cfg) -> dict[str, Any]:
@@ -168,6 +182,10 @@ def _run_locked(model, tokenizer, cfg: ValidationConfig, out: Path) -> dict[str,
         questions = questions[: cfg.max_questions]
     folds = np.array_split(questions, cfg.num_fold)
     texts = load_neutral_texts(cfg.ce_samples, seed=cfg.seed, corpus=cfg.ce_corpus, data_dir=cfg.data_dir)
+    search_texts: list[str] = []
+    if cfg.kl_budget or cfg.ce_budget:  # the same seeded order, after the reported texts: never among them
+        search_texts = load_neutral_texts(cfg.ce_samples + cfg.budget_texts, seed=cfg.seed, corpus=cfg.ce_corpus,
+                                          data_dir=cfg.data_dir)[cfg.ce_samples:]
     rows = plan_rows(cfg)
     start = time.perf_counter()
     probes: dict[tuple[int, int], FoldProbes] = {}
@@ -190,6 +208,13 @@ def _run_locked(model, tokenizer, cfg: ValidationConfig, out: Path) -> dict[str,
                 intervention = build_intervention(features, tuning, fold_probes(i, spec.seed), num_heads=spec.num_heads, alpha=spec.alpha,
                                                   model_name=cfg.model_name, direction=spec.direction, heads=spec.heads, seed=spec.seed,
                                                   tune_on_all_questions=cfg.tune_on_all_questions)
+                if spec.budget is not None:
+                    if "budget_search" not in row:
+                        search = search_alpha(model, tokenizer, intervention, spec, search_texts)
+                        row.update({"alpha_found": search.alpha, "budget_search": search.to_dict()})
+                        print(f"[validate]   {spec.budget_metric} budget {spec.budget:g}: alpha {search.alpha:.3g} "
+                              f"({search.reached:.4g} on {len(search_texts)} search texts, {len(search.trace)} steps)", flush=True)
+                    intervention = intervention.with_alpha(row["alpha_found"])
                 if spec == rows[1]:
                     intervention.save(out / f"intervention_fold{i}")
             print(f"[validate] {spec.key}, fold {i}: {' + '.join(todo)} ({len(test_q)} test questions, "

@@ -10,6 +10,7 @@ import numpy as np
 from ..io import read_json
 from ..stats import bootstrap_ci, paired_bootstrap_ci
 from .config import RowSpec, ValidationConfig, plan_rows
+from .cost_matched import cost_matched_markdown, cost_matched_rows, plot_frontier, seed_spread
 
 
 def summarize(out: Path, rows: list[RowSpec], cfg: ValidationConfig) -> dict[str, Any]:
@@ -28,11 +29,16 @@ def summarize(out: Path, rows: list[RowSpec], cfg: ValidationConfig) -> dict[str
         for metric in ("CE", "KL", "CE_base"):
             merged[metric] = float(np.mean([d[metric] for d in data]))
         merged["seconds"] = float(sum(d.get("seconds", 0.0) for d in data))
+        if spec.budget is not None:
+            merged["alphas"] = [float(d["alpha_found"]) for d in data]
+            merged["budget_reached"] = [float(d["budget_search"]["reached"]) for d in data]
         pooled[spec.key] = merged
     base = pooled.get(plan_rows(cfg)[0].key)
     table = []
     for key, m in pooled.items():
         row: dict[str, Any] = {"key": key, **m["spec"], "CE": m["CE"], "KL": m["KL"], "seconds": m["seconds"]}
+        if "alphas" in m:
+            row.update({"alphas": m["alphas"], "budget_reached": m["budget_reached"]})
         for metric in ("MC1", "MC2", "MC3", "BLEU-acc", "ROUGE-acc", "True", "Info"):
             if metric in m:
                 mean, lo, hi = bootstrap_ci(m[metric], seed=cfg.seed)
@@ -44,14 +50,17 @@ def summarize(out: Path, rows: list[RowSpec], cfg: ValidationConfig) -> dict[str
     # spread over seeds for the rows run with several seeds
     spread: dict[str, Any] = {}
     for name in ("ITI", "random heads", "random direction"):
-        same = [r for r in table if r["name"] == name and r["alpha"] == cfg.alpha and r["num_heads"] == cfg.num_heads]
+        same = [r for r in table if r["name"] == name and r["alpha"] == cfg.alpha and r["num_heads"] == cfg.num_heads
+                and r.get("budget") is None]
         if len(same) > 1:
             spread[name] = {m: {"mean": float(np.mean([r[m]["mean"] for r in same])), "std": float(np.std([r[m]["mean"] for r in same], ddof=1))}
                             for m in ("MC1", "MC2") if all(m in r for r in same)}
             spread[name]["seeds"] = [r["seed"] for r in same]
             spread[name]["KL"] = {"mean": float(np.mean([r["KL"] for r in same])), "std": float(np.std([r["KL"] for r in same], ddof=1))}
+    matched = cost_matched_rows(pooled, plan_rows(cfg)[0].key, cfg.seed)
     return {"rows": table, "seed_spread": spread, "num_questions": int(len(base["question_ids"])) if base else 0,
-            "evaluation_seconds": float(sum(r["seconds"] for r in table))}
+            "evaluation_seconds": float(sum(r["seconds"] for r in table)),
+            "cost_matched": matched, "cost_matched_seed_spread": seed_spread(matched)}
 
 
 def _fmt(cell: Any, digits: int = 3) -> str:
@@ -73,11 +82,17 @@ def summary_markdown(summary: dict[str, Any], cfg: ValidationConfig) -> str:
     head += ["BLEU-acc", "ROUGE-acc"] if has_gen else []
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in summary["rows"]:
-        cells = [r["name"], f"{r['alpha']:g}", str(r["num_heads"]), str(r["seed"])]
+        alpha = "/".join(f"{a:.3g}" for a in r["alphas"]) if "alphas" in r else f"{r['alpha']:g}"
+        name = f"{r['name']} ({r['budget_metric']} {r['budget']:g})" if r.get("budget") is not None else r["name"]
+        cells = [name, alpha, str(r["num_heads"]), str(r["seed"])]
         cells += [_fmt(r.get("True")), _fmt(r.get("Info"))] if has_judge else []
         cells += [_fmt(r.get("MC1")), _fmt(r.get("MC2")), _fmt(r.get("dMC2")), _fmt(r["CE"]), _fmt(r["KL"])]
         cells += [_fmt(r.get("BLEU-acc")), _fmt(r.get("ROUGE-acc"))] if has_gen else []
         lines.append("| " + " | ".join(cells) + " |")
+    lines += cost_matched_markdown(summary.get("cost_matched", []))
+    for label, kinds in summary.get("cost_matched_seed_spread", {}).items():
+        lines.append(f"- {label}: " + "; ".join(f"{k} ΔMC2 {v['dMC2_mean']:.3f} ± {v['dMC2_std']:.3f}, KL {v['KL_mean']:.3f} ± "
+                                                 f"{v['KL_std']:.3f} ({v['seeds']} seeds)" for k, v in kinds.items()))
     if summary["seed_spread"]:
         lines += ["", "Spread over seeds (mean ± std of the per-seed means):", ""]
         for name, s in summary["seed_spread"].items():
@@ -103,8 +118,10 @@ def plot_results(out: Path, accuracy: np.ndarray, summary: dict[str, Any], cfg: 
     fig.tight_layout()
     fig.savefig(out / "probe_accuracy.png", dpi=120)
     plt.close(fig)
+    plot_frontier(out / "frontier.png", summary.get("cost_matched", []),
+                  f"MC2 gain against disruption ({cfg.model_name}, K={cfg.num_heads})")
     rows = sorted([r for r in summary["rows"] if r["name"] in ("ITI", "baseline") and (r["num_heads"] == cfg.num_heads or r["name"] == "baseline")
-                   and r["seed"] == cfg.seed], key=lambda r: r["alpha"])
+                   and r["seed"] == cfg.seed and r.get("budget") is None], key=lambda r: r["alpha"])
     if len(rows) >= 2:
         fig, ax = plt.subplots(figsize=(6, 4))
         alphas = [r["alpha"] for r in rows]

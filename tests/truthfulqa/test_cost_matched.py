@@ -1,0 +1,71 @@
+"""Rows matched on cost: every kind's alpha is searched per fold until its KL on the search texts meets the
+budget; the summary puts ITI beside its controls at that budget, with paired tests, and draws the frontier."""
+import json
+
+import numpy as np
+import pytest
+
+from iti.errors import InvalidOptionError
+from iti.stats import paired_permutation_p
+from iti.truthfulqa.config import plan_rows
+from iti.truthfulqa.experiment import ValidationConfig, run_validation
+
+from ..conftest import write_tqa_features
+
+pytestmark = pytest.mark.real
+
+
+@pytest.fixture(scope="module")
+def features8(smollm2, tmp_path_factory):
+    return write_tqa_features(*smollm2, tmp_path_factory.mktemp("features8"), max_questions=8)
+
+
+def test_budget_rows_meet_their_kl_and_are_compared_at_equal_cost(smollm2, features8, tmp_path):
+    model, tok = smollm2
+    cfg = ValidationConfig(features_dir=str(features8), ce_samples=3, budget_texts=3, generate=False, num_heads="5%",
+                           alpha=5.0, max_questions=6, kl_budget=[0.05, 0.2])
+    summary = run_validation(model, tok, cfg, tmp_path / "v")
+    assert cfg.num_heads == 14  # 5% of 270 heads
+    budget_rows = [r for r in summary["rows"] if r.get("budget") is not None]
+    assert {(r["name"], r["budget"]) for r in budget_rows} == {(n, b) for n in ("ITI", "random heads", "random direction")
+                                                             for b in (0.05, 0.2)}
+    for fold in (0, 1):
+        row = json.loads((tmp_path / "v" / "rows" / f"fold{fold}_random-heads_kl0.2_k14_s42.json").read_text())
+        search = row["budget_search"]
+        assert abs(search["reached"] - 0.2) <= 0.05 * 0.2 and search["alpha"] == row["alpha_found"]
+        assert [a for a, _ in search["trace"]][0] == 5.0
+    for r in budget_rows:  # the reported KL is on other texts: near the budget, not equal to it
+        assert 0.2 * r["budget"] < r["KL"] < 5 * r["budget"]
+        assert len(r["alphas"]) == 2
+    matched = summary["cost_matched"]
+    assert [(e["budget"], sorted(e["iti_minus"])) for e in matched] == [(0.05, ["random direction", "random heads"]),
+                                                                      (0.2, ["random direction", "random heads"])]
+    assert all(0 < d["p"] <= 1 for e in matched for d in e["iti_minus"].values())
+    md = (tmp_path / "v" / "summary.md").read_text()
+    assert "Cost-matched" in md and "| KL 0.2 | 42 | random direction |" in md
+    assert (tmp_path / "v" / "frontier.png").stat().st_size > 10_000
+    again = run_validation(model, tok, cfg, tmp_path / "v")  # from the stored rows: the same numbers
+    assert again["cost_matched"] == summary["cost_matched"]
+
+
+def test_budget_options_are_checked_and_planned(features8):
+    with pytest.raises(InvalidOptionError, match="give one of them"):
+        ValidationConfig(features_dir=str(features8), kl_budget=[0.1], ce_budget=[0.1]).validate()
+    with pytest.raises(InvalidOptionError, match="kl_budget"):
+        ValidationConfig(features_dir=str(features8), kl_budget=[0.0]).validate()
+    with pytest.raises(InvalidOptionError, match="num_heads"):
+        ValidationConfig(features_dir=str(features8), num_heads="200%").validate()
+    cfg = ValidationConfig(features_dir=str(features8), kl_budget=[0.1, 1.0], control_seeds=[42, 1])
+    cfg.validate()
+    keys = [r.key for r in plan_rows(cfg)]
+    assert keys[:4] == ["baseline_a0_k0_s42", "ITI_kl0.1_k48_s42", "random-heads_kl0.1_k48_s42", "random-direction_kl0.1_k48_s42"]
+    assert len(keys) == 1 + 2 * 2 * 3 and [r.generate for r in plan_rows(cfg)].count(True) == 2  # baseline + main ITI
+
+
+def test_paired_permutation_p():
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=200)
+    assert paired_permutation_p(a, a.copy()) == 1.0
+    assert paired_permutation_p(a + 0.5, a) < 0.001
+    b = a + rng.normal(scale=1, size=200)
+    assert paired_permutation_p(b, a, seed=3) == paired_permutation_p(b, a, seed=3)  # seeded
