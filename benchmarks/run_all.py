@@ -10,6 +10,7 @@ from . import (
     bench_generation,
     bench_hooks,
     bench_intervention_generation,
+    bench_judge,
     bench_lm_eval,
     bench_mc,
     bench_memory,
@@ -26,6 +27,7 @@ BENCHMARKS = {
     "generation": bench_generation.run,
     "intervention_generation": bench_intervention_generation.run,
     "memory_scaling": bench_memory.run,
+    "judge": bench_judge.run,
 }
 
 

@@ -12,6 +12,7 @@ empty); ``bool`` (a switch, ``store_true``). Field metadata adjusts the flag:
 * ``flag``: the CLI name when it differs from the field (``datasets`` -> ``--dataset``);
 * ``invert``: a bool field that defaults to True, switched off by the flag (``generate`` <- ``--no_generate``);
 * ``choices``: the allowed values (of each value, for a list);
+* ``const``: the flag may be given without a value, meaning this one (``--judge`` = ``--judge endpoint``);
 * ``nargs``: overrides the number of values of a list (e.g. ``"*"``: an empty list allowed);
 * ``zero_is_none``: ``0`` on the command line means None (``--max_samples 0``: every sample);
 * ``default_from``: a list field left out on the command line is ``[value of that other field]``
@@ -104,6 +105,8 @@ def flag_specs(cls: type) -> list[FlagSpec]:
             if several:
                 kwargs["nargs"] = meta.get("nargs", "+" if default else "*")
                 default = list(default) if default is not None else None
+            elif "const" in meta:
+                kwargs.update(nargs="?", const=meta["const"])
             if meta.get("default_from"):
                 default = None
             if required:

@@ -76,6 +76,11 @@ class JudgeError(ItiError, RuntimeError):
     """A True/Info judge that could not be reached or gave an answer that cannot be read."""
 
 
+class JudgeModelError(ItiError, ValueError):
+    """A model that cannot serve as an in-process True/Info judge: its tokenizer has no single " yes" token to
+    read the score from."""
+
+
 class DiskFullError(ItiError, OSError):
     """No space left where an output is written: the message says where, how much is free and, when known,
     how much the write needs."""

@@ -85,6 +85,9 @@ VALIDATE = [
     (["--dtype", "float8"], "dtype"),
     (["--features_dir", MISSING], "features_dir"),
     (["--data_dir", MISSING], "data_dir"),
+    (["--judge_batch_size", "0"], "judge_batch_size"),
+    (["--judge", "hf", "--judge_model", "no-such-judge"], "judge_model"),
+    (["--judge", "hf", "--judge_info_model", MISSING], "judge_info_model"),
 ]
 
 

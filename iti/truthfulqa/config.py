@@ -19,6 +19,7 @@ from ..options import (
     check_seed,
 )
 from .budget import parse_head_count
+from .judge import DEFAULT_INFO_JUDGE, DEFAULT_TRUE_JUDGE, JUDGE_KINDS
 
 
 @dataclass
@@ -43,8 +44,19 @@ class ValidationConfig:
         "help": "instruction before the questions", "choices": ("default", "informative", "none")})
     preset: str = field(default="qa", metadata={
         "help": "prompt format: honest_llama's (qa) or lm-evaluation-harness's", "choices": ("qa", "lm-eval")})
-    judge: bool = field(default=False, metadata={
-        "help": "True/Info by an LLM judge (ITI_JUDGE_URL, ITI_JUDGE_TRUE_MODEL, ITI_JUDGE_INFO_MODEL)"})
+    judge: str | None = field(default=None, metadata={
+        "help": "True, Info and True*Info of the answers by LLM judges: a bare --judge or --judge endpoint through an "
+                "OpenAI-compatible endpoint (ITI_JUDGE_URL, ITI_JUDGE_TRUE_MODEL, ITI_JUDGE_INFO_MODEL); --judge hf "
+                "in-process (--judge_model, --judge_info_model). Default: no judging",
+        "choices": JUDGE_KINDS, "const": "endpoint"})
+    judge_model: str = field(default=DEFAULT_TRUE_JUDGE, metadata={
+        "help": "the True judge of --judge hf: embedded name, local dir or hub id"})
+    judge_info_model: str = field(default=DEFAULT_INFO_JUDGE, metadata={
+        "help": "the Info judge of --judge hf (may be the True judge)"})
+    judge_device_map: str | None = field(default=None, metadata={
+        "help": "where the --judge hf judges load, apart from the steered model: e.g. auto, cpu, cuda:1 "
+                "(default: as load_model, the first GPU, else the CPU)"})
+    judge_batch_size: int = field(default=16, metadata={"help": "judge prompts per forward pass (--judge hf)"})
     control_seeds: list[int] = field(default_factory=lambda: [42], metadata={
         "help": "seeds of ITI and the random controls (default: --seed)", "default_from": "seed"})
     sweep_alphas: list[float] = field(default_factory=list, metadata={
@@ -79,16 +91,31 @@ class ValidationConfig:
     batch_size: int = field(default=16, metadata={"help": "prompts per forward pass"})
     force: bool = field(default=False, metadata={"help": "discard rows in the output directory that other settings produced"})
 
+    def __post_init__(self) -> None:
+        if isinstance(self.judge, bool):  # the Python API's judge=True of old: the endpoint
+            self.judge = "endpoint" if self.judge else None
+
     def validate(self) -> None:
         """Refuse impossible settings with one :class:`~iti.errors.InvalidOptionError` naming the option, before
         anything is loaded or written. Reads only the features manifest (for the model's layers x heads and the
         number of questions; without one, ``max_questions`` or TruthfulQA's 817 questions)."""
         check_finite_nonneg("alpha", self.alpha)
         check_choice("mc_shift_start", self.mc_shift_start, ("first_answer_token", "original"))
+        check_choice("judge", self.judge, JUDGE_KINDS, none_ok=True)
+        if self.judge == "hf":
+            from ..errors import UnknownModelError
+            from ..models import resolve_model
+            from ..options import refuse
+
+            for name in ("judge_model", "judge_info_model"):  # a misspelt judge fails before the steered model loads
+                try:
+                    resolve_model(getattr(self, name))
+                except UnknownModelError:
+                    raise refuse(name, "an embedded name, a local directory or a hub id 'org/name'", getattr(self, name)) from None
         check_each(check_finite_nonneg, "sweep_alphas", self.sweep_alphas)
         check_seed("seed", self.seed)
         check_each(check_seed, "control_seeds", self.control_seeds)
-        for name in ("batch_size", "max_new_tokens", "ce_samples"):
+        for name in ("batch_size", "max_new_tokens", "ce_samples", "judge_batch_size"):
             check_positive_int(name, getattr(self, name))
         check_positive_int("max_questions", self.max_questions, none_ok=True)
         check_existing_path("features_dir", self.features_dir)

@@ -1,7 +1,8 @@
 """k-fold validation of ITI on TruthfulQA (honest_llama's validate_2fold), with controls, sweeps and seeds.
 
 For each fold: probes on the training questions, an intervention, and evaluation on the held-out questions:
-MC1/MC2/MC3, CE and KL on neutral text, greedy answers scored by BLEU/ROUGE (and an LLM judge if configured).
+MC1/MC2/MC3, CE and KL on neutral text, greedy answers scored by BLEU/ROUGE and, with ``--judge``, True, Info and
+True*Info by LLM judges (an endpoint, or in-process with ``--judge hf``).
 Every evaluated row is stored as it finishes (``rows/*.json``), so an interrupted run resumes.
 """
 from __future__ import annotations
@@ -21,7 +22,7 @@ from .config import RowSpec, ValidationConfig, plan_rows
 from .data import load_truthfulqa
 from .fit import FoldProbes, build_intervention, train_fold_probes
 from .generation import generate_answers
-from .judge import JudgeConfig, check_judge_endpoint, judge_answers
+from .judge import JUDGE_KEYS, Judge, JudgeConfig, check_judge_endpoint
 from .lm_cost import ce_and_kl, load_neutral_texts
 from .mc_scoring import mc_metrics, score_choices
 from .prompts import generation_prompt, mc_questions, shared_prefix
@@ -120,15 +121,38 @@ def _generation_part(model, tokenizer, tqa, test_q, intervention, cfg) -> dict[s
     return {"answers": answers, "BLEU-acc": sim.bleu_acc.tolist(), "ROUGE-acc": sim.rouge_acc.tolist(), "gen_seconds": time.perf_counter() - t1}
 
 
-def _row_todo(row: dict[str, Any], spec: RowSpec, judge_cfg: JudgeConfig | None) -> list[str]:
-    """The parts of a row still to compute: MC + CE/KL, greedy answers, judgements. Each part is stored as soon
-    as it finishes, so a failure in a later part (a judge that is down) loses nothing before it."""
+def _row_todo(row: dict[str, Any], spec: RowSpec, judge: Judge | None) -> list[str]:
+    """The parts of a row still to compute: MC + CE/KL, greedy answers, judgements (again when another judge
+    made the stored ones). Each part is stored as soon as it finishes, so a failure in a later part (a judge that
+    is down) loses nothing before it."""
     todo = [] if "MC1" in row else ["mc"]
     if spec.generate and "answers" not in row:
         todo.append("generate")
-    if spec.generate and judge_cfg is not None and ("generate" in todo or row.get("judge") != judge_cfg.identity()):
+    if spec.generate and judge is not None and ("generate" in todo or row.get("judge") != judge.identity()):
         todo.append("judge")
     return todo
+
+
+def prepare_judge(cfg: ValidationConfig) -> Judge | None:
+    """The judge ``cfg`` asks for, ready before any row runs: the endpoint checked (reachable, serving both
+    judges), or the in-process judges loaded and their tokenizers checked; None without ``--judge`` (or with
+    ``--judge endpoint`` and no endpoint configured, which is said)."""
+    if not cfg.generate:
+        return None  # no answers to judge
+    if cfg.judge == "hf":
+        from .hf_judge import load_hf_judges
+
+        print(f"[validate] loading the in-process judges {cfg.judge_model} (True) and {cfg.judge_info_model} (Info)", flush=True)
+        return load_hf_judges(cfg.judge_model, cfg.judge_info_model, device_map=cfg.judge_device_map, batch_size=cfg.judge_batch_size)
+    if cfg.judge != "endpoint":
+        return None
+    endpoint = JudgeConfig.from_env()
+    if endpoint is None:
+        print("[validate] --judge given but no judge configured (set ITI_JUDGE_URL, ITI_JUDGE_TRUE_MODEL, ITI_JUDGE_INFO_MODEL, "
+              "or use --judge hf): True/Info are skipped", flush=True)
+        return None
+    check_judge_endpoint(endpoint)
+    return endpoint
 
 
 def check_output(cfg: ValidationConfig, out: str | Path) -> None:
@@ -150,27 +174,24 @@ def check_features(cfg: ValidationConfig) -> None:
             )
 
 
-def run_validation(model, tokenizer, cfg: ValidationConfig, out_dir: str | Path) -> dict[str, Any]:
+def run_validation(model, tokenizer, cfg: ValidationConfig, out_dir: str | Path, *, judge: Judge | None = None) -> dict[str, Any]:
     """Run every fold and row (resuming finished rows), then write the summary, table and plots; impossible
     settings are refused first (:meth:`ValidationConfig.validate`, :func:`check_features`), before anything is
-    written."""
+    written. ``judge``: judges already at hand (an :class:`~iti.truthfulqa.hf_judge.HFJudges` or a
+    :class:`~iti.truthfulqa.judge.JudgeConfig`), used instead of those ``cfg.judge`` names."""
     cfg.validate()
     check_features(cfg)
     out = Path(out_dir)
     with output_lock(out, "validation output directory"):
-        return _run_locked(model, tokenizer, cfg, out)
+        return _run_locked(model, tokenizer, cfg, out, judge)
 
 
-def _run_locked(model, tokenizer, cfg: ValidationConfig, out: Path) -> dict[str, Any]:
+def _run_locked(model, tokenizer, cfg: ValidationConfig, out: Path, judge: Judge | None) -> dict[str, Any]:
     features = load_features(cfg.features_path(cfg.dataset_name), mmap=False)
     tuning = load_features(cfg.features_path(cfg.activations_dataset), mmap=False)
     tqa = load_truthfulqa(cfg.data_dir, max_questions=cfg.max_questions or None)
-    judge_cfg = JudgeConfig.from_env() if cfg.judge else None
-    if cfg.judge and judge_cfg is None:
-        print("[validate] --judge given but no judge configured (set ITI_JUDGE_URL, ITI_JUDGE_TRUE_MODEL, ITI_JUDGE_INFO_MODEL): "
-              "True/Info are skipped", flush=True)
-    if judge_cfg is not None:
-        check_judge_endpoint(judge_cfg)  # before any row runs, not after the first fold's generation
+    if judge is None:
+        judge = prepare_judge(cfg)  # before any row runs, not after the first fold's generation
     manifests = {cfg.dataset_name: features.manifest, cfg.activations_dataset: tuning.manifest}
     identity = run_identity(cfg, manifests=manifests, tqa=tqa, model=model)
     claim_output(out, identity, cfg.force)
@@ -200,7 +221,7 @@ def _run_locked(model, tokenizer, cfg: ValidationConfig, out: Path) -> dict[str,
         for i, test_q in enumerate(folds):
             path = out / "rows" / f"fold{i}_{spec.key}.json"
             row = read_json(path, "validation row") if path.exists() else {}
-            todo = _row_todo(row, spec, judge_cfg)
+            todo = _row_todo(row, spec, judge)
             if not todo:
                 continue
             intervention = None
@@ -225,13 +246,15 @@ def _run_locked(model, tokenizer, cfg: ValidationConfig, out: Path) -> dict[str,
                     row.update(_mc_part(model, tokenizer, tqa, test_q, intervention, cfg, texts))
                     row.update({"fold": i, "spec": spec.__dict__, "heads": intervention.heads if intervention else []})
                 elif part == "generate":
-                    for stale in ("True", "Info", "judge"):
+                    for stale in JUDGE_KEYS:
                         row.pop(stale, None)
                     row.update(_generation_part(model, tokenizer, tqa, test_q, intervention, cfg))
                 else:
-                    assert judge_cfg is not None
-                    row.update(judge_answers(judge_cfg, [tqa.refs[q].question for q in test_q], row["answers"]))
-                    row["judge"] = judge_cfg.identity()
+                    assert judge is not None
+                    for stale in JUDGE_KEYS:  # another judge's keys (the raw scores) must not survive
+                        row.pop(stale, None)
+                    row.update(judge.judge([tqa.refs[q].question for q in test_q], row["answers"]))
+                    row["judge"] = judge.identity()
                 row["seconds"] = row.get("seconds", 0.0) + time.perf_counter() - t
                 atomic_write_json(path, row)  # each part as soon as it is done
     accuracies = [fold_probes(i, cfg.seed).accuracies for i in range(len(folds))]

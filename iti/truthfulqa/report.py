@@ -1,5 +1,5 @@
-"""The report of a validation run: folds pooled per row, bootstrap CIs and paired differences to the baseline,
-the spread over seeds, summary.md and the plots."""
+"""The report of a validation run: folds pooled per row, bootstrap CIs (pooled and per fold) and paired differences
+to the baseline, the spread over seeds, summary.md and the plots."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,19 +12,33 @@ from ..stats import bootstrap_ci, paired_bootstrap_ci
 from .config import RowSpec, ValidationConfig, plan_rows
 from .cost_matched import cost_matched_markdown, cost_matched_rows, plot_frontier, seed_spread
 
+#: The per-question metrics of a row, each pooled over the folds with a bootstrap CI (True, Info and True*Info
+#: when judged).
+PER_QUESTION = ("MC1", "MC2", "MC3", "BLEU-acc", "ROUGE-acc", "True", "Info", "True*Info")
+
+
+def _with_true_info(row: dict[str, Any]) -> dict[str, Any]:
+    """True*Info per answer (True and Info) for rows judged before it was stored."""
+    if "True" in row and "Info" in row and "True*Info" not in row:
+        row["True*Info"] = [float(t and i) for t, i in zip(row["True"], row["Info"])]
+    return row
+
 
 def summarize(out: Path, rows: list[RowSpec], cfg: ValidationConfig) -> dict[str, Any]:
     """Pool the folds (every question is tested once) and aggregate per row, with CIs and seed spread."""
     pooled: dict[str, dict[str, Any]] = {}
     for spec in rows:
         parts = sorted((out / "rows").glob(f"fold*_{spec.key}.json"))
-        data = [read_json(p, "validation row") for p in parts]
+        data = [_with_true_info(read_json(p, "validation row")) for p in parts]
         if len(data) != cfg.num_fold:
             continue
         merged: dict[str, Any] = {"spec": spec.__dict__}
-        for metric in ("MC1", "MC2", "MC3", "BLEU-acc", "ROUGE-acc", "True", "Info"):
+        data.sort(key=lambda d: d.get("fold", 0))
+        merged["per_fold"] = {}
+        for metric in PER_QUESTION:
             if all(metric in d for d in data):
                 merged[metric] = np.concatenate([d[metric] for d in data])
+                merged["per_fold"][metric] = [np.asarray(d[metric], dtype=np.float64) for d in data]
         merged["question_ids"] = np.concatenate([d["question_ids"] for d in data])
         for metric in ("CE", "KL", "CE_base"):
             merged[metric] = float(np.mean([d[metric] for d in data]))
@@ -39,10 +53,12 @@ def summarize(out: Path, rows: list[RowSpec], cfg: ValidationConfig) -> dict[str
         row: dict[str, Any] = {"key": key, **m["spec"], "CE": m["CE"], "KL": m["KL"], "seconds": m["seconds"]}
         if "alphas" in m:
             row.update({"alphas": m["alphas"], "budget_reached": m["budget_reached"]})
-        for metric in ("MC1", "MC2", "MC3", "BLEU-acc", "ROUGE-acc", "True", "Info"):
+        for metric in PER_QUESTION:
             if metric in m:
                 mean, lo, hi = bootstrap_ci(m[metric], seed=cfg.seed)
                 row[metric] = {"mean": mean, "ci": [lo, hi]}
+                folds = [bootstrap_ci(v, seed=cfg.seed) for v in m["per_fold"][metric]]
+                row.setdefault("per_fold", {})[metric] = [{"mean": f[0], "ci": [f[1], f[2]]} for f in folds]
                 if base is not None and metric in base and key != plan_rows(cfg)[0].key:
                     d, dlo, dhi = paired_bootstrap_ci(m[metric], base[metric], seed=cfg.seed)
                     row[f"d{metric}"] = {"mean": d, "ci": [dlo, dhi]}
@@ -78,14 +94,15 @@ def summary_markdown(summary: dict[str, Any], cfg: ValidationConfig) -> str:
              f"instruction {cfg.instruction_prompt}; 95% bootstrap CIs over questions; Δ = paired difference to the baseline.", ""]
     has_gen = any("BLEU-acc" in r for r in summary["rows"])
     has_judge = any("True" in r for r in summary["rows"])
-    head = ["Intervention", "alpha", "K", "seed"] + (["True", "Info"] if has_judge else []) + ["MC1", "MC2", "ΔMC2", "CE Loss", "KL wrt Original"]
+    judged = ["True", "Info", "True*Info"] if has_judge else []
+    head = ["Intervention", "alpha", "K", "seed"] + judged + ["MC1", "MC2", "ΔMC2", "CE Loss", "KL wrt Original"]
     head += ["BLEU-acc", "ROUGE-acc"] if has_gen else []
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in summary["rows"]:
         alpha = "/".join(f"{a:.3g}" for a in r["alphas"]) if "alphas" in r else f"{r['alpha']:g}"
         name = f"{r['name']} ({r['budget_metric']} {r['budget']:g})" if r.get("budget") is not None else r["name"]
         cells = [name, alpha, str(r["num_heads"]), str(r["seed"])]
-        cells += [_fmt(r.get("True")), _fmt(r.get("Info"))] if has_judge else []
+        cells += [_fmt(r.get(m)) for m in judged]
         cells += [_fmt(r.get("MC1")), _fmt(r.get("MC2")), _fmt(r.get("dMC2")), _fmt(r["CE"]), _fmt(r["KL"])]
         cells += [_fmt(r.get("BLEU-acc")), _fmt(r.get("ROUGE-acc"))] if has_gen else []
         lines.append("| " + " | ".join(cells) + " |")
