@@ -1,4 +1,5 @@
-"""Command line: ``iti collect``, ``iti validate``, ``iti bake``, ``iti faithfulness``, ``iti concepts``, ``iti demo``. Scripts in the repo call :func:`main`."""
+"""Command line: ``iti collect``, ``iti validate``, ``iti bake``, ``iti export``, ``iti import``, ``iti faithfulness``,
+``iti concepts``, ``iti demo``. Scripts in the repo call :func:`main`."""
 from __future__ import annotations
 
 import argparse
@@ -203,6 +204,123 @@ def _fit_bake_intervention(bake_cfg: BakeConfig, name: str):
     return inter
 
 
+def _interop_intervention(path: str, alpha: float | None):
+    from .intervention import Intervention
+    from .options import check_existing_path
+
+    check_existing_path("intervention", path)
+    inter = Intervention.load(path)
+    return inter if alpha is None else inter.with_alpha(alpha)
+
+
+def run_export(args: argparse.Namespace) -> Path:
+    """``iti export --format {pyvene,lm-eval,gguf,honest-llama}``: write an intervention (gguf: the model with it
+    baked in; honest-llama: a features directory) in another tool's format. Missing inputs and an existing output
+    are refused before any model loads."""
+    from .interop.config import ExportConfig
+    from .interop.files import refuse_existing
+    from .models import check_dtype, load_model
+    from .options import check_existing_path, check_finite_nonneg, refuse
+
+    cfg = config_from_args(ExportConfig, args)
+    check_finite_nonneg("alpha", cfg.alpha, none_ok=True)
+    check_dtype(cfg.dtype)
+    out = Path(cfg.output)
+    if cfg.format == "honest-llama":
+        from .interop.honest_llama_features import export_honest_llama_features
+
+        if cfg.features is None:
+            raise refuse("features", "our features directory to export (with --format honest-llama)", None)
+        check_existing_path("features", cfg.features)
+        paths = export_honest_llama_features(cfg.features, out, model_name=cfg.model_name, dataset=cfg.dataset_name,
+                                             layer_wise=cfg.layer_wise, force=cfg.force)
+        print(f"[export] wrote {', '.join(str(p) for p in paths.values())}")
+        return out
+    if cfg.model_name is None:
+        raise refuse("model_name", f"the model the intervention is for (with --format {cfg.format})", None)
+    if cfg.intervention is None and cfg.format != "gguf":
+        raise refuse("intervention", f"a saved iti intervention directory (with --format {cfg.format})", None)
+    inter = _interop_intervention(cfg.intervention, cfg.alpha) if cfg.intervention is not None else None
+    refuse_existing([out], cfg.force)
+    model, tokenizer = load_model(cfg.model_name, dtype=cfg.dtype)
+    if cfg.format == "pyvene":
+        from .interop.pyvene_format import export_pyvene
+
+        assert inter is not None
+        export_pyvene(model, inter, out, force=cfg.force)
+        print(f"[export] {len(inter.heads)} heads as {len(inter.layer_shifts())} pyvene AdditionInterventions (W_o @ shift on "
+              f"the o_proj output, every position) in {out}; load with pyvene.IntervenableModel.load({str(out)!r}, model)")
+    elif cfg.format == "lm-eval":
+        from .interop.lm_eval_format import export_lm_eval
+
+        assert inter is not None
+        export_lm_eval(model, inter, out, force=cfg.force)
+        print(f"[export] {len(inter.layer_shifts())} steering vectors (W_o @ shift, action add) in {out}; run "
+              f"lm_eval --model steered --model_args pretrained=<model>,steer_path={out}")
+    else:
+        from .bake import bake
+        from .interop.gguf_format import export_gguf
+        from .models import embedded_gguf_field, resolve_model
+
+        if inter is not None:
+            bake(model, inter)
+        pre = cfg.tokenizer_pre or embedded_gguf_field(resolve_model(cfg.model_name).name, "tokenizer.ggml.pre") or "default"
+        export_gguf(model, tokenizer, out, dtype=cfg.gguf_dtype, tokenizer_pre=pre, force=cfg.force)
+        what = f"with {len(inter.heads)} heads baked in (attn_output.bias)" if inter is not None else "as it is"
+        print(f"[export] {cfg.model_name} {what}: {out} ({out.stat().st_size / 1e6:.1f} MB, {cfg.gguf_dtype}, llama architecture)")
+    return out
+
+
+def run_import(args: argparse.Namespace) -> Path:
+    """``iti import --format {pyvene,lm-eval,gguf,honest-llama}``: read another tool's file as an iti intervention
+    saved in ``--output`` (solved back to head shifts against ``--model_name``), or honest_llama's arrays as a
+    features directory of ours."""
+    from .interop.config import ImportConfig
+    from .interop.files import refuse_existing
+    from .models import check_dtype, load_model, resolve_model
+    from .options import check_existing_path, refuse
+
+    cfg = config_from_args(ImportConfig, args)
+    check_dtype(cfg.dtype)
+    check_existing_path("input", cfg.input, kind="any")
+    if cfg.format == "honest-llama":
+        from .architectures import geometry_from_config
+        from .interop.honest_llama_features import import_honest_llama_features
+        from .models import load_model_config
+        from .truthfulqa.prompt_sets import build_prompt_set
+
+        geometry = geometry_from_config(load_model_config(cfg.geometry_from or cfg.model_name))
+        ps = build_prompt_set(cfg.dataset_name, data_dir=cfg.data_dir, max_questions=cfg.max_questions, seed=cfg.seed)
+        path = import_honest_llama_features(cfg.input, ps, model_name=cfg.model_name, geometry=geometry, dataset=cfg.dataset_name,
+                                            out_dir=cfg.output, layer_wise=cfg.layer_wise, force=cfg.force)
+        print(f"[import] {len(ps)} rows of honest_llama features as {_describe(path)}")
+        return path
+    if cfg.output is None:
+        raise refuse("output", f"the directory to save the imported intervention in (with --format {cfg.format})", None)
+    out = Path(cfg.output)
+    refuse_existing([out], cfg.force)
+    model, _ = load_model(cfg.model_name, dtype=cfg.dtype)
+    name = resolve_model(cfg.model_name).name
+    if cfg.format == "pyvene":
+        from .interop.pyvene_format import import_pyvene
+
+        inter = import_pyvene(cfg.input, model, model_name=name)
+    elif cfg.format == "lm-eval":
+        from .interop.lm_eval_format import import_lm_eval
+
+        inter = import_lm_eval(cfg.input, model, model_name=name)
+    else:
+        from .interop.gguf_format import import_gguf
+
+        inter = import_gguf(cfg.input, model, model_name=name)
+    inter.save(out)
+    err = inter.meta.get("max_reconstruction_error")
+    solved = f"; W_o @ shift reproduces the file's vectors to {err:.1e}" if err is not None else ""
+    print(f"[import] {len(inter.heads)} heads in {len(inter.layer_shifts())} layers from {cfg.input}{solved}; saved to {out} "
+          "(apply with positions='all', as the file does)")
+    return out
+
+
 def run_demo(args: argparse.Namespace) -> None:
     """``iti demo``: the quick end-to-end run of :func:`iti.truthfulqa.demo.demo` (which checks its sizes before anything
     loads)."""
@@ -262,6 +380,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bake", help="bake an intervention into o_proj biases and save the model (edit_weight)")
     add_bake_args(p)
     p.set_defaults(func=run_bake)
+    from .interop.config import ExportConfig, ImportConfig
+
+    p = sub.add_parser("export", help="an intervention (or features) in another tool's format: pyvene, lm-eval, gguf, honest-llama")
+    add_config_args(p, ExportConfig)
+    p.set_defaults(func=run_export)
+    p = sub.add_parser("import", help="another tool's intervention file (or honest_llama features) into iti's formats")
+    add_config_args(p, ImportConfig)
+    p.set_defaults(func=run_import)
     p = sub.add_parser("faithfulness", help="self-explanation faithfulness, plain vs intervened model (introspect)")
     add_faithfulness_args(p)
     p.set_defaults(func=run_faithfulness_cmd)

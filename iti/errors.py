@@ -136,3 +136,34 @@ class ModulePathError(ItiError, KeyError):
 
     def __str__(self) -> str:  # KeyError would print the message with quotes around it
         return str(self.args[0]) if self.args else ""
+
+
+class InteropError(ItiError, ValueError):
+    """A file of another tool's format (pyvene, lm-evaluation-harness, GGUF, honest_llama) that cannot be read or
+    written as asked."""
+
+
+class InexpressibleExportError(InteropError):
+    """An export the target format has no way to express (a model class pyvene cannot load, an architecture or
+    rope that llama.cpp's llama layout lacks), refused before anything is written."""
+
+
+class PyveneInterventionError(InteropError):
+    """A saved pyvene intervention that is not a constant addition on a head-output module (a trainable or
+    rotation intervention, one whose source comes at run time, an unknown component)."""
+
+
+class SteeringFileError(InteropError):
+    """An lm-evaluation-harness steering file whose hookpoints, actions or vectors do not fit this model."""
+
+
+class GgufModelMismatchError(InteropError):
+    """A GGUF file of another model than the one it is read against (architecture, sizes or weights differ)."""
+
+
+class UnrepresentableShiftError(InteropError):
+    """An output-space shift that no shift of the head outputs reproduces (it lies outside the range of W_o)."""
+
+
+class HonestLlamaFeatureError(FeatureFileError):
+    """honest_llama feature arrays that disagree with each other, with the model geometry or with the prompt set."""

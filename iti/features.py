@@ -344,6 +344,51 @@ def _finalize(partial: Path, final: Path, manifest: dict[str, Any], labels: np.n
     fsync_dir(final.parent)
 
 
+def write_feature_arrays(final: str | os.PathLike, job: dict[str, Any], prompt_set: PromptSet, head_wise: np.ndarray,
+                         layer_wise: np.ndarray | None = None, *, force: bool = False, chunk_rows: int = 1024) -> Path:
+    """Write a complete features directory from arrays computed elsewhere (features imported from another tool),
+    in the layout :func:`write_features` writes: ``head_wise`` [N, L, H, D] and ``layer_wise`` [N, L, hidden] are
+    copied in chunks of rows (memory maps stay memory maps), labels and question ids come from ``prompt_set``.
+    ``job`` is the manifest's description of what was collected (``model``, ``dataset``, ``dtype``, ...); it is
+    the manifest with the file list, question ids and versions added. Done in ``<final>.partial`` and renamed into
+    place only when complete; an existing ``final`` is refused unless ``force``."""
+    final = Path(final)
+    if final.exists() and not force:
+        raise OutputExistsError(f"{final} already exists; pass force=True (--force) to replace it, or choose another output directory")
+    n = len(prompt_set)
+    if head_wise.shape[0] != n or (layer_wise is not None and layer_wise.shape[0] != n):
+        raise FeatureFileError(f"{n} prompts but {head_wise.shape[0]} head_wise rows"
+                               + ("" if layer_wise is None else f" and {layer_wise.shape[0]} layer_wise rows"))
+    np_dtype = np.dtype(job.get("dtype", head_wise.dtype))
+    specs: dict[str, tuple[np.dtype, tuple[int, ...]]] = {"head_wise": (np_dtype, tuple(int(d) for d in head_wise.shape))}
+    if layer_wise is not None:
+        specs["layer_wise"] = (np_dtype, tuple(int(d) for d in layer_wise.shape))
+    partial = final.with_name(final.name + ".partial")
+    with output_lock(final.parent, f"features output {final.name} in", name=f".{final.name}.lock"):
+        if partial.exists():
+            shutil.rmtree(partial)
+        partial.mkdir(parents=True)
+        try:
+            for name, (dt, shape) in specs.items():
+                source = head_wise if name == "head_wise" else cast(np.ndarray, layer_wise)
+                allocate_safetensors(partial / f"{name}.safetensors", {name: (dt, shape)})
+                with SafetensorsRowWriter(partial / f"{name}.safetensors", name) as out:
+                    for start in range(0, n, chunk_rows):
+                        rows = np.arange(start, min(n, start + chunk_rows))
+                        out.write(rows, np.asarray(source[start:start + len(rows)], dtype=dt))
+                    out.flush()
+            manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, "job_id": _job_id(job), **job,
+                        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "versions": _versions(),
+                        "shard": None, "question_ids": prompt_set.question_ids.tolist()}
+            if prompt_set.categories is not None:
+                manifest["categories"] = list(prompt_set.categories)
+            _finalize(partial, final, manifest, prompt_set.labels, prompt_set.question_ids, specs, force)
+        finally:
+            if partial.exists():
+                shutil.rmtree(partial, ignore_errors=True)
+    return final
+
+
 def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
     """The checked manifest of a features directory, without opening any array (cheap: what was collected, the
     model's geometry, the question id of every row). Problems raise :class:`FeatureFileError`."""

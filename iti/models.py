@@ -300,3 +300,28 @@ def load_model(
     tokenizer.padding_side = "left"
     model.eval()
     return model, tokenizer
+
+
+def load_model_config(name_or_path: str | os.PathLike, *, trust_remote_code: bool = False) -> Any:
+    """The Hugging Face config of a model name (as :func:`load_model` resolves it) without loading its weights:
+    for a model's geometry alone (importing features collected elsewhere)."""
+    from transformers import AutoConfig
+
+    source = resolve_model(name_or_path)
+    location = str(embedded_model_dir(source.name)) if source.kind == "embedded" else source.location
+    try:
+        return AutoConfig.from_pretrained(location, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as e:
+        hint = " (offline? pass a local model directory)" if source.kind == "hub" else ""
+        raise ModelLoadError(f"could not read the config of {str(name_or_path)!r} from {location}: {str(e).splitlines()[0]}{hint}") from e
+
+
+def embedded_gguf_field(name: str, key: str) -> Any:
+    """A metadata value of an embedded model's GGUF file (``tokenizer.ggml.pre``), or None when the name is not an
+    embedded model or its GGUF lacks the key."""
+    if name not in EMBEDDED:
+        return None
+    from gguf import GGUFReader
+
+    field = GGUFReader(str(EMBEDDED[name].gguf_path())).fields.get(key)
+    return None if field is None else field.contents()

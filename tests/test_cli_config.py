@@ -1,4 +1,4 @@
-"""Every ``iti`` subcommand (collect, validate, bake, faithfulness, concepts, demo) is generated from its config dataclass: every
+"""Every ``iti`` subcommand (collect, validate, bake, export, import, faithfulness, concepts, demo) is generated from its config dataclass: every
 field has a flag, the defaults parse to the dataclass defaults, values round-trip, help comes from the field; and
 default output locations follow :func:`iti.paths.output_root`. Nothing here loads a model."""
 from __future__ import annotations
@@ -12,11 +12,18 @@ from iti.cli import build_parser
 from iti.concepts.experiment import ConceptConfig
 from iti.config_cli import config_from_args, flag_specs
 from iti.faithfulness.experiment import FaithfulnessConfig
+from iti.interop.config import ExportConfig, ImportConfig
 from iti.truthfulqa.config import BakeConfig, CollectConfig, DemoConfig, ValidationConfig
 
 COMMANDS = {"validate": ValidationConfig, "faithfulness": FaithfulnessConfig, "concepts": ConceptConfig, "collect": CollectConfig,
-            "bake": BakeConfig, "demo": DemoConfig}
-REQUIRED = {"bake": ["--output_dir", "out"]}  # flags without a default
+            "bake": BakeConfig, "demo": DemoConfig, "export": ExportConfig, "import": ImportConfig}
+#: values of the fields without a default (required flags)
+REQUIRED = {"bake": {"output_dir": "out"}, "export": {"format": "pyvene", "output": "o"},
+            "import": {"format": "gguf", "input": "i", "model_name": "m"}}
+
+
+def _required_argv(command: str) -> list[str]:
+    return [a for k, v in REQUIRED.get(command, {}).items() for a in (f"--{k}", v)]
 
 
 def _subparser(command: str) -> argparse.ArgumentParser:
@@ -50,8 +57,8 @@ def test_every_field_has_a_flag_with_help_from_the_field(command):
 @pytest.mark.parametrize("command", COMMANDS)
 def test_defaults_parse_to_the_dataclass_defaults(command, monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
-    cfg = _parse(command, REQUIRED.get(command, []))
-    expected = COMMANDS[command](**({"output_dir": "out"} if command in REQUIRED else {}))
+    cfg = _parse(command, _required_argv(command))
+    expected = COMMANDS[command](**REQUIRED.get(command, {}))
     assert cfg == expected  # control_seeds: [--seed] = [42], the field's default
 
 
