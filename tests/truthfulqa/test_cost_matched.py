@@ -20,7 +20,9 @@ def features8(smollm2, tmp_path_factory):
     return write_tqa_features(*smollm2, tmp_path_factory.mktemp("features8"), max_questions=8)
 
 
-def test_budget_rows_meet_their_kl_and_are_compared_at_equal_cost(smollm2, features8, tmp_path):
+@pytest.mark.slow
+def test_two_budgets_trace_the_frontier(smollm2, features8, tmp_path):
+    """Slow (~15 min on 2 busy cores): two budgets x three kinds x two folds, each with its own alpha search."""
     model, tok = smollm2
     cfg = ValidationConfig(features_dir=str(features8), ce_samples=3, budget_texts=3, generate=False, num_heads="5%",
                            alpha=5.0, max_questions=6, kl_budget=[0.05, 0.2])
@@ -46,6 +48,34 @@ def test_budget_rows_meet_their_kl_and_are_compared_at_equal_cost(smollm2, featu
     assert (tmp_path / "v" / "frontier.png").stat().st_size > 10_000
     again = run_validation(model, tok, cfg, tmp_path / "v")  # from the stored rows: the same numbers
     assert again["cost_matched"] == summary["cost_matched"]
+
+
+def test_one_budget_row_set_meets_its_kl_and_reruns_from_the_stored_rows(smollm2, features8, tmp_path):
+    model, tok = smollm2
+    cfg = ValidationConfig(features_dir=str(features8), ce_samples=2, budget_texts=2, generate=False, num_heads=6,
+                           alpha=5.0, max_questions=4, kl_budget=[0.1])
+    summary = run_validation(model, tok, cfg, tmp_path / "v")
+    for name in ("ITI", "random-heads", "random-direction"):
+        for fold in (0, 1):
+            row = json.loads((tmp_path / "v" / "rows" / f"fold{fold}_{name}_kl0.1_k6_s42.json").read_text())
+            assert abs(row["budget_search"]["reached"] - 0.1) <= 0.005 and row["budget_search"]["alpha"] == row["alpha_found"]
+    (entry,) = summary["cost_matched"]
+    assert sorted(entry["kinds"]) == ["ITI", "random direction", "random heads"] and len(entry["iti_minus"]) == 2
+    assert "| KL 0.1 | 42 | random heads |" in (tmp_path / "v" / "summary.md").read_text()
+    assert not (tmp_path / "v" / "frontier.png").exists()  # one budget: no frontier to draw
+    assert run_validation(model, tok, cfg, tmp_path / "v")["cost_matched"] == summary["cost_matched"]
+
+
+def test_frontier_plot_from_entries(tmp_path):
+    from iti.truthfulqa.cost_matched import plot_frontier
+
+    def cell(kl, gain):
+        return {"KL": kl, "dMC2": {"mean": gain, "ci": [gain - 0.01, gain + 0.01]}}
+
+    entries = [{"budget": b, "seed": s, "kinds": {"ITI": cell(b, 0.05 * b), "random heads": cell(b, 0.01), "random direction": cell(b, 0.0)}}
+               for b in (0.1, 1.0) for s in (42, 1)]
+    assert plot_frontier(tmp_path / "f.png", entries, "t") and (tmp_path / "f.png").stat().st_size > 10_000
+    assert not plot_frontier(tmp_path / "g.png", entries[:1], "t")
 
 
 def test_budget_options_are_checked_and_planned(features8):
