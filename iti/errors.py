@@ -131,3 +131,7 @@ class ModulePathError(ItiError, KeyError):
 
     def __str__(self) -> str:  # KeyError would print the message with quotes around it
         return str(self.args[0]) if self.args else ""
+
+
+class OffloadedWeightsError(ItiError, ValueError):
+    """A model whose weights accelerate offloaded (meta tensors between forward passes), asked to change them (bake)."""
