@@ -6,7 +6,7 @@ TORCH_SPEC ?= torch==2.13.0
 STAMP := .make/installed
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-slow lint bench serve-check clean
+.PHONY: install demo test test-slow lint bench serve-check gpu-check clean
 
 install: $(STAMP)
 
@@ -40,6 +40,13 @@ serve-check: install
 	@# and the baked SmolLM2; writes benchmarks/results/serving.json and the benchmarks README table
 	$(PYTHON) -m benchmarks.bench_serving
 	$(PYTHON) -c "from benchmarks.common import render_readme; render_readme()"
+
+gpu-check: install
+	@# on a CUDA machine (install a CUDA torch: `make install TORCH_SPEC=torch`): fp32/fp16/bf16 on cuda, a device_map split
+	@# over cuda:0 + cpu and an offloaded one, each against CPU fp32; writes benchmarks/results/gpu_check.{json,md}, exits 1 on
+	@# a failed check. Without CUDA: a one-minute CPU smoke run (fp32 and bf16 on the CPU) into a temporary directory.
+	$(PIP) install -q -e ".[bench]"
+	$(PYTHON) -m benchmarks.gpu_check
 
 clean:
 	rm -rf .make .pytest_cache

@@ -94,7 +94,7 @@ def _pyvene_capture(model, tok, paths, inputs, rows, last):
     def fn():
         with torch.inference_mode():
             wrapped({"input_ids": inputs["input_ids"], "attention_mask": inputs["attention_mask"]})
-            return torch.stack([store[l][rows, last] for l in range(len(paths))], 1)
+            return torch.stack([store[l][rows, last].cpu() for l in range(len(paths))], 1)  # on the CPU, as ours
     return fn
 
 
@@ -120,7 +120,7 @@ def _nnsight_capture(model, tok, paths, inputs, rows, last):
         with torch.inference_mode(), wrapped.trace({"input_ids": inputs["input_ids"], "attention_mask": inputs["attention_mask"]}):
             for p in paths:
                 saved.append(module(p).input.save())
-        return torch.stack([x[rows, last] for x in saved], 1)
+        return torch.stack([x[rows, last].cpu() for x in saved], 1)  # on the CPU, as ours
     return fn
 
 

@@ -69,7 +69,8 @@ class Row:
     """One line of a benchmark table: our figure, the baseline's, their ratio and the goal.
 
     A row whose peer package is not installed is a *skipped* row: ``ratio`` is None and ``skipped`` names the
-    package (see :func:`skipped_row`), never a NaN that reads as a number."""
+    package (see :func:`skipped_row`), never a NaN that reads as a number. A row whose measurement raised is an
+    *error* row: ``ratio`` is None and ``error`` holds the exception (see :func:`error_row`)."""
 
     what: str
     ours: str
@@ -78,9 +79,10 @@ class Row:
     goal: str
     met: bool | None = None
     skipped: str | None = None
+    error: str | None = None
 
     def __post_init__(self) -> None:  # numpy scalars are not JSON
-        if self.skipped is None:
+        if self.skipped is None and self.error is None:
             self.ratio = float(self.ratio)  # type: ignore[arg-type]
             if not math.isfinite(self.ratio) or self.ratio <= 0:
                 raise ValueError(f"benchmark row {self.what!r}: ratio {self.ratio} is not a positive number")
@@ -97,6 +99,26 @@ def peer_missing(package: str) -> str:
 def skipped_row(what: str, package: str, goal: str = "report") -> Row:
     """A row for a comparison whose peer package is not installed: says so instead of a number."""
     return Row(what, "-", peer_missing(package), None, goal, None, skipped=peer_missing(package))
+
+
+def error_row(what: str, error: BaseException, goal: str = "runs", met: bool | None = False) -> Row:
+    """A row for a measurement that raised: the exception instead of a number. ``met`` False counts it as a failure
+    (our own code), None only reports it (a peer package's)."""
+    text = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"[:300]
+    return Row(what, f"error: {text}", "-", None, goal, met, error=text)
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> list[str]:
+    """The lines of a results table from rows as saved (``Row.__dict__``)."""
+    def cell(text: str) -> str:  # a "|" inside a cell (|x - y|) would start a new column
+        return str(text).replace("|", "\\|")
+
+    lines = ["| what | ours | baseline | ratio | goal | met |", "|---|---|---|---|---|---|"]
+    for row in rows:
+        met = "" if row["met"] is None else ("yes" if row["met"] else "**no**")
+        ratio = "skipped" if row.get("skipped") else "error" if row.get("error") else f"{row['ratio']:.2f}"
+        lines.append(f"| {cell(row['what'])} | {cell(row['ours'])} | {cell(row['baseline'])} | {ratio} | {cell(row['goal'])} | {met} |")
+    return lines
 
 
 @dataclass
@@ -159,11 +181,7 @@ def render_readme(results_dir: Path = RESULTS_DIR, readme: Path = README) -> str
         r = json.loads(path.read_text())
         m = r["machine"]
         parts += [f"## {r['title']}", "", f"`{r['command']}` — {r['created']}, {m['cpus']} CPUs, torch {m['torch']}, transformers {m['transformers']}", ""]
-        parts += ["| what | ours | baseline | ratio | goal | met |", "|---|---|---|---|---|---|"]
-        for row in r["rows"]:
-            met = "" if row["met"] is None else ("yes" if row["met"] else "**no**")
-            ratio = "skipped" if row.get("skipped") else f"{row['ratio']:.2f}"
-            parts.append(f"| {row['what']} | {row['ours']} | {row['baseline']} | {ratio} | {row['goal']} | {met} |")
+        parts += markdown_table(r["rows"])
         parts.append("")
     text = "\n".join(parts)
     readme.write_text(text)

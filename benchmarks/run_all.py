@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 from . import (
+    bench_bf16,
     bench_collection,
     bench_generation,
     bench_hooks,
@@ -30,6 +31,7 @@ BENCHMARKS = {
     "intervention_generation": bench_intervention_generation.run,
     "memory_scaling": bench_memory.run,
     "judge": bench_judge.run,
+    "bf16_cpu": bench_bf16.run,
 }
 
 
@@ -50,7 +52,7 @@ def main(argv=None) -> None:
         path = result.save(results_dir)
         print(f"[bench] {name}: {time.perf_counter() - t:.0f} s -> {path}")
         for row in result.rows:
-            ratio = row.skipped or f"ratio {row.ratio:.2f}"
+            ratio = row.skipped or row.error or f"ratio {row.ratio:.2f}"
             print(f"  {row.what}: ours {row.ours}, baseline {row.baseline}, {ratio} (goal {row.goal})")
     print(render_readme(results_dir, readme))
 

@@ -279,8 +279,32 @@ def model_layout(model: nn.Module) -> ModelLayout:
 
 
 def model_device(model: nn.Module) -> torch.device:
-    """The device of the input embeddings (where input ids must go when the model spans devices)."""
+    """The device of the input embeddings (where input ids must go when the model spans devices).
+
+    An embedding whose weights accelerate offloaded (to the CPU or disk, under a ``device_map``) sits on the meta
+    device between forward passes; its weights are brought to the execution device of its accelerate hook for each
+    pass, so that is where the ids go."""
     try:
-        return cast(Any, model).get_input_embeddings().weight.device  # a transformers model
+        embedding = cast(Any, model).get_input_embeddings()  # a transformers model
+        device = embedding.weight.device
     except (AttributeError, NotImplementedError):
         return next(model.parameters()).device
+    if device.type == "meta":
+        device = _execution_device(model, embedding) or device
+    return device
+
+
+def _execution_device(model: nn.Module, module: nn.Module) -> torch.device | None:
+    """The execution device of the innermost accelerate hook on ``module`` or one of its ancestors, if any."""
+    name = next((n for n, m in model.named_modules() if m is module), None)
+    if name is None:
+        return None
+    parts = name.split(".") if name else []
+    found: torch.device | None = None
+    for depth in range(len(parts) + 1):  # the model itself, then each ancestor, then the module: innermost wins
+        hook = getattr(model.get_submodule(".".join(parts[:depth])), "_hf_hook", None)
+        for h in [hook, *getattr(hook, "hooks", ())]:  # a SequentialHook holds several
+            execution = getattr(h, "execution_device", None)
+            if execution is not None:
+                found = torch.device(f"cuda:{execution}" if isinstance(execution, int) else execution)
+    return found

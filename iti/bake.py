@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from .architectures import bakeable_architectures, model_layout, text_config
-from .errors import AlreadyBakedError, UnsupportedArchitectureError
+from .errors import AlreadyBakedError, OffloadedWeightsError, UnsupportedArchitectureError
 from .intervention import Intervention
 from .io import set_plain_modes
 from .models import check_complete_checkpoint
@@ -79,6 +79,13 @@ def bake(model: nn.Module, intervention: Intervention, *, add_to_existing: bool 
             f"a bias, so the baked model could not be loaded. Bakeable: {', '.join(bakeable_architectures())}; "
             "use intervention.applied(model, positions='all') instead."
         )
+    offloaded = [n for n, p in model.named_parameters() if p.device.type == "meta"]
+    if offloaded:
+        raise OffloadedWeightsError(
+            f"cannot bake into this model: {len(offloaded)} of its weights ({', '.join(offloaded[:3])}, ...) are offloaded "
+            "(on the meta device; accelerate brings them in for each forward pass under a device_map that puts layers on "
+            "the CPU or disk), so the bias would be written nowhere. Load it without offloading (on the GPUs, or on the "
+            "CPU) to bake it, or use intervention.applied(model, positions='all').")
     if spec.output_bias == "llama":
         problem = llama_checkpoint_problem(model.config)
         if problem is not None:

@@ -96,7 +96,7 @@ def add_validate_args(p: argparse.ArgumentParser) -> None:
     _flag(p, "output_dir", default=None, help="default: validation/results/<model>_k<K>_a<alpha>_<direction> under the "
                                                "output root ($ITI_OUTPUT_DIR, else the checkout, else the working directory)")
     _flag(p, "device_map", default=None, help="e.g. auto (spread over GPUs), cpu, cuda:0")
-    _flag(p, "dtype", default=None, help="compute dtype (default float32 on CPU, float16 on GPU)")
+    _flag(p, "dtype", default=None, help="compute dtype (default float32 on CPU, float16 on GPU; auto: bfloat16 instead on a CPU with AMX or AVX512-BF16)")
 
 
 def run_validate(args: argparse.Namespace) -> None:

@@ -167,3 +167,7 @@ class UnrepresentableShiftError(InteropError):
 
 class HonestLlamaFeatureError(FeatureFileError):
     """honest_llama feature arrays that disagree with each other, with the model geometry or with the prompt set."""
+
+
+class OffloadedWeightsError(ItiError, ValueError):
+    """A model whose weights accelerate offloaded (meta tensors between forward passes), asked to change them (bake)."""

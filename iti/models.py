@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from .errors import ModelLoadError, UnknownModelError
+from .hardware import auto_cpu_dtype
 from .io import fsync_dir, set_plain_modes
 from .paths import cache_dir
 
@@ -131,7 +132,8 @@ def resolve_model(name_or_path: str | os.PathLike) -> ModelSource:
     )
 
 
-#: The compute dtypes :func:`load_model` accepts by name (``auto``: float16 on a GPU, float32 on the CPU).
+#: The compute dtypes :func:`load_model` accepts by name (``auto``: float16 on a GPU; on the CPU bfloat16 where the CPU
+#: has native bf16 and bf16 passed the measured accuracy rule, else float32: :func:`iti.hardware.auto_cpu_dtype`).
 DTYPE_NAMES: dict[str, str] = {"auto": "auto", "float32": "float32", "float16": "float16", "bfloat16": "bfloat16",
                                "float64": "float64", "fp32": "float32", "fp16": "float16", "half": "float16",
                                "bf16": "bfloat16", "float": "float32"}
@@ -151,7 +153,10 @@ def _dtype_from(dtype: torch.dtype | str | None, device_map: Any) -> torch.dtype
         return dtype
     if dtype is None or DTYPE_NAMES[dtype] == "auto":
         on_gpu = torch.cuda.is_available() and device_map not in ("cpu", {"": "cpu"})
-        return torch.float16 if on_gpu else torch.float32
+        if on_gpu:
+            return torch.float16
+        # No dtype keeps the float32 every CPU figure was measured in; only an explicit "auto" asks the hardware.
+        return torch.float32 if dtype is None else auto_cpu_dtype()
     return getattr(torch, DTYPE_NAMES[dtype])
 
 
@@ -270,7 +275,8 @@ def load_model(
     ``name_or_path``: an embedded name (``smollm2-135m``, ``gemma3-270m``), an honest_llama short name
     (``llama2_chat_7B``, ...), an introspect short name (``falcon-7b``, ``falcon-40b``, ``llama2-7b``, ``llama2-70b``,
     ``mistral-v1-7b``), a hub id, or a local directory. ``device_map="auto"`` spreads a large model over
-    the available GPUs with accelerate. ``dtype`` defaults to float32 on the CPU and float16 on a GPU.
+    the available GPUs with accelerate. ``dtype`` defaults to float32 on the CPU and float16 on a GPU; ``"auto"`` is the
+    same except on a CPU with native bf16 once bf16 passed the accuracy rule (:func:`iti.hardware.auto_cpu_dtype`).
     """
     from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -7,6 +7,7 @@ missing says "skipped: <package> not installed" in that row instead of a number 
 import json
 import math
 import sys
+from types import SimpleNamespace
 
 import pytest
 
@@ -92,3 +93,51 @@ def test_committed_results_come_from_full_runs():
         _check_rows(data)
     generation = json.loads((RESULTS_DIR / "intervention_generation.json").read_text())
     assert generation["data"]["new_tokens"] == 64 and all(generation["data"][f"batch_{b}"]["timings_s"]["plain"]["n"] >= 3 for b in (1, 8))
+
+
+def test_gpu_check_cpu_mode_runs_every_check(tmp_path, smollm2):
+    """``make gpu-check`` without a GPU: fp32 and bf16 on the CPU, every check (a)-(e) of each, passing."""
+    from benchmarks import gpu_check
+
+    assert gpu_check.main(["--mode", "cpu", "--results-dir", str(tmp_path)]) == 0
+    data = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert data["quick"] is True and data["data"]["mode"] == "cpu" and not data["data"]["not_run"]
+    whats = [row["what"] for row in data["rows"]]
+    for case in ("fp32 cpu", "bf16 cpu"):
+        for check in ("(a)", "(b)", "(c)", "(d)", "(e) collection", "(e) MC", "(e) greedy", "(e) forward", "(e) pyvene", "(e) nnsight", "peak"):
+            assert any(w.startswith(f"smollm2-135m {case}: {check}") for w in whats), (case, check)
+    assert not [row for row in data["rows"] if row["met"] is False or row.get("error")]
+    assert "| what | ours | baseline | ratio | goal | met |" in (tmp_path / "gpu_check.md").read_text()
+
+
+def test_gpu_check_records_a_case_that_cannot_run_and_exits_non_zero(monkeypatch, tmp_path, capsys):
+    """A case that fails to load (say bf16 unsupported) is a failed row with the error; the files are still written."""
+    from benchmarks import gpu_check
+
+    def no_bf16(name, case, device_map):
+        raise RuntimeError(f"{case.dtype} is not supported here")
+
+    monkeypatch.setattr(gpu_check, "reference", lambda name, sizes, gpu: (SimpleNamespace(device_map={}), SimpleNamespace(mc={})))
+    monkeypatch.setattr(gpu_check, "load_case", no_bf16)
+    monkeypatch.setattr(gpu_check, "cases_for", lambda name, gpu: ([gpu_check.Case("cpu", "bf16")], []))
+    assert gpu_check.main(["--mode", "cpu", "--results-dir", str(tmp_path)]) == 1
+    rows = json.loads((tmp_path / "gpu_check.json").read_text())["rows"]
+    assert [(r["what"], r["met"], r["ratio"]) for r in rows] == [("smollm2-135m bf16 cpu: case runs", False, None)]
+    assert "RuntimeError: bf16 is not supported here" in rows[0]["error"]
+    assert "| error |" in (tmp_path / "gpu_check.md").read_text()
+    assert "FAILED" in capsys.readouterr().err
+
+
+def test_split_device_map_puts_half_the_layers_on_the_gpu_and_tied_embeddings_with_the_head():
+    from accelerate.utils import check_device_map
+
+    from benchmarks.gpu_check import split_device_map
+    from tests.conftest import make_tiny_model
+
+    model = make_tiny_model("llama")  # 3 layers
+    model.config.tie_word_embeddings = True
+    model.tie_weights()
+    dm = split_device_map(model)
+    check_device_map(model, dm)  # every weight placed
+    assert [dm[f"model.layers.{i}"] for i in range(3)] == [0, "cpu", "cpu"]
+    assert dm["lm_head"] == dm["model.embed_tokens"] == dm["model.norm"] == "cpu"

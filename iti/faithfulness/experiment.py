@@ -66,7 +66,7 @@ class FaithfulnessConfig:
     classify_max_new_tokens: int = field(default=48, metadata={"help": "classification answer length limit"})
     batch_size: int = field(default=8, metadata={"help": "prompts per generation batch"})
     device_map: str | None = field(default=None, metadata={"help": "e.g. auto (spread a large model over the GPUs)"})
-    dtype: str | None = field(default=None, metadata={"help": "compute dtype (default float32 on CPU, float16 on GPU)"})
+    dtype: str | None = field(default=None, metadata={"help": "compute dtype (default float32 on CPU, float16 on GPU; auto: bfloat16 instead on a CPU with AMX or AVX512-BF16)"})
     original_prompts: bool = field(default=False, metadata={
         "help": "introspect's prompt text with its typos (comparability)"})
     chat_format: str | None = field(default=None, metadata={

@@ -235,7 +235,7 @@ class CollectConfig:
         "help": "where feature directories go (default: features/ under the output root: $ITI_OUTPUT_DIR, else the "
                 "checkout, else the working directory)"})
     batch_size: int = field(default=32, metadata={"help": "prompts per forward pass"})
-    dtype: str | None = field(default=None, metadata={"help": "compute dtype (default float32 on CPU, float16 on GPU)"})
+    dtype: str | None = field(default=None, metadata={"help": "compute dtype (default float32 on CPU, float16 on GPU; auto: bfloat16 instead on a CPU with AMX or AVX512-BF16)"})
     save_dtype: str = field(default="float16", metadata={"choices": ("float16", "float32"), "help": "dtype of the saved features"})
     device_map: str | None = field(default=None, metadata={"help": "e.g. auto (spread over GPUs), cpu, cuda:0"})
     max_questions: int | None = field(default=None, metadata={"help": "first N questions only (quick runs)"})
@@ -271,7 +271,7 @@ class BakeConfig:
     features_dir: str | None = field(default=None, metadata={
         "help": "where the tqa_mc2 and tqa_gen_end_q feature directories are (fitting only; default: features/ of the "
                 "output root)"})
-    dtype: str | None = field(default=None, metadata={"help": "compute dtype (default float32 on CPU, float16 on GPU)"})
+    dtype: str | None = field(default=None, metadata={"help": "compute dtype (default float32 on CPU, float16 on GPU; auto: bfloat16 instead on a CPU with AMX or AVX512-BF16)"})
 
 
 @dataclass

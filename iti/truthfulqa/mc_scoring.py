@@ -169,9 +169,11 @@ def _score_group(model, group, contexts, conts, scores, prefix_cache, lp, pad, d
     attn = torch.cat([torch.ones((len(group), lp), dtype=torch.long), q_mask], dim=1)
     q_lens = q_mask.sum(1)
     # The first answer token is predicted at the question's last real token: only those logits are computed.
+    # Index tensors stay on the CPU: a CPU index works on a tensor of any device, while an index on the input device
+    # fails on the hidden states and cache layers of a model whose later layers sit elsewhere (a device_map).
     keep = torch.unique(q_lens - 1)
     out = model(input_ids=q_ids.to(device), attention_mask=attn.to(device), **with_cache(model, past), use_cache=True,
-                logits_to_keep=keep.to(device))
+                logits_to_keep=keep)
     where = torch.searchsorted(keep, q_lens - 1)
     first = out.logits[torch.arange(len(group)), where.to(out.logits.device)].float().log_softmax(-1)
     group_cache = returned_cache(out)
@@ -189,7 +191,7 @@ def _score_group(model, group, contexts, conts, scores, prefix_cache, lp, pad, d
         a_ids, a_mask = pad_batch([conts[qi][ci][:-1] for _, qi, ci in chunk], pad)
         index = torch.tensor([g for g, _, _ in chunk])
         past = _fork(group_cache)
-        past.batch_select_indices(index.to(device))
+        past.batch_select_indices(index)  # on the CPU: each cache layer lives on its own layer's device
         attn = torch.cat([torch.ones((len(chunk), lp), dtype=torch.long), q_mask[index], a_mask], dim=1)
         positions = lp + q_lens[index][:, None] + torch.arange(a_ids.shape[1])[None, :]
         kwargs = dict(input_ids=a_ids.to(device), attention_mask=attn.to(device), position_ids=positions.to(device),
