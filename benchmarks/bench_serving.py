@@ -218,7 +218,7 @@ def run(quick: bool = False, prompts: int = 10, new_tokens: int = 40, samples: i
         _check(errors == 0, f"faithfulness against vLLM: {errors} samples failed")
         data["judge"] = _judge_agreement(plain, model, tok, load_truthfulqa(max_questions=prompts).gen[:prompts])
         _check(data["judge"]["max_abs_p_diff"] < 1e-4 and data["judge"]["verdicts_equal"]
-               and data["judge"]["raw_compared"] > 0 and data["judge"]["max_abs_raw_p_diff"] < 1e-4,
+               and data["judge"]["raw_compared"] > 0 and data["judge"]["max_abs_next_token_p_diff"] < 1e-4,
                f"in-process vs endpoint judge: {data['judge']}")
 
         # 5. bad input: one clear line, nothing cached
@@ -283,17 +283,21 @@ def _judge_agreement(server: VllmServer, model: Any, tokenizer: Any, items: list
     info_p = judge.yes_probabilities([info_prompt(q, a) for q, a in zip(questions, answers)])
     local_s = time.perf_counter() - t
     diffs = [abs(x - y) for x, y in zip(true_p + info_p, endpoint["True_p"] + endpoint["Info_p"])]
-    # the rule's zeros agree trivially: compare the raw P(" yes") too, from the 20 most likely next tokens
+    # SmolLM2's " yes" is rarely among its top tokens, so the rule's zeros agree trivially: compare the next-token
+    # distributions themselves, the server's 20 most likely tokens (by id) against the in-process forward
     prompts = [true_prompt(q, a) for q, a in zip(questions, answers)] + [info_prompt(q, a) for q, a in zip(questions, answers)]
-    raw = judge.yes_scores(prompts).raw
     raw_diffs = []
-    for prompt, p in zip(prompts, raw):
-        body = {"model": server.served_name, "prompt": prompt, "max_tokens": 1, "temperature": 0, "logprobs": 20}
-        top = post_json(f"{server.url}/completions", body)["choices"][0]["logprobs"]["top_logprobs"][0]
-        if " yes" in top:
-            raw_diffs.append(abs(math.exp(top[" yes"]) - p))
+    with torch.no_grad():
+        for prompt in prompts:
+            body = {"model": server.served_name, "prompt": prompt, "max_tokens": 1, "temperature": 0, "logprobs": 20,
+                    "return_tokens_as_token_ids": True}
+            top = post_json(f"{server.url}/completions", body)["choices"][0]["logprobs"]["top_logprobs"][0]
+            ids = tokenizer(prompt, return_tensors="pt")  # add_special_tokens=True, as the endpoint tokenizes
+            probs = torch.softmax(model(**ids).logits[0, -1].double(), -1)
+            for key, lp in top.items():
+                raw_diffs.append(abs(math.exp(lp) - float(probs[int(key.split(":")[-1])])))
     return {"answers": len(answers), "max_abs_p_diff": max(diffs), "raw_compared": len(raw_diffs),
-            "max_abs_raw_p_diff": max(raw_diffs, default=float("nan")), "endpoint_s": round(endpoint_s, 2), "in_process_s": round(local_s, 2),
+            "max_abs_next_token_p_diff": max(raw_diffs, default=float("nan")), "endpoint_s": round(endpoint_s, 2), "in_process_s": round(local_s, 2),
             "verdicts_equal": [p >= 0.5 for p in true_p + info_p] == [p >= 0.5 for p in endpoint["True_p"] + endpoint["Info_p"]],
             "nonzero_scores": sum(p > 0 for p in true_p + info_p),
             "note": "SmolLM2 as a stand-in judge: the paths agree, its judgements mean nothing"}

@@ -18,8 +18,8 @@ empty); ``bool`` (a switch, ``store_true``). Field metadata adjusts the flag:
 * ``default_from``: a list field left out on the command line is ``[value of that other field]``
   (``--control_seeds`` defaults to ``[--seed]``);
 * ``cli``: False keeps a field off the command line (the dataclass default is used);
-* ``type``: the flag's type where the annotation is a union (``num_heads: int | str`` takes ``48`` or ``4.7%``:
-  ``"type": str``, the dataclass resolves it).
+* ``type``: the flag's parser where the annotation is a union (``num_heads: int | str`` takes ``48`` or ``4.7%``;
+  the dataclass resolves a share).
 
 Every flag is accepted in the underscore spelling and the dashed one (``--model_name`` / ``--model-name``); the
 parsed value is stored under the field's name.
@@ -99,7 +99,7 @@ def flag_specs(cls: type) -> list[FlagSpec]:
             else:
                 kwargs.update(action="store_true", default=False)
         else:
-            if tp not in (int, float, str):
+            if tp not in (int, float, str) and "type" not in meta:
                 raise TypeError(f"{cls.__name__}.{f.name}: cannot make a flag of {hints[f.name]}")
             kwargs["type"] = tp
             if several:

@@ -102,3 +102,10 @@ def parse_head_count(value: str | int | float, total_heads: int) -> int:
     if count != int(count) or not 1 <= count <= total_heads:
         raise InvalidOptionError(f"--num_heads {value!r}: a whole number from 1 to {total_heads} (all heads)")
     return int(count)
+
+
+def head_count_arg(text: str) -> int | str:
+    """``--num_heads`` on the command line: a whole number as an int, a share (``4.7%``) kept as text for
+    :meth:`ValidationConfig.validate` to resolve against the model's heads."""
+    text = text.strip()
+    return int(text) if text.isdigit() else text

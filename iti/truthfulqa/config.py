@@ -18,7 +18,7 @@ from ..options import (
     check_range,
     check_seed,
 )
-from .budget import parse_head_count
+from .budget import head_count_arg, parse_head_count
 from .judge import DEFAULT_INFO_JUDGE, DEFAULT_TRUE_JUDGE, JUDGE_KINDS
 
 
@@ -32,7 +32,7 @@ class ValidationConfig:
         "help": "features whose projections set the shift's std"})
     num_heads: int | str = field(default=48, metadata={
         "help": "heads to intervene on (top by probe accuracy): a count, or a share of all heads such as 4.7%",
-        "type": str})
+        "type": head_count_arg})
     alpha: float = field(default=15.0, metadata={"help": "intervention strength, in std of the projections"})
     num_fold: int = field(default=2, metadata={"help": "folds of the cross-validation over questions"})
     val_ratio: float = field(default=0.2, metadata={"help": "share of the training questions held out to validate the probes"})
