@@ -169,3 +169,14 @@ def write_tqa_features(model, tok, out: Path, max_questions: int, model_name: st
 def serve_json(respond):
     """:func:`serve_openai` answering every POST with ``respond(body) -> (status, payload)``; no model list."""
     return serve_openai(respond)
+
+
+def assert_same_effect(model, ids, first, second, atol: float = 1e-4) -> None:
+    """Two interventions give the same logits on ``ids`` with the shift at every position (``positions="all"``, what
+    baked and exported interventions do)."""
+    with torch.no_grad():
+        with first.applied(model, positions="all"):
+            want = model(ids).logits
+        with second.applied(model, positions="all"):
+            got = model(ids).logits
+    torch.testing.assert_close(got, want, rtol=0, atol=atol)

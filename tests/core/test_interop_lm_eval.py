@@ -7,7 +7,7 @@ import torch
 from iti.errors import OutputExistsError, SteeringFileError
 from iti.interop.lm_eval_format import export_lm_eval, hookpoints, import_lm_eval, steering_config
 
-from ..conftest import make_tiny_model, tiny_tokenizer
+from ..conftest import assert_same_effect, make_tiny_model, tiny_tokenizer
 from .test_intervention import _ids, make_intervention
 
 steered = pytest.importorskip("lm_eval.models.hf_steered")
@@ -38,12 +38,7 @@ def test_the_pt_round_trips(arch, tmp_path):
     assert set(raw) == {hookpoints(model)[l] for l in inter.layer_shifts()}
     assert all(e["action"] == "add" and e["bias"] is None and e["head_index"] is None for e in raw.values())
     back = import_lm_eval(tmp_path / "steer.pt", model)
-    with torch.no_grad():
-        with inter.applied(model, positions="all"):
-            want = model(ids).logits
-        with back.applied(model, positions="all"):
-            got = model(ids).logits
-    torch.testing.assert_close(got, want, rtol=0, atol=1e-4)
+    assert_same_effect(model, ids, inter, back)
     if arch != "gemma3_text":  # square W_o: the same heads come back
         assert back.heads == inter.heads
 

@@ -11,7 +11,7 @@ from iti.errors import InexpressibleExportError, OutputExistsError, PyveneInterv
 from iti.interop.pyvene_format import export_pyvene, import_pyvene, pyvene_component, representation_keys
 from iti.interop.shifts import output_shifts
 
-from ..conftest import make_tiny_model
+from ..conftest import assert_same_effect, make_tiny_model
 from .test_intervention import _ids, make_intervention
 
 pv = pytest.importorskip("pyvene")
@@ -45,12 +45,7 @@ def test_import_gives_back_an_intervention_with_the_same_effect(arch, tmp_path):
     model, ids = make_tiny_model(arch), _ids()
     inter = make_intervention(model, alpha=5.0)
     back = import_pyvene(export_pyvene(model, inter, tmp_path / "pv"), model)
-    with torch.no_grad():
-        with inter.applied(model, positions="all"):
-            want = model(ids).logits
-        with back.applied(model, positions="all"):
-            got = model(ids).logits
-    torch.testing.assert_close(got, want, rtol=0, atol=1e-4)
+    assert_same_effect(model, ids, inter, back)
     assert back.meta["imported_from"] == "pyvene" and back.meta["max_reconstruction_error"] < 1e-5
     if arch not in ("gemma", "gemma2"):  # a square W_o gives back the very heads and shifts
         assert back.heads == inter.heads
