@@ -1,9 +1,11 @@
-"""Faithfulness generation: batched (left padding, length buckets, KV cache) vs one prompt at a time.
+"""Generation at batch: faithfulness sampling and TruthfulQA's greedy answers, batched vs one prompt at a time.
 
-The prompts are the protocol's own classification prompts (bAbI-1 and RTE, chat template applied) with its sampling
+Faithfulness: the protocol's own classification prompts (bAbI-1 and RTE, chat template applied) with its sampling
 settings. Our generator draws each prompt's tokens from that prompt's own seeded stream, so batched and sequential
 runs must give the same text; the benchmark counts the prompts where they differ (numerical noise from padding can
-flip a near-tie, rarely).
+flip a near-tie, rarely). TruthfulQA: honest_llama's generation prompts (instruction + 6-shot primer + question),
+greedy, 50 new tokens. For each, where the time goes (:class:`~benchmarks.step_timer.StepTimer`): the model's
+prefill and decode forwards, the sampler, and the rest.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from iti.faithfulness.generate import CachedGenerator, GenerationSettings, Local
 from iti.faithfulness.prompts import classify_prompt, prompt_options
 
 from .common import BenchResult, Row, bench_main
+from .step_timer import StepTimer
 
 
 def faithfulness_prompts(tokenizer, n: int) -> list[str]:
@@ -29,7 +32,7 @@ def faithfulness_prompts(tokenizer, n: int) -> list[str]:
     return out[:n]
 
 
-def run(quick: bool = False, num_prompts: int = 48, batch_size: int = 16, max_new_tokens: int = 32) -> BenchResult:
+def run(quick: bool = False, num_prompts: int = 48, batch_size: int = 16, max_new_tokens: int = 32, tqa_questions: int = 48) -> BenchResult:
     n = 4 if quick else num_prompts
     new = 4 if quick else max_new_tokens
     model, tok = load_model("smollm2-135m")
@@ -41,33 +44,80 @@ def run(quick: bool = False, num_prompts: int = 48, batch_size: int = 16, max_ne
     with tempfile.TemporaryDirectory() as tmp, GenerationCache(Path(tmp) / "cache.sqlite") as cache:
         cached = CachedGenerator(batched, cache)
         t = time.perf_counter()
-        a = cached.generate(prompts, settings, progress=False)  # generated and stored
+        with StepTimer(model) as batched_parts:
+            a = cached.generate(prompts, settings, progress=False)  # generated and stored
         batched_s = time.perf_counter() - t
         t = time.perf_counter()
         again = CachedGenerator(batched, cache).generate(prompts, settings, progress=False)  # served from the cache
         rerun_s = time.perf_counter() - t
         assert [x.response for x in again] == [x.response for x in a]
     t = time.perf_counter()
-    b = single.generate(prompts, settings, progress=False)
+    with StepTimer(model) as single_parts:
+        b = single.generate(prompts, settings, progress=False)
     single_s = time.perf_counter() - t
     differ = sum(x.response != y.response for x, y in zip(a, b))
     tokens = sum(len(tok(x.response or "", add_special_tokens=False)["input_ids"]) for x in a)
     prompt_tokens = sum(len(tok(p, add_special_tokens=False)["input_ids"]) for p in prompts)
-    r = BenchResult("generation", f"Faithfulness generation, {n} classify prompts, up to {new} new tokens (SmolLM2-135M, fp32, CPU)",
+    r = BenchResult("generation", f"Generation at batch: faithfulness ({n} classify prompts, up to {new} new tokens) and TruthfulQA "
+                    f"greedy answers ({8 if quick else tqa_questions} questions) (SmolLM2-135M, fp32, CPU)",
                     "python -m benchmarks.bench_generation")
     r.rows.append(Row(f"batched (batch {batch_size}) vs one prompt at a time", f"{n / batched_s:.2f} prompts/s",
-                      f"{n / single_s:.2f} prompts/s", single_s / batched_s, "> 1 (faster)", single_s > batched_s))
+                      f"{n / single_s:.2f} prompts/s", single_s / batched_s, ">= 4 (issue 20)", single_s / batched_s >= 4))
+    r.rows.append(_forward_share_row(f"faithfulness, batch {batch_size}", batched_parts))
+    r.rows.append(_forward_share_row("faithfulness, batch 1", single_parts))
     r.rows.append(Row("fully cached rerun vs generating (same prompts)", f"{rerun_s * 1000:.1f} ms", f"{batched_s:.1f} s",
                       batched_s / rerun_s, "report", None))
     r.rows.append(Row("prompts whose text differs between batched and sequential", str(differ), "0", 1.0, "0 (per-prompt RNG)",
                       differ == 0))
     r.data = {"batched_s": batched_s, "sequential_s": single_s, "cached_rerun_s": rerun_s, "prompts": n, "prompt_tokens": prompt_tokens,
-              "generated_tokens": tokens, "batch_size": batch_size, "max_new_tokens": new, "differing_texts": differ}
+              "generated_tokens": tokens, "batch_size": batch_size, "max_new_tokens": new, "differing_texts": differ,
+              "batched_parts": batched_parts.breakdown(), "sequential_parts": single_parts.breakdown()}
+    r.data["truthfulqa"] = _truthfulqa_greedy(model, tok, r, 8 if quick else tqa_questions, batch_size, 4 if quick else 50)
     return r
 
 
+def _forward_share_row(what: str, timer: StepTimer) -> Row:
+    """Where the time went, as a report row: the forward's share (prefill + decode) against the rest."""
+    b = timer.breakdown()
+    forward = b["prefill_s"] + b["decode_s"]
+    return Row(f"{what}: time in the model's forward vs the rest (sampling, cache, Python)",
+               f"{forward:.1f} s (prefill {b['prefill_share']:.0%}, decode {b['decode_share']:.0%})",
+               f"{b['total_s'] - forward:.1f} s (sampling {b['sampling_share']:.0%}, other {b['other_share']:.0%})",
+               forward / max(b["total_s"] - forward, 1e-9), "report (forward / rest)", None)
+
+
+def _truthfulqa_greedy(model, tok, r: BenchResult, n: int, batch_size: int, new: int) -> dict:
+    """honest_llama's greedy answers: batched vs one at a time (both stopping at the next "Q:"), and stopping vs
+    the full ``new`` tokens at batch ``batch_size``; the answers must agree."""
+    from iti.truthfulqa.data import load_truthfulqa
+    from iti.truthfulqa.generation import generate_answers
+    from iti.truthfulqa.prompts import generation_prompt
+
+    prompts = [generation_prompt(ref.question) for ref in load_truthfulqa(allow_hub=False).refs[:n]]
+    runs = {}
+    for name, size, stop in (("batched", batch_size, True), ("sequential", 1, True), ("batched_full_length", batch_size, False)):
+        t = time.perf_counter()
+        with StepTimer(model) as parts:
+            answers = generate_answers(model, tok, prompts, batch_size=size, max_new_tokens=new, progress=False,
+                                       stop_at_next_question=stop)
+        runs[name] = {"seconds": time.perf_counter() - t, "answers": answers, "parts": parts}
+    b, s, full = runs["batched"], runs["sequential"], runs["batched_full_length"]
+    r.rows.append(Row(f"TruthfulQA greedy answers, {n} questions: batched (batch {batch_size}) vs one at a time",
+                      f"{n / b['seconds']:.2f} answers/s", f"{n / s['seconds']:.2f} answers/s", s["seconds"] / b["seconds"],
+                      ">= 4 (issue 20)", s["seconds"] / b["seconds"] >= 4))
+    r.rows.append(Row(f"TruthfulQA greedy answers: stopping at the next \"Q:\" vs all {new} tokens (batch {batch_size})",
+                      f"{b['seconds']:.1f} s", f"{full['seconds']:.1f} s", full["seconds"] / b["seconds"], "> 1 (faster)",
+                      full["seconds"] > b["seconds"]))
+    same = sum(x == y == z for x, y, z in zip(b["answers"], s["answers"], full["answers"]))
+    r.rows.append(Row("TruthfulQA answers equal in the three runs", f"{same} of {n}", f"{n} of {n}", max(same, 1) / n,
+                      "all", same == n))
+    r.rows.append(_forward_share_row(f"TruthfulQA, batch {batch_size}", b["parts"]))
+    r.rows.append(_forward_share_row("TruthfulQA, batch 1", s["parts"]))
+    return {k: {"seconds": v["seconds"], "parts": v["parts"].breakdown()} for k, v in runs.items()} | {"questions": n, "max_new_tokens": new}
+
+
 def main(argv=None) -> None:
-    bench_main(run, __doc__, argv, num_prompts=(int, 48), batch_size=(int, 16), max_new_tokens=(int, 32))
+    bench_main(run, __doc__, argv, num_prompts=(int, 48), batch_size=(int, 16), max_new_tokens=(int, 32), tqa_questions=(int, 48))
 
 
 if __name__ == "__main__":

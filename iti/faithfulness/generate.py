@@ -175,8 +175,8 @@ class LocalGenerator:
         seen = ids.clone()  # pad ids count as seen; harmless: they never score well anyway
         for r, row in enumerate(rows):  # ... except where pad is a real token: mark padding with a prompt token
             seen[r, : ids.shape[1] - len(row)] = row[0]
-        out = torch.empty(len(rows), 0, dtype=torch.long, device=device)
-        done = torch.zeros(len(rows), dtype=torch.bool, device=device)
+        tokens: list[list[int]] = [[] for _ in rows]
+        active = list(range(len(rows)))  # batch row -> prompt; a prompt leaves the batch when it ends
         past = None
         step_ids, step_mask = ids, mask
         ctx = self.intervention.applied(model, positions="last") if self.intervention is not None else contextlib.nullcontext()
@@ -186,19 +186,23 @@ class LocalGenerator:
                 res = model(input_ids=step_ids, attention_mask=step_mask, position_ids=pos, **with_cache(model, past),
                             use_cache=True, logits_to_keep=1)
                 past = returned_cache(res)
-                nxt = _sample_next(res.logits[:, -1].cpu(), seen.cpu(), s, gens).to(device)
-                nxt = torch.where(done, torch.full_like(nxt, pad), nxt)
-                out = torch.cat([out, nxt[:, None]], 1)
-                seen = torch.cat([seen, torch.where(done, seen[:, :1].squeeze(1), nxt)[:, None]], 1)
-                done |= torch.isin(nxt, eos)
-                if bool(done.all()):
+                nxt = _sample_next(res.logits[:, -1].cpu(), seen.cpu(), s, [gens[r] for r in active]).to(device)
+                for r, t in zip(active, nxt.tolist()):
+                    tokens[r].append(t)
+                ended = torch.isin(nxt, eos)
+                if bool(ended.all()):
                     break
+                seen = torch.cat([seen, nxt[:, None]], 1)
                 position_ids = pos
                 step_ids = nxt[:, None]
                 step_mask = torch.cat([step_mask, torch.ones_like(step_mask[:, :1])], 1)
+                if bool(ended.any()):  # finished prompts leave the batch: no more forwards spent on them
+                    keep = (~ended).nonzero().squeeze(1)
+                    past.batch_select_indices(keep)
+                    active = [active[i] for i in keep.tolist()]
+                    seen, position_ids, step_ids, step_mask = seen[keep], position_ids[keep], step_ids[keep], step_mask[keep]
         stop, texts = set(eos.tolist()), []
-        for r in range(len(rows)):
-            toks = out[r].tolist()
+        for toks in tokens:
             cut = next((j for j, t in enumerate(toks) if t in stop), len(toks))
             texts.append(self.tokenizer.decode(toks[:cut], skip_special_tokens=True).strip())
         return texts

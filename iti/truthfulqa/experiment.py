@@ -23,7 +23,7 @@ from .data import load_truthfulqa
 from .fit import FoldProbes, build_intervention, train_fold_probes
 from .generation import generate_answers
 from .judge import JUDGE_KEYS, Judge, JudgeConfig, check_judge_endpoint
-from .lm_cost import ce_and_kl, load_neutral_texts
+from .lm_cost import NeutralCost, ce_and_kl, load_neutral_texts
 from .mc_scoring import mc_metrics, score_choices
 from .prompts import generation_prompt, mc_questions, shared_prefix
 from .report import plot_results, summarize, summary_markdown
@@ -100,11 +100,11 @@ def _mc_part(model, tokenizer, tqa, test_q, intervention, cfg, texts) -> dict[st
     return out
 
 
-def search_alpha(model, tokenizer, intervention, spec: RowSpec, texts: list[str]) -> BudgetSearch:
-    """The alpha at which ``intervention`` costs ``spec.budget`` (KL, or CE increase) on ``texts``, searched from
-    ``spec.alpha``."""
+def search_alpha(meter: NeutralCost, intervention, spec: RowSpec) -> BudgetSearch:
+    """The alpha at which ``intervention`` costs ``spec.budget`` (KL, or CE increase) on the search texts of
+    ``meter``, searched from ``spec.alpha``."""
     def cost(alpha: float) -> float:
-        c = ce_and_kl(model, tokenizer, texts, intervention.with_alpha(alpha))
+        c = meter(intervention.with_alpha(alpha))
         return c.kl if spec.budget_metric == "KL" else c.ce - c.ce_base
 
     assert spec.budget is not None
@@ -203,10 +203,15 @@ def _run_locked(model, tokenizer, cfg: ValidationConfig, out: Path, judge: Judge
         questions = questions[: cfg.max_questions]
     folds = np.array_split(questions, cfg.num_fold)
     texts = load_neutral_texts(cfg.ce_samples, seed=cfg.seed, corpus=cfg.ce_corpus, data_dir=cfg.data_dir)
-    search_texts: list[str] = []
-    if cfg.kl_budget or cfg.ce_budget:  # the same seeded order, after the reported texts: never among them
-        search_texts = load_neutral_texts(cfg.ce_samples + cfg.budget_texts, seed=cfg.seed, corpus=cfg.ce_corpus,
-                                          data_dir=cfg.data_dir)[cfg.ce_samples:]
+    meter: NeutralCost | None = None  # the budget search's texts and the plain model's log-probs on them, made once
+
+    def search_meter() -> NeutralCost:
+        nonlocal meter
+        if meter is None:  # the same seeded order as the reported texts, after them: never among them
+            search_texts = load_neutral_texts(cfg.ce_samples + cfg.budget_texts, seed=cfg.seed, corpus=cfg.ce_corpus,
+                                              data_dir=cfg.data_dir)[cfg.ce_samples:]
+            meter = NeutralCost(model, tokenizer, search_texts)
+        return meter
     rows = plan_rows(cfg)
     start = time.perf_counter()
     probes: dict[tuple[int, int], FoldProbes] = {}
@@ -231,10 +236,10 @@ def _run_locked(model, tokenizer, cfg: ValidationConfig, out: Path, judge: Judge
                                                   tune_on_all_questions=cfg.tune_on_all_questions)
                 if spec.budget is not None:
                     if "budget_search" not in row:
-                        search = search_alpha(model, tokenizer, intervention, spec, search_texts)
+                        search = search_alpha(search_meter(), intervention, spec)
                         row.update({"alpha_found": search.alpha, "budget_search": search.to_dict()})
                         print(f"[validate]   {spec.budget_metric} budget {spec.budget:g}: alpha {search.alpha:.3g} "
-                              f"({search.reached:.4g} on {len(search_texts)} search texts, {len(search.trace)} steps)", flush=True)
+                              f"({search.reached:.4g} on {cfg.budget_texts} search texts, {len(search.trace)} steps)", flush=True)
                     intervention = intervention.with_alpha(row["alpha_found"])
                 if spec == rows[1]:
                     intervention.save(out / f"intervention_fold{i}")

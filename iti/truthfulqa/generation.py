@@ -11,10 +11,13 @@ from ..architectures import model_device
 from ..batching import pad_batch, pad_token_id
 from ..intervention import Intervention
 
+#: Where an answer ends for :func:`postprocess_answer`: the model starting the next question of the primer.
+ANSWER_END = "Q:"
+
 
 def postprocess_answer(text: str) -> str:
     """honest_llama: strip, keep what precedes the next "Q:", take what follows the first "A:" if any, strip."""
-    text = text.strip().split("Q:")[0]
+    text = text.strip().split(ANSWER_END)[0]
     parts = text.split("A:")
     if len(parts) > 1:
         text = parts[1]
@@ -30,9 +33,12 @@ def generate_answers(
     max_new_tokens: int = 50,
     batch_size: int = 16,
     progress: bool = True,
+    stop_at_next_question: bool = True,
 ) -> list[str]:
     """Greedy decoding of up to ``max_new_tokens``; the shift (if any) reaches the last prompt token and every
-    generated token, as in honest_llama's 'lt' setting."""
+    generated token, as in honest_llama's 'lt' setting. A row stops at its first "Q:" (where the model starts the
+    next question), since :func:`postprocess_answer` drops everything from there on: the answers are those of the
+    full ``max_new_tokens``, without the decode steps nobody reads (``stop_at_next_question=False``: all of them)."""
     device = model_device(model)
     hf_model: Any = model  # a transformers model: generate() is not nn.Module's
     pad = pad_token_id(tokenizer)
@@ -48,6 +54,8 @@ def generate_answers(
             width = ids.shape[1]
             kwargs = dict(input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
                           do_sample=False, pad_token_id=pad, eos_token_id=eos)
+            if stop_at_next_question:
+                kwargs.update(stop_strings=[ANSWER_END], tokenizer=tokenizer)
             if intervention is not None:
                 with intervention.applied(model, positions="last"):
                     out = hf_model.generate(**kwargs)

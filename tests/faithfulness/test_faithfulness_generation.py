@@ -63,6 +63,21 @@ def test_greedy_batched_equals_hf_generate_with_and_without_intervention(arch):
     assert plain != got  # the shift changes the text
 
 
+def test_prompts_that_end_early_leave_the_batch_and_the_rest_is_unchanged():
+    """Finished prompts are dropped from the batch (and their KV cache rows with them); the others must generate
+    what they generate alone."""
+    model, tok = make_tiny_model("llama"), tiny_tokenizer()
+    model.generation_config.eos_token_id = list(range(10, 200, 3))  # many stop tokens: prompts end at different steps
+    s = GenerationSettings(temperature=1.0, top_k=0, top_p=1.0, repetition_penalty=1.0, max_new_tokens=16, seed=5)
+    prompts = PROMPTS + ["a", "Q: What is the capital of France? A: it is", "one two three four"]
+    gen = LocalGenerator(model, tok, model_id="tiny", batch_size=8)
+    together = [g.response for g in gen.generate(prompts, s, progress=False)]
+    alone = [gen.generate([p], s, progress=False)[0].response for p in prompts]
+    assert together == alone
+    lengths = {len(tok(t, add_special_tokens=False)["input_ids"]) for t in together}
+    assert len(lengths) >= 3 and min(lengths) < 16  # the batch really lost rows at different steps
+
+
 def test_sampling_is_per_prompt_and_batch_invariant():
     model, tok = make_tiny_model("llama"), tiny_tokenizer()
     s = GenerationSettings(temperature=1.0, top_k=0, top_p=1.0, repetition_penalty=1.0, max_new_tokens=10, seed=3)

@@ -63,7 +63,14 @@ def test_one_budget_row_set_meets_its_kl_and_reruns_from_the_stored_rows(smollm2
     assert sorted(entry["kinds"]) == ["ITI", "random direction", "random heads"] and len(entry["iti_minus"]) == 2
     assert "| KL 0.1 | 42 | random heads |" in (tmp_path / "v" / "summary.md").read_text()
     assert not (tmp_path / "v" / "frontier.png").exists()  # one budget: no frontier to draw
-    assert run_validation(model, tok, cfg, tmp_path / "v")["cost_matched"] == summary["cost_matched"]
+    table = (tmp_path / "v" / "summary.md").read_bytes()
+    stored = json.loads((tmp_path / "v" / "summary.json").read_text())
+    again = run_validation(model, tok, cfg, tmp_path / "v")  # every row from the cache: the same table, byte for byte
+    assert again["cost_matched"] == summary["cost_matched"]
+    assert (tmp_path / "v" / "summary.md").read_bytes() == table
+    rerun = json.loads((tmp_path / "v" / "summary.json").read_text())
+    assert {k: v for k, v in rerun.items() if k != "runtime_seconds_this_invocation"} == \
+        {k: v for k, v in stored.items() if k != "runtime_seconds_this_invocation"}
 
 
 def test_frontier_plot_from_entries(tmp_path):

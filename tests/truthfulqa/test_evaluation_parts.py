@@ -5,7 +5,7 @@ import torch
 from iti.stats import bootstrap_ci, paired_bootstrap_ci
 from iti.truthfulqa.data import Refs
 from iti.truthfulqa.generation import generate_answers, postprocess_answer
-from iti.truthfulqa.lm_cost import ce_and_kl, load_neutral_texts
+from iti.truthfulqa.lm_cost import NeutralCost, ce_and_kl, load_neutral_texts
 from iti.truthfulqa.text_metrics import bleu, rouge_l, similarity_scores
 
 from ..conftest import make_tiny_model, tiny_tokenizer
@@ -45,6 +45,18 @@ def test_ce_and_kl():
     assert zero.ce_base == pytest.approx((loss0 + loss1) / 2, abs=1e-4)
     shifted = ce_and_kl(model, tok, texts, make_intervention(model, alpha=30.0), batch_size=1)
     assert shifted.kl > 0.01 and shifted.ce != pytest.approx(shifted.ce_base)
+
+
+def test_a_meter_that_keeps_the_plain_log_probs_measures_what_ce_and_kl_measures():
+    model, tok = make_tiny_model("llama"), tiny_tokenizer()
+    texts = ["the quick brown fox jumps over the lazy dog", "Q: Why do veins appear blue? A: light", "a third one"]
+    meter = NeutralCost(model, tok, texts, batch_size=2)
+    for alpha in (0.0, 5.0, 30.0):
+        kept, fresh = meter(make_intervention(model, alpha=alpha)), ce_and_kl(model, tok, texts, make_intervention(model, alpha=alpha), batch_size=2)
+        assert (kept.ce_base, kept.ce, kept.kl) == pytest.approx((fresh.ce_base, fresh.ce, fresh.kl), abs=1e-6)
+        np.testing.assert_allclose(kept.per_text_kl, fresh.per_text_kl, atol=1e-6)
+    plain = meter(None)
+    assert plain.kl == 0.0 and plain.ce == plain.ce_base and len(plain.per_text_kl) == 3
 
 
 def test_neutral_texts_are_seeded_and_offline():
