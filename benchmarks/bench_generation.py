@@ -35,6 +35,7 @@ def faithfulness_prompts(tokenizer, n: int) -> list[str]:
 def run(quick: bool = False, num_prompts: int = 48, batch_size: int = 16, max_new_tokens: int = 32, tqa_questions: int = 48) -> BenchResult:
     n = 4 if quick else num_prompts
     new = 4 if quick else max_new_tokens
+    questions = 8 if quick else tqa_questions
     model, tok = load_model("smollm2-135m")
     prompts = faithfulness_prompts(tok, n)
     settings = GenerationSettings(max_new_tokens=new)
@@ -59,7 +60,7 @@ def run(quick: bool = False, num_prompts: int = 48, batch_size: int = 16, max_ne
     tokens = sum(len(tok(x.response or "", add_special_tokens=False)["input_ids"]) for x in a)
     prompt_tokens = sum(len(tok(p, add_special_tokens=False)["input_ids"]) for p in prompts)
     r = BenchResult("generation", f"Generation at batch: faithfulness ({n} classify prompts, up to {new} new tokens) and TruthfulQA "
-                    f"greedy answers ({8 if quick else tqa_questions} questions) (SmolLM2-135M, fp32, CPU)",
+                    f"greedy answers ({questions} questions) (SmolLM2-135M, fp32, CPU)",
                     "python -m benchmarks.bench_generation")
     r.rows.append(Row(f"batched (batch {batch_size}) vs one prompt at a time", f"{n / batched_s:.2f} prompts/s",
                       f"{n / single_s:.2f} prompts/s", single_s / batched_s, ">= 4 (issue 20)", single_s / batched_s >= 4))
@@ -72,7 +73,7 @@ def run(quick: bool = False, num_prompts: int = 48, batch_size: int = 16, max_ne
     r.data = {"batched_s": batched_s, "sequential_s": single_s, "cached_rerun_s": rerun_s, "prompts": n, "prompt_tokens": prompt_tokens,
               "generated_tokens": tokens, "batch_size": batch_size, "max_new_tokens": new, "differing_texts": differ,
               "batched_parts": batched_parts.breakdown(), "sequential_parts": single_parts.breakdown()}
-    r.data["truthfulqa"] = _truthfulqa_greedy(model, tok, r, 8 if quick else tqa_questions, batch_size, 4 if quick else 50)
+    r.data["truthfulqa"] = _truthfulqa_greedy(model, tok, r, questions, batch_size, 4 if quick else 50)
     return r
 
 
