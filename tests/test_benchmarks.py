@@ -141,3 +141,20 @@ def test_split_device_map_puts_half_the_layers_on_the_gpu_and_tied_embeddings_wi
     check_device_map(model, dm)  # every weight placed
     assert [dm[f"model.layers.{i}"] for i in range(3)] == [0, "cpu", "cpu"]
     assert dm["lm_head"] == dm["model.embed_tokens"] == dm["model.norm"] == "cpu"
+
+
+@pytest.mark.slow
+def test_protocol_runs_every_stage_on_a_few_questions(tmp_path, smollm2):
+    """``make protocol`` on 4 questions: both collections and the validation run as the user's commands, every stage
+    is timed, and the smaller run is kept out of the committed results."""
+    from benchmarks import protocol
+
+    assert protocol.main(["--max-questions", "4", "--sample", "2", "--work-dir", str(tmp_path / "work"),
+                          "--results-dir", str(tmp_path)]) == 0
+    data = json.loads((tmp_path / "protocol.json").read_text())
+    assert data["quick"] is True
+    assert set(data["data"]["seconds"]) == {"collect tqa_mc2", "collect tqa_gen_end_q", "validate"}
+    assert data["data"]["rows"] == {"folds": 2, "rows": 4, "generating_rows": 2}  # baseline, ITI, 2 controls; 2 answer
+    parts = data["data"]["validation_parts"]
+    assert parts["mc"] > 0 and parts["generation"] > 0 and parts["rest"] > 0
+    assert all(isinstance(row["ratio"], float) and row["ratio"] > 0 for row in data["rows"])

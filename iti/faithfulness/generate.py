@@ -18,7 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..architectures import context_length, model_device
-from ..batching import batch_inputs, pad_token_id
+from ..batching import batch_inputs, eos_token_ids, pad_token_id
 from ..intervention import Intervention
 from ..kv_cache import returned_cache, with_cache
 from ..oom import AdaptiveBatchSize
@@ -167,7 +167,7 @@ class LocalGenerator:
     def _generate_batch(self, rows: list[list[int]], prompts: list[str], s: GenerationSettings) -> list[str]:
         model, device = self.model, model_device(self.model)
         pad = pad_token_id(self.tokenizer)
-        eos = _eos_ids(self.model, self.tokenizer)
+        eos = torch.tensor(sorted(eos_token_ids(model, self.tokenizer)) or [-1], device=device)
         inputs = batch_inputs(rows, pad, device, padding_side="left")  # position_ids count real tokens only
         ids, mask, position_ids = inputs["input_ids"], inputs["attention_mask"], inputs["position_ids"]
         gens = [torch.Generator().manual_seed(prompt_seed(s.seed, p)) for p in prompts]
@@ -206,17 +206,6 @@ class LocalGenerator:
             cut = next((j for j, t in enumerate(toks) if t in stop), len(toks))
             texts.append(self.tokenizer.decode(toks[:cut], skip_special_tokens=True).strip())
         return texts
-
-
-def _eos_ids(model: torch.nn.Module, tokenizer: Any) -> torch.Tensor:
-    ids: set[int] = set()
-    for src in (getattr(model, "generation_config", None), model.config, tokenizer):
-        e = getattr(src, "eos_token_id", None)
-        if isinstance(e, int):
-            ids.add(e)
-        elif isinstance(e, (list, tuple)):
-            ids.update(int(x) for x in e)
-    return torch.tensor(sorted(ids) or [-1], device=model_device(model))
 
 
 class RemoteGenerator:

@@ -12,7 +12,6 @@ second answer token).
 from __future__ import annotations
 
 import contextlib
-import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -24,7 +23,7 @@ from tqdm.auto import tqdm
 from ..architectures import model_device
 from ..batching import pad_batch, pad_token_id
 from ..intervention import Intervention
-from ..kv_cache import returned_cache, with_cache
+from ..kv_cache import fork_cache, returned_cache, with_cache
 from ..oom import AdaptiveBatchSize
 from .prompts import MCQuestion
 
@@ -130,20 +129,6 @@ def score_choices(
     return scores
 
 
-def _fork(cache: Any) -> Any:
-    """A copy of a KV cache that later selects and updates will not write through to the original.
-
-    transformers' cache layers replace their tensors (index, cat) rather than writing into them, so copying
-    the containers is enough; unknown cache types are deep-copied.
-    """
-    layers = getattr(cache, "layers", None)
-    if isinstance(layers, list) and all(hasattr(layer, "keys") for layer in layers):
-        new = copy.copy(cache)
-        new.layers = [copy.copy(layer) for layer in layers]
-        return new
-    return copy.deepcopy(cache)
-
-
 def _groups(questions: list[int], n_answers: list[int], batch_size: int) -> list[list[int]]:
     """Consecutive questions whose answers fill about one batch."""
     groups: list[list[int]] = []
@@ -164,7 +149,7 @@ def _score_group(model, group, contexts, conts, scores, prefix_cache, lp, pad, d
                  starts: Sequence[int]) -> None:
     # Stage 1: the question parts of the group, on top of the shared prefix (no shift: context tokens).
     q_ids, q_mask = pad_batch([contexts[qi][lp:] for qi in group], pad)
-    past = _fork(prefix_cache)
+    past = fork_cache(prefix_cache)
     past.batch_repeat_interleave(len(group))
     attn = torch.cat([torch.ones((len(group), lp), dtype=torch.long), q_mask], dim=1)
     q_lens = q_mask.sum(1)
@@ -190,7 +175,7 @@ def _score_group(model, group, contexts, conts, scores, prefix_cache, lp, pad, d
     def run(chunk: Sequence[tuple[int, int, int]]) -> None:
         a_ids, a_mask = pad_batch([conts[qi][ci][:-1] for _, qi, ci in chunk], pad)
         index = torch.tensor([g for g, _, _ in chunk])
-        past = _fork(group_cache)
+        past = fork_cache(group_cache)
         past.batch_select_indices(index)  # on the CPU: each cache layer lives on its own layer's device
         attn = torch.cat([torch.ones((len(chunk), lp), dtype=torch.long), q_mask[index], a_mask], dim=1)
         positions = lp + q_lens[index][:, None] + torch.arange(a_ids.shape[1])[None, :]

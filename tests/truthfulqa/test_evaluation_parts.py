@@ -33,6 +33,18 @@ def test_batched_generation_equals_one_at_a_time_with_and_without_shift():
         assert batched == single
 
 
+@pytest.mark.parametrize("arch", ["llama", "gpt_neox"])
+def test_answers_on_the_shared_prefix_cache_equal_generate_on_full_prompts(arch):
+    model, tok = make_tiny_model(arch), tiny_tokenizer()
+    primer = "Q: Why do veins appear blue? A: light. Q: Where did fortune cookies originate? A: "
+    prompts = [primer + "the lazy dog", primer + "fox", primer + "the quick brown fox jumps over"]
+    for iv in (None, make_intervention(model, alpha=2.0)):  # strong enough to change the answers, not to flatten them
+        kwargs = dict(intervention=iv, max_new_tokens=8, batch_size=2, progress=False, stop_at_next_question=False)
+        shared = generate_answers(model, tok, prompts, **kwargs)
+        reference = generate_answers(model, tok, prompts, share_prefix=False, **kwargs)
+        assert shared == reference and any(shared)
+
+
 def test_ce_and_kl():
     model, tok = make_tiny_model("gpt_neox"), tiny_tokenizer()
     texts = ["the quick brown fox jumps over the lazy dog", "Q: Why do veins appear blue? A: light"]
