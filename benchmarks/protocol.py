@@ -39,22 +39,16 @@ def _stage(argv: list[str]) -> float:
     return time.perf_counter() - t
 
 
-def _validation_parts(out: Path) -> dict[str, float]:
-    """Seconds of MC scoring, greedy answers and the rest of each row, summed over the row files."""
-    parts = {"mc": 0.0, "generation": 0.0, "rows": 0.0}
-    for path in sorted((out / "rows").glob("*.json")):
-        row = json.loads(path.read_text())
-        parts["mc"] += float(row.get("mc_seconds", 0.0))
-        parts["generation"] += float(row.get("gen_seconds", 0.0))
-        parts["rows"] += float(row.get("seconds", 0.0))
-    return parts
-
-
-def _count_rows(out: Path) -> dict[str, int]:
-    """Rows of the table (each run once per fold) and those of them that generated answers."""
+def _validation_rows(out: Path) -> tuple[dict[str, float], dict[str, int]]:
+    """From the row files, read once: seconds of MC scoring, greedy answers and whole rows, summed; and the rows of
+    the table (each run once per fold) and those of them that generated answers."""
     folds = int(json.loads((out / "run.json").read_text())["num_fold"])
     rows = [json.loads(p.read_text()) for p in sorted((out / "rows").glob("*.json"))]
-    return {"folds": folds, "rows": len(rows) // folds, "generating_rows": sum("gen_seconds" in r for r in rows) // folds}
+    parts = {"mc": sum(float(r.get("mc_seconds", 0.0)) for r in rows),
+             "generation": sum(float(r.get("gen_seconds", 0.0)) for r in rows),
+             "rows": sum(float(r.get("seconds", 0.0)) for r in rows)}
+    counts = {"folds": folds, "rows": len(rows) // folds, "generating_rows": sum("gen_seconds" in r for r in rows) // folds}
+    return parts, counts
 
 
 def estimate_honest_llama_way(model_name: str, sample: int, max_questions: int | None, dtype: str | None = None) -> dict[str, Any]:
@@ -105,8 +99,7 @@ def run(model_name: str = "smollm2-135m", max_questions: int | None = None, samp
     seconds["validate"] = _stage(["validation/validate_2fold.py", "--model_name", model_name, "--use_center_of_mass",
                                   "--features_dir", str(features), "--output_dir", str(out), *limit])
     total = time.perf_counter() - start
-    parts = _validation_parts(out)
-    rows = _count_rows(out)
+    parts, rows = _validation_rows(out)
     print("[protocol] estimating the honest_llama way on a sample ...", flush=True)
     est = estimate_honest_llama_way(model_name, sample, max_questions, dtype)
     per, counts = est["seconds_per_unit"], est["counts"]

@@ -111,36 +111,35 @@ def _greedy_on_prefix(model: torch.nn.Module, tokenizer: Any, rows: list[list[in
     past.batch_repeat_interleave(len(rows))
     attn = torch.cat([torch.ones((len(rows), shared), dtype=torch.long), mask], 1)
     positions = shared + (mask.cumsum(1) - 1).clamp(min=0)
-    tokens: list[list[int]] = [[] for _ in rows]
     last_prompt_column = shared + ids.shape[1] - 1
     with (intervention.applied(model, positions=last_prompt_column) if intervention is not None
           else contextlib.nullcontext()):
-        return _greedy_loop(model, tokenizer, tokens, ids, attn, positions, past, max_new_tokens, eos,
-                            stop_at_next_question)
+        return _greedy_loop(model, tokenizer, ids, attn, positions, past, max_new_tokens, eos, stop_at_next_question)
 
 
-def _greedy_loop(model: torch.nn.Module, tokenizer: Any, tokens: list[list[int]], step_ids: torch.Tensor,
-                 attn: torch.Tensor, positions: torch.Tensor, past: Any, max_new_tokens: int, eos: set[int],
+def _greedy_loop(model: torch.nn.Module, tokenizer: Any, step_ids: torch.Tensor, attn: torch.Tensor,
+                 positions: torch.Tensor, past: Any, max_new_tokens: int, eos: set[int],
                  stop_at_next_question: bool) -> list[list[int]]:
-    """Greedy steps until every row has ended (EOS, its next "Q:", or ``max_new_tokens``), appending to ``tokens``."""
+    """Greedy tokens of each row, step by step until every row has ended (EOS, its next "Q:", or ``max_new_tokens``)."""
     device = model_device(model)
+    tokens: list[list[int]] = [[] for _ in range(step_ids.shape[0])]
     active = list(range(len(tokens)))  # batch row -> row; a row leaves the batch when it ends
     for _ in range(max_new_tokens):
         out = model(input_ids=step_ids.to(device), attention_mask=attn.to(device), position_ids=positions.to(device),
                     **with_cache(model, past), use_cache=True, logits_to_keep=1)
         past = returned_cache(out)
         nxt = out.logits[:, -1].argmax(-1).cpu()
-        ended = []
+        going = []  # batch rows that have not ended
         for b, (r, t) in enumerate(zip(active, nxt.tolist())):
             tokens[r].append(t)
-            if t in eos or (stop_at_next_question and ANSWER_END in tokenizer.decode(tokens[r], skip_special_tokens=True)):
-                ended.append(b)
-        if len(ended) == len(active):
+            if not (t in eos or (stop_at_next_question and ANSWER_END in tokenizer.decode(tokens[r], skip_special_tokens=True))):
+                going.append(b)
+        if not going:
             break
         step_ids, positions = nxt[:, None], positions[:, -1:] + 1
         attn = torch.cat([attn, torch.ones((len(active), 1), dtype=torch.long)], 1)
-        if ended:  # finished rows leave the batch, their cache rows with them
-            keep = torch.tensor([b for b in range(len(active)) if b not in set(ended)])
+        if len(going) < len(active):  # finished rows leave the batch, their cache rows with them
+            keep = torch.tensor(going)
             past.batch_select_indices(keep)  # a CPU index: each cache layer lives on its own layer's device
             active = [active[b] for b in keep.tolist()]
             step_ids, positions, attn = step_ids[keep], positions[keep], attn[keep]
