@@ -1,6 +1,8 @@
 """Bootstrap confidence intervals over questions (seeded)."""
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 
 
@@ -39,3 +41,68 @@ def paired_permutation_p(a: np.ndarray, b: np.ndarray, *, n_perm: int = 10000, s
         signs = rng.choice([-1.0, 1.0], size=(min(1000, n_perm - start), d.size))
         hits += int((np.abs((signs * d).mean(axis=1)) >= observed - 1e-12).sum())
     return (hits + 1) / (n_perm + 1)
+
+
+def mcnemar_exact(a, b) -> tuple[int, int, float]:
+    """Discordant counts (a only, b only) and the exact two-sided McNemar p-value (binomial, p = 0.5)."""
+    import math
+
+    x, y = np.asarray(a, dtype=bool), np.asarray(b, dtype=bool)
+    n01, n10 = int((x & ~y).sum()), int((~x & y).sum())
+    n = n01 + n10
+    if n == 0:
+        return n01, n10, 1.0
+    k = min(n01, n10)
+    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2**n
+    return n01, n10, min(1.0, 2 * tail)
+
+
+@lru_cache(maxsize=64)
+def _mcnemar_critical(n: int, level: float) -> np.ndarray:
+    """For 0..n discordant pairs: the largest k such that k or fewer of them going one way rejects the exact
+    two-sided McNemar test at ``level`` (-1 where no split rejects)."""
+    from scipy.stats import binom
+
+    crit = np.full(n + 1, -1, dtype=np.int64)
+    for m in range(n + 1):
+        ks = np.arange((m + 1) // 2)  # k < m / 2
+        ok = ks[2 * binom.cdf(ks, m, 0.5) <= level]
+        if ok.size:
+            crit[m] = ok.max()
+    return crit
+
+
+def mcnemar_power(n: int, discordance: float, difference: float, *, level: float = 0.05) -> float:
+    """Exact power of the two-sided exact McNemar test on ``n`` pairs when a pair is discordant with probability
+    ``discordance`` (= p10 + p01) and the two arms differ by ``difference`` (= p10 - p01, so |difference| <=
+    discordance): the sum over the number of discordant pairs of the chance that their split rejects."""
+    from scipy.stats import binom
+
+    if n < 0 or not 0 <= abs(difference) <= discordance <= 1:
+        raise ValueError(f"need n >= 0 and |difference| <= discordance <= 1, got n={n}, discordance={discordance}, "
+                         f"difference={difference}")
+    if discordance == 0:
+        return 0.0
+    q = min(1.0, (discordance + abs(difference)) / (2 * discordance))  # share of discordant pairs going the winning way
+    m = np.arange(n + 1)
+    crit = _mcnemar_critical(n, level)
+    reject = np.where(crit >= 0, binom.cdf(crit, m, q) + binom.sf(m - crit - 1, m, q), 0.0)
+    return float((binom.pmf(m, n, discordance) * reject).sum())
+
+
+def mcnemar_detectable_difference(n: int, *, discordance: float = 0.0, power: float = 0.8, level: float = 0.05,
+                                  tol: float = 1e-4) -> float:
+    """The smallest difference |p10 - p01| that the exact two-sided McNemar test on ``n`` pairs detects with
+    ``power``, when pairs disagree at least at rate ``discordance`` (discordance max(``discordance``, difference);
+    0: the best case, every disagreement going the same way). NaN when even a difference of 1 is not detectable
+    (fewer than 6 pairs at level 0.05)."""
+    def pw(d: float) -> float:
+        return mcnemar_power(n, max(discordance, d), d, level=level)
+
+    if n <= 0 or pw(1.0) < power:
+        return float("nan")
+    lo, hi = 0.0, 1.0
+    while hi - lo > tol:
+        mid = (lo + hi) / 2
+        lo, hi = (lo, mid) if pw(mid) >= power else (mid, hi)
+    return hi

@@ -182,6 +182,9 @@ FAITHFULNESS = [
     (["--alpha", "inf"], "alpha"),
     (["--alpha", "3"], "alpha"),  # without --intervention there is no shift to scale
     (["--max-samples", "-1"], "max_samples"),
+    (["--calibrate-alphas", "1", "2"], "calibrate_alphas"),  # without --intervention there is no shift to calibrate
+    (["--dev-samples", "0"], "dev_samples"),
+    (["--max-parse-gap", "1.5"], "max_parse_gap"),
     (["--max-new-tokens", "0"], "max_new_tokens"),
     (["--classify-max-new-tokens", "0"], "classify_max_new_tokens"),
     (["--batch-size", "0"], "batch_size"),

@@ -13,7 +13,8 @@ The remote intervened arm's intervention is read from the local copy of the serv
 Outputs (in ``output_dir``, by default ``validation/faithfulness_results/<model>_<arm>_<datasets>_<tasks>_<settings
 hash>`` under :func:`iti.paths.output_root`; ``config.json`` records the settings, and a directory holding a run with other settings is
 refused unless ``force``): ``samples/{dataset}_{task}_{arm}.jsonl`` (every prompt, response and parse),
-``summary.json``, ``comparison.md`` and ``faithfulness.png``. Every generation goes through the SQLite cache, stored
+``summary.json``, ``comparison.md`` and ``faithfulness.png``; with ``calibrate_alphas`` also ``calibration.json`` and
+``calibration.md`` (the intervened arm's strength chosen on development samples). Every generation goes through the SQLite cache, stored
 batch by batch (answer by answer for a remote arm), so an interrupted run resumes where it stopped and a finished one reruns from the cache.
 """
 from __future__ import annotations
@@ -26,14 +27,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
-from ..errors import EmptyInputError, InterventionModelError, ItiError, OutputExistsError, RemoteModelError
+from ..errors import EmptyInputError, InterventionModelError, InvalidOptionError, ItiError, OutputExistsError, RemoteModelError
 from ..io import atomic_write_json, atomic_write_text
 from ..options import check_choice, check_existing_path, check_finite_nonneg, check_positive_int, check_range, check_seed, refuse
 from ..paths import cache_dir, results_dir
 from .cache import GenerationCache
 from .datasets import ALIASES, UnknownDatasetError, dataset_names, load_faithfulness_dataset
 from .generate import FALLBACK_CHAT_FORMATS, CachedGenerator, GenerationSettings, LocalGenerator, RemoteGenerator, render_chat
-from .prompts import CONFIG_FLAGS, TASKS, prompt_options, task_configs
+from .prompts import CONFIG_FLAGS, TASKS, PromptOptions, prompt_options, task_configs
 from .report import accuracy_name, compare_arms, comparison_markdown, first_answer_markdown, first_answer_stats, plot_comparison
 from .tasks import run_task, summarize
 
@@ -59,6 +60,13 @@ class FaithfulnessConfig:
         "help": "a saved intervention (validate_2fold output): the intervened arm"})
     baked: str | None = field(default=None, metadata={"help": "a model saved by edit_weight.py: the intervened arm"})
     alpha: float | None = field(default=None, metadata={"help": "override the intervention's alpha"})
+    calibrate_alphas: Sequence[float] = field(default=(), metadata={
+        "help": "candidate alphas for --intervention: before the reported run, the largest one up to which the "
+                "first-answer parse rate of every data set stays within --max_parse_gap of the plain model's on "
+                "--dev_samples samples after the reported ones is chosen (see iti.faithfulness.calibrate)"})
+    dev_samples: int = field(default=50, metadata={"help": "development samples per data set for --calibrate_alphas"})
+    max_parse_gap: float = field(default=0.10, metadata={
+        "help": "largest parse-rate difference to the plain model that --calibrate_alphas accepts (0.10: 10 points)"})
     max_samples: int | None = field(default=100, metadata={
         "help": "first N samples of each data set after the seeded shuffle (0 = all)", "zero_is_none": True})
     seed: int = field(default=0, metadata={"help": "shuffle and sampling seed (introspect: 0)"})
@@ -209,6 +217,19 @@ def _check_inputs(cfg: FaithfulnessConfig) -> dict[str, tuple[str, ...]]:
     check_finite_nonneg("alpha", cfg.alpha, none_ok=True)
     if cfg.alpha is not None and not cfg.intervention:
         raise refuse("alpha", "only with --intervention (a baked or served model's shift is fixed)", cfg.alpha)
+    if cfg.calibrate_alphas:
+        if not cfg.intervention:
+            raise refuse("calibrate_alphas", "only with --intervention (a baked or served model's shift is fixed)",
+                         list(cfg.calibrate_alphas))
+        if cfg.alpha is not None:
+            raise refuse("alpha", "not with --calibrate_alphas, which chooses it", cfg.alpha)
+        for a in cfg.calibrate_alphas:
+            check_finite_nonneg("calibrate_alphas", a)
+        if cfg.max_samples is None:
+            raise refuse("max_samples", "a number with --calibrate_alphas: the development samples come after the "
+                                        "reported ones", 0)
+    check_positive_int("dev_samples", cfg.dev_samples)
+    check_range("max_parse_gap", cfg.max_parse_gap, 0.0, 1.0, why="a share of samples")
     if cfg.remote_url:
         for name in ("intervention", "baked"):
             if getattr(cfg, name):
@@ -360,6 +381,10 @@ def run_faithfulness(cfg: FaithfulnessConfig) -> dict[str, Any]:
     render = prompt_renderer(cfg, tokenizer)
     classify_settings = GenerationSettings(max_new_tokens=cfg.classify_max_new_tokens, seed=cfg.seed)
     explain_settings = GenerationSettings(max_new_tokens=cfg.max_new_tokens, seed=cfg.seed)
+    calibration = None
+    if cfg.calibrate_alphas:
+        calibration = _calibrate(cfg, arms, cache, render, prompt_options(flags[cfg.tasks[0]], original_text=cfg.original_prompts),
+                                 classify_settings, out)
     rows: list[dict[str, Any]] = []
     for name in cfg.datasets:
         ds = load_faithfulness_dataset(name, cfg.data_dir, seed=cfg.seed)
@@ -384,9 +409,9 @@ def run_faithfulness(cfg: FaithfulnessConfig) -> dict[str, Any]:
             if "intervened" in per_arm:
                 row["comparison"] = compare_arms(per_arm["plain"], per_arm["intervened"], task != "classify", seed=cfg.seed)
             rows.append(row)
-            summary = _write_summary(out, cfg, arms, rows, time.perf_counter() - t0)  # after every row: partial runs show
+            summary = _write_summary(out, cfg, arms, rows, time.perf_counter() - t0, calibration)  # after every row
     elapsed = time.perf_counter() - t0
-    summary = _write_summary(out, cfg, arms, rows, elapsed)
+    summary = _write_summary(out, cfg, arms, rows, elapsed, calibration)
     cache.close()
     if cfg.progress:
         hits = sum(g.hits for g in arms.values())
@@ -395,13 +420,49 @@ def run_faithfulness(cfg: FaithfulnessConfig) -> dict[str, Any]:
     return summary
 
 
+def _calibrate(cfg: FaithfulnessConfig, arms: dict[str, CachedGenerator], cache: GenerationCache, render: Callable[[str], str],
+               opts: PromptOptions, settings: GenerationSettings, out: Path) -> dict[str, Any]:
+    """Choose the intervened arm's alpha on the development samples (see :mod:`iti.faithfulness.calibrate`), put it
+    into ``arms["intervened"]`` and write calibration.json / calibration.md; refuse when no candidate qualifies."""
+    from .calibrate import calibrate_strength, calibration_markdown, development_samples
+
+    inner = arms["intervened"].inner
+    assert isinstance(inner, LocalGenerator) and inner.intervention is not None  # --calibrate_alphas needs --intervention
+
+    def at(alpha: float) -> CachedGenerator:
+        assert inner.intervention is not None
+        gen = LocalGenerator(inner.model, inner.tokenizer, model_id=inner.model_id,
+                             intervention=inner.intervention.with_alpha(alpha), batch_size=cfg.batch_size)
+        return CachedGenerator(gen, cache, chunk=cfg.batch_size, retry_errors=cfg.retry_errors, name=cfg.model)
+
+    dev, ranges = {}, {}
+    for name in cfg.datasets:
+        ds = load_faithfulness_dataset(name, cfg.data_dir, seed=cfg.seed)
+        dev[ds.name], ranges[ds.name] = development_samples(ds.samples, cfg.max_samples, cfg.dev_samples, ds.name)
+    cal = calibrate_strength(arms["plain"], at, dev, ranges, render, opts, settings, cfg.calibrate_alphas,
+                             max_gap=cfg.max_parse_gap, progress=cfg.progress,
+                             log=(lambda line: print(line, flush=True)) if cfg.progress else (lambda line: None))
+    atomic_write_json(out / "calibration.json", cal.to_dict())
+    atomic_write_text(out / "calibration.md", calibration_markdown(cal))
+    if cal.chosen is None:
+        raise InvalidOptionError(f"--calibrate_alphas: even the smallest candidate ({min(cfg.calibrate_alphas):g}) moves the "
+                                 f"first-answer parse rate of some data set more than {cfg.max_parse_gap * 100:g} points from "
+                                 f"the plain model's; "
+                                 f"see {out / 'calibration.md'} and try smaller alphas")
+    arms["intervened"] = at(cal.chosen)
+    if cfg.progress:
+        print(f"[faithfulness] intervened arm at alpha {cal.chosen:g} (calibrated)", flush=True)
+    return cal.to_dict()
+
+
 def _write_summary(out: Path, cfg: FaithfulnessConfig, arms: dict[str, CachedGenerator], rows: list[dict[str, Any]],
-                   elapsed: float) -> dict[str, Any]:
+                   elapsed: float, calibration: dict[str, Any] | None = None) -> dict[str, Any]:
     summary = {
         "config": {k: (list(v) if isinstance(v, (tuple, list)) else v) for k, v in asdict(cfg).items()},
         "arms": {a: {"model": g.model_id, "name": g.name, "intervention": g.intervention_id, "cache_hits": g.hits, "generated": g.misses}
                  for a, g in arms.items()},
         "seconds": elapsed,
+        "calibration": calibration,
         "rows": rows,
     }
     atomic_write_json(out / "summary.json", summary)

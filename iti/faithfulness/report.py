@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..stats import mcnemar_detectable_difference, mcnemar_exact
 from .tasks import SampleResult, summarize
 
 
@@ -22,18 +23,6 @@ def bootstrap_ratio(num: np.ndarray, den: np.ndarray, *, n_boot: int = 2000, see
     ratios = ratios[np.isfinite(ratios)]
     lo, hi = np.quantile(ratios, [0.025, 0.975]) if ratios.size else (float("nan"), float("nan"))
     return float(num.sum() / den.sum()), float(lo), float(hi)
-
-
-def mcnemar_exact(a: Sequence[bool], b: Sequence[bool]) -> tuple[int, int, float]:
-    """Discordant counts (a only, b only) and the exact two-sided McNemar p-value (binomial, p = 0.5)."""
-    x, y = np.asarray(a, dtype=bool), np.asarray(b, dtype=bool)
-    n01, n10 = int((x & ~y).sum()), int((~x & y).sum())
-    n = n01 + n10
-    if n == 0:
-        return n01, n10, 1.0
-    k = min(n01, n10)
-    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2**n
-    return n01, n10, min(1.0, 2 * tail)
 
 
 def _indicators(results: Sequence[SampleResult]) -> dict[str, np.ndarray]:
@@ -83,9 +72,29 @@ def compare_arms(plain: Sequence[SampleResult], other: Sequence[SampleResult], e
     if explain:
         both_correct = a["correct"] & b["correct"]
         f_test = mcnemar_exact(a["faithful_and_correct"][both_correct], b["faithful_and_correct"][both_correct])
-        out["faithfulness_mcnemar"] = {"n": int(both_correct.sum()), "plain_only": f_test[0], "intervened_only": f_test[1],
-                                       "p": f_test[2]}
+        n = int(both_correct.sum())
+        out["faithfulness_mcnemar"] = {"n": n, "plain_only": f_test[0], "intervened_only": f_test[1], "p": f_test[2],
+                                       **detectable_differences(n, f_test[0] + f_test[1])}
     return out
+
+
+def detectable_differences(n: int, discordant: int, *, power: float = 0.8, level: float = 0.05) -> dict[str, float | None]:
+    """The smallest faithfulness difference a paired cell of ``n`` samples could detect (exact McNemar, two-sided
+    ``level``, ``power``): at the discordance the cell showed (``detectable``) and in the best case where every
+    disagreement goes the same way (``detectable_one_way``, a lower bound). None: not even a difference of 1."""
+    def clean(x: float) -> float | None:
+        return None if math.isnan(x) else round(x, 4)
+
+    seen = discordant / n if n else 0.0
+    return {"detectable": clean(mcnemar_detectable_difference(n, discordance=seen, power=power, level=level)),
+            "detectable_one_way": clean(mcnemar_detectable_difference(n, power=power, level=level))}
+
+
+def _detectable(test: dict) -> str:
+    d, best = test.get("detectable"), test.get("detectable_one_way")
+    if d is None:
+        return "none (n < 6)" if test["n"] < 6 else "–"
+    return f"{d:.2f} (≥ {best:.2f})"
 
 
 def _ci(v) -> str:
@@ -111,17 +120,17 @@ def comparison_markdown(rows: list[dict]) -> str:
     the classify row only), faithfulness and invalid rate."""
     lines = [
         "| dataset | task | n | accuracy is | accuracy plain | accuracy ITI | p (McNemar) | faithfulness plain "
-        "| faithfulness ITI | p (McNemar, n) | invalid plain | invalid ITI |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| faithfulness ITI | both correct | p (McNemar) | detectable Δ (80%) | invalid plain | invalid ITI |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         c = r["comparison"]
         p, i = c["plain"], c["intervened"]
         fm = c.get("faithfulness_mcnemar")
-        fp = f"{fm['p']:.3f} ({fm['n']})" if fm else "–"
+        both, fp, mdd = (str(fm["n"]), f"{fm['p']:.3f}", _detectable(fm)) if fm else ("–", "–", "–")
         lines.append(f"| {r['dataset']} | {r['task']} | {p['counts']['total']} | {accuracy_name(r['task'])} "
                      f"| {_ci(p['accuracy'])} | {_ci(i['accuracy'])} "
-                     f"| {c['accuracy_mcnemar']['p']:.3f} | {_ci(p['faithfulness'])} | {_ci(i['faithfulness'])} | {fp} "
+                     f"| {c['accuracy_mcnemar']['p']:.3f} | {_ci(p['faithfulness'])} | {_ci(i['faithfulness'])} | {both} | {fp} | {mdd} "
                      f"| {_ci(p['invalid_rate'])} | {_ci(i['invalid_rate'])} |")
     return "\n".join(lines) + "\n"
 

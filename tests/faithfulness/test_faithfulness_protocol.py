@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pytest
 
+from iti.errors import EmptyInputError
 from iti.faithfulness.cache import CachedGeneration
 from iti.faithfulness.datasets import ENTAILMENT, MULTI_CHOICE, SENTIMENT, Sample, UnknownDatasetError, load_faithfulness_dataset
 from iti.faithfulness.generate import CachedGenerator, GenerationSettings
@@ -264,6 +265,7 @@ def test_compare_arms_pairs_samples():
     assert c["plain"]["accuracy"][0] == 1.0 and c["intervened"]["accuracy"][0] == 0.5
     assert c["accuracy_mcnemar"] == {"n": 2, "plain_only": 1, "intervened_only": 0, "p": 1.0}
     assert c["faithfulness_mcnemar"]["n"] == 1  # sample 1 is correct in both arms
+    assert c["faithfulness_mcnemar"]["detectable"] is None  # one pair can detect nothing
     table = comparison_markdown([{"dataset": "imdb", "task": "counterfactual", "comparison": c}])
     assert table.count("\n") == 3 and "| imdb | counterfactual | 2 |" in table
     with pytest.raises(ValueError, match="same samples"):
@@ -281,3 +283,58 @@ def test_cli_reports_bad_input_without_a_traceback(capsys):
     assert "unknown faithfulness data set 'sst2'" in capsys.readouterr().err
     assert main(["faithfulness", "--task", "redacted", "--task-config", "e-implcit-target", "--quiet"]) == 2
     assert "does not apply to task 'redacted'" in capsys.readouterr().err
+
+
+# --- choosing the intervened arm's strength ----------------------------------------------------------------------
+def test_calibration_keeps_the_largest_alpha_before_the_parse_rate_falls_too_far():
+    from iti.faithfulness.calibrate import calibrate_strength, calibration_markdown, development_samples
+
+    samples = [Sample(i, SENTIMENT, f"Review {i}.", "positive") for i in range(20)]
+    dev, span = development_samples(samples, 8, 10, "imdb")
+    assert [s.idx for s in dev] == list(range(8, 18)) and span == (8, 17)
+
+    def answering(n_parsed):  # the first n_parsed development samples get a readable answer
+        return CachedGenerator(Scripted([(f"Review {i}.", "positive" if i - 8 < n_parsed else "a remark") for i in range(20)]), None)
+
+    parsed_at = {1.0: 10, 2.0: 9, 4.0: 5, 8.0: 10}  # 8 would pass again, but the search stops at the first failure
+    tried = []
+
+    def at(alpha):
+        tried.append(alpha)
+        return answering(parsed_at[alpha])
+
+    s = GenerationSettings(max_new_tokens=4)
+    cal = calibrate_strength(answering(10), at, {"imdb": dev}, {"imdb": span}, lambda t: t, DEFAULT, s,
+                             [4.0, 1.0, 8.0, 2.0], max_gap=0.10, progress=False, log=lambda line: None)
+    assert tried == [1.0, 2.0, 4.0] and cal.chosen == 2.0 and cal.plain == {"imdb": 10}
+    assert [t.within for t in cal.trials] == [True, True, False] and cal.trials[2].gap == {"imdb": 0.5}
+    table = calibration_markdown(cal)
+    assert "| alpha 2 (chosen) | 9/10 (-10) | yes |" in table and "| alpha 4 | 5/10 (-50) | no |" in table
+    with pytest.raises(EmptyInputError, match="no sample left for calibration after the first 20"):
+        development_samples(samples, 20, 5, "imdb")
+    with pytest.raises(EmptyInputError, match="every sample is reported"):
+        development_samples(samples, None, 5, "imdb")
+
+
+def test_mcnemar_power_and_detectable_difference():
+    from iti.stats import mcnemar_detectable_difference, mcnemar_power
+
+    assert mcnemar_power(6, 1.0, 1.0) == pytest.approx(1.0)  # 6 of 6 one way: p = 2 / 64
+    assert mcnemar_power(5, 1.0, 1.0) == 0.0  # 5 of 5: p = 0.0625, never significant
+    assert mcnemar_power(100, 0.2, 0.0) <= 0.05  # the exact test keeps its level
+    assert np.isnan(mcnemar_detectable_difference(5))
+    assert mcnemar_detectable_difference(6) == pytest.approx(0.8 ** (1 / 6), abs=2e-4)  # P(all 6 discordant) = d^6
+    best = [mcnemar_detectable_difference(n) for n in (10, 30, 100)]
+    assert best[0] > best[1] > best[2]
+    seen = mcnemar_detectable_difference(100, discordance=0.2)
+    assert seen > best[2]  # more disagreement both ways needs a larger difference
+    # Monte Carlo: at that difference about 80% of simulated cells reject
+    rng = np.random.default_rng(0)
+    p10, p01 = (0.2 + seen) / 2, (0.2 - seen) / 2
+    hits = 0
+    for _ in range(2000):
+        c = rng.multinomial(100, [p10, p01, 1 - p10 - p01])
+        plain = [True] * c[0] + [False] * c[1] + [True] * c[2]
+        other = [False] * c[0] + [True] * c[1] + [True] * c[2]
+        hits += mcnemar_exact(plain, other)[2] <= 0.05
+    assert 0.77 <= hits / 2000 <= 0.83

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from iti import Intervention, model_layout
+from iti.errors import InvalidOptionError
 from iti.faithfulness.experiment import FaithfulnessConfig, InterventionModelError, run_faithfulness
 
 pytestmark = pytest.mark.real
@@ -96,3 +97,26 @@ def test_baked_model_as_the_intervened_arm(tmp_path, saved_intervention):
     assert out["arms"]["plain"]["intervention"] == "none" and out["rows"][0]["comparison"]["plain"]["counts"]["total"] == 2
     with pytest.raises(ValueError, match="not both"):
         run_faithfulness(FaithfulnessConfig(baked=str(baked_dir), intervention=str(saved_intervention), progress=False))
+
+
+def test_calibrated_strength_is_chosen_on_development_samples_then_used(tmp_path, smollm2, saved_intervention):
+    out = tmp_path / "cal"
+    cfg = FaithfulnessConfig(datasets=("babi1",), tasks=("counterfactual",), intervention=str(saved_intervention),
+                             calibrate_alphas=(200.0, 0.5), dev_samples=4, max_samples=2, max_new_tokens=8,
+                             classify_max_new_tokens=6, batch_size=4, output_dir=str(out),
+                             cache=str(tmp_path / "cache.sqlite"), progress=False)
+    summary = run_faithfulness(cfg)
+    cal = json.loads((out / "calibration.json").read_text())
+    assert cal == summary["calibration"] and cal["dev_range"] == {"babi1": [2, 5]}
+    assert cal["plain"]["babi1"] >= 3  # the plain model answers bAbI-1 readably
+    assert [t["alpha"] for t in cal["trials"]] == [0.5, 200.0] and cal["chosen"] == 0.5
+    assert not cal["trials"][1]["within"]  # alpha 200 wrecks the answers
+    used = Intervention.load(saved_intervention).with_alpha(0.5).fingerprint()
+    assert summary["arms"]["intervened"]["intervention"] == used
+    lines = [json.loads(x) for x in (out / "samples" / "babi1_counterfactual_intervened.jsonl").read_text().splitlines()]
+    assert len(lines) == 2  # the reported samples, not the development ones
+    assert "| alpha 0.5 (chosen) |" in (out / "calibration.md").read_text()
+    with pytest.raises(InvalidOptionError, match="even the smallest candidate"):
+        run_faithfulness(FaithfulnessConfig(**{**cfg.__dict__, "calibrate_alphas": (200.0,), "output_dir": str(tmp_path / "x")}))
+    with pytest.raises(InvalidOptionError, match="not with --calibrate_alphas"):
+        run_faithfulness(FaithfulnessConfig(**{**cfg.__dict__, "alpha": 1.0}))
