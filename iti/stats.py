@@ -1,9 +1,12 @@
-"""Bootstrap confidence intervals over questions (seeded)."""
+"""The statistics the results files quote: seeded bootstrap CIs and paired permutation tests over questions, and
+the exact McNemar test with its power (what difference a paired cell of a given size could have detected)."""
 from __future__ import annotations
 
+import math
 from functools import lru_cache
 
 import numpy as np
+from scipy.stats import binom
 
 
 def bootstrap_ci(values: np.ndarray, *, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> tuple[float, float, float]:
@@ -45,28 +48,31 @@ def paired_permutation_p(a: np.ndarray, b: np.ndarray, *, n_perm: int = 10000, s
 
 def mcnemar_exact(a, b) -> tuple[int, int, float]:
     """Discordant counts (a only, b only) and the exact two-sided McNemar p-value (binomial, p = 0.5)."""
-    import math
-
     x, y = np.asarray(a, dtype=bool), np.asarray(b, dtype=bool)
     n01, n10 = int((x & ~y).sum()), int((~x & y).sum())
-    n = n01 + n10
-    if n == 0:
-        return n01, n10, 1.0
-    k = min(n01, n10)
-    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2**n
-    return n01, n10, min(1.0, 2 * tail)
+    return n01, n10, float(_mcnemar_p(min(n01, n10), n01 + n10))
+
+
+def _mcnemar_p(k, m):
+    """Exact two-sided McNemar p-value when the smaller side of ``m`` discordant pairs has ``k`` (arrays allowed);
+    the one tail the test and its power both use."""
+    return np.minimum(1.0, 2 * binom.cdf(k, m, 0.5))
+
+
+def mcnemar_min_pairs(level: float = 0.05) -> int:
+    """The fewest discordant pairs with which the exact two-sided test can reject at ``level`` (all going one way:
+    p = 2 / 2^n); below it no cell can detect anything."""
+    return max(1, math.ceil(math.log2(2 / level) - 1e-12))
 
 
 @lru_cache(maxsize=64)
 def _mcnemar_critical(n: int, level: float) -> np.ndarray:
     """For 0..n discordant pairs: the largest k such that k or fewer of them going one way rejects the exact
     two-sided McNemar test at ``level`` (-1 where no split rejects)."""
-    from scipy.stats import binom
-
     crit = np.full(n + 1, -1, dtype=np.int64)
     for m in range(n + 1):
         ks = np.arange((m + 1) // 2)  # k < m / 2
-        ok = ks[2 * binom.cdf(ks, m, 0.5) <= level]
+        ok = ks[_mcnemar_p(ks, m) <= level]
         if ok.size:
             crit[m] = ok.max()
     return crit
@@ -76,8 +82,6 @@ def mcnemar_power(n: int, discordance: float, difference: float, *, level: float
     """Exact power of the two-sided exact McNemar test on ``n`` pairs when a pair is discordant with probability
     ``discordance`` (= p10 + p01) and the two arms differ by ``difference`` (= p10 - p01, so |difference| <=
     discordance): the sum over the number of discordant pairs of the chance that their split rejects."""
-    from scipy.stats import binom
-
     if n < 0 or not 0 <= abs(difference) <= discordance <= 1:
         raise ValueError(f"need n >= 0 and |difference| <= discordance <= 1, got n={n}, discordance={discordance}, "
                          f"difference={difference}")
@@ -95,7 +99,7 @@ def mcnemar_detectable_difference(n: int, *, discordance: float = 0.0, power: fl
     """The smallest difference |p10 - p01| that the exact two-sided McNemar test on ``n`` pairs detects with
     ``power``, when pairs disagree at least at rate ``discordance`` (discordance max(``discordance``, difference);
     0: the best case, every disagreement going the same way). NaN when even a difference of 1 is not detectable
-    (fewer than 6 pairs at level 0.05)."""
+    (fewer than :func:`mcnemar_min_pairs` pairs: 6 at level 0.05)."""
     def pw(d: float) -> float:
         return mcnemar_power(n, max(discordance, d), d, level=level)
 

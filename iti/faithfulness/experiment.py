@@ -32,7 +32,7 @@ from ..io import atomic_write_json, atomic_write_text
 from ..options import check_choice, check_existing_path, check_finite_nonneg, check_positive_int, check_range, check_seed, refuse
 from ..paths import cache_dir, results_dir
 from .cache import GenerationCache
-from .datasets import ALIASES, UnknownDatasetError, dataset_names, load_faithfulness_dataset
+from .datasets import ALIASES, FaithfulnessDataset, UnknownDatasetError, dataset_names, load_faithfulness_dataset
 from .generate import FALLBACK_CHAT_FORMATS, CachedGenerator, GenerationSettings, LocalGenerator, RemoteGenerator, render_chat
 from .prompts import CONFIG_FLAGS, TASKS, PromptOptions, prompt_options, task_configs
 from .report import accuracy_name, compare_arms, comparison_markdown, first_answer_markdown, first_answer_stats, plot_comparison
@@ -381,13 +381,13 @@ def run_faithfulness(cfg: FaithfulnessConfig) -> dict[str, Any]:
     render = prompt_renderer(cfg, tokenizer)
     classify_settings = GenerationSettings(max_new_tokens=cfg.classify_max_new_tokens, seed=cfg.seed)
     explain_settings = GenerationSettings(max_new_tokens=cfg.max_new_tokens, seed=cfg.seed)
+    datasets = [load_faithfulness_dataset(name, cfg.data_dir, seed=cfg.seed) for name in cfg.datasets]
     calibration = None
     if cfg.calibrate_alphas:
-        calibration = _calibrate(cfg, arms, cache, render, prompt_options(flags[cfg.tasks[0]], original_text=cfg.original_prompts),
-                                 classify_settings, out)
+        calibration = _calibrate(cfg, arms, cache, datasets, render,
+                                 prompt_options(flags[cfg.tasks[0]], original_text=cfg.original_prompts), classify_settings, out)
     rows: list[dict[str, Any]] = []
-    for name in cfg.datasets:
-        ds = load_faithfulness_dataset(name, cfg.data_dir, seed=cfg.seed)
+    for ds in datasets:
         samples = ds.samples[: cfg.max_samples] if cfg.max_samples else ds.samples
         for task in cfg.tasks:
             opts = prompt_options(flags[task], original_text=cfg.original_prompts)
@@ -420,8 +420,9 @@ def run_faithfulness(cfg: FaithfulnessConfig) -> dict[str, Any]:
     return summary
 
 
-def _calibrate(cfg: FaithfulnessConfig, arms: dict[str, CachedGenerator], cache: GenerationCache, render: Callable[[str], str],
-               opts: PromptOptions, settings: GenerationSettings, out: Path) -> dict[str, Any]:
+def _calibrate(cfg: FaithfulnessConfig, arms: dict[str, CachedGenerator], cache: GenerationCache,
+               datasets: Sequence[FaithfulnessDataset], render: Callable[[str], str], opts: PromptOptions,
+               settings: GenerationSettings, out: Path) -> dict[str, Any]:
     """Choose the intervened arm's alpha on the development samples (see :mod:`iti.faithfulness.calibrate`), put it
     into ``arms["intervened"]`` and write calibration.json / calibration.md; refuse when no candidate qualifies."""
     from .calibrate import calibrate_strength, calibration_markdown, development_samples
@@ -429,15 +430,18 @@ def _calibrate(cfg: FaithfulnessConfig, arms: dict[str, CachedGenerator], cache:
     inner = arms["intervened"].inner
     assert isinstance(inner, LocalGenerator) and inner.intervention is not None  # --calibrate_alphas needs --intervention
 
+    built: dict[float, CachedGenerator] = {}
+
     def at(alpha: float) -> CachedGenerator:
-        assert inner.intervention is not None
-        gen = LocalGenerator(inner.model, inner.tokenizer, model_id=inner.model_id,
-                             intervention=inner.intervention.with_alpha(alpha), batch_size=cfg.batch_size)
-        return CachedGenerator(gen, cache, chunk=cfg.batch_size, retry_errors=cfg.retry_errors, name=cfg.model)
+        if alpha not in built:  # the chosen one is reused for the reported run
+            assert inner.intervention is not None
+            gen = LocalGenerator(inner.model, inner.tokenizer, model_id=inner.model_id,
+                                 intervention=inner.intervention.with_alpha(alpha), batch_size=cfg.batch_size)
+            built[alpha] = CachedGenerator(gen, cache, chunk=cfg.batch_size, retry_errors=cfg.retry_errors, name=cfg.model)
+        return built[alpha]
 
     dev, ranges = {}, {}
-    for name in cfg.datasets:
-        ds = load_faithfulness_dataset(name, cfg.data_dir, seed=cfg.seed)
+    for ds in datasets:
         dev[ds.name], ranges[ds.name] = development_samples(ds.samples, cfg.max_samples, cfg.dev_samples, ds.name)
     cal = calibrate_strength(arms["plain"], at, dev, ranges, render, opts, settings, cfg.calibrate_alphas,
                              max_gap=cfg.max_parse_gap, progress=cfg.progress,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..stats import mcnemar_detectable_difference, mcnemar_exact
+from ..stats import mcnemar_detectable_difference, mcnemar_exact, mcnemar_min_pairs
 from .tasks import SampleResult, summarize
 
 
@@ -78,7 +78,11 @@ def compare_arms(plain: Sequence[SampleResult], other: Sequence[SampleResult], e
     return out
 
 
-def detectable_differences(n: int, discordant: int, *, power: float = 0.8, level: float = 0.05) -> dict[str, float | None]:
+#: Power and two-sided level of the detectable-difference column.
+DETECT_POWER, DETECT_LEVEL = 0.8, 0.05
+
+
+def detectable_differences(n: int, discordant: int, *, power: float = DETECT_POWER, level: float = DETECT_LEVEL) -> dict[str, float | None]:
     """The smallest faithfulness difference a paired cell of ``n`` samples could detect (exact McNemar, two-sided
     ``level``, ``power``): at the discordance the cell showed (``detectable``) and in the best case where every
     disagreement goes the same way (``detectable_one_way``, a lower bound). None: not even a difference of 1."""
@@ -93,7 +97,8 @@ def detectable_differences(n: int, discordant: int, *, power: float = 0.8, level
 def _detectable(test: dict) -> str:
     d, best = test.get("detectable"), test.get("detectable_one_way")
     if d is None:
-        return "none (n < 6)" if test["n"] < 6 else "–"
+        fewest = mcnemar_min_pairs(DETECT_LEVEL)
+        return f"none (n < {fewest})" if test["n"] < fewest else "–"
     return f"{d:.2f} (≥ {best:.2f})"
 
 
@@ -120,7 +125,7 @@ def comparison_markdown(rows: list[dict]) -> str:
     the classify row only), faithfulness and invalid rate."""
     lines = [
         "| dataset | task | n | accuracy is | accuracy plain | accuracy ITI | p (McNemar) | faithfulness plain "
-        "| faithfulness ITI | both correct | p (McNemar) | detectable Δ (80%) | invalid plain | invalid ITI |",
+        f"| faithfulness ITI | both correct | p (McNemar) | detectable Δ ({DETECT_POWER:.0%}) | invalid plain | invalid ITI |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:

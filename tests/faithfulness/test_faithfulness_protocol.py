@@ -250,6 +250,13 @@ def test_counterfactual_implicit_multi_choice_accepts_any_other_choice():
 def test_mcnemar_and_bootstrap():
     assert mcnemar_exact([True] * 5 + [False] * 5, [False] * 5 + [False] * 5) == (5, 0, 0.0625)
     assert mcnemar_exact([True, False], [True, False])[2] == 1.0
+    # the p-value against the binomial tail written out, for every split of up to 40 discordant pairs
+    import math
+    for m in range(1, 41):
+        for k in range(m + 1):
+            tail = sum(math.comb(m, i) for i in range(min(k, m - k) + 1)) / 2**m
+            p = mcnemar_exact([True] * k + [False] * (m - k), [False] * k + [True] * (m - k))[2]
+            assert p == pytest.approx(min(1.0, 2 * tail), rel=1e-9, abs=1e-15)
     r, lo, hi = bootstrap_ratio(np.array([1, 1, 0, 0, 1, 0, 1, 1]), np.ones(8))
     assert r == 0.625 and 0.2 < lo < r < hi <= 1.0
     assert np.isnan(bootstrap_ratio(np.zeros(3), np.zeros(3))[0])
@@ -323,6 +330,9 @@ def test_mcnemar_power_and_detectable_difference():
     assert mcnemar_power(5, 1.0, 1.0) == 0.0  # 5 of 5: p = 0.0625, never significant
     assert mcnemar_power(100, 0.2, 0.0) <= 0.05  # the exact test keeps its level
     assert np.isnan(mcnemar_detectable_difference(5))
+    from iti.stats import mcnemar_min_pairs
+    assert (mcnemar_min_pairs(0.05), mcnemar_min_pairs(0.01), mcnemar_min_pairs(0.0625)) == (6, 8, 5)
+    assert np.isnan(mcnemar_detectable_difference(7, level=0.01)) and mcnemar_power(8, 1.0, 1.0, level=0.01) == 1.0
     assert mcnemar_detectable_difference(6) == pytest.approx(0.8 ** (1 / 6), abs=2e-4)  # P(all 6 discordant) = d^6
     best = [mcnemar_detectable_difference(n) for n in (10, 30, 100)]
     assert best[0] > best[1] > best[2]
