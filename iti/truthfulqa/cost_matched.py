@@ -56,9 +56,11 @@ def _align(ids: np.ndarray, other_ids: np.ndarray) -> np.ndarray:
     return np.array([where[int(q)] for q in ids])
 
 
-def seed_spread(entries: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, float]]]:
-    """Per budget and kind, mean ± std over seeds of the MC2 gain and the KL reached (with two seeds or more)."""
-    spread: dict[str, dict[str, dict[str, float]]] = {}
+def seed_spread(entries: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]]:
+    """Per budget and kind, mean ± std over seeds of the MC2 gain and the KL reached; for each control also ITI
+    minus it, with how many seeds' paired CIs lie above 0 (with two seeds or more): whether ITI's lead over a
+    control survives a change of the seed that picks the random heads and directions and the probes' split."""
+    spread: dict[str, dict[str, dict[str, Any]]] = {}
     by_budget: dict[str, list[dict[str, Any]]] = {}
     for e in entries:
         by_budget.setdefault(f"{e['metric']}={e['budget']:g}", []).append(e)
@@ -69,10 +71,34 @@ def seed_spread(entries: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, 
         for name in KINDS:
             gains = [e["kinds"][name]["dMC2"]["mean"] for e in es if name in e["kinds"] and "dMC2" in e["kinds"][name]]
             kls = [e["kinds"][name]["KL"] for e in es if name in e["kinds"]]
-            if len(gains) >= 2:
-                spread[label][name] = {"dMC2_mean": float(np.mean(gains)), "dMC2_std": float(np.std(gains, ddof=1)),
-                                       "KL_mean": float(np.mean(kls)), "KL_std": float(np.std(kls, ddof=1)), "seeds": len(gains)}
+            if len(gains) < 2:
+                continue
+            cell: dict[str, Any] = {"dMC2_mean": float(np.mean(gains)), "dMC2_std": float(np.std(gains, ddof=1)),
+                                    "KL_mean": float(np.mean(kls)), "KL_std": float(np.std(kls, ddof=1)), "seeds": len(gains)}
+            leads = [e["iti_minus"][name] for e in es if name in e["iti_minus"]]
+            if len(leads) >= 2:
+                cell["iti_minus"] = {"mean": float(np.mean([d["mean"] for d in leads])),
+                                     "std": float(np.std([d["mean"] for d in leads], ddof=1)),
+                                     "seeds_ci_above_0": sum(d["ci"][0] > 0 for d in leads), "seeds": len(leads)}
+            spread[label][name] = cell
     return spread
+
+
+def seed_spread_markdown(spread: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
+    """One line per budget: each kind's ΔMC2 and KL as mean ± std over seeds, and ITI minus each control."""
+    lines = []
+    for label, kinds in spread.items():
+        parts = []
+        for name, v in kinds.items():
+            part = (f"{name} ΔMC2 {v['dMC2_mean']:.3f} ± {v['dMC2_std']:.3f}, KL {v['KL_mean']:.3f} ± {v['KL_std']:.3f} "
+                    f"({v['seeds']} seeds)")
+            lead = v.get("iti_minus")
+            if lead:
+                part += (f", ITI − {name} {lead['mean']:.3f} ± {lead['std']:.3f} (CI above 0 for "
+                         f"{lead['seeds_ci_above_0']} of {lead['seeds']} seeds)")
+            parts.append(part)
+        lines.append(f"- {label}: " + "; ".join(parts))
+    return lines
 
 
 def cost_matched_markdown(entries: list[dict[str, Any]]) -> list[str]:

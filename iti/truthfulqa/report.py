@@ -10,7 +10,7 @@ import numpy as np
 from ..io import read_json
 from ..stats import bootstrap_ci, paired_bootstrap_ci
 from .config import RowSpec, ValidationConfig, plan_rows
-from .cost_matched import cost_matched_markdown, cost_matched_rows, plot_frontier, seed_spread
+from .cost_matched import cost_matched_markdown, cost_matched_rows, plot_frontier, seed_spread, seed_spread_markdown
 
 #: The per-question metrics of a row, each pooled over the folds with a bootstrap CI (True, Info and True*Info
 #: when judged).
@@ -107,9 +107,9 @@ def summary_markdown(summary: dict[str, Any], cfg: ValidationConfig) -> str:
         cells += [_fmt(r.get("BLEU-acc")), _fmt(r.get("ROUGE-acc"))] if has_gen else []
         lines.append("| " + " | ".join(cells) + " |")
     lines += cost_matched_markdown(summary.get("cost_matched", []))
-    for label, kinds in summary.get("cost_matched_seed_spread", {}).items():
-        lines.append(f"- {label}: " + "; ".join(f"{k} ΔMC2 {v['dMC2_mean']:.3f} ± {v['dMC2_std']:.3f}, KL {v['KL_mean']:.3f} ± "
-                                                 f"{v['KL_std']:.3f} ({v['seeds']} seeds)" for k, v in kinds.items()))
+    if summary.get("cost_matched_seed_spread"):
+        lines += ["", "Cost-matched, spread over seeds (mean ± std of the per-seed values):", ""]
+        lines += seed_spread_markdown(summary["cost_matched_seed_spread"])
     if summary["seed_spread"]:
         lines += ["", "Spread over seeds (mean ± std of the per-seed means):", ""]
         for name, s in summary["seed_spread"].items():

@@ -85,6 +85,28 @@ def test_frontier_plot_from_entries(tmp_path):
     assert not plot_frontier(tmp_path / "g.png", entries[:1], "t")
 
 
+def test_seed_spread_reports_itis_lead_over_each_control_per_seed():
+    from iti.truthfulqa.cost_matched import seed_spread, seed_spread_markdown
+
+    def entry(seed, lead_rh, lo_rh):
+        kinds = {name: {"KL": 1.0 + 0.01 * seed, "dMC2": {"mean": g, "ci": [g - 0.01, g + 0.01]}}
+                 for name, g in (("ITI", 0.05), ("random heads", 0.05 - lead_rh), ("random direction", 0.02))}
+        return {"metric": "KL", "budget": 1.0, "seed": seed, "kinds": kinds,
+                "iti_minus": {"random heads": {"mean": lead_rh, "ci": [lo_rh, lead_rh + 0.02], "p": 0.01},
+                              "random direction": {"mean": 0.03, "ci": [0.01, 0.05], "p": 0.001}}}
+
+    entries = [entry(42, 0.03, 0.01), entry(1, 0.01, -0.01), entry(2, 0.02, 0.004)]
+    spread = seed_spread(entries + [{**entries[0], "budget": 0.1}])  # a budget with one seed has no spread
+    assert list(spread) == ["KL=1"]
+    rh = spread["KL=1"]["random heads"]
+    assert rh["iti_minus"]["mean"] == pytest.approx(0.02) and rh["iti_minus"]["std"] == pytest.approx(0.01)
+    assert rh["iti_minus"]["seeds_ci_above_0"] == 2 and rh["iti_minus"]["seeds"] == 3
+    assert spread["KL=1"]["random direction"]["iti_minus"]["seeds_ci_above_0"] == 3
+    assert "iti_minus" not in spread["KL=1"]["ITI"] and spread["KL=1"]["ITI"]["dMC2_std"] == pytest.approx(0.0, abs=1e-12)
+    line = seed_spread_markdown(spread)[0]
+    assert line.startswith("- KL=1: ITI ΔMC2 0.050 ± 0.000") and "ITI − random heads 0.020 ± 0.010 (CI above 0 for 2 of 3 seeds)" in line
+
+
 def test_budget_options_are_checked_and_planned(features8):
     with pytest.raises(InvalidOptionError, match="give one of them"):
         ValidationConfig(features_dir=str(features8), kl_budget=[0.1], ce_budget=[0.1]).validate()
