@@ -77,8 +77,8 @@ def seed_spread(entries: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, 
                                     "KL_mean": float(np.mean(kls)), "KL_std": float(np.std(kls, ddof=1)), "seeds": len(gains)}
             leads = [e["iti_minus"][name] for e in es if name in e["iti_minus"]]
             if len(leads) >= 2:
-                cell["iti_minus"] = {"mean": float(np.mean([d["mean"] for d in leads])),
-                                     "std": float(np.std([d["mean"] for d in leads], ddof=1)),
+                lead_means = [d["mean"] for d in leads]
+                cell["iti_minus"] = {"mean": float(np.mean(lead_means)), "std": float(np.std(lead_means, ddof=1)),
                                      "seeds_ci_above_0": sum(d["ci"][0] > 0 for d in leads), "seeds": len(leads)}
             spread[label][name] = cell
     return spread
