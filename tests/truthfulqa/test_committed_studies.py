@@ -1,12 +1,12 @@
 """The studies whose rows are committed (validation/results/<study>/rows) rebuild what validation/results.md
 prints: every finished row's lines (per-row and cost-matched tables, spread over seeds), recomputed here from
 the stored per-question scores, must appear there verbatim. No model is needed: CI checks the published numbers."""
-import json
 import subprocess
 from pathlib import Path
 
 import pytest
 
+from iti.io import read_json
 from iti.truthfulqa.config import ValidationConfig, plan_rows
 from iti.truthfulqa.report import summarize, summary_markdown
 
@@ -28,13 +28,13 @@ def _row_lines(markdown: str) -> list[str]:
     """The body lines of every table summary.md prints (per row, and cost-matched), without headers, and its
     bullets (the spread over seeds)."""
     lines = markdown.splitlines()
-    return [line for i, line in enumerate(lines) if line.startswith("- ") or line.startswith("| ")
-            and not (i + 1 < len(lines) and lines[i + 1].startswith("|---"))]
+    return [line for i, line in enumerate(lines) if line.startswith("- ") or (line.startswith("| ")
+            and not (i + 1 < len(lines) and lines[i + 1].startswith("|---")))]
 
 
 @pytest.mark.parametrize("study", _committed_studies(), ids=lambda p: p.name)
 def test_committed_rows_rebuild_the_published_lines(study: Path):
-    cfg = ValidationConfig(**json.loads((study / "config.json").read_text()))
+    cfg = ValidationConfig(**read_json(study / "config.json", "study config"))
     rows = sorted((study / "rows").glob("*.json"))
     assert rows, f"{study.name}: config.json is committed but no rows are"
     lines = _row_lines(summary_markdown(summarize(study, plan_rows(cfg), cfg), cfg))
