@@ -3,11 +3,14 @@ and answers are scored many at a time.
 
 An answer's score is the sum of the log-probabilities of its tokens given the context (not length-normalised),
 where its tokens are those of ``context + continuation`` beyond the tokens of ``context`` (lm-evaluation-harness's
-split). With an intervention, only the answer tokens' positions are shifted: from the first answer token
-(``shift_start="first_answer_token"``, the default) or, as honest_llama's ``tqa_run_probs``, from
-``len(tokens(question prompt)) + 4`` (``shift_start="original"``; the question prompt is the context without its
-"\nA:", and where "\nA:" is 3 tokens, as for Llama-2-style and SmolLM2's tokenizers inside a prompt, this is the
-second answer token).
+split). With an intervention, every position from the last context token on is shifted
+(``shift_start="last_context_token"``, the default): an answer token's log-probability is read from the logits of
+the position before it, so this scores every answer token under the shift, exactly as the steered model generating
+with ``positions="last"`` (the last prompt token, then every new token) would produce it. ``"first_answer_token"``
+(the default before this fix; it leaves the first answer token unsteered, so a one-token answer scores as if there
+were no intervention) and honest_llama's ``tqa_run_probs`` start ``len(tokens(question prompt)) + 4`` (``"original"``; the
+question prompt is the context without its "\nA:", and where "\nA:" is 3 tokens, as for Llama-2-style and SmolLM2's
+tokenizers inside a prompt, this is the second answer token) are kept for parity and to measure the difference.
 """
 from __future__ import annotations
 
@@ -52,13 +55,16 @@ def _tokenize(tokenizer: Any, questions: Sequence[MCQuestion]) -> tuple[list[lis
     return contexts, conts
 
 
-#: where the MC shift starts: the first answer token, or honest_llama's ``len(tokens(question prompt)) + 4``
-SHIFT_STARTS = ("first_answer_token", "original")
+#: where the MC shift starts: the last context token (every answer token scored under the shift, the default), the
+#: first answer token, or honest_llama's ``len(tokens(question prompt)) + 4``
+SHIFT_STARTS = ("last_context_token", "first_answer_token", "original")
 _ANSWER_CUE = "\nA:"
 
 
 def _shift_starts(tokenizer: Any, questions: Sequence[MCQuestion], contexts: list[list[int]], shift_start: str) -> list[int]:
     """The absolute position each question's shift starts at."""
+    if shift_start == "last_context_token":
+        return [len(c) - 1 for c in contexts]
     if shift_start == "first_answer_token":
         return [len(c) for c in contexts]
     if shift_start != "original":
@@ -78,7 +84,7 @@ def score_choices(
     *,
     prefix: str | None = None,
     intervention: Intervention | None = None,
-    shift_start: str = "first_answer_token",
+    shift_start: str = "last_context_token",
     batch_size: int = 16,
     group_answers: int = 64,
     progress: bool = True,
@@ -90,8 +96,8 @@ def score_choices(
     and all answers of the group run in one batch on top of their question's cache. ``prefix=None`` runs one
     full forward per answer (the slow reference, same token ids, same numbers). ``group_answers`` bounds the
     answers per question group, ``batch_size`` the rows per forward pass. ``shift_start``: where the intervention's
-    shift starts (:data:`SHIFT_STARTS`; see the module docstring); a start inside the context runs that question
-    the slow way.
+    shift starts (:data:`SHIFT_STARTS`; see the module docstring); a start before the last context token runs that
+    question the slow way.
     """
     device = model_device(model)
     pad = pad_token_id(tokenizer)
@@ -101,7 +107,7 @@ def score_choices(
     lp = len(prefix_ids)
     starts = _shift_starts(tokenizer, questions, contexts, shift_start)
     shared = [qi for qi in range(len(questions)) if prefix and contexts[qi][:lp] == prefix_ids and len(contexts[qi]) > lp
-              and starts[qi] >= len(contexts[qi])]
+              and starts[qi] >= len(contexts[qi]) - 1]
     alone = sorted(set(range(len(questions))) - set(shared))
     bar = tqdm(total=sum(len(q.continuations) for q in questions), desc="MC scoring", unit="answer", disable=not progress)
     shift = intervention.applied if intervention is not None else None
@@ -147,7 +153,9 @@ def _groups(questions: list[int], n_answers: list[int], batch_size: int) -> list
 
 def _score_group(model, group, contexts, conts, scores, prefix_cache, lp, pad, device, shift, sizes: AdaptiveBatchSize,
                  starts: Sequence[int]) -> None:
-    # Stage 1: the question parts of the group, on top of the shared prefix (no shift: context tokens).
+    # Stage 1: the question parts of the group, on top of the shared prefix. Only a row whose shift starts at its
+    # last context token is shifted here, at that token alone (its logits score the first answer token, and its keys
+    # and values are what the answer tokens attend to, as in steered generation); the rest of the context is plain.
     q_ids, q_mask = pad_batch([contexts[qi][lp:] for qi in group], pad)
     past = fork_cache(prefix_cache)
     past.batch_repeat_interleave(len(group))
@@ -157,8 +165,14 @@ def _score_group(model, group, contexts, conts, scores, prefix_cache, lp, pad, d
     # Index tensors stay on the CPU: a CPU index works on a tensor of any device, while an index on the input device
     # fails on the hidden states and cache layers of a model whose later layers sit elsewhere (a device_map).
     keep = torch.unique(q_lens - 1)
-    out = model(input_ids=q_ids.to(device), attention_mask=attn.to(device), **with_cache(model, past), use_cache=True,
-                logits_to_keep=keep)
+    last_shifted = [starts[qi] == len(contexts[qi]) - 1 for qi in group]
+    stage1 = contextlib.nullcontext()
+    if shift is not None and any(last_shifted):  # absolute start per row: its last real token, or past the batch
+        first_shifted = torch.where(torch.tensor(last_shifted), lp + q_lens - 1, lp + q_ids.shape[1])
+        stage1 = shift(model, positions=first_shifted)
+    with stage1:
+        out = model(input_ids=q_ids.to(device), attention_mask=attn.to(device), **with_cache(model, past), use_cache=True,
+                    logits_to_keep=keep)
     where = torch.searchsorted(keep, q_lens - 1)
     first = out.logits[torch.arange(len(group)), where.to(out.logits.device)].float().log_softmax(-1)
     group_cache = returned_cache(out)
@@ -169,7 +183,8 @@ def _score_group(model, group, contexts, conts, scores, prefix_cache, lp, pad, d
             if len(cont) > 1:
                 rows.append((g, qi, ci))
     # Stage 2: the answers, each on top of its question's cache; all positions here are answer tokens, shifted from
-    # column starts[qi] - len(context) on (0: every column). The intervention counts columns after the padded cache.
+    # column max(starts[qi] - len(context), 0) on (0: every column). The intervention counts columns after the padded
+    # cache.
     rows.sort(key=lambda r: -len(conts[r[1]][r[2]]))  # similar lengths together: less padding
 
     def run(chunk: Sequence[tuple[int, int, int]]) -> None:
@@ -181,7 +196,7 @@ def _score_group(model, group, contexts, conts, scores, prefix_cache, lp, pad, d
         positions = lp + q_lens[index][:, None] + torch.arange(a_ids.shape[1])[None, :]
         kwargs = dict(input_ids=a_ids.to(device), attention_mask=attn.to(device), position_ids=positions.to(device),
                       **with_cache(model, past), use_cache=True)
-        skip = [starts[qi] - len(contexts[qi]) for _, qi, _ in chunk]
+        skip = [max(starts[qi] - len(contexts[qi]), 0) for _, qi, _ in chunk]
         where: str | torch.Tensor = "all" if not any(skip) else torch.tensor(skip) + lp + q_ids.shape[1]
         with (shift(model, positions=where) if shift else contextlib.nullcontext()):
             logits = model(**kwargs).logits

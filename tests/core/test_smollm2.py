@@ -164,6 +164,39 @@ def test_mc_scoring_shared_prefix_equals_full_forward(smollm2, tqa):
         np.testing.assert_allclose(a, b, atol=1e-4)
 
 
+def test_mc_scoring_steers_one_token_answers_as_decoding_does(smollm2):
+    """The issue's case: " blue" / " green" / " red" are one token each, so their scores come from the last context
+    token's logits. With 60 random heads at alpha 20 they move under the default scoring (the former first-answer
+    start left them exactly as plain), and each equals the log-prob the steered model gives it when decoding."""
+    from iti.intervention import Intervention
+    from iti.truthfulqa.mc_scoring import score_choices
+    from iti.truthfulqa.prompts import MCQuestion, shared_prefix
+
+    model, tok = smollm2
+    g = model_layout(model).geometry
+    rng = np.random.default_rng(0)
+    flat = rng.choice(g.num_layers * g.num_heads, 60, replace=False)
+    heads = [(int(i) // g.num_heads, int(i) % g.num_heads) for i in flat]
+    d = rng.normal(size=(60, g.head_dim))
+    inter = Intervention(heads, d / np.linalg.norm(d, axis=1, keepdims=True), np.ones(60), 20.0, "smollm2-135m", g)
+    ctx = shared_prefix() + "\n\nQ: What colour is the sky on a clear day?\nA:"
+    answers = (" blue", " green", " red")
+    ctx_ids = tok(ctx)["input_ids"]
+    assert all(len(tok(ctx + a)["input_ids"]) == len(ctx_ids) + 1 for a in answers)
+    q = MCQuestion(0, ctx, answers, (0,), (1, 2), 0)
+    plain = score_choices(model, tok, [q], prefix=shared_prefix(), progress=False)[0]
+    former = score_choices(model, tok, [q], prefix=shared_prefix(), intervention=inter, shift_start="first_answer_token",
+                           progress=False)[0]
+    np.testing.assert_array_equal(former, plain)
+    with torch.no_grad(), inter.applied(model, positions="last"):  # the steered model's next-token distribution
+        decoded = model(torch.tensor([ctx_ids])).logits[0, -1].float().log_softmax(-1)
+    expected = np.array([float(decoded[tok(ctx + a)["input_ids"][-1]]) for a in answers])
+    for prefix in (shared_prefix(), None):
+        steered = score_choices(model, tok, [q], prefix=prefix, intervention=inter, progress=False)[0]
+        np.testing.assert_allclose(steered, expected, atol=1e-4)
+    assert np.abs(expected - plain).max() > 0.1
+
+
 def test_validate_2fold_end_to_end_on_a_subset(smol_features, tmp_path):
     import json
 

@@ -95,7 +95,58 @@ def test_original_shift_start_is_len_question_prompt_plus_4(arch):
                             group_answers=3, progress=False)
         for a, b in zip(got, expected):
             np.testing.assert_allclose(a, b, atol=1e-4)
-    today = score_choices(model, tok, qs, prefix=PREFIX, intervention=inter, progress=False)
-    assert not np.allclose(np.concatenate(today), np.concatenate(expected))
     with pytest.raises(ValueError, match="shift_start"):
         score_choices(model, tok, qs, prefix=PREFIX, intervention=inter, shift_start="second", progress=False)
+
+
+def _decoded_logprob(model, context_ids, answer_ids, inter):
+    """Sum of log p(answer token) as the steered model produces them one at a time: the context as a prompt under
+    positions="last" (its last token shifted), then each answer token fed alone on the KV cache (every new token
+    shifted), as generate() would run it. Written out here, independent of score_choices."""
+    total = 0.0
+    with torch.no_grad(), inter.applied(model, positions="last"):
+        out = model(input_ids=torch.tensor([context_ids]), use_cache=True)
+        past, logits = out.past_key_values, out.logits[0, -1]
+        for tok_id in answer_ids:
+            total += float(logits.float().log_softmax(-1)[tok_id])
+            out = model(input_ids=torch.tensor([[tok_id]]), past_key_values=past, use_cache=True)
+            past, logits = out.past_key_values, out.logits[0, -1]
+    return total
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "gemma2"])
+def test_default_mc_score_equals_steered_incremental_decoding(arch):
+    """The default MC score of every answer is what the steered model gives its tokens while decoding them, shared
+    prefix path and one forward per answer alike."""
+    model, tok = make_tiny_model(arch), tiny_tokenizer()
+    qs, inter = _questions(), make_intervention(model)
+    expected = []
+    for q in qs:
+        ctx = tok(q.context)["input_ids"]
+        expected.append(np.array([_decoded_logprob(model, ctx, tok(q.context + c)["input_ids"][len(ctx):], inter)
+                                  for c in q.continuations]))
+    fast = score_choices(model, tok, qs, prefix=PREFIX, intervention=inter, batch_size=2, group_answers=3, progress=False)
+    slow = score_choices(model, tok, qs, prefix=None, intervention=inter, progress=False)
+    for f, s, e in zip(fast, slow, expected):
+        np.testing.assert_allclose(f, e, atol=1e-4)
+        np.testing.assert_allclose(s, e, atol=1e-4)
+        np.testing.assert_allclose(f, s, atol=1e-4)
+
+
+def test_one_token_answers_change_under_an_intervention():
+    """A one-token answer is scored from the last context token's logits: the default shifts that token, so the
+    score moves; the former first-answer-token start left it exactly unsteered."""
+    model, tok = make_tiny_model("llama"), tiny_tokenizer()
+    ctx = PREFIX + "\n\nQ: What colour is the sky on a clear day?\nA:"
+    answers = ("x", "y", "z")  # one token each for the tiny tokenizer (the real-model case: tests/core/test_smollm2.py)
+    n = len(tok(ctx)["input_ids"])
+    assert all(len(tok(ctx + a)["input_ids"]) == n + 1 for a in answers)  # one token each
+    q = MCQuestion(0, ctx, answers, (0,), (1, 2), 0)
+    inter = make_intervention(model)
+    plain = score_choices(model, tok, [q], prefix=PREFIX, progress=False)[0]
+    for prefix in (PREFIX, None):
+        steered = score_choices(model, tok, [q], prefix=prefix, intervention=inter, progress=False)[0]
+        assert np.abs(steered - plain).max() > 1e-3
+        former = score_choices(model, tok, [q], prefix=prefix, intervention=inter, shift_start="first_answer_token",
+                               progress=False)[0]
+        np.testing.assert_allclose(former, plain, atol=1e-5)
