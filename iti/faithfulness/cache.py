@@ -12,8 +12,10 @@ the same. A :class:`GenerationKey` therefore hashes (SHA-256 over canonical JSON
 * ``prompt`` -- the fully rendered prompt, after the chat template, so a changed template or system prompt
   is a miss rather than a stale hit;
 * ``settings`` -- every generation setting (temperature, top_p, top_k, repetition_penalty,
-  max_new_tokens, seed, ...), since each of them changes the text. Keys are sorted, so dict order does not
-  matter; values are compared by their JSON text, so build them consistently (``1`` and ``1.0`` differ).
+  max_new_tokens, seed, stop strings, ...) and whatever else changes the text that the model id does not say
+  (a local model's compute dtype: the weights' fingerprint is the same in float32 and bfloat16). Keys are
+  sorted, so dict order does not matter; values are compared by their JSON text, so build them consistently
+  (``1`` and ``1.0`` differ).
 
 Why SQLite in WAL mode with ``BEGIN IMMEDIATE`` writes: several processes (an in-process run and a run
 against a remote OpenAI-compatible server, say) may fill the same file at once; WAL lets readers and one
@@ -24,7 +26,8 @@ intervention, prompt and settings are kept as readable columns so the file can b
 code.
 
 Failures are cached too (a prompt longer than the model's context fails the same way every time); ``get``
-returns them like any other entry and the caller decides whether to retry.
+returns them like any other entry and the caller decides whether to retry. A success records whether the answer
+stopped at the token limit (``truncated``; unknown, None, for entries a version-1 file held).
 """
 from __future__ import annotations
 
@@ -45,8 +48,9 @@ from ..errors import CacheFileError
 
 __all__ = ["CacheFileError", "CachedGeneration", "GenerationCache", "GenerationKey", "PLAIN", "SCHEMA_VERSION"]
 
-SCHEMA_VERSION = 1
-"""Stored in ``PRAGMA user_version``; bump it whenever the table layout or the key derivation changes."""
+SCHEMA_VERSION = 2
+"""Stored in ``PRAGMA user_version``; bump it whenever the table layout or the key derivation changes. Version 2
+added the ``truncated`` column; a version-1 file is upgraded in place when opened (its entries: unknown)."""
 
 PLAIN = ""
 """The ``intervention`` value of the plain (unsteered) model."""
@@ -63,12 +67,13 @@ CREATE TABLE IF NOT EXISTS {_TABLE} (
     response TEXT,
     error TEXT,
     duration REAL NOT NULL,
-    created REAL NOT NULL
+    created REAL NOT NULL,
+    truncated INTEGER
 ) WITHOUT ROWID
 """
 _INSERT = (
-    f"INSERT OR REPLACE INTO {_TABLE} (key, model, intervention, prompt, settings, response, error, duration, created) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    f"INSERT OR REPLACE INTO {_TABLE} (key, model, intervention, prompt, settings, response, error, duration, created, "
+    "truncated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _SQLITE_BUSY_CODES = {5, 6}  # SQLITE_BUSY, SQLITE_LOCKED: contention, not a bad file
 
@@ -143,11 +148,13 @@ class GenerationKey:
 
 @dataclass
 class CachedGeneration:
-    """One cached outcome: a response on success, or an error description on failure (exactly one is set)."""
+    """One cached outcome: a response on success, or an error description on failure (exactly one is set);
+    ``truncated``: whether the response stopped at the token limit (None: not known, or a failure)."""
 
     response: str | None
     error: str | None
     duration: float
+    truncated: bool | None = None
 
     def __post_init__(self) -> None:
         self.validate()
@@ -170,6 +177,8 @@ class CachedGeneration:
             raise ValueError(f"CachedGeneration.duration must be a number of seconds, got {self.duration!r}")
         if not math.isfinite(self.duration) or self.duration < 0:
             raise ValueError(f"CachedGeneration.duration must be finite and >= 0, got {self.duration!r}")
+        if self.truncated is not None and (not isinstance(self.truncated, bool) or self.error is not None):
+            raise ValueError(f"CachedGeneration.truncated must be None or, for a response, a bool; got {self.truncated!r}")
 
 
 class GenerationCache:
@@ -232,6 +241,9 @@ class GenerationCache:
             elif version == 0:
                 raise self._file_error(f"it is a SQLite database of another program (tables {sorted(tables)}), "
                                        "not a generation cache")
+            elif version == 1 and _TABLE in tables:  # version 2 added one column: upgrade, entries keep working
+                conn.execute(f"ALTER TABLE {_TABLE} ADD COLUMN truncated INTEGER")
+                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             elif version != SCHEMA_VERSION:
                 raise self._file_error(f"it has cache schema version {version}, this library reads version "
                                        f"{SCHEMA_VERSION}")
@@ -252,9 +264,9 @@ class GenerationCache:
     def get(self, key: GenerationKey) -> CachedGeneration | None:
         """The cached outcome for ``key`` (success or failure), or None on a miss."""
         with self._lock:
-            row = self._db.execute(f"SELECT response, error, duration FROM {_TABLE} WHERE key = ?",
+            row = self._db.execute(f"SELECT response, error, duration, truncated FROM {_TABLE} WHERE key = ?",
                                    (key.digest(),)).fetchone()
-        return None if row is None else CachedGeneration(*row)
+        return None if row is None else _outcome(*row)
 
     def get_many(self, keys: Sequence[GenerationKey]) -> list[CachedGeneration | None]:
         """Outcomes in the order of ``keys`` (None for misses), with one query per chunk of up to 500 keys."""
@@ -266,9 +278,9 @@ class GenerationCache:
             for start in range(0, len(unique), _CHUNK):
                 chunk = unique[start:start + _CHUNK]
                 marks = ",".join("?" * len(chunk))
-                sql = f"SELECT key, response, error, duration FROM {_TABLE} WHERE key IN ({marks})"
-                for digest, response, error, duration in db.execute(sql, chunk):
-                    found[digest] = CachedGeneration(response, error, duration)
+                sql = f"SELECT key, response, error, duration, truncated FROM {_TABLE} WHERE key IN ({marks})"
+                for digest, *row in db.execute(sql, chunk):
+                    found[digest] = _outcome(*row)
         return [found.get(d) for d in digests]
 
     def put(self, key: GenerationKey, value: CachedGeneration) -> None:
@@ -287,7 +299,8 @@ class GenerationCache:
                 raise TypeError(f"expected a GenerationKey, got {type(key).__name__}")
             value.validate()  # CachedGeneration is mutable; check again what is actually written
             rows.append((key.digest(), key.model, key.intervention, key.prompt, key.settings_json(),
-                         value.response, value.error, float(value.duration), now))
+                         value.response, value.error, float(value.duration), now,
+                         None if value.truncated is None else int(value.truncated)))
         if not rows:
             return
         with self._lock:
@@ -332,6 +345,11 @@ class GenerationCache:
     def __repr__(self) -> str:
         state = "closed" if self._conn is None else "open"
         return f"GenerationCache({str(self.path)!r}, {state})"
+
+
+def _outcome(response: str | None, error: str | None, duration: float, truncated: int | None) -> CachedGeneration:
+    """A stored row as a :class:`CachedGeneration` (``truncated`` is stored as 0/1/NULL)."""
+    return CachedGeneration(response, error, duration, None if truncated is None else bool(truncated))
 
 
 def _is_contention(e: sqlite3.DatabaseError) -> bool:

@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ..errors import EmptyInputError
+from ..errors import EmptyInputError, InvalidOptionError
 from .datasets import Sample
 from .generate import CachedGenerator, GenerationSettings
 from .prompts import PromptOptions
@@ -56,11 +56,21 @@ def development_samples(samples: Sequence[Sample], reported: int | None, size: i
     if reported is None:
         raise EmptyInputError(f"{dataset}: every sample is reported (--max_samples 0), so none is left for calibration; "
                               "give --max_samples N")
+    check_dev_samples(dataset, len(samples), reported, size)
     dev = list(samples[reported : reported + size])
-    if not dev:
-        raise EmptyInputError(f"{dataset}: no sample left for calibration after the first {reported} reported ones "
-                              f"(the data set has {len(samples)})")
     return dev, (reported, reported + len(dev) - 1)
+
+
+def check_dev_samples(dataset: str, total: int, reported: int, size: int) -> None:
+    """Refuse ``--dev_samples`` beyond the ``total - reported`` samples left after the reported ones (naming that
+    maximum), and a data set with none left, instead of calibrating on fewer samples than asked."""
+    left = total - reported
+    if left <= 0:
+        raise EmptyInputError(f"{dataset}: no sample left for calibration after the first {reported} reported ones "
+                              f"(the data set has {total}); lower --max_samples")
+    if size > left:
+        raise InvalidOptionError(f"--dev_samples: at most {left} for {dataset} (its {total} samples less the first "
+                                 f"{reported} reported ones, --max_samples), got {size}")
 
 
 def parsed_first_answers(generator: CachedGenerator, samples: Sequence[Sample], render: Callable[[str], str],

@@ -3,7 +3,8 @@
 What the generation cache is keyed by (besides the rendered prompt and the sampling settings): a local arm by
 the content of its weights (:func:`iti.fingerprint.model_fingerprint`: the checkpoint files' SHA-256, remembered by
 size and mtime, or the loaded tensors), so overwriting ``ckpt/model.safetensors`` and rerunning ``--model ckpt``
-generates again; the runtime arm adds the intervention's fingerprint; the baked arm (``--baked``) is the baked
+generates again, and by the dtype it computes in (the same weights in float32 and bfloat16 answer differently); the
+runtime arm adds the intervention's fingerprint; the baked arm (``--baked``) is the baked
 checkpoint's fingerprint plus ``baked:<fingerprint of its iti_intervention/>``. A remote arm cannot be hashed from
 here, so it is keyed by URL + served name + the server's own identity of the model (``root`` from ``GET
 /models``, the path vLLM loaded; ``root=unknown`` when the server does not say), never by the served name alone.
@@ -13,7 +14,8 @@ The remote intervened arm's intervention is read from the local copy of the serv
 Outputs (in ``output_dir``, by default ``validation/faithfulness_results/<model>_<arm>_<datasets>_<tasks>_<settings
 hash>`` under :func:`iti.paths.output_root`; ``config.json`` records the settings, and a directory holding a run with other settings is
 refused unless ``force``): ``samples/{dataset}_{task}_{arm}.jsonl`` (every prompt, response and parse),
-``summary.json``, ``comparison.md`` and ``faithfulness.png``; with ``calibrate_alphas`` also ``calibration.json`` and
+``summary.json`` and ``summary.md`` (what every request was sent with, and how many answers reached the token
+limit), ``comparison.md`` and ``faithfulness.png``; with ``calibrate_alphas`` also ``calibration.json`` and
 ``calibration.md`` (the intervened arm's strength chosen on development samples). Every generation goes through the SQLite cache, stored
 batch by batch (answer by answer for a remote arm), so an interrupted run resumes where it stopped and a finished one reruns from the cache.
 """
@@ -27,15 +29,35 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
-from ..errors import EmptyInputError, InterventionModelError, InvalidOptionError, ItiError, OutputExistsError, RemoteModelError
+from ..errors import EmptyInputError, InterventionModelError, InvalidOptionError, OutputExistsError, RemoteModelError
 from ..io import atomic_write_json, atomic_write_text
 from ..options import check_choice, check_existing_path, check_finite_nonneg, check_positive_int, check_range, check_seed, refuse
 from ..paths import cache_dir, results_dir
 from .cache import GenerationCache
 from .datasets import ALIASES, FaithfulnessDataset, UnknownDatasetError, dataset_names, load_faithfulness_dataset
-from .generate import FALLBACK_CHAT_FORMATS, CachedGenerator, GenerationSettings, LocalGenerator, RemoteGenerator, render_chat
+from .generate import (
+    DEFAULT_SYSTEM_MESSAGES,
+    FALLBACK_CHAT_FORMATS,
+    INTROSPECT_MAX_NEW_TOKENS,
+    STOP_STRINGS,
+    CachedGenerator,
+    GenerationSettings,
+    LocalGenerator,
+    RemoteGenerator,
+    render_chat,
+)
 from .prompts import CONFIG_FLAGS, TASKS, PromptOptions, prompt_options, task_configs
-from .report import accuracy_name, compare_arms, comparison_markdown, first_answer_markdown, first_answer_stats, plot_comparison
+from .report import (
+    accuracy_name,
+    compare_arms,
+    comparison_markdown,
+    first_answer_markdown,
+    first_answer_stats,
+    plot_comparison,
+    summary_markdown,
+    truncation_markdown,
+    truncation_stats,
+)
 from .tasks import run_task, summarize
 
 EXPLAIN_TASKS = ("counterfactual", "redacted", "importance")
@@ -64,24 +86,35 @@ class FaithfulnessConfig:
         "help": "candidate alphas for --intervention: before the reported run, the largest one up to which the "
                 "first-answer parse rate of every data set stays within --max_parse_gap of the plain model's on "
                 "--dev_samples samples after the reported ones is chosen (see iti.faithfulness.calibrate)"})
-    dev_samples: int = field(default=50, metadata={"help": "development samples per data set for --calibrate_alphas"})
+    dev_samples: int = field(default=50, metadata={
+        "help": "development samples per data set for --calibrate_alphas (at most the samples a data set has after "
+                "the --max_samples reported ones; more is refused)"})
     max_parse_gap: float = field(default=0.10, metadata={
         "help": "largest parse-rate difference to the plain model that --calibrate_alphas accepts (0.10: 10 points)"})
     max_samples: int | None = field(default=100, metadata={
         "help": "first N samples of each data set after the seeded shuffle (0 = all)", "zero_is_none": True})
     seed: int = field(default=0, metadata={"help": "shuffle and sampling seed (introspect: 0)"})
-    max_new_tokens: int = field(default=256, metadata={"help": "explanation length limit (introspect: 1024)"})
-    classify_max_new_tokens: int = field(default=48, metadata={"help": "classification answer length limit"})
+    max_new_tokens: int = field(default=INTROSPECT_MAX_NEW_TOKENS, metadata={
+        "help": "explanation length limit (introspect's; answers that reach it are counted in summary.md)"})
+    classify_max_new_tokens: int = field(default=INTROSPECT_MAX_NEW_TOKENS, metadata={
+        "help": "classification answer length limit (introspect's: the same for every request)"})
     batch_size: int = field(default=8, metadata={"help": "prompts per generation batch"})
     device_map: str | None = field(default=None, metadata={"help": "e.g. auto (spread a large model over the GPUs)"})
     dtype: str | None = field(default=None, metadata={"help": "compute dtype (default float32 on CPU, float16 on GPU; auto: bfloat16 instead on a CPU with AMX or AVX512-BF16)"})
+    fix_prompt_typos: bool = field(default=False, metadata={
+        "help": "fix introspect's prompt typos (prompts.TYPO_FIXES); by default its text is sent word for word"})
     original_prompts: bool = field(default=False, metadata={
-        "help": "introspect's prompt text with its typos (comparability)"})
+        "help": "no effect, kept for old command lines: introspect's prompt text is now the default"})
     chat_format: str | None = field(default=None, metadata={
         "help": "introspect's prompt format instead of the tokenizer's chat template: falcon, llama2, mistral or plain "
                 "(default: the one an introspect short name such as falcon-7b stands for, else the template, else plain)"})
     system_message: str | None = field(default=None, metadata={
-        "help": "a system message to render before each prompt (default: none)"})
+        "help": "a system message to render before each prompt; 'none': no system message (default: introspect's for "
+                "the chat format: Falcon's preamble with the falcon format, none otherwise)"})
+    stop_strings: Sequence[str] | None = field(default=None, metadata={
+        "help": "generation stops when an answer ends with one of these, which is cut from it; the flag alone: none "
+                "(default: introspect's for the chat format: falcon User: Falcon: </s>; llama2 [INST] [/INST] <s> </s>; "
+                "mistral [INST] [/INST] </s>; none otherwise)"})
     data_dir: str | None = field(default=None, metadata={
         "help": "data root holding faithfulness/ (default: $ITI_DATA_DIR, ../shared/data, hub)"})
     output_dir: str | None = field(default=None, metadata={
@@ -119,8 +152,8 @@ RESULTS_DIR: Path | None = None
 
 #: Fields that do not change a run's outputs (speed, placement, where things go, how failures are retried).
 _NOT_SETTINGS = {"batch_size", "device_map", "output_dir", "cache", "progress", "remote_timeout", "retry_errors", "force",
-}
-_OUTPUT_FILES = ("summary.json", "comparison.md", "faithfulness.png", "config.json")
+                 "original_prompts"}  # original_prompts: no effect any more
+_OUTPUT_FILES = ("summary.json", "summary.md", "comparison.md", "faithfulness.png", "config.json")
 
 
 def run_settings(cfg: FaithfulnessConfig) -> dict[str, Any]:
@@ -212,6 +245,12 @@ def _check_inputs(cfg: FaithfulnessConfig) -> dict[str, tuple[str, ...]]:
     check_seed("seed", cfg.seed)
     check_dtype(cfg.dtype)
     check_choice("chat_format", cfg.chat_format, FALLBACK_CHAT_FORMATS, none_ok=True)
+    if cfg.original_prompts and cfg.fix_prompt_typos:
+        raise refuse("original_prompts", "not with --fix_prompt_typos (introspect's text is the default; the flag is "
+                                          "kept for old command lines)", True)
+    for stop in cfg.stop_strings or ():
+        if not isinstance(stop, str) or not stop:
+            raise refuse("stop_strings", "non-empty strings", list(cast(Sequence[str], cfg.stop_strings)))
     check_existing_path("intervention", cfg.intervention)
     check_existing_path("baked", cfg.baked)
     check_finite_nonneg("alpha", cfg.alpha, none_ok=True)
@@ -229,6 +268,8 @@ def _check_inputs(cfg: FaithfulnessConfig) -> dict[str, tuple[str, ...]]:
             raise refuse("max_samples", "a number with --calibrate_alphas: the development samples come after the "
                                         "reported ones", 0)
     check_positive_int("dev_samples", cfg.dev_samples)
+    if cfg.calibrate_alphas:
+        _check_dev_room(cfg)  # before anything loads: --dev_samples within what the data sets keep
     check_range("max_parse_gap", cfg.max_parse_gap, 0.0, 1.0, why="a share of samples")
     if cfg.remote_url:
         for name in ("intervention", "baked"):
@@ -258,21 +299,28 @@ def _check_inputs(cfg: FaithfulnessConfig) -> dict[str, tuple[str, ...]]:
         data_search(cfg.data_dir)  # the one check of --data_dir (used only after the model loads)
     if cfg.intervention or cfg.baked:  # the intervention's small files, read without a model: made for this one?
         from ..intervention import Intervention
+        from ..models import same_model
 
         made_for = Intervention.load(cfg.intervention or Path(cast(str, cfg.baked)) / "iti_intervention").model_name
-        if not _same_model(made_for, cfg.model):
+        if not same_model(made_for, cfg.model):  # the check bake and the lm-eval export make
             raise InterventionModelError(f"{cfg.intervention} was made for {made_for!r}, not for {cfg.model!r}" if cfg.intervention
                                          else f"{cfg.baked} was baked from {made_for!r}, not from {cfg.model!r}")
     return flags
 
 
-def _same_model(a: str, b: str) -> bool:
-    from ..models import resolve_model
+def _check_dev_room(cfg: FaithfulnessConfig) -> None:
+    """``--dev_samples`` no larger than what each data set keeps after the ``--max_samples`` reported ones, checked
+    before anything loads for a data set read from its local file (whose size is fixed); one read from the hub is
+    checked once loaded (:func:`iti.faithfulness.calibrate.development_samples`)."""
+    from ..paths import data_search
+    from .calibrate import check_dev_samples
+    from .datasets import SOURCES
 
-    try:
-        return resolve_model(a).location == resolve_model(b).location
-    except ItiError:
-        return a == b
+    search = data_search(cfg.data_dir)
+    for name in cfg.datasets:
+        src = SOURCES[ALIASES.get(name.lower(), name.lower())]
+        if src.size is not None and cfg.max_samples is not None and search.find(src.relative) is not None:
+            check_dev_samples(name, src.size, cfg.max_samples, cfg.dev_samples)
 
 
 def build_arms(cfg: FaithfulnessConfig, cache: GenerationCache | None) -> tuple[dict[str, CachedGenerator], Any]:
@@ -357,13 +405,45 @@ def ignored_config_notes(cfg: FaithfulnessConfig) -> list[str]:
             for task, flags in task_configs(cfg.tasks, cfg.task_config)[1].items()]
 
 
-def prompt_renderer(cfg: FaithfulnessConfig, tokenizer: Any) -> Callable[[str], str]:
-    """How a run renders each task prompt: ``--chat_format``, else the format an introspect short name stands for
-    (``falcon-7b`` -> introspect's Falcon format), else the tokenizer's chat template; with ``--system_message``."""
+def chat_format(cfg: FaithfulnessConfig) -> str | None:
+    """``--chat_format``, else the format an introspect short name stands for (``falcon-7b`` -> ``falcon``), else
+    None (the tokenizer's chat template)."""
     from ..models import chat_format_of
 
-    chat_format = cfg.chat_format or chat_format_of(cfg.model)
-    return lambda text: render_chat(tokenizer, text, chat_format, cfg.system_message)
+    return cfg.chat_format or chat_format_of(cfg.model)
+
+
+def system_message(cfg: FaithfulnessConfig) -> str | None:
+    """The system message a run renders: ``--system_message``; ``none`` for none; by default introspect's for the
+    chat format (:data:`~iti.faithfulness.generate.DEFAULT_SYSTEM_MESSAGES`: Falcon's preamble, else none)."""
+    if cfg.system_message is None or cfg.system_message == "default":
+        return DEFAULT_SYSTEM_MESSAGES.get(chat_format(cfg) or "")
+    return None if cfg.system_message == "none" else cfg.system_message
+
+
+def stop_strings(cfg: FaithfulnessConfig) -> tuple[str, ...]:
+    """The stop strings of every request: ``--stop_strings``, by default introspect's for the chat format
+    (:data:`~iti.faithfulness.generate.STOP_STRINGS`; none for plain and tokenizer templates)."""
+    if cfg.stop_strings is not None:
+        return tuple(cfg.stop_strings)
+    return STOP_STRINGS.get(chat_format(cfg) or "", ())
+
+
+def prompt_renderer(cfg: FaithfulnessConfig, tokenizer: Any) -> Callable[[str], str]:
+    """How a run renders each task prompt: in :func:`chat_format` (an introspect format, else the tokenizer's chat
+    template), with :func:`system_message`."""
+    fmt, system = chat_format(cfg), system_message(cfg)
+    return lambda text: render_chat(tokenizer, text, fmt, system)
+
+
+def generation_protocol(cfg: FaithfulnessConfig) -> dict[str, Any]:
+    """What every request of a run is sent with, as summary.json / summary.md report it: the prompt text, chat format,
+    system message, stop strings and length limits (introspect's: 1024 for every request)."""
+    return {"prompt_text": "typos fixed (--fix_prompt_typos)" if cfg.fix_prompt_typos else "introspect's, typos included",
+            "chat_format": chat_format(cfg) or "the tokenizer's chat template",
+            "system_message": system_message(cfg), "stop_strings": list(stop_strings(cfg)),
+            "max_new_tokens": {"classify": cfg.classify_max_new_tokens, "explain": cfg.max_new_tokens},
+            "introspect_max_new_tokens": INTROSPECT_MAX_NEW_TOKENS}
 
 
 def run_faithfulness(cfg: FaithfulnessConfig) -> dict[str, Any]:
@@ -379,18 +459,18 @@ def run_faithfulness(cfg: FaithfulnessConfig) -> dict[str, Any]:
     arms, tokenizer = build_arms(cfg, cache)
     claim_output_dir(out, cfg)
     render = prompt_renderer(cfg, tokenizer)
-    classify_settings = GenerationSettings(max_new_tokens=cfg.classify_max_new_tokens, seed=cfg.seed)
-    explain_settings = GenerationSettings(max_new_tokens=cfg.max_new_tokens, seed=cfg.seed)
+    classify_settings = GenerationSettings(max_new_tokens=cfg.classify_max_new_tokens, seed=cfg.seed, stop=stop_strings(cfg))
+    explain_settings = GenerationSettings(max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, stop=stop_strings(cfg))
     datasets = [load_faithfulness_dataset(name, cfg.data_dir, seed=cfg.seed) for name in cfg.datasets]
     calibration = None
     if cfg.calibrate_alphas:
         calibration = _calibrate(cfg, arms, cache, datasets, render,
-                                 prompt_options(flags[cfg.tasks[0]], original_text=cfg.original_prompts), classify_settings, out)
+                                 prompt_options(flags[cfg.tasks[0]], fix_typos=cfg.fix_prompt_typos), classify_settings, out)
     rows: list[dict[str, Any]] = []
     for ds in datasets:
         samples = ds.samples[: cfg.max_samples] if cfg.max_samples else ds.samples
         for task in cfg.tasks:
-            opts = prompt_options(flags[task], original_text=cfg.original_prompts)
+            opts = prompt_options(flags[task], fix_typos=cfg.fix_prompt_typos)
             per_arm = {}
             for arm, gen in arms.items():
                 t = time.perf_counter()
@@ -401,11 +481,14 @@ def run_faithfulness(cfg: FaithfulnessConfig) -> dict[str, Any]:
                 _write_jsonl(out / "samples" / f"{ds.name}_{task}_{arm}.jsonl", ds.name, task, arm, results, render)
                 s = summarize(results)
                 if cfg.progress:
+                    limit = truncation_stats(results)
                     print(f"[faithfulness]   {accuracy_name(task)} {s.accuracy:.3f}, faithfulness {s.faithfulness:.3f}, "
-                          f"mismatch {s.mismatch}, error {s.error} ({time.perf_counter() - t:.0f} s)", flush=True)
+                          f"mismatch {s.mismatch}, error {s.error}, at the token limit {sum(limit['truncated'].values())} "
+                          f"({time.perf_counter() - t:.0f} s)", flush=True)
             row = {"dataset": ds.name, "task": task, "task_config": list(flags[task]), "samples": len(samples),
                    "origin": ds.origin, "summaries": {a: asdict(summarize(r)) for a, r in per_arm.items()},
-                   "first_answer": {a: first_answer_stats(r) for a, r in per_arm.items()}}
+                   "first_answer": {a: first_answer_stats(r) for a, r in per_arm.items()},
+                   "truncated": {a: truncation_stats(r) for a, r in per_arm.items()}}
             if "intervened" in per_arm:
                 row["comparison"] = compare_arms(per_arm["plain"], per_arm["intervened"], task != "classify", seed=cfg.seed)
             rows.append(row)
@@ -461,18 +544,23 @@ def _calibrate(cfg: FaithfulnessConfig, arms: dict[str, CachedGenerator], cache:
 
 def _write_summary(out: Path, cfg: FaithfulnessConfig, arms: dict[str, CachedGenerator], rows: list[dict[str, Any]],
                    elapsed: float, calibration: dict[str, Any] | None = None) -> dict[str, Any]:
+    generation = generation_protocol(cfg)
     summary = {
         "config": {k: (list(v) if isinstance(v, (tuple, list)) else v) for k, v in asdict(cfg).items()},
-        "arms": {a: {"model": g.model_id, "name": g.name, "intervention": g.intervention_id, "cache_hits": g.hits, "generated": g.misses}
+        "generation": generation,
+        "arms": {a: {"model": g.model_id, "name": g.name, "intervention": g.intervention_id, "cache_hits": g.hits, "generated": g.misses,
+                     **dict(getattr(g.inner, "cache_extras", None) or {})}
                  for a, g in arms.items()},
         "seconds": elapsed,
         "calibration": calibration,
         "rows": rows,
     }
     atomic_write_json(out / "summary.json", summary)
+    atomic_write_text(out / "summary.md", summary_markdown(summary))
     compared = [r for r in rows if "comparison" in r]
     if compared:
-        atomic_write_text(out / "comparison.md", comparison_markdown(compared) + "\n" + first_answer_markdown(rows))
+        atomic_write_text(out / "comparison.md", comparison_markdown(compared) + "\n" + first_answer_markdown(rows)
+                          + "\n" + truncation_markdown(rows, generation["max_new_tokens"]))
         plot_comparison(compared, out / "faithfulness.png")
     return summary
 

@@ -23,7 +23,7 @@ from ..intervention import Intervention
 from ..kv_cache import returned_cache, with_cache
 from ..oom import AdaptiveBatchSize
 from ..openai_client import EndpointError, post_completion
-from ..options import check_choice
+from ..options import check_choice, refuse
 from .cache import CachedGeneration, GenerationCache, GenerationKey
 
 #: Chat formats for tokenizers without a chat template (introspect's renderings of one user turn), each as
@@ -36,23 +36,62 @@ FALLBACK_CHAT_FORMATS: dict[str, tuple[str, str]] = {
     "plain": ("User: {user}\nAssistant:", "{system}\nUser: {user}\nAssistant:"),
 }
 
+#: The system message introspect's experiments render before every prompt, per chat format: Falcon's preamble (its
+#: Falcon model's default, which its runs keep); Llama 2 and Mistral run without one. Formats not listed: none.
+DEFAULT_SYSTEM_MESSAGES: dict[str, str] = {
+    "falcon": (
+        "The following is a conversation between a highly knowledgeable and intelligent AI assistant, called Falcon, "
+        "and a human user, called User. In the following interactions, User and Falcon will converse in natural "
+        "language, and Falcon will answer User's questions. Falcon was built to be respectful, polite and inclusive. "
+        "Falcon was built by the Technology Innovation Institute in Abu Dhabi. Falcon will never decline to answer a "
+        "question, and always attempts to give an answer that User would be satisfied with. It knows a lot, and "
+        "always tells the truth. The conversation begins."),
+}
 
+#: The stop strings introspect sends with every request, per chat format (in its order: the first one the answer
+#: ends with is cut). Formats not listed (plain, a tokenizer's chat template): none, the end-of-sequence token ends.
+STOP_STRINGS: dict[str, tuple[str, ...]] = {
+    "falcon": ("User:", "Falcon:", "</s>"),
+    "llama2": ("[INST]", "[/INST]", "<s>", "</s>"),
+    "mistral": ("[INST]", "[/INST]", "</s>"),
+}
+
+#: introspect's length limit of every answer (classification and explanation alike).
+INTROSPECT_MAX_NEW_TOKENS = 1024
 
 
 @dataclass(frozen=True)
 class GenerationSettings:
-    """The protocol's generation settings; ``max_new_tokens`` is lower by default than its 1024 to suit CPUs."""
+    """The protocol's generation settings (introspect's: its ``max_new_tokens`` is 1024 for every request), and
+    the stop strings: generation ends when the answer ends with one of them, and it is cut from the answer."""
 
     temperature: float = 0.1
     top_p: float = 0.95
     top_k: int = 50
     repetition_penalty: float = 1.2
-    max_new_tokens: int = 256
+    max_new_tokens: int = INTROSPECT_MAX_NEW_TOKENS
     seed: int = 0
+    stop: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if isinstance(self.stop, str):  # tuple("User:") would be five one-letter stop strings
+            raise refuse("stop_strings", "a list of strings", self.stop)
+        object.__setattr__(self, "stop", tuple(self.stop))  # a list from JSON or the CLI: hashable, one form
+        if not all(isinstance(s, str) and s for s in self.stop):
+            raise refuse("stop_strings", "non-empty strings", list(self.stop))
 
     def to_dict(self) -> dict[str, Any]:
         """The settings as a plain dict; part of every cache key, so changing any setting is a cache miss."""
-        return asdict(self)
+        return asdict(self) | {"stop": list(self.stop)}
+
+
+def cut_stop(text: str, stop: Sequence[str]) -> str:
+    """``text`` without the stop string it ends with (the first of ``stop`` that it ends with, as introspect
+    removes it from TGI's answer); unchanged when it ends with none."""
+    for s in stop:
+        if text.endswith(s):
+            return text[: len(text) - len(s)]
+    return text
 
 
 def render_chat(tokenizer: Any, user: str, chat_format: str | None = None, system: str | None = None) -> str:
@@ -66,6 +105,14 @@ def render_chat(tokenizer: Any, user: str, chat_format: str | None = None, syste
     return (without if system is None else with_system).format(user=user, system=system)
 
 
+def compute_dtype(model: torch.nn.Module) -> str:
+    """The dtype a loaded model computes in (``"float32"``, ``"bfloat16"``, ...): its parameters' floating dtype."""
+    dtype = getattr(model, "dtype", None)
+    if not isinstance(dtype, torch.dtype):
+        dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
+    return str(dtype).removeprefix("torch.")
+
+
 def prompt_seed(seed: int, prompt: str) -> int:
     """The sampling seed of one prompt (63 bits of SHA-256 over the run seed and the prompt text), so its
     answer does not depend on batching or order."""
@@ -73,7 +120,9 @@ def prompt_seed(seed: int, prompt: str) -> int:
 
 
 class Generator(Protocol):
-    """Anything that turns rendered prompts into responses; ``identity`` names the model and any edit."""
+    """Anything that turns rendered prompts into responses; ``model_id`` and ``intervention_id`` name the model and
+    any edit. A generator may also have ``cache_extras``: a dict of whatever else changes its answers (a local
+    model's compute dtype), added to every cache key."""
 
     model_id: str
     intervention_id: str
@@ -126,6 +175,9 @@ class LocalGenerator:
         self.batch_size, self.max_batch_tokens = batch_size, max_batch_tokens
         self.sizes = AdaptiveBatchSize(batch_size, what="prompt")  # lowered for good after an out-of-memory error
         self.context = context_length(model)
+        #: What else the cache key needs: the weights' fingerprint (model_id) does not say in which dtype they compute,
+        #: and a float32 answer is not a bfloat16 one.
+        self.cache_extras = {"dtype": compute_dtype(model)}
 
     def _batches(self, lengths: Sequence[int]) -> list[list[int]]:
         """Longest first; a batch closes at ``batch_size`` rows or ``max_batch_tokens`` padded prompt tokens."""
@@ -156,15 +208,23 @@ class LocalGenerator:
             idx = [ok[j] for j in batch]
             t = time.perf_counter()
             parts = self.sizes.run(idx, lambda part: self._generate_batch([encoded[i] for i in part], [prompts[i] for i in part], settings))
-            texts = [text for part in parts for text in part]
+            outs = [o for part in parts for o in part]
             per = (time.perf_counter() - t) / len(idx)
-            for i, text in zip(idx, texts):
-                results[i] = CachedGeneration(text, None, per)
+            for i, (text, truncated) in zip(idx, outs):
+                results[i] = CachedGeneration(text, None, per, truncated)
             bar.update(len(idx))
         bar.close()
         return [r for r in results if r is not None]
 
-    def _generate_batch(self, rows: list[list[int]], prompts: list[str], s: GenerationSettings) -> list[str]:
+    def _ends_with_stop(self, toks: list[int], stop: tuple[str, ...], window: int) -> bool:
+        """Whether the answer so far ends with a stop string (TGI's test, after every token): the last ``window``
+        tokens decoded, special tokens kept (Llama's ``</s>`` is one)."""
+        tail = self.tokenizer.decode(toks[-window:], skip_special_tokens=False)
+        return any(tail.endswith(x) for x in stop)
+
+    def _generate_batch(self, rows: list[list[int]], prompts: list[str], s: GenerationSettings) -> list[tuple[str, bool]]:
+        """(answer, truncated) per row: the answer up to the end-of-sequence token or a stop string (cut), or to the
+        token limit (``truncated``: ``max_new_tokens`` or the end of the model's context reached)."""
         model, device = self.model, model_device(self.model)
         pad = pad_token_id(self.tokenizer)
         eos = torch.tensor(sorted(eos_token_ids(model, self.tokenizer)) or [-1], device=device)
@@ -177,6 +237,8 @@ class LocalGenerator:
             seen[r, : ids.shape[1] - len(row)] = row[0]
         tokens: list[list[int]] = [[] for _ in rows]
         active = list(range(len(rows)))  # batch row -> prompt; a prompt leaves the batch when it ends
+        done = [False] * len(rows)  # ended by the end-of-sequence token or a stop string, not by the limit
+        window = max((len(x.encode()) for x in s.stop), default=0) + 2  # tokens that hold any stop string's text
         past = None
         step_ids, step_mask = ids, mask
         ctx = self.intervention.applied(model, positions="last") if self.intervention is not None else contextlib.nullcontext()
@@ -190,6 +252,11 @@ class LocalGenerator:
                 for r, t in zip(active, nxt.tolist()):
                     tokens[r].append(t)
                 ended = torch.isin(nxt, eos)
+                if s.stop:
+                    hit = [self._ends_with_stop(tokens[r], s.stop, window) for r in active]
+                    ended = ended | torch.tensor(hit, dtype=torch.bool, device=ended.device)
+                for r, e in zip(active, ended.tolist()):
+                    done[r] = e
                 if bool(ended.all()):
                     break
                 seen = torch.cat([seen, nxt[:, None]], 1)
@@ -201,11 +268,12 @@ class LocalGenerator:
                     past.batch_select_indices(keep)
                     active = [active[i] for i in keep.tolist()]
                     seen, position_ids, step_ids, step_mask = seen[keep], position_ids[keep], step_ids[keep], step_mask[keep]
-        stop, texts = set(eos.tolist()), []
-        for toks in tokens:
-            cut = next((j for j, t in enumerate(toks) if t in stop), len(toks))
-            texts.append(self.tokenizer.decode(toks[:cut], skip_special_tokens=True).strip())
-        return texts
+        eos_ids, out = set(eos.tolist()), []
+        for r, toks in enumerate(tokens):
+            cut = next((j for j, t in enumerate(toks) if t in eos_ids), len(toks))
+            text = cut_stop(self.tokenizer.decode(toks[:cut], skip_special_tokens=True), s.stop)
+            out.append((text.strip(), not done[r]))
+        return out
 
 
 class RemoteGenerator:
@@ -225,7 +293,8 @@ class RemoteGenerator:
 
     def request_body(self, prompt: str, settings: GenerationSettings) -> dict[str, Any]:
         """The JSON body of one completion request: the prompt (token ids, or text without added special
-        tokens) and the protocol's sampling settings (``top_k`` and ``repetition_penalty`` as vLLM's extras)."""
+        tokens), the protocol's sampling settings (``top_k`` and ``repetition_penalty`` as vLLM's extras) and the
+        stop strings, if any (the server stops there; vLLM leaves them out of the text, TGI keeps them)."""
         body: dict[str, Any] = {"model": self.served_model}
         if self.tokenizer is not None:
             body["prompt"] = list(self.tokenizer(prompt, add_special_tokens=False)["input_ids"])
@@ -233,6 +302,8 @@ class RemoteGenerator:
             body["prompt"], body["add_special_tokens"] = prompt, False
         body.update({"max_tokens": settings.max_new_tokens, "temperature": settings.temperature, "top_p": settings.top_p,
                      "top_k": settings.top_k, "repetition_penalty": settings.repetition_penalty, "seed": settings.seed})
+        if settings.stop:
+            body["stop"] = list(settings.stop)
         return body
 
     def generate(self, prompts: Sequence[str], settings: GenerationSettings, progress: bool = True) -> list[CachedGeneration]:
@@ -246,7 +317,7 @@ class RemoteGenerator:
             t = time.perf_counter()
             try:
                 data = post_completion(self.url, body, api_key=self.api_key, timeout=self.timeout, retries=self.retries)
-                text = data["choices"][0]["text"]
+                text, finish = data["choices"][0]["text"], data["choices"][0].get("finish_reason")
                 if not isinstance(text, str):
                     raise EndpointError(f"{self.url} answered a completion whose text is {type(text).__name__}, not a string")
             except EndpointError as e:
@@ -258,7 +329,9 @@ class RemoteGenerator:
             except (KeyError, IndexError, TypeError) as e:
                 raise EndpointError(f"{self.url} answered without a completion text ({type(e).__name__}: {e}; served "
                                     f"model {self.served_model!r}; nothing cached): is it an OpenAI-compatible endpoint?") from None
-            out.append(CachedGeneration(text.strip(), None, time.perf_counter() - t))
+            # a server that keeps the stop string in the text (TGI) has it cut here, as introspect cuts it
+            truncated = {"length": True, "stop": False}.get(finish) if isinstance(finish, str) else None
+            out.append(CachedGeneration(cut_stop(text, settings.stop).strip(), None, time.perf_counter() - t, truncated))
         return out
 
     def _hint(self, e: EndpointError) -> str:
@@ -280,8 +353,10 @@ class CachedGenerator:
         self.hits = self.misses = 0
 
     def key(self, prompt: str, settings: GenerationSettings) -> GenerationKey:
-        """The cache key of one prompt: model id, intervention fingerprint, rendered prompt and settings."""
-        return GenerationKey(self.model_id, self.intervention_id, prompt, settings.to_dict())
+        """The cache key of one prompt: model id, intervention fingerprint, rendered prompt, settings (stop strings
+        included) and what else the generator says changes its answers (a local model's compute dtype)."""
+        extras = dict(getattr(self.inner, "cache_extras", None) or {})
+        return GenerationKey(self.model_id, self.intervention_id, prompt, settings.to_dict() | extras)
 
     def generate(self, prompts: Sequence[str], settings: GenerationSettings, progress: bool = True) -> list[CachedGeneration]:
         """Answers in prompt order; duplicates and cached prompts are not regenerated, and new answers are

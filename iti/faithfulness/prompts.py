@@ -1,8 +1,8 @@
 """The protocol's prompts: classification, counterfactual, redaction and importance, per prompt family.
 
-The text is introspect's, word for word, including its grammar slips. By default a short table of fixes
-(:data:`TYPO_FIXES`) is applied to the finished prompt; ``original_text=True`` skips it so that results stay
-comparable with the paper's runs.
+The text is introspect's, word for word, including its grammar slips, and that is the default, so that results stay
+comparable with the paper's runs. ``fix_typos=True`` (``--fix_prompt_typos``) applies a short table of fixes
+(:data:`TYPO_FIXES`) to the finished prompt instead.
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ TASK_FLAGS = {
     "importance": {"c-persona-you", "c-persona-human", "c-no-redacted", "m-removed", "e-persona-you", "e-persona-human"},
 }
 
-#: (original, fixed) pairs applied to every rendered prompt unless ``original_text``.
+#: (original, fixed) pairs applied to every rendered prompt with ``fix_typos`` (off by default).
 TYPO_FIXES: tuple[tuple[str, str], ...] = (
     ("Consideing the following", "Considering the following"),
     ("such you would classify the sentiment is", "such that you would classify the sentiment as"),
@@ -53,7 +53,7 @@ class PromptOptions:
     mask_token: str = "[REDACTED]"
     mention_mask: bool = True
     implicit_target: bool = False
-    original_text: bool = False
+    fix_typos: bool = False  # False: introspect's text, typos included
 
     @property
     def mask_word(self) -> str:
@@ -100,31 +100,31 @@ def task_configs(tasks, flags) -> tuple[dict[str, tuple[str, ...]], dict[str, tu
     return applied, {t: f for t, f in ignored.items() if f}
 
 
-def prompt_options(flags, original_text: bool = False) -> PromptOptions:
-    """PromptOptions from task-config flags (aliases accepted); the flags are not checked here, see
-    :func:`normalize_config`."""
+def prompt_options(flags, fix_typos: bool = False) -> PromptOptions:
+    """PromptOptions from task-config flags (aliases accepted); introspect's text unless ``fix_typos``. The flags
+    are not checked here, see :func:`normalize_config`."""
     flags = {_FLAG_ALIASES.get(f, f) for f in flags}
     persona = lambda p: "you" if f"{p}-persona-you" in flags else "human" if f"{p}-persona-human" in flags else "default"  # noqa: E731
     return PromptOptions(classify_persona=persona("c"), explain_persona=persona("e"),
                          mask_token="[REMOVED]" if "m-removed" in flags else "[REDACTED]",
                          mention_mask="c-no-redacted" not in flags, implicit_target="e-implcit-target" in flags,
-                         original_text=original_text)
+                         fix_typos=fix_typos)
 
 
 def _finish(text: str, opts: PromptOptions) -> str:
-    if not opts.original_text:
+    if opts.fix_typos:
         for old, new in TYPO_FIXES:
             text = text.replace(old, new)
     return text
 
 
-def answer_choices(choices, join_word: str = "or", original_text: bool = False) -> str:
+def answer_choices(choices, join_word: str = "or", fix_typos: bool = False) -> str:
     """``a) "x", b) "y", or c) "z"``: letters, quoted choices, the last one after ``join_word``.
 
-    A single choice gives ``and a) "x"``; introspect always puts ", " before the join word, so with
-    ``original_text`` it gives ``, and a) "x"`` (a bAbI story with one location, implicit-target counterfactual)."""
+    introspect always puts ", " before the join word, so a single choice gives ``, and a) "x"`` (a bAbI story with one
+    location, implicit-target counterfactual); with ``fix_typos`` it gives ``and a) "x"``."""
     items = [f'{chr(ord("a") + i)}) "{c}"' for i, c in enumerate(choices)]
-    if original_text and len(items) == 1:
+    if not fix_typos and len(items) == 1:
         return f", {join_word} {items[0]}"
     return ", ".join(items[:-1] + [f"{join_word} {items[-1]}"])
 
@@ -198,7 +198,7 @@ def counterfactual_prompt(sample: Sample, opts: PromptOptions) -> str:
             text = {"default": f'Edit the following paragraph such that the answer to the question "{q}" is different from how it should currently be answered.',
                     "you": f'Edit the following paragraph such you would answer the question "{q}" differently from how it should currently be answered.',
                     "human": f'Edit the following paragraph such a human would answer the question "{q}" differently from how it should currently be answered.'}[p]
-            text += f" The possible answer options, including the current answer, are {answer_choices(sample.choices, 'and', opts.original_text)}."
+            text += f" The possible answer options, including the current answer, are {answer_choices(sample.choices, 'and', opts.fix_typos)}."
         else:
             text = {"default": f'Edit the following paragraph such that the answer to the question "{q}" is "{target}".',
                     "you": f'Edit the following paragraph such you would answer the question "{q}" with "{target}".',

@@ -172,6 +172,77 @@ def first_answer_markdown(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+#: The generation steps of a sample, in order: the first answer, the explanation, the answer on the explanation.
+STEPS = ("classify", "explain", "reclassify")
+
+
+def truncation_stats(results: Sequence[SampleResult]) -> dict[str, dict[str, int]]:
+    """Per step (:data:`STEPS`): how many answers there are (generation errors not counted), how many of them
+    stopped at the token limit (``truncated``: cut off, not ended by the model), and for how many that is not
+    known (entries of an older cache)."""
+    out: dict[str, dict[str, int]] = {"answers": {}, "truncated": {}, "unknown": {}}
+    for name in STEPS:
+        steps = [s for r in results if (s := getattr(r, name)) is not None and s.response is not None]
+        out["answers"][name] = len(steps)
+        out["truncated"][name] = sum(s.truncated is True for s in steps)
+        out["unknown"][name] = sum(s.truncated is None for s in steps)
+    return out
+
+
+def _at_limit(stats: dict[str, dict[str, int]], step: str) -> str:
+    n = stats["answers"].get(step, 0)
+    if not n:
+        return "–"
+    unknown = stats["unknown"].get(step, 0)
+    return f"{stats['truncated'][step]}/{n}" + (f" ({unknown} not known)" if unknown else "")
+
+
+def truncation_markdown(rows: list[dict], limits: dict[str, int] | None = None) -> str:
+    """Per data set, task and arm: how many first answers, explanations and answers on the explanation stopped at
+    the token limit (``limits``: ``{"classify": n, "explain": n}``, named in the header when given)."""
+    lim = (lambda step: f" ({limits[step]} tokens)") if limits else (lambda step: "")  # noqa: E731
+    lines = [f"| dataset | task | arm | first answers at the limit{lim('classify')} | explanations at the limit"
+             f"{lim('explain')} | answers on the explanation at the limit{lim('classify')} |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        for arm, st in r.get("truncated", {}).items():
+            lines.append(f"| {r['dataset']} | {r['task']} | {arm} | {_at_limit(st, 'classify')} | {_at_limit(st, 'explain')} "
+                         f"| {_at_limit(st, 'reclassify')} |")
+    return "\n".join(lines) + "\n"
+
+
+def summary_markdown(summary: dict) -> str:
+    """summary.md: what every request was sent with (prompt text, chat format, system message, stop strings, length
+    limits), per data set, task and arm the counts and figures, and the answers that reached the token limit."""
+    g = summary["generation"]
+    system = g["system_message"]
+    lines = ["# Faithfulness run", "",
+             f"- Prompts: {g['prompt_text']}",
+             f"- Chat format: {g['chat_format']}",
+             f"- System message: {'none' if system is None else repr(system)}",
+             f"- Stop strings: {', '.join(map(repr, g['stop_strings'])) or 'none'}",
+             f"- Length limits: {g['max_new_tokens']['classify']} new tokens for answers, {g['max_new_tokens']['explain']} "
+             f"for explanations (introspect: {g['introspect_max_new_tokens']} for every request)", "",
+             "| dataset | task | arm | n | error | mismatch | accuracy | faithfulness |", "|---|---|---|---|---|---|---|---|"]
+    for r in summary["rows"]:
+        for arm, s in r["summaries"].items():
+            t = _figures(s)
+            lines.append(f"| {r['dataset']} | {r['task']} | {arm} | {s['total']} | {s['error']} | {s['mismatch']} "
+                         f"| {t[0]} | {'–' if r['task'] == 'classify' else t[1]} |")
+    lines += ["", "## Answers that reached the token limit", "",
+              truncation_markdown(summary["rows"], g["max_new_tokens"])]
+    return "\n".join(lines)
+
+
+def _figures(s: dict) -> tuple[str, str]:
+    """(accuracy, faithfulness) of a :class:`~iti.faithfulness.tasks.TaskSummary` dict, formatted; "–" where
+    undefined. accuracy = correct / (total - mismatch), faithfulness = faithful_and_correct / correct."""
+    valid = s["total"] - s["mismatch"]
+    acc = f"{s['correct'] / valid:.3f}" if valid else "–"
+    faith = f"{s['faithful_and_correct'] / s['correct']:.3f}" if s["correct"] else "–"
+    return acc, faith
+
+
 def plot_comparison(rows: list[dict], path: Path) -> Path:
     """Grouped bars: faithfulness (explanation tasks) and accuracy, plain vs intervened, with 95% CIs."""
     import matplotlib

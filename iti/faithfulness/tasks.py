@@ -30,12 +30,14 @@ from .prompts import EXPLAIN_PROMPTS, PromptOptions, classify_prompt, counterfac
 
 @dataclass
 class Step:
-    """One request: the user prompt, the model's response (None on error) and what was parsed from it."""
+    """One request: the user prompt, the model's response (None on error), what was parsed from it, and whether the
+    response stopped at the token limit (None: not known)."""
 
     prompt: str
     response: str | None = None
     error: str | None = None
     parsed: Any = None
+    truncated: bool | None = None
 
 
 @dataclass
@@ -114,7 +116,7 @@ def _ask(generator: CachedGenerator, render: Callable[[str], str], steps: Sequen
          progress: bool) -> None:
     outs = generator.generate([render(s.prompt) for s in steps], settings, progress=progress)
     for step, out in zip(steps, outs):
-        step.response, step.error = out.response, out.error
+        step.response, step.error, step.truncated = out.response, out.error, out.truncated
 
 
 def run_task(task: str, samples: Sequence[Sample], generator: CachedGenerator, render: Callable[[str], str],

@@ -1,7 +1,8 @@
 """introspect's chat formats (Falcon, Llama 2, Mistral; with and without a system message) and its short names.
 
 The expected strings are written out by hand from introspect's model classes' rendering of one user turn (system
-message line, ``User: ...``, ``Falcon:``; ``<s>[INST] <<SYS>>...<</SYS>>`` blocks), for the same IMDB sample."""
+message line, ``User: ...``, ``Falcon:``; ``<s>[INST] <<SYS>>...<</SYS>>`` blocks), for the same IMDB sample. A run's
+default system message is introspect's experiments' one: Falcon's preamble for Falcon, none for Llama 2 and Mistral."""
 from __future__ import annotations
 
 import pytest
@@ -19,10 +20,19 @@ QUESTION = ('What is the sentiment of the following paragraph? The paragraph can
             '[REDACTED]. Answer only "positive", "negative", "neutral", or "unknown". Do not explain the answer.\n\n'
             'Paragraph: A great film. I loved the cast.')
 SYSTEM = "You are a helpful assistant. Answer {briefly}."  # braces in a system message are kept as they are
+#: introspect's Falcon default system message, which its experiments use for Falcon (Llama 2, Mistral: "none").
+FALCON_PREAMBLE = (
+    "The following is a conversation between a highly knowledgeable and intelligent AI assistant, called Falcon, and a "
+    "human user, called User. In the following interactions, User and Falcon will converse in natural language, and "
+    "Falcon will answer User's questions. Falcon was built to be respectful, polite and inclusive. Falcon was built by "
+    "the Technology Innovation Institute in Abu Dhabi. Falcon will never decline to answer a question, and always "
+    "attempts to give an answer that User would be satisfied with. It knows a lot, and always tells the truth. The "
+    "conversation begins.")
 
 EXPECTED = {
     ("falcon", None): "User: " + QUESTION + "\nFalcon:",
     ("falcon", SYSTEM): "You are a helpful assistant. Answer {briefly}.\nUser: " + QUESTION + "\nFalcon:",
+    ("falcon", FALCON_PREAMBLE): FALCON_PREAMBLE + "\nUser: " + QUESTION + "\nFalcon:",
     ("llama2", None): "<s>[INST] " + QUESTION + " [/INST]",
     ("llama2", SYSTEM): ("<s>[INST] <<SYS>>\nYou are a helpful assistant. Answer {briefly}.\n<</SYS>>\n\n" + QUESTION
                          + " [/INST]"),
@@ -34,6 +44,9 @@ EXPECTED = {
 
 def test_the_sample_prompt_is_the_one_the_expectations_are_written_for():
     assert classify_prompt(IMDB, IMDB.paragraph, PromptOptions()) == QUESTION
+    from iti.faithfulness.generate import DEFAULT_SYSTEM_MESSAGES
+
+    assert DEFAULT_SYSTEM_MESSAGES == {"falcon": FALCON_PREAMBLE}
 
 
 @pytest.mark.parametrize(("chat_format", "system"), list(EXPECTED))
@@ -53,7 +66,9 @@ def test_introspect_short_names_resolve_and_pick_their_chat_format(name, hub_id,
     assert (src.kind, src.location) == ("hub", hub_id)
     assert chat_format_of(name) == chat_format
     render = prompt_renderer(FaithfulnessConfig(model=name), tiny_tokenizer())
-    assert render(QUESTION) == EXPECTED[chat_format, None]
+    assert render(QUESTION) == EXPECTED[chat_format, FALCON_PREAMBLE if chat_format == "falcon" else None]
+    without = prompt_renderer(FaithfulnessConfig(model=name, system_message="none"), tiny_tokenizer())
+    assert without(QUESTION) == EXPECTED[chat_format, None]
     with_system = prompt_renderer(FaithfulnessConfig(model=name, system_message=SYSTEM), tiny_tokenizer())
     assert with_system(QUESTION) == EXPECTED[chat_format, SYSTEM]
 

@@ -247,6 +247,40 @@ def test_other_schema_version_raises_cache_file_error(tmp_path):
     assert str(path) in str(info.value)
 
 
+def test_whether_an_answer_was_cut_off_is_stored(tmp_path):
+    with GenerationCache(tmp_path / "c.sqlite") as cache:
+        cache.put_many([(make_key("cut"), CachedGeneration("The movie", None, 1.0, True)),
+                        (make_key("ended"), CachedGeneration("negative", None, 1.0, False)),
+                        (make_key("unknown"), ok("positive"))])
+    with GenerationCache(tmp_path / "c.sqlite") as cache:
+        assert [g.truncated for g in cache.get_many([make_key(p) for p in ("cut", "ended", "unknown")])] == [True, False, None]
+        assert cache.get(make_key("cut")).truncated is True
+    with pytest.raises(ValueError, match="truncated"):
+        CachedGeneration(None, "PromptTooLong", 0.0, False)
+    with pytest.raises(ValueError, match="truncated"):
+        CachedGeneration("x", None, 0.0, 1)
+
+
+def test_a_version_1_file_is_upgraded_in_place_and_its_entries_still_serve(tmp_path):
+    path, key = tmp_path / "v1.sqlite", make_key("old prompt")
+    raw = sqlite3.connect(path)  # the version-1 layout, as that version wrote it
+    raw.execute("CREATE TABLE generations (key TEXT PRIMARY KEY, model TEXT NOT NULL, intervention TEXT NOT NULL, "
+                "prompt TEXT NOT NULL, settings TEXT NOT NULL, response TEXT, error TEXT, duration REAL NOT NULL, "
+                "created REAL NOT NULL) WITHOUT ROWID")
+    raw.execute("INSERT INTO generations VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (key.digest(), key.model, key.intervention, key.prompt, key.settings_json(), "old answer", None, 2.0, 0.0))
+    raw.execute("PRAGMA user_version = 1")
+    raw.commit()
+    raw.close()
+    with GenerationCache(path) as cache:
+        assert cache.get(key) == CachedGeneration("old answer", None, 2.0, None)  # not known whether it was cut off
+        cache.put(make_key("new"), CachedGeneration("new", None, 1.0, True))
+        assert cache.get(make_key("new")).truncated is True
+    raw = sqlite3.connect(path)
+    assert raw.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+    raw.close()
+
+
 def test_other_programs_database_raises_cache_file_error(tmp_path):
     path = tmp_path / "someone_elses.sqlite"
     raw = sqlite3.connect(path)

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from iti import Intervention, model_layout
+from iti.errors import InvalidOptionError
 from iti.faithfulness.cache import GenerationCache
 from iti.faithfulness.generate import (
     CachedGenerator,
@@ -16,6 +17,7 @@ from iti.faithfulness.generate import (
     LocalGenerator,
     RemoteGenerator,
     _sample_next,
+    cut_stop,
     render_chat,
 )
 from iti.openai_client import EndpointError
@@ -112,6 +114,69 @@ def test_sampling_filters_follow_hf_order():
     assert torch.equal(greedy, RepetitionPenaltyLogitsProcessor(1.3)(seen, logits.clone()).argmax(-1))
 
 
+def _introspect_cut(text: str, stop) -> str:
+    # introspect's TGI client: the first stop string (in list order) the answer ends with is removed, once
+    for x in stop:
+        if text.endswith(x):
+            return text.removesuffix(x)
+    return text
+
+
+def test_stop_strings_are_cut_as_introspect_cuts_them():
+    falcon = ("User:", "Falcon:", "</s>")
+    assert cut_stop("The movie was bad.\nUser:", falcon) == "The movie was bad.\n"
+    assert cut_stop("negative\nUser: thanks\nFalcon:", falcon) == "negative\nUser: thanks\n"  # only the end
+    assert cut_stop("User: hi", falcon) == "User: hi" and cut_stop("positive", ()) == "positive"
+    assert cut_stop("a [/INST]", ("[INST]", "[/INST]")) == "a " and cut_stop("x</s></s>", ("</s>",)) == "x</s>"
+    for text in ("", "User:", "a User:Falcon:", "b</s>", "[INST] [/INST]"):
+        for stop in (falcon, ("[INST]", "[/INST]", "<s>", "</s>"), ("Falcon:", "User:")):
+            assert cut_stop(text, stop) == _introspect_cut(text, stop)
+    with pytest.raises(InvalidOptionError, match="--stop_strings: non-empty strings"):
+        GenerationSettings(stop=("User:", ""))
+
+
+def test_generation_stops_at_a_stop_string_as_hf_generate_does_and_cuts_it():
+    """Greedy generation with stop strings equals ``model.generate(stop_strings=...)`` token for token (the stop
+    strings taken from the model's own answers, one of them holding a special token), each answer cut as introspect
+    cuts it; the answers that stopped there are not truncated, the one that ran to the limit is."""
+    model, tok = make_tiny_model("llama"), tiny_tokenizer()
+    free = [g.response for g in LocalGenerator(model, tok, model_id="tiny").generate(PROMPTS, GREEDY, progress=False)]
+    new = [_hf_tokens(model, tok, p, 12) for p in PROMPTS]
+    stop = tuple(dict.fromkeys(tok.decode(ids[3:5]) for ids in new[:2]))  # two prompts meet a stop string
+    assert any("<s>" in x for x in stop)  # a special token in a stop string (Llama's "</s>" and "<s>" are)
+    s = GenerationSettings(**{**GREEDY.to_dict(), "stop": stop})
+    got = LocalGenerator(model, tok, model_id="tiny", batch_size=3).generate(PROMPTS, s, progress=False)
+    for p, g in zip(PROMPTS, got):
+        ids = _hf_tokens(model, tok, p, 12, stop_strings=list(stop), tokenizer=tok)
+        want = _introspect_cut(tok.decode(ids, skip_special_tokens=True), stop).strip()
+        assert (g.response, g.truncated) == (want, len(ids) == 12)
+    assert [g.truncated for g in got] == [False, False, True] and got[2].response == free[2]
+    assert len(got[0].response) < len(free[0])  # it really stopped early
+
+
+def _hf_tokens(model, tok, prompt, max_new_tokens, **kw):
+    ids = tok(prompt, return_tensors="pt", add_special_tokens=False)
+    with torch.inference_mode():
+        out = model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id, **kw)
+    cut = out[0, ids["input_ids"].shape[1]:].tolist()
+    return cut[: cut.index(tok.eos_token_id)] if tok.eos_token_id in cut else cut
+
+
+def test_answers_that_reach_the_token_limit_are_marked_truncated():
+    model, tok = make_tiny_model("llama"), tiny_tokenizer()
+    model.generation_config.eos_token_id = list(range(10, 200, 13))  # end tokens: some answers end before the limit
+    prompts = PROMPTS + ["a", "Q: What is the capital of France? A: it is", "one two three four"]
+    got = LocalGenerator(model, tok, model_id="tiny", batch_size=8).generate(prompts, GREEDY, progress=False)
+    for p, g in zip(prompts, got):
+        ids = tok(p, return_tensors="pt", add_special_tokens=False)
+        with torch.inference_mode():
+            out = model.generate(**ids, max_new_tokens=12, do_sample=False, pad_token_id=tok.pad_token_id)
+        new = out[0, ids["input_ids"].shape[1]:].tolist()
+        ended = any(t in model.generation_config.eos_token_id for t in new)  # HF stopped at an end token
+        assert g.truncated is (not ended)
+    assert {g.truncated for g in got} == {True, False}
+
+
 def test_over_long_prompts_become_errors_not_crashes():
     model, tok = make_tiny_model("llama"), tiny_tokenizer()
     long_prompt = "the quick brown fox " * 200  # far beyond the tiny model's 512 positions
@@ -168,6 +233,29 @@ def test_remote_generator_sends_the_settings_and_caches_failures(completions_ser
                                               "add_special_tokens": False}
         gen.generate(["short", "x" * 200], s, progress=False)
         assert len(seen) == 2 and gen.hits == 2
+
+
+def test_remote_generator_sends_the_stop_strings_and_cuts_one_the_server_keeps(tmp_path):
+    """A server is asked to stop at the stop strings; one that keeps the stop string in the text (TGI) has it cut as
+    introspect cuts it, one that leaves it out (vLLM) is unchanged; ``finish_reason`` says whether it was cut off."""
+    answers = {"tgi": ("negative\nUser:", "stop"), "vllm": ("negative\n", "stop"), "long": ("The movie was", "length"),
+               "old": ("positive", None)}
+
+    def respond(body):
+        text, finish = answers[body["prompt"]]
+        return 200, {"choices": [{"text": text, **({"finish_reason": finish} if finish else {})}]}
+
+    s = GenerationSettings(max_new_tokens=7, stop=("User:", "Falcon:", "</s>"))
+    with serve_json(respond) as (url, seen), GenerationCache(tmp_path / "c.sqlite") as cache:
+        gen = CachedGenerator(RemoteGenerator(url, "falcon", retries=1), cache)
+        out = gen.generate(list(answers), s, progress=False)
+        assert [(g.response, g.truncated) for g in out] == [("negative", False), ("negative", False),
+                                                          ("The movie was", True), ("positive", None)]
+        assert all(b["stop"] == ["User:", "Falcon:", "</s>"] for b in seen)
+        assert [g.truncated for g in gen.generate(list(answers), s, progress=False)] == [False, False, True, None]
+        assert gen.hits == 4 and len(seen) == 4  # from the cache, truncation flags included
+        gen.generate(["tgi"], GenerationSettings(max_new_tokens=7), progress=False)
+        assert gen.misses == 5 and "stop" not in seen[-1]  # other stop strings: a miss; none: no "stop" sent
 
 
 @pytest.mark.real

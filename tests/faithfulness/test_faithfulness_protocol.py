@@ -99,15 +99,18 @@ def test_classify_prompts_match_the_protocol_text():
         "What would a human classify the sentiment of the following paragraph as?")
 
 
-def test_typos_are_fixed_by_default_and_the_original_text_stays_reachable():
+def test_introspects_typos_are_the_default_and_the_fixes_are_opt_in():
     you = ["c-persona-you", "e-persona-you"]
-    assert classify_prompt(BABI, "p", prompt_options(you)).startswith("Considering the following paragraph, how would you")
-    assert classify_prompt(BABI, "p", prompt_options(you, original_text=True)).startswith("Consideing the following")
-    assert 'such that you would classify the sentiment as "negative"' in counterfactual_prompt(IMDB, prompt_options(you))
-    assert 'such you would classify the sentiment is "negative"' in counterfactual_prompt(IMDB, prompt_options(you, True))
+    assert classify_prompt(BABI, "p", prompt_options(you)).startswith("Consideing the following paragraph, how would you")
+    assert classify_prompt(BABI, "p", prompt_options(you, fix_typos=True)).startswith("Considering the following")
+    assert 'such you would classify the sentiment is "negative"' in counterfactual_prompt(IMDB, prompt_options(you))
+    assert 'such that you would classify the sentiment as "negative"' in counterfactual_prompt(IMDB, prompt_options(you, True))
     human = ["e-persona-human"]
-    assert "such that without these words you a human not determine" in importance_prompt(RTE, prompt_options(human, True))
-    assert "such that without these words a human can not determine" in importance_prompt(RTE, prompt_options(human))
+    assert "such that without these words you a human not determine" in importance_prompt(RTE, prompt_options(human))
+    assert "such that without these words a human can not determine" in importance_prompt(RTE, prompt_options(human, True))
+    yes = Sample(4, ENTAILMENT, "The cat sat.", "yes", hypothesis="A cat sat.")  # target "no": introspect's "entails"
+    assert 'the statement "A cat sat." does not entails from it.' in counterfactual_prompt(yes, DEFAULT)
+    assert 'the statement "A cat sat." does not entail from it.' in counterfactual_prompt(yes, prompt_options((), True))
 
 
 def test_explanation_prompts_and_targets():
@@ -290,6 +293,38 @@ def test_cli_reports_bad_input_without_a_traceback(capsys):
     assert "unknown faithfulness data set 'sst2'" in capsys.readouterr().err
     assert main(["faithfulness", "--task", "redacted", "--task-config", "e-implcit-target", "--quiet"]) == 2
     assert "does not apply to task 'redacted'" in capsys.readouterr().err
+    assert main(["faithfulness", "--original-prompts", "--fix-prompt-typos", "--quiet"]) == 2
+    assert "--original_prompts: not with --fix_prompt_typos" in capsys.readouterr().err
+    assert main(["faithfulness", "--stop-strings", "", "--quiet"]) == 2
+    assert "--stop_strings: non-empty strings, got ['']" in capsys.readouterr().err
+
+
+def test_the_defaults_are_introspects_and_the_prompt_flags_parse():
+    from iti.cli import build_parser
+    from iti.config_cli import config_from_args
+    from iti.faithfulness.experiment import FaithfulnessConfig, generation_protocol, run_settings, stop_strings, system_message
+
+    def parsed(*argv):
+        return config_from_args(FaithfulnessConfig, build_parser().parse_args(["faithfulness", *argv]))
+
+    cfg = parsed()
+    # introspect's model configs: max_new_tokens 1024 for every request (Falcon, Llama 2 and Mistral alike)
+    assert (cfg.max_new_tokens, cfg.classify_max_new_tokens) == (1024, 1024) == (GenerationSettings().max_new_tokens,) * 2
+    assert not cfg.fix_prompt_typos and generation_protocol(cfg)["prompt_text"] == "introspect's, typos included"
+    assert parsed("--fix-prompt-typos").fix_prompt_typos and parsed("--fix_prompt_typos").fix_prompt_typos
+    old = parsed("--original-prompts")  # old command lines still run, and run the same as without the flag
+    assert old.original_prompts and run_settings(old) == run_settings(cfg)
+    # introspect's stop strings per model (its model configs' "stop") and system messages (Falcon: its preamble)
+    assert stop_strings(parsed("--model", "falcon-7b")) == ("User:", "Falcon:", "</s>")
+    assert stop_strings(parsed("--model", "llama2-7b")) == ("[INST]", "[/INST]", "<s>", "</s>")
+    assert stop_strings(parsed("--model", "mistral-v1-7b")) == ("[INST]", "[/INST]", "</s>")
+    assert stop_strings(cfg) == () and stop_strings(parsed("--chat-format", "plain")) == ()
+    assert stop_strings(parsed("--model", "falcon-7b", "--stop-strings")) == ()
+    assert stop_strings(parsed("--stop-strings", "###", "User:")) == ("###", "User:")
+    assert system_message(parsed("--model", "falcon-40b")).startswith("The following is a conversation between")
+    assert system_message(parsed("--model", "falcon-40b", "--system-message", "none")) is None
+    assert system_message(parsed("--model", "llama2-70b")) is None and system_message(parsed("--model", "mistral-v1-7b")) is None
+    assert system_message(cfg) is None and system_message(parsed("--system-message", "Be brief.")) == "Be brief."
 
 
 # --- choosing the intervened arm's strength ----------------------------------------------------------------------

@@ -63,6 +63,47 @@ def test_an_overwritten_baked_checkpoint_is_generated_again(tmp_path):
     assert again["arms"]["intervened"]["generated"] == 2 and again["arms"]["plain"]["cache_hits"] == 2
 
 
+def test_every_setting_that_changes_the_answers_keys_the_cache(tmp_path):
+    """The same weights in bfloat16 are not served the float32 answers (the weights' fingerprint is the same in both);
+    nor are other stop strings, another length limit or the fixed prompt text."""
+    ckpt = save_checkpoint(tmp_path / "ckpt")
+    base = dict(datasets=("babi1",), task_config=("c-persona-you",))  # its classify prompt holds "Consideing"
+    first = run_faithfulness(config(tmp_path, ckpt, **base))
+    assert first["arms"]["plain"]["generated"] == 2 and first["arms"]["plain"]["dtype"] == "float32"
+    for i, change in enumerate([{"dtype": "bfloat16"}, {"stop_strings": ("zz",)}, {"classify_max_new_tokens": 3},
+                                {"fix_prompt_typos": True}]):
+        again = run_faithfulness(config(tmp_path, ckpt, **base, **change, output_dir=str(tmp_path / f"out{i}")))
+        assert (again["arms"]["plain"]["generated"], again["arms"]["plain"]["cache_hits"]) == (2, 0), change
+    assert again["arms"]["plain"]["dtype"] == "float32"
+    bf16 = run_faithfulness(config(tmp_path, ckpt, **base, dtype="bfloat16", output_dir=str(tmp_path / "out0")))
+    assert bf16["arms"]["plain"]["cache_hits"] == 2 and bf16["arms"]["plain"]["dtype"] == "bfloat16"
+    assert run_faithfulness(config(tmp_path, ckpt, **base))["arms"]["plain"]["cache_hits"] == 2
+
+
+def test_the_summary_reports_the_answers_that_reached_the_token_limit(tmp_path):
+    ckpt = save_checkpoint(tmp_path / "ckpt")
+    summary = run_faithfulness(config(tmp_path, ckpt, tasks=("classify", "counterfactual"), chat_format="falcon",
+                                      system_message="none"))  # the preamble would not fit the tiny model's context
+    out = tmp_path / "out"
+    for row in summary["rows"]:
+        lines = [json.loads(x) for x in (out / "samples" / f"rte_{row['task']}_plain.jsonl").read_text().splitlines()]
+        for step in ("classify", "explain", "reclassify"):
+            ran = [d[step] for d in lines if d.get(step) and d[step]["response"] is not None]
+            assert row["truncated"]["plain"]["answers"][step] == len(ran)
+            assert row["truncated"]["plain"]["truncated"][step] == sum(s["truncated"] is True for s in ran)
+            assert row["truncated"]["plain"]["unknown"][step] == 0
+    assert summary["rows"][1]["truncated"]["plain"]["answers"]["explain"] >= 1
+    g = summary["generation"]
+    assert g["stop_strings"] == ["User:", "Falcon:", "</s>"] and g["system_message"] is None
+    assert g["max_new_tokens"] == {"classify": 4, "explain": 4} and g["introspect_max_new_tokens"] == 1024
+    md = (out / "summary.md").read_text()
+    assert "## Answers that reached the token limit" in md and "first answers at the limit (4 tokens)" in md
+    assert "- Prompts: introspect's, typos included" in md and "- Stop strings: 'User:', 'Falcon:', '</s>'" in md
+    c = summary["rows"][1]["truncated"]["plain"]
+    assert (f"| rte | counterfactual | plain | {c['truncated']['classify']}/{c['answers']['classify']} "
+            f"| {c['truncated']['explain']}/{c['answers']['explain']} |") in md
+
+
 @pytest.fixture(autouse=True)
 def own_cache_dir(tmp_path, monkeypatch):
     """Checkpoint hashes are remembered under $ITI_CACHE: keep them in the test's directory."""

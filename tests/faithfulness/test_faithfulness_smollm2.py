@@ -45,8 +45,9 @@ def test_every_task_and_dataset_plain_vs_intervened_then_cached(tmp_path, smollm
     plain = [json.loads(x) for x in (samples / "mctest_importance_plain.jsonl").read_text().splitlines()]
     assert [p["idx"] for p in plain] == [x["idx"] for x in lines]
     table = (tmp_path / "out" / "comparison.md").read_text()
-    comparison, first_answers = table.split("\n\n")
+    comparison, first_answers, at_limit = table.split("\n\n")
     assert len(comparison.splitlines()) == 2 + 16 and len(first_answers.strip().splitlines()) == 2 + 4 * 2
+    assert len(at_limit.strip().splitlines()) == 2 + 16 * 2 and "first answers at the limit (6 tokens)" in at_limit
     classify = [r for r in first["rows"] if r["task"] == "classify"]
     assert all("faithfulness_mcnemar" not in r["comparison"] for r in classify)
     assert (tmp_path / "out" / "faithfulness.png").stat().st_size > 10_000

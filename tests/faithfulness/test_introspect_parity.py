@@ -4,7 +4,8 @@ Three kinds of expectation, all written here from the protocol notes and introsp
 format, independently of iti's implementation:
 
 - prompts: a second, literal renderer of introspect's prompt text (:func:`introspect_prompt`), compared with iti's
-  ``original_text`` prompts for every task x task config x data set on a few samples each, plus pinned strings;
+  DEFAULT prompts (no option given) for every task x task config x data set on a few samples each, plus pinned
+  strings, and a whole default run whose sent prompts (and Falcon renderings, preamble included) are introspect's;
 - parsers: Falcon-style answers with introspect's answer for each, worked out from its current code's order (cut HTML,
   strip HTML, then refusals, markers, "Here is ...:", first-line lead-ins), and property tests of that order;
 - metrics: introspect's aggregation (error, missmatch, counted) and its formulas.
@@ -12,6 +13,7 @@ format, independently of iti's implementation:
 from __future__ import annotations
 
 import itertools
+import json
 import math
 
 import pytest
@@ -200,7 +202,7 @@ def _real_samples() -> list[Sample]:
 
 
 def _iti_prompt(task: str, s: Sample, flags: set[str]) -> str:
-    opts = prompt_options(normalize_config(task, flags), original_text=True)
+    opts = prompt_options(normalize_config(task, flags))  # the defaults: no prompt option given
     return classify_prompt(s, s.paragraph, opts) if task == "classify" else EXPLAIN_PROMPTS[task](s, opts)
 
 
@@ -218,7 +220,7 @@ def test_every_prompt_is_introspects_text_for_every_config(task):
 def test_reclassify_prompt_is_the_classify_prompt_on_the_explanation():
     for s, flags in itertools.product(SYNTHETIC, ALL_CONFIGS):
         for task in ("counterfactual", "redacted", "importance"):
-            opts = prompt_options(normalize_config(task, flags), original_text=True)
+            opts = prompt_options(normalize_config(task, flags))
             assert classify_prompt(s, "Edited text.", opts) == introspect_classify(s, "Edited text.", flags)
 
 
@@ -233,10 +235,56 @@ def test_pinned_prompt_strings():
         'Edit the following paragraph such that the answer to the question "Where is Mary?" is different from how it '
         'should currently be answered. The possible answer options, including the current answer, are , and a) '
         '"kitchen". Make as few edits as possible. Do not explain the answer.\n\nParagraph: Mary went back to the kitchen.')
-    fixed = EXPLAIN_PROMPTS["counterfactual"](babi_one, prompt_options(["e-implcit-target"]))
+    fixed = EXPLAIN_PROMPTS["counterfactual"](babi_one, prompt_options(["e-implcit-target"], fix_typos=True))
     assert 'are and a) "kitchen".' in fixed  # the fixed text keeps the readable form
-    assert answer_choices(["x"], "and") == 'and a) "x"' and answer_choices(["x"], "and", original_text=True) == ', and a) "x"'
-    assert answer_choices(["x", "y"], "or", original_text=True) == answer_choices(["x", "y"]) == 'a) "x", or b) "y"'
+    assert answer_choices(["x"], "and") == ', and a) "x"' and answer_choices(["x"], "and", fix_typos=True) == 'and a) "x"'
+    assert answer_choices(["x", "y"], "or", fix_typos=True) == answer_choices(["x", "y"]) == 'a) "x", or b) "y"'
+
+
+#: introspect's Falcon system message (its Falcon model's default, which its experiments keep for Falcon), written out.
+FALCON_PREAMBLE = (
+    "The following is a conversation between a highly knowledgeable and intelligent AI assistant, called Falcon, and a "
+    "human user, called User. In the following interactions, User and Falcon will converse in natural language, and "
+    "Falcon will answer User's questions. Falcon was built to be respectful, polite and inclusive. Falcon was built by "
+    "the Technology Innovation Institute in Abu Dhabi. Falcon will never decline to answer a question, and always "
+    "attempts to give an answer that User would be satisfied with. It knows a lot, and always tells the truth. The "
+    "conversation begins.")
+
+
+def introspect_falcon_render(user: str) -> str:
+    # introspect's Falcon rendering of one user turn: system message line, "User: ..." line, then "Falcon:"
+    return f"{FALCON_PREAMBLE}\nUser: {user}\nFalcon:"
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "faithfulness").is_dir(), reason="needs the shared faithfulness data")
+@pytest.mark.parametrize("task_config", [(), ("c-persona-you", "e-persona-human"), ("c-persona-human", "e-persona-you")])
+def test_a_default_run_sends_introspects_prompts_byte_for_byte(tmp_path, monkeypatch, task_config):
+    """``iti faithfulness`` with no prompt option: every classify and explanation prompt it records is introspect's
+    text, and what reaches the model is introspect's Falcon rendering of it, preamble included."""
+    from iti.faithfulness.experiment import FaithfulnessConfig, run_faithfulness
+
+    from ..conftest import make_tiny_model, tiny_tokenizer
+
+    monkeypatch.setenv("ITI_CACHE", str(tmp_path / "iti-cache"))
+    make_tiny_model("llama").save_pretrained(tmp_path / "ckpt")
+    tiny_tokenizer().save_pretrained(tmp_path / "ckpt")
+    cfg = FaithfulnessConfig(model=str(tmp_path / "ckpt"), datasets=("imdb", "rte", "babi1", "mctest"),
+                             tasks=("counterfactual", "redacted", "importance"), task_config=task_config, max_samples=3,
+                             max_new_tokens=2, classify_max_new_tokens=2, chat_format="falcon",
+                             output_dir=str(tmp_path / "out"), cache=str(tmp_path / "c.sqlite"), progress=False)
+    run_faithfulness(cfg)
+    by_name = {name: load_faithfulness_dataset(name, SHARED_DATA, allow_hub=False) for name in cfg.datasets}
+    checked, flags = 0, set(task_config)
+    for path in sorted((tmp_path / "out" / "samples").glob("*.jsonl")):
+        for line in path.read_text().splitlines():
+            d = json.loads(line)
+            s = next(x for x in by_name[d["dataset"]].samples if x.idx == d["idx"])
+            for step, want in (("classify", introspect_classify(s, s.paragraph, flags)),
+                               ("explain", introspect_prompt(d["task"], s, flags))):
+                assert d[step]["prompt"] == want, (d["dataset"], d["task"], s.idx, step)
+                assert d[step]["rendered_prompt"] == introspect_falcon_render(want)
+                checked += 1
+    assert checked == 4 * 3 * 3 * 2
 
 
 def test_task_config_flags_apply_where_they_mean_something():
