@@ -15,6 +15,7 @@ def saved(tmp_path):
     model.save_pretrained(tmp_path / "model")
     tiny_tokenizer().save_pretrained(tmp_path / "model")
     inter = make_intervention(model, alpha=4.0)
+    inter.model_name = str(tmp_path / "model")  # made for this checkpoint (the lm-eval export checks it)
     inter.save(tmp_path / "inter")
     return tmp_path, inter
 
@@ -64,3 +65,82 @@ def test_honest_llama_features_export_and_import(saved, capsys):
     assert main(["import", "--format", "honest-llama", "--input", str(tmp / "hl"), "--model_name", "tiny", "--geometry_from",
                  str(tmp / "model"), "--max_questions", "3", "--output", str(tmp / "wrong")]) == 2
     assert "prompt set" in capsys.readouterr().err and not (tmp / "wrong").exists()
+
+
+def _import(tmp, fmt, source, capsys) -> str:
+    """Run ``iti import``; it must exit 2 with one ``iti: error:`` line and save nothing. Returns the message."""
+    rc = main(["import", "--format", fmt, "--input", str(source), "--model_name", str(tmp / "model"), "--output",
+               str(tmp / "back")])
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("iti: error: ")]  # after the loading progress bars
+    assert rc == 2 and len(lines) == 1 and "Traceback" not in err and not (tmp / "back").exists(), err
+    return lines[0]
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_import_refuses_non_finite_pyvene_constants_and_gguf_biases(saved, bad, capsys):
+    """NaN slips through every tolerance check (NaN > tol is False) and used to end in numpy's 'need at least one
+    array to concatenate'; the file and tensor are named instead."""
+    import copy
+
+    import torch
+
+    from iti.bake import bake
+    from iti.interop.gguf_format import export_gguf
+
+    from .conftest import make_tiny_model
+
+    tmp, inter = saved
+    model, source = str(tmp / "model"), str(tmp / "inter")
+    assert main(["export", "--format", "pyvene", "--model_name", model, "--intervention", source, "--output", str(tmp / "pv")]) == 0
+    first = sorted((tmp / "pv").glob("intkey_*.bin"))[0]
+    state = torch.load(first, weights_only=True)
+    state["source_representation"][3] = bad
+    torch.save(state, first)
+    assert f"{first}: its source_representation tensor holds NaN or infinite values" in _import(tmp, "pyvene", tmp / "pv", capsys)
+
+    layer = sorted(inter.layer_shifts())[0]
+    baked = bake(copy.deepcopy(make_tiny_model("llama")), inter)  # the checkpoint's weights (same seed)
+    with torch.no_grad():
+        baked.model.layers[layer].self_attn.o_proj.bias[5] = bad
+    path = export_gguf(baked, tiny_tokenizer(), tmp / "nan_bias.gguf")
+    assert f"{path}: tensor blk.{layer}.attn_output.bias holds NaN or infinite values" in _import(tmp, "gguf", path, capsys)
+    weight = bake(copy.deepcopy(make_tiny_model("llama")), inter)
+    with torch.no_grad():
+        weight.model.layers[1].self_attn.o_proj.weight[0, 0] = bad  # NaN in a weight used to pass the same-model check
+    path = export_gguf(weight, tiny_tokenizer(), tmp / "nan_weight.gguf")
+    assert f"{path}: tensor blk.1.attn_output.weight holds NaN or infinite values" in _import(tmp, "gguf", path, capsys)
+
+
+def test_import_refuses_malformed_pyvene_and_lm_eval_files_with_one_line(saved, capsys):
+    """A file where pyvene's directory belongs (was NotADirectoryError), a non-numeric pyvene dimension or lm-eval
+    steering coefficient (were raw ValueErrors from int() and float())."""
+    import json
+
+    import torch
+
+    tmp, _ = saved
+    model, source = str(tmp / "model"), str(tmp / "inter")
+    assert main(["export", "--format", "pyvene", "--model_name", model, "--intervention", source, "--output", str(tmp / "pv")]) == 0
+    assert main(["export", "--format", "lm-eval", "--model_name", model, "--intervention", source, "--output", str(tmp / "s.pt")]) == 0
+    capsys.readouterr()
+
+    for file in (tmp / "s.pt", tmp / "pv" / "config.json"):
+        assert f"{file} is a file; a saved pyvene intervention is a directory" in _import(tmp, "pyvene", file, capsys)
+
+    config = json.loads((tmp / "pv" / "config.json").read_text())
+    for dim, shown in (("all", "'all'"), (2.5, "2.5"), (0, "0")):
+        config["intervention_dimensions"] = [None] * len(config["representations"])
+        config["intervention_dimensions"][1] = dim
+        (tmp / "pv" / "config.json").write_text(json.dumps(config))
+        assert f"its intervention dimension is {shown}, not a positive integer" in _import(tmp, "pyvene", tmp / "pv", capsys)
+
+    steering = torch.load(tmp / "s.pt", weights_only=True)
+    hook = sorted(steering)[0]
+    for coef, shown in (("two", "'two'"), ([1.0, 2.0], "[1.0, 2.0]"), (None, "None")):
+        steering[hook]["steering_coefficient"] = coef
+        torch.save(steering, tmp / "bad.pt")
+        assert f"{tmp / 'bad.pt'}: {hook}'s steering_coefficient is {shown}, not a number" in _import(tmp, "lm-eval", tmp / "bad.pt", capsys)
+    steering[hook]["steering_coefficient"] = torch.tensor(2.0)  # a one-element tensor is a number lm-eval can use
+    torch.save(steering, tmp / "ok.pt")
+    assert main(["import", "--format", "lm-eval", "--input", str(tmp / "ok.pt"), "--model_name", model, "--output", str(tmp / "ok")]) == 0

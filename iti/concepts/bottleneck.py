@@ -4,18 +4,23 @@ SparseCBM prunes one weight mask per concept inside a fine-tuned encoder. On a f
 becomes: which few heads carry each concept? Per aspect, every head gets a 3-way probe (one-vs-rest logistic
 probes, all heads at once); the top-k heads by held-out accuracy form that concept's "subnetwork", and a
 multinomial probe on their concatenated outputs predicts the concept. A label head maps the 12 concept
-probabilities (4 aspects x 3 classes) to the 5 ratings: the bottleneck.
+probabilities (4 aspects x 3 classes) to the 5 ratings: the bottleneck. The label head learns from cross-fitted
+(out-of-fold) concept probabilities, as calibrated as the ones it will get on test, not from the probes' own
+over-confident fit to their training rows.
 """
 from __future__ import annotations
 
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+from sklearn.dummy import DummyClassifier
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import accuracy_score, f1_score
 
 from ..directions import top_heads
-from ..errors import EmptyInputError
+from ..errors import EmptyInputError, InvalidOptionError
+from ..options import check_range
 from ..probes import HeadProbes
 from .cebab import ASPECTS
 
@@ -45,6 +50,22 @@ def head_concept_accuracy(X_train: np.ndarray, y_train: np.ndarray, X_val: np.nd
     return (pred == y_val[:, None, None]).mean(0)
 
 
+def grouped_folds(groups: Sequence[Hashable] | np.ndarray, n_folds: int, seed: int, rows: int | None = None) -> np.ndarray:
+    """``[N]`` fold index (0..n_folds-1) per row: the distinct group ids, sorted then shuffled by ``seed``, are dealt
+    to the folds in turn, so the rows of one group (a review and its counterfactual edits) never sit on both sides
+    of a split and the folds differ in size by at most one group."""
+    ids = np.asarray(groups)
+    if rows is not None and (ids.ndim != 1 or len(ids) != rows):
+        raise InvalidOptionError(f"groups: one group id per row ({rows} rows), got shape {ids.shape}")
+    check_range("label_folds", n_folds, 2, integer=True, why="cross-fitting needs a held-out fold and a fitted one")
+    distinct, row_group = np.unique(ids, return_inverse=True)
+    if len(distinct) < n_folds:
+        raise InvalidOptionError(f"--label_folds: at most the number of distinct groups ({len(distinct)}), got {n_folds}")
+    fold_of_group = np.empty(len(distinct), dtype=np.int64)
+    fold_of_group[np.random.default_rng(seed).permutation(len(distinct))] = np.arange(len(distinct)) % n_folds
+    return fold_of_group[row_group.reshape(-1)]
+
+
 def _gather(X: np.ndarray, heads: list[tuple[int, int]]) -> np.ndarray:
     return np.concatenate([X[:, l, h, :] for l, h in heads], axis=1)
 
@@ -56,6 +77,7 @@ class SparseConceptBottleneck:
     k: int = 8
     C: float = 1.0
     seed: int = 0
+    label_folds: int = 5  # cross-fitting folds of the label head's inputs (see fit)
     heads: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
     head_accuracy: dict[str, np.ndarray] = field(default_factory=dict)
 
@@ -67,27 +89,48 @@ class SparseConceptBottleneck:
             self.heads[aspect] = top_heads(acc, self.k)
         return self
 
-    def fit(self, X: np.ndarray, concepts: np.ndarray, ratings: np.ndarray) -> SparseConceptBottleneck:
-        """Fit each aspect's concept probe on its selected heads (X ``[N, L, H, D]``, concepts ``[N, 4]``), then the
-        label head on the 12 concept probabilities (ratings 0..4); needs ``heads`` (from :meth:`select_heads` or set
-        directly)."""
+    def fit(self, X: np.ndarray, concepts: np.ndarray, ratings: np.ndarray,
+            groups: Sequence[Hashable] | np.ndarray | None = None) -> SparseConceptBottleneck:
+        """Fit each aspect's concept probe on its selected heads (X ``[N, L, H, D]``, concepts ``[N, 4]``) on every
+        row, then the label head (ratings 0..4) on cross-fitted concept probabilities: each row's probabilities come
+        from probes fitted on the other ``label_folds`` - 1 folds, because probes score their own training rows
+        more confidently than the test rows the label head will see. ``groups`` (one id per row, e.g. CEBaB's
+        ``original_id``) keeps a review and its edits in one fold; ``None`` makes every row its own group. Needs
+        ``heads`` (from :meth:`select_heads` or set directly)."""
         if not self.heads:
             raise ValueError("select_heads first (or set .heads)")
-        self.concept_models_ = {}
-        for j, aspect in enumerate(ASPECTS):
-            m = LogisticRegression(C=self.C, max_iter=2000, random_state=self.seed)
-            self.concept_models_[aspect] = m.fit(_gather(X, self.heads[aspect]), concepts[:, j])
+        self.folds_ = grouped_folds(np.arange(len(X)) if groups is None else groups, self.label_folds, self.seed,
+                                    rows=len(X))
+        self.concept_models_ = self._fit_concepts(X, concepts)
+        self.label_inputs_ = np.zeros((len(X), len(ASPECTS), N_CLASSES))  # out-of-fold concept probabilities
+        for f in range(self.label_folds):
+            held = self.folds_ == f
+            self.label_inputs_[held] = self._probabilities(self._fit_concepts(X[~held], concepts[~held]), X[held])
         self.label_model_ = LogisticRegression(C=self.C, max_iter=2000, random_state=self.seed)
-        self.label_model_.fit(self.concept_probabilities(X).reshape(len(X), -1), ratings)
+        self.label_model_.fit(self.label_inputs_.reshape(len(X), -1), ratings)
         return self
 
-    def concept_probabilities(self, X: np.ndarray) -> np.ndarray:
-        """[N, 4, 3]; a class the probe never saw gets probability 0."""
+    def _fit_concepts(self, X: np.ndarray, concepts: np.ndarray) -> dict[str, LogisticRegression | DummyClassifier]:
+        """One probe per aspect; an aspect with a single class in these rows (a small fold of a rare aspect) gets
+        that class with probability 1, where a logistic regression cannot be fitted at all."""
+        models: dict[str, LogisticRegression | DummyClassifier] = {}
+        for j, aspect in enumerate(ASPECTS):
+            A, c = _gather(X, self.heads[aspect]), concepts[:, j]
+            single = len(np.unique(c)) == 1
+            m = DummyClassifier(strategy="prior") if single else LogisticRegression(C=self.C, max_iter=2000, random_state=self.seed)
+            models[aspect] = m.fit(A, c)
+        return models
+
+    def _probabilities(self, models: dict[str, LogisticRegression | DummyClassifier], X: np.ndarray) -> np.ndarray:
         out = np.zeros((len(X), len(ASPECTS), N_CLASSES))
         for j, aspect in enumerate(ASPECTS):
-            m = self.concept_models_[aspect]
+            m = models[aspect]
             out[:, j, m.classes_] = m.predict_proba(_gather(X, self.heads[aspect]))
         return out
+
+    def concept_probabilities(self, X: np.ndarray) -> np.ndarray:
+        """[N, 4, 3] from the probes fitted on every training row; a class the probe never saw gets probability 0."""
+        return self._probabilities(self.concept_models_, X)
 
     def predict_concepts(self, X: np.ndarray) -> np.ndarray:
         """``[N, 4]`` most probable class per aspect (0 Negative, 1 Positive, 2 unknown)."""

@@ -16,9 +16,16 @@ from sklearn.metrics import accuracy_score, f1_score
 from ..errors import EmptyInputError
 from ..features import PromptSet, load_features, write_features
 from ..io import atomic_write_json, atomic_write_text
-from ..options import check_each, check_finite_nonneg, check_positive_int, check_ratio, check_seed, refuse
+from ..options import check_each, check_finite_nonneg, check_positive_int, check_range, check_ratio, check_seed, refuse
 from ..paths import results_dir
-from .bottleneck import SparseConceptBottleneck, head_concept_accuracy, oracle_correction, review_prompt, task_and_concept_metrics
+from .bottleneck import (
+    SparseConceptBottleneck,
+    grouped_folds,
+    head_concept_accuracy,
+    oracle_correction,
+    review_prompt,
+    task_and_concept_metrics,
+)
 from .cebab import ASPECTS, CebabSplit, load_cebab, majority_baseline
 from .group_lasso import GroupLassoHeads
 from .steering import VARIANTS, ConceptDirections, steer_pairs, summarize_steering, zero_shot_rating_probabilities
@@ -40,6 +47,9 @@ class ConceptConfig:
     dense_baseline: bool = field(default=True, metadata={
         "help": "skip the dense all-heads probe baseline", "flag": "no_dense", "invert": True})
     seed: int = field(default=0, metadata={"help": "seed of the samples, probes and steering pairs"})
+    label_folds: int = field(default=5, metadata={
+        "help": "folds (grouped by original review) of the out-of-fold concept probabilities the label head is "
+                "fitted on"})
     batch_size: int = field(default=16, metadata={"help": "reviews per forward pass"})
     data_dir: str | None = field(default=None, metadata={
         "help": "data root holding cebab/ (default: $ITI_DATA_DIR, ../shared/data, hub)"})
@@ -51,8 +61,8 @@ class ConceptConfig:
     def validate(self) -> None:
         """Refuse impossible settings (one error naming the option) before the model loads or a file is written:
         ks >= 1, alphas finite and >= 0 with at least one above 0 (the steering strength is chosen among those),
-        L1 strengths in (0, 1), max_reviews >= 1 and max_pairs >= 1 (None = all), seed >= 0, batch_size >= 1 and
-        an existing data_dir."""
+        L1 strengths in (0, 1), max_reviews >= 1 and max_pairs >= 1 (None = all), seed >= 0, label_folds >= 2,
+        batch_size >= 1 and an existing data_dir."""
         from ..models import resolve_model
         from ..paths import data_search
 
@@ -68,6 +78,8 @@ class ConceptConfig:
         check_positive_int("max_reviews", self.max_reviews, none_ok=True, why="leave it out or None for all")
         check_positive_int("max_pairs", self.max_pairs, none_ok=True, why="0 or None = all")
         check_seed("seed", self.seed)
+        check_range("label_folds", self.label_folds, 2, integer=True,
+                    why="cross-fitting needs a held-out fold and a fitted one")
         check_positive_int("batch_size", self.batch_size)
         if self.data_dir is not None:
             data_search(self.data_dir)  # the one check of --data_dir (used only after the model loads)
@@ -100,9 +112,9 @@ def _dense(Xtr, Ctr, ytr, Xte, seed) -> tuple[np.ndarray, np.ndarray]:
     return ratings, concepts
 
 
-def _l1_sweep(cfg: ConceptConfig, X, C, y) -> list[dict[str, Any]]:
+def _l1_sweep(cfg: ConceptConfig, X, C, y, groups: list[str]) -> list[dict[str, Any]]:
     """The L1 variant: heads per aspect chosen by a group lasso on train (no ranking on dev), then the same
-    bottleneck on those heads; one row per strength and split."""
+    bottleneck on those heads (label head cross-fitted over ``groups``); one row per strength and split."""
     rows = []
     for strength in cfg.l1_strengths:
         heads = {a: GroupLassoHeads(strength).fit(X["train_exclusive"], C["train_exclusive"][:, j]).heads()
@@ -110,8 +122,8 @@ def _l1_sweep(cfg: ConceptConfig, X, C, y) -> list[dict[str, Any]]:
         if not all(heads.values()):  # a penalty that switched every head of an aspect off: nothing to fit
             rows.append({"strength": strength, "heads_per_aspect": {a: len(h) for a, h in heads.items()}, "split": None})
             continue
-        bn = SparseConceptBottleneck(seed=cfg.seed, heads=heads).fit(X["train_exclusive"], C["train_exclusive"],
-                                                                   y["train_exclusive"])
+        bn = SparseConceptBottleneck(seed=cfg.seed, label_folds=cfg.label_folds, heads=heads).fit(
+            X["train_exclusive"], C["train_exclusive"], y["train_exclusive"], groups)
         for s in ("dev", "test"):
             m = task_and_concept_metrics(bn.predict(X[s]), y[s], bn.predict_concepts(X[s]), C[s])
             rows.append({"strength": strength, "heads_per_aspect": {a: len(h) for a, h in heads.items()}, "split": s,
@@ -130,6 +142,8 @@ def run_concepts(cfg: ConceptConfig) -> dict[str, Any]:
     model, tok = load_model(cfg.model)
     splits = {s: load_cebab(s, cfg.data_dir) for s in ("train_exclusive", "dev", "test")}
     used = {s: _sample(v, cfg.max_reviews, cfg.seed) for s, v in splits.items()}
+    groups = [r.original_id for r in used["train_exclusive"].reviews]  # an edit shares its original's fold
+    grouped_folds(groups, cfg.label_folds, cfg.seed)  # too few original reviews for the folds: refused before collecting
     name = resolve_model(cfg.model).name
     X = {s: _features(model, tok, name, v, out, cfg.batch_size, cfg.progress) for s, v in used.items()}
     C = {s: v.concepts for s, v in used.items()}
@@ -140,9 +154,9 @@ def run_concepts(cfg: ConceptConfig) -> dict[str, Any]:
     sweep: list[dict[str, Any]] = []
     fitted: dict[int, SparseConceptBottleneck] = {}
     for k in cfg.ks:
-        bn = SparseConceptBottleneck(k=k, seed=cfg.seed, head_accuracy=dict(head_acc))
+        bn = SparseConceptBottleneck(k=k, seed=cfg.seed, label_folds=cfg.label_folds, head_accuracy=dict(head_acc))
         bn.heads = {a: _top(head_acc[a], k) for a in ASPECTS}
-        fitted[k] = bn.fit(X[tr], C[tr], y[tr])
+        fitted[k] = bn.fit(X[tr], C[tr], y[tr], groups)
         for s in (dv, te):
             m = task_and_concept_metrics(bn.predict(X[s]), y[s], bn.predict_concepts(X[s]), C[s])
             sweep.append({"k": k, "split": s, **m})
@@ -154,13 +168,16 @@ def run_concepts(cfg: ConceptConfig) -> dict[str, Any]:
     oracle = float((oracle_correction(bn, X[te], C[te]) == y[te]).mean())
     result: dict[str, Any] = {
         "config": {k: (list(v) if isinstance(v, (tuple, list)) else v) for k, v in asdict(cfg).items()},
+        "compute_dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
+        "label_head": {"inputs": "out-of-fold concept probabilities", "folds": cfg.label_folds,
+                       "grouped_by": "original_id", "seed": cfg.seed},
         "sizes": {s: len(v) for s, v in used.items()},
         "majority_baseline_test": majority_baseline(used[tr], used[te]),
         "sweep_k": sweep, "chosen_k": best_k, "test": test_metrics,
         "oracle_correction_test_accuracy": oracle, "heads": {a: [list(h) for h in bn.heads[a]] for a in ASPECTS},
     }
     if cfg.l1_strengths:
-        result["sweep_l1"] = _l1_sweep(cfg, X, C, y)
+        result["sweep_l1"] = _l1_sweep(cfg, X, C, y, groups)
     zs = zero_shot_rating_probabilities(model, tok, [review_prompt(r.text) for r in used[te].reviews], cfg.batch_size,
                                         cfg.progress).argmax(-1)
     result["zero_shot_test"] = {"task_accuracy": float(accuracy_score(y[te], zs)),

@@ -288,6 +288,13 @@ def load_gguf_model(path: str | os.PathLike, dtype: torch.dtype = torch.float32)
     return cast(torch.nn.Module, model.eval())
 
 
+def _finite(a: np.ndarray, path: str | os.PathLike, name: str) -> np.ndarray:
+    """``a``, after refusing NaN or infinite values with an :class:`InteropError` naming the file and tensor."""
+    if not np.isfinite(a).all():
+        raise InteropError(f"{path}: tensor {name} holds NaN or infinite values")
+    return a
+
+
 def import_gguf(path: str | os.PathLike, model: torch.nn.Module, *, model_name: str | None = None) -> Intervention:
     """The intervention baked into a llama-architecture GGUF of ``model``: its ``attn_output.bias`` minus the
     model's own output bias, per layer, solved back to head shifts. A GGUF whose sizes or weights are not
@@ -317,13 +324,13 @@ def import_gguf(path: str | os.PathLike, model: torch.nn.Module, *, model_name: 
         if bias is not None:
             own = getattr(module, "bias", None)
             base = own.detach().double().cpu().numpy() if isinstance(own, torch.Tensor) else 0.0
-            delta = _tensor(bias).astype(np.float64).reshape(-1) - base
+            delta = _finite(_tensor(bias), path, f"blk.{layer}.attn_output.bias").astype(np.float64).reshape(-1) - base
             if np.any(delta):
                 shifts[layer] = delta
     for name, want in checks:
         if name not in names:
             raise GgufModelMismatchError(f"{path} has no {name}: not a GGUF of this model")
-        got = _tensor(names[name])
+        got = _finite(_tensor(names[name]), path, name)  # a NaN difference would pass the tolerance (NaN > tol is False)
         if got.shape != want.shape:
             raise GgufModelMismatchError(f"{path} is a GGUF of another model: {name} has shape {got.shape}, the model's {want.shape}")
         rel = float(np.linalg.norm(got - want)) / max(float(np.linalg.norm(want)), 1e-30)

@@ -132,7 +132,10 @@ def _load_source(path: Path, candidates: list[str], where: str) -> torch.Tensor:
                 raise PyveneInterventionError(f"{file} cannot be read as plain tensors ({type(e).__name__}: {str(e)[:200]})") from None
             if not isinstance(state, dict) or not isinstance(state.get("source_representation"), torch.Tensor):
                 raise PyveneInterventionError(f"{file} holds no source_representation tensor (keys: {sorted(state) if isinstance(state, dict) else type(state).__name__})")
-            return state["source_representation"].detach().float()
+            source = state["source_representation"].detach().float()
+            if not torch.isfinite(source).all():  # NaN would pass every tolerance check downstream (NaN > tol is False)
+                raise PyveneInterventionError(f"{file}: its source_representation tensor holds NaN or infinite values")
+            return source
     raise PyveneInterventionError(f"{where}: none of the files {[f'intkey_{k}.bin' for k in candidates]} is in {path}")
 
 
@@ -140,6 +143,9 @@ def import_pyvene(path: str | os.PathLike, model: torch.nn.Module, *, model_name
     """Read a saved pyvene intervention of constant additions (see the module docstring) as an iti
     :class:`Intervention` for ``model`` whose effect is the file's at every position."""
     path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise PyveneInterventionError(f"{path} is a file; a saved pyvene intervention is a directory holding {CONFIG_FILE} "
+                                      "and intkey_*.bin files (what IntervenableModel.save writes)")
     config = read_json(path / CONFIG_FILE, "pyvene config")
     if not isinstance(config, dict) or "representations" not in config or "intervention_types" not in config:
         raise PyveneInterventionError(f"{path / CONFIG_FILE} is not a saved pyvene IntervenableConfig (no representations "
@@ -190,6 +196,8 @@ def import_pyvene(path: str | os.PathLike, model: torch.nn.Module, *, model_name
             layer, hook = by_path[module], m.group("hook")
             candidates = representation_keys(component, "pos", units, 0)
             candidates = [c.rsplit("#", 1)[0] for c in candidates]
+        if dim is not None and (isinstance(dim, bool) or not isinstance(dim, int) or dim < 1):
+            raise PyveneInterventionError(f"{where}: its intervention dimension is {dim!r}, not a positive integer")
         count = seen.get(candidates[0], 0)
         seen[candidates[0]] = count + 1
         files = ([saved_key] if saved_key else []) + [f"{c}#{count}" for c in candidates]
@@ -198,8 +206,8 @@ def import_pyvene(path: str | os.PathLike, model: torch.nn.Module, *, model_name
         if vec.numel() != width:
             raise PyveneInterventionError(f"{where}: its constant has {vec.numel()} values, the {hook} of that module has {width}")
         v = vec.numpy().astype(np.float64)
-        if dim is not None and int(dim) < width:
-            v[int(dim):] = 0.0  # pyvene adds only the first interchange_dim entries
+        if dim is not None and dim < width:
+            v[dim:] = 0.0  # pyvene adds only the first interchange_dim entries
         if kind == "SubtractionIntervention":
             v = -v
         target = inputs if hook == "input" else outputs

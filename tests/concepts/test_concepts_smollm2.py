@@ -23,6 +23,8 @@ def test_concepts_end_to_end_on_a_subset(tmp_path, smollm2):
     assert all(s["model_mean_delta"] == pytest.approx(0.0, abs=1e-4) for s in dev if s["alpha"] == 0.0)
     assert r["chosen_alpha"] == 8.0 and r["steering"]["test"]["pairs"] == 4
     assert json.loads((tmp_path / "summary.json").read_text())["chosen_k"] == r["chosen_k"]
+    assert r["compute_dtype"] == "float32" and r["config"]["label_folds"] == 5
+    assert r["label_head"] == {"inputs": "out-of-fold concept probabilities", "folds": 5, "grouped_by": "original_id", "seed": 0}
     for f in ("results.md", "concept_heads.png", "steering_vs_alpha.png", "steering_dev.jsonl", "steering_test.jsonl"):
         assert (tmp_path / f).stat().st_size > 0
     feats = sorted(p.name for p in (tmp_path / "features").iterdir())

@@ -126,3 +126,14 @@ def test_arithmetic_composes_like_applying_both(tiny):
     other.geometry = type(other.geometry)(**{**other.geometry.to_dict(), "num_kv_heads": 1})
     with pytest.raises(GeometryMismatchError):
         a + other
+
+
+def test_from_contrast_pairs_refuses_a_bare_string_before_collecting():
+    """A str is a sequence of characters: "I love this" used to become 11 one-letter positive prompts."""
+    model, tok = make_tiny_model("llama"), tiny_tokenizer()
+    for pos, neg, arg, shown in (("I love this", ["I hate this"], "positive_prompts", "'I love this'"),
+                                 (["I love this"], b"I hate this", "negative_prompts", "b'I hate this'"),
+                                 ("x" * 70, "y", "positive_prompts", repr("x" * 60) + "...")):
+        with pytest.raises(iti.errors.InvalidOptionError) as e:
+            Intervention.from_contrast_pairs(model, tok, pos, neg, num_heads=1)
+        assert str(e.value) == f"--{arg}: a list of prompts, not one string (wrap a single prompt in a list), got {shown}"
