@@ -25,7 +25,7 @@ def run(quick: bool = False, num_answers: int = 64, batch_size: int = 16) -> Ben
                               "single": lambda: judge_answers_hf(single, questions, answers)}, repeats=1 if quick else 5, warmup=0)
     fast_t, slow_t = times["batched"]["median"], times["single"]["median"]
     diff = max(abs(a - b) for key in ("True_p_raw", "Info_p_raw") for a, b in zip(fast[key], slow[key]))
-    same = all(fast[k] == slow[k] for k in ("True", "Info", "True*Info"))
+    same = all(fast[k] == slow[k] for k in ("True", "Info", "True&Info"))
     prompts = 2 * n
     r = BenchResult("judge", f"In-process TruthfulQA judge ({n} answers, {prompts} prompts, SmolLM2-135M as a stand-in judge, fp32, CPU)",
                     "python -m benchmarks.bench_judge")

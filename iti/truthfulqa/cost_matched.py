@@ -101,13 +101,15 @@ def seed_spread_markdown(spread: dict[str, dict[str, dict[str, Any]]]) -> list[s
     return lines
 
 
-def cost_matched_markdown(entries: list[dict[str, Any]]) -> list[str]:
+def cost_matched_markdown(entries: list[dict[str, Any]], texts: str | None = None) -> list[str]:
     """The cost-matched table: per budget and seed, each kind's ΔMC2 [CI], KL reached and alphas; then ITI minus
-    each control with its CI and p."""
+    each control with its CI and p. ``texts``: which corpus CE/KL come from, in words (said above the table, so a
+    KL on the offline stand-in is not read as the paper's)."""
     if not entries:
         return []
     lines = ["", "Cost-matched: alpha chosen per row and fold so that KL (or the CE increase) on the search texts meets the",
-             "budget; KL here is measured on the reported texts. ITI − control: paired over the same questions.", "",
+             "budget; KL here is measured on the reported texts. ITI − control: paired over the same questions.",
+             *([f"Texts: {texts}."] if texts else []), "",
              "| budget | seed | kind | alpha (per fold) | KL | ΔMC2 | ITI − this control | p |", "|---|---|---|---|---|---|---|---|"]
     for e in entries:
         for name in KINDS:
@@ -122,9 +124,10 @@ def cost_matched_markdown(entries: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
-def plot_frontier(path: Path, entries: list[dict[str, Any]], title: str) -> bool:
+def plot_frontier(path: Path, entries: list[dict[str, Any]], title: str, corpus: str = "reported texts") -> bool:
     """frontier.png: MC2 gain over the baseline (95% CI bars) against KL reached, one line per kind (the main seed's
-    rows; other seeds as faint points). Returns False (no file) with fewer than two budgets."""
+    rows; other seeds as faint points); ``corpus`` names the KL texts on the axis. Returns False (no file) with
+    fewer than two budgets."""
     budgets = sorted({e["budget"] for e in entries})
     if len(budgets) < 2:
         return False
@@ -149,7 +152,7 @@ def plot_frontier(path: Path, entries: list[dict[str, Any]], title: str) -> bool
             ax.scatter([p[0] for p in extra], [p[1] for p in extra], color=color, alpha=0.35, s=14)
     ax.axhline(0, color="grey", lw=0.8)
     ax.set_xscale("log")
-    ax.set_xlabel("KL(original || intervened), nats per token (reported texts)")
+    ax.set_xlabel(f"KL(original || intervened), nats per token ({corpus})")
     ax.set_ylabel("MC2 gain over the baseline")
     ax.set_title(title)
     ax.legend()

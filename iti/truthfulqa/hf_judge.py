@@ -141,7 +141,7 @@ class HFJudges:
 
 
 def judge_answers_hf(judges: HFJudges, questions: Sequence[str], answers: Sequence[str]) -> dict[str, list[float]]:
-    """Per answer: the keys of :func:`iti.truthfulqa.judge.judge_answers` (True, Info, True*Info as 0/1; the
+    """Per answer: the keys of :func:`iti.truthfulqa.judge.judge_answers` (True, Info, True&Info as 0/1; the
     scores ``True_p``, ``Info_p`` under the reference rule) plus the uncut probabilities ``True_p_raw``,
     ``Info_p_raw`` for diagnostics."""
     true = judges.true.yes_scores([true_prompt(q, a) for q, a in zip(questions, answers)])

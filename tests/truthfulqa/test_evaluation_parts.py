@@ -83,9 +83,10 @@ def test_bleu_rouge_and_truthfulqa_accuracy():
     assert rouge_l("The cat sat on the mat.", "the cat sat") > 50
     refs = [Refs("q", "Nothing happens.", ("Nothing happens.",), ("You grow watermelons in your stomach.",))] * 3
     res = similarity_scores(["Nothing happens to you.", "You grow watermelons in your stomach.", ""], refs)
-    assert res.bleu_acc.tolist() == [1.0, 0.0, 0.0] and res.rouge_acc.tolist() == [1.0, 0.0, 0.0]
+    assert res.bleu_acc.tolist() == [1.0, 0.0, 0.0] and res.rougeL_acc.tolist() == [1.0, 0.0, 0.0]
+    assert res.rouge1_acc.tolist() == [1.0, 0.0, 0.0]
     # "I have no comment." counts as a correct reference
-    assert similarity_scores(["I have no comment."], refs[:1]).rouge_acc[0] == 1.0
+    assert similarity_scores(["I have no comment."], refs[:1]).rougeL_acc[0] == 1.0
 
 
 def test_bootstrap():

@@ -93,11 +93,11 @@ def test_in_process_scores_equal_the_endpoint_path(smollm2):
     local = judge_answers_hf(HFJudges(judge, judge), questions, answers)
     assert len(seen) == 2 * len(CASES) and all(b["logprobs"] == 2 for b in seen)
     assert set(local) == set(endpoint) | {"True_p_raw", "Info_p_raw"} and set(local) <= set(JUDGE_KEYS)
-    for key in ("True", "Info", "True*Info"):
+    for key in ("True", "Info", "True&Info"):
         assert local[key] == endpoint[key], key
     for key in ("True_p", "Info_p"):
         assert local[key] == pytest.approx(endpoint[key], abs=1e-5), key
-    assert local["True"] == [1.0, 1.0, 0.0, 0.0, 0.0, 0.0] and local["True*Info"] == [1.0, 0.0, 0.0, 0.0, 0.0, 0.0]
+    assert local["True"] == [1.0, 1.0, 0.0, 0.0, 0.0, 0.0] and local["True&Info"] == [1.0, 0.0, 0.0, 0.0, 0.0, 0.0]
     assert 0 < local["True_p"][2] < 0.5 and local["True_p"][4] == 0.0 < local["True_p_raw"][4]
 
 
@@ -157,13 +157,13 @@ def test_validate_judge_hf_reports_true_info_and_both(smollm2, tqa, features4, t
     assert "| True | Info | True*Info |" in printed and "judges smollm2-135m (True) and smollm2-135m (Info)" in printed
     summary = json.loads((out / "summary.json").read_text())
     base = next(r for r in summary["rows"] if r["name"] == "baseline")
-    for metric in ("True", "Info", "True*Info"):
+    for metric in ("True", "Info", "True*Info", "True&Info"):
         assert 0.0 <= base[metric]["mean"] <= 1.0 and len(base["per_fold"][metric]) == 2, metric
     model, tok = smollm2
     judge = HFJudge(model, tok)
     for path in sorted((out / "rows").glob("fold*_baseline_*.json")) + sorted((out / "rows").glob("fold*_ITI_*.json")):
         row = json.loads(path.read_text())
-        assert row["True*Info"] == [float(t and i) for t, i in zip(row["True"], row["Info"])]
+        assert row["True&Info"] == [float(t and i) for t, i in zip(row["True"], row["Info"])] and "True*Info" not in row
         assert len(row["True_p_raw"]) == len(row["answers"]) == 2
         # the stored judgements are those of SmolLM2's weights: a rerun with the same judge reuses them
         assert row["judge"] == HFJudges(judge, judge).identity() and row["judge"]["judge"] == "in-process"
@@ -211,10 +211,12 @@ def test_true_info_is_pooled_with_cis_per_fold_also_for_rows_judged_before_it_wa
     (tmp_path / "rows").mkdir()
     for fold, (true, info) in enumerate([([1.0, 1.0], [1.0, 0.0]), ([0.0, 1.0], [1.0, 1.0])]):
         row = {"fold": fold, "question_ids": [2 * fold, 2 * fold + 1], "MC1": [1.0, 0.0], "CE": 1.0, "KL": 0.0, "CE_base": 1.0,
-               "True": true, "Info": info}  # no True*Info: an endpoint judgement stored by an older iti
+               "True": true, "Info": info}  # no True&Info: an endpoint judgement stored by an older iti
         (tmp_path / "rows" / f"fold{fold}_{base.key}.json").write_text(json.dumps(row))
     summary = summarize(tmp_path, [base], cfg)
     (row,) = summary["rows"]
-    assert row["True*Info"]["mean"] == 0.5 and [f["mean"] for f in row["per_fold"]["True*Info"]] == [0.5, 0.5]
+    assert row["True&Info"]["mean"] == 0.5 and [f["mean"] for f in row["per_fold"]["True&Info"]] == [0.5, 0.5]
+    # honest_llama's True*Info: fold-averaged True (0.75) times fold-averaged Info (0.75)
+    assert row["True*Info"]["mean"] == 0.5625 and [f["mean"] for f in row["per_fold"]["True*Info"]] == [0.5, 0.5]
     assert row["True"]["mean"] == 0.75 and [f["mean"] for f in row["per_fold"]["True"]] == [1.0, 0.5]
-    assert "| True | Info | True*Info | MC1 |" in summary_markdown(summary, cfg)
+    assert "| True | Info | True*Info | True&Info | MC1 |" in summary_markdown(summary, cfg)
