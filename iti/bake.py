@@ -17,6 +17,7 @@ otherwise baking is refused with the reason.
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 from typing import Any, cast
 
@@ -24,9 +25,9 @@ import torch
 from torch import nn
 
 from .architectures import bakeable_architectures, model_layout, text_config
-from .errors import AlreadyBakedError, OffloadedWeightsError, UnsupportedArchitectureError
+from .errors import AlreadyBakedError, OffloadedWeightsError, OutputExistsError, UnsupportedArchitectureError
 from .intervention import Intervention
-from .io import set_plain_modes
+from .io import fsync_dir, set_plain_modes
 from .models import check_complete_checkpoint
 
 
@@ -69,7 +70,8 @@ def bake(model: nn.Module, intervention: Intervention, *, add_to_existing: bool 
         raise AlreadyBakedError(
             f"this model already has ITI shift(s) baked into its biases: config.{BAKED_ATTR} = {already}{same}; "
             f"baking intervention {intervention.fingerprint()} again would add its shift on top. Start from the "
-            "unbaked model, or pass add_to_existing=True to stack the shifts on purpose."
+            "unbaked model, or, to stack the shifts on purpose, pass --add_to_existing (iti bake / edit_weight.py) or "
+            "add_to_existing=True (iti.bake from Python)."
         )
     layout = model_layout(model)
     spec = layout.spec
@@ -170,23 +172,76 @@ def as_llama_checkpoint(model: nn.Module) -> nn.Module:
     return llama.eval()
 
 
-def save_baked(model: nn.Module, tokenizer: Any, out_dir: str | os.PathLike, intervention: Intervention) -> Path:
-    """``save_pretrained`` as safetensors (loadable by transformers, vLLM, TGI) plus the intervention for provenance.
-    A baked Mistral or Qwen2 is written as a Llama-architecture checkpoint (see :func:`as_llama_checkpoint`)."""
+def check_output_dir(out_dir: str | os.PathLike, force: bool = False) -> None:
+    """Refuse (:class:`~iti.errors.OutputExistsError`) an ``out_dir`` that is a file or a non-empty directory unless
+    ``force``: a bake replaces the whole directory, never file by file (a user's config.json, a sharded checkpoint's
+    index, another bake's weights beside this one's ``iti_intervention/``)."""
     out = Path(out_dir)
-    before = _file_stamps(out)
+    if force or not (out.exists() or out.is_symlink()):
+        return
+    if not out.is_dir():
+        raise OutputExistsError(f"{out} is a file, not a directory to save the baked model in; pass force=True "
+                                "(--force) to replace it, or choose another output_dir")
+    found = sorted(p.name for p in out.iterdir())
+    if found:
+        shown = ", ".join(found[:4]) + (", ..." if len(found) > 4 else "")
+        raise OutputExistsError(f"{out} is not empty ({len(found)} entries: {shown}); a bake writes a whole checkpoint "
+                                "directory and replaces it as a whole: pass force=True (--force) to replace it, or "
+                                "choose another output_dir")
+
+
+def save_baked(model: nn.Module, tokenizer: Any, out_dir: str | os.PathLike, intervention: Intervention, *,
+               force: bool = False) -> Path:
+    """``save_pretrained`` as safetensors (loadable by transformers, vLLM, TGI) plus the intervention for provenance.
+    A baked Mistral or Qwen2 is written as a Llama-architecture checkpoint (see :func:`as_llama_checkpoint`).
+
+    The checkpoint is written whole into a temporary directory beside ``out_dir`` and renamed into place at the end:
+    an interrupted save leaves ``out_dir`` as it was. A file or a non-empty directory at ``out_dir`` is refused
+    (:func:`check_output_dir`) unless ``force``; then it is replaced as a whole, once the new checkpoint is complete."""
+    out = Path(out_dir)
+    check_output_dir(out, force)
     if model_layout(model).spec.output_bias == "llama":
         model = as_llama_checkpoint(model)
-    cast(Any, model).save_pretrained(out, safe_serialization=True)  # a transformers model
-    tokenizer.save_pretrained(out)
-    check_complete_checkpoint(out, model)
-    # save_pretrained writes its safetensors files private (0600): give what this call wrote a plain write's mode
-    set_plain_modes(out, [p for p, stamp in _file_stamps(out).items() if before.get(p) != stamp])
-    intervention.save(out / "iti_intervention")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.{os.urandom(6).hex()}.partial"
+    tmp.mkdir()  # a plain mkdir's mode, as out would have
+    try:
+        cast(Any, model).save_pretrained(tmp, safe_serialization=True)  # a transformers model
+        tokenizer.save_pretrained(tmp)
+        check_complete_checkpoint(tmp, model)
+        intervention.save(tmp / "iti_intervention")
+        set_plain_modes(tmp)  # save_pretrained writes its safetensors files private (0600)
+        for p in tmp.rglob("*"):
+            if p.is_file() and not p.is_symlink():
+                with open(p, "rb+") as f:
+                    os.fsync(f.fileno())
+        fsync_dir(tmp)
+        _replace_dir(tmp, out, force)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 
-def _file_stamps(directory: Path) -> dict[Path, tuple[int, int]]:
-    if not directory.is_dir():
-        return {}
-    return {p: (p.stat().st_mtime_ns, p.stat().st_ino) for p in directory.rglob("*") if p.is_file() and not p.is_symlink()}
+def _replace_dir(new: Path, out: Path, force: bool) -> None:
+    """Rename the complete directory ``new`` to ``out``. What was at ``out`` (with ``force``) is first renamed aside
+    and removed only after ``new`` is in place; it is put back if that rename fails."""
+    check_output_dir(out, force)  # something may have appeared at out while saving
+    if out.is_dir() and not out.is_symlink() and not any(out.iterdir()):
+        out.rmdir()
+    if not (out.exists() or out.is_symlink()):
+        os.replace(new, out)
+        fsync_dir(out.parent)
+        return
+    aside = out.parent / f".{out.name}.{os.urandom(6).hex()}.old"
+    os.replace(out, aside)
+    try:
+        os.replace(new, out)
+    except BaseException:
+        os.replace(aside, out)
+        raise
+    fsync_dir(out.parent)
+    if aside.is_dir() and not aside.is_symlink():
+        shutil.rmtree(aside, ignore_errors=True)
+    else:
+        aside.unlink()

@@ -93,8 +93,9 @@ def add_validate_args(p: argparse.ArgumentParser) -> None:
     from .truthfulqa.config import ValidationConfig
 
     add_config_args(p, ValidationConfig)
-    _flag(p, "output_dir", default=None, help="default: validation/results/<model>_k<K>_a<alpha>_<direction> under the "
-                                               "output root ($ITI_OUTPUT_DIR, else the checkout, else the working directory)")
+    _flag(p, "output_dir", default=None, help="default: validation/results/<model>_k<K>_a<alpha>_<method> (probe, "
+                                               "mass_mean, random, or random-heads_mass_mean with both --use_center_of_mass "
+                                               "and --use_random_dir) under the output root ($ITI_OUTPUT_DIR, else the checkout, else the working directory)")
     _flag(p, "device_map", default=None, help="e.g. auto (spread over GPUs), cpu, cuda:0")
     _flag(p, "dtype", default=None, help="compute dtype (default float32 on CPU, float16 on GPU; auto: bfloat16 instead on a CPU with AMX or AVX512-BF16)")
 
@@ -108,7 +109,7 @@ def run_validate(args: argparse.Namespace) -> None:
 
     name = resolve_model(args.model_name).name
     cfg = config_from_args(ValidationConfig, args, model_name=name)
-    out = Path(args.output_dir) if args.output_dir else results_dir("validation") / f"{name}_k{cfg.num_heads}_a{cfg.alpha:g}_{cfg.direction}"
+    out = Path(args.output_dir) if args.output_dir else results_dir("validation") / f"{name}_k{cfg.num_heads}_a{cfg.alpha:g}_{cfg.method_label}"
     cfg.validate()
     check_dtype(args.dtype)
     check_features(cfg)
@@ -130,7 +131,7 @@ def add_bake_args(p: argparse.ArgumentParser) -> None:
 
 
 #: bake flags that only mean something when the intervention is fitted (not with --intervention)
-_FIT_ONLY = ("num_heads", "use_center_of_mass", "use_random_dir", "seed", "features_dir")
+_FIT_ONLY = ("num_heads", "use_center_of_mass", "use_random_dir", "seed", "features_dir", "features_from_other_weights")
 
 
 def run_bake(args: argparse.Namespace) -> None:
@@ -139,7 +140,7 @@ def run_bake(args: argparse.Namespace) -> None:
     it is added to the output-projection biases and the model saved with the intervention in ``iti_intervention/``,
     whose meta says what it was fitted on (``fitted_on``). Options, features and intervention files are checked
     before the model loads."""
-    from .bake import bake, save_baked
+    from .bake import bake, check_output_dir, save_baked
     from .intervention import Intervention
     from .models import check_dtype, load_model, resolve_model
     from .options import check_existing_path, check_finite_nonneg, refuse
@@ -150,6 +151,7 @@ def run_bake(args: argparse.Namespace) -> None:
     check_dtype(cfg.dtype)
     if Path(cfg.output_dir).is_file():
         raise refuse("output_dir", "a directory to save the model in (existing or new), not a file", cfg.output_dir)
+    check_output_dir(cfg.output_dir, cfg.force)  # a non-empty one only with --force, replaced as a whole
     name = resolve_model(cfg.model_name).name
     if cfg.intervention is not None:
         for option in _FIT_ONLY:
@@ -158,6 +160,7 @@ def run_bake(args: argparse.Namespace) -> None:
                              "is already fitted)", getattr(cfg, option))
         check_existing_path("intervention", cfg.intervention)
         inter = Intervention.load(cfg.intervention)
+        inter.check_made_for(cfg.model_name, cfg.intervention)  # as iti faithfulness: same geometry is not same model
         if cfg.alpha is not None:
             inter = inter.with_alpha(cfg.alpha)
         fitted = inter.meta.get("fitted_on")
@@ -168,8 +171,10 @@ def run_bake(args: argparse.Namespace) -> None:
     else:
         inter = _fit_bake_intervention(cfg, name)
     model, tokenizer = load_model(cfg.model_name, dtype=cfg.dtype)
-    bake(model, inter)  # refuses an intervention made for another geometry
-    out = save_baked(model, tokenizer, cfg.output_dir, inter)
+    if cfg.intervention is None:  # fitted here: on features of these weights (refused otherwise), said in the meta
+        inter.meta["features_weights"] = _bake_features_weights(cfg, name, model)
+    bake(model, inter, add_to_existing=cfg.add_to_existing)  # refuses an intervention made for another geometry
+    out = save_baked(model, tokenizer, cfg.output_dir, inter, force=cfg.force)
     print(f"[bake] {len(inter.heads)} heads, alpha {inter.alpha:g}: o_proj bias = W_o @ shift; saved to {out} "
           f"(fitted on {inter.meta['fitted_on']}, in iti_intervention/)")
 
@@ -182,7 +187,7 @@ def _fit_bake_intervention(bake_cfg: BakeConfig, name: str):
     from .options import check_existing_path, check_range, check_seed
     from .truthfulqa.config import ValidationConfig
     from .truthfulqa.experiment import check_features
-    from .truthfulqa.fit import ALL_QUESTIONS, fit_on_all_questions
+    from .truthfulqa.fit import ALL_QUESTIONS, check_features_geometry, config_geometry, fit_on_all_questions
 
     num_heads = 48 if bake_cfg.num_heads is None else bake_cfg.num_heads
     seed = 42 if bake_cfg.seed is None else bake_cfg.seed
@@ -197,11 +202,29 @@ def _fit_bake_intervention(bake_cfg: BakeConfig, name: str):
     check_range("num_heads", num_heads, 1, total, integer=True, why=f"the layers x heads of {name}")
     features = load_features(cfg.features_path(cfg.dataset_name), mmap=False)
     tuning = load_features(cfg.features_path(cfg.activations_dataset), mmap=False)
+    geometry = config_geometry(bake_cfg.model_name)  # features of another model: refused before anything is fitted
+    if geometry is not None:
+        check_features_geometry(geometry, name, features, tuning)
     inter = fit_on_all_questions(features, tuning, num_heads=num_heads, alpha=alpha, model_name=name, direction=cfg.direction,
-                                 heads="random" if bake_cfg.use_random_dir else "top", seed=seed, val_ratio=cfg.val_ratio)
+                                 heads=cfg.heads, seed=seed, val_ratio=cfg.val_ratio)
     print(f"[bake] fitted on {ALL_QUESTIONS} ({inter.meta['questions']} questions; probes on an 80/20 split, seed {seed}; "
-          f"{cfg.direction} directions; stds over {inter.meta['tuning_rows']} {cfg.activations_dataset} rows)", flush=True)
+          f"{cfg.heads} heads, {cfg.direction} directions; stds over {inter.meta['tuning_rows']} {cfg.activations_dataset} rows)", flush=True)
     return inter
+
+
+def _bake_features_weights(bake_cfg: BakeConfig, name: str, model) -> str:
+    """Whether the features ``iti bake`` fitted on were collected from ``model``'s weights: refused when not, unless
+    ``--features_from_other_weights`` (:func:`iti.features.check_features_weights`)."""
+    from .features import UNRECORDED_WEIGHTS, check_features_weights, read_manifest
+    from .truthfulqa.config import ValidationConfig
+
+    cfg = ValidationConfig(model_name=name, features_dir=bake_cfg.features_dir)
+    paths = [cfg.features_path(d) for d in (cfg.dataset_name, cfg.activations_dataset)]
+    status = check_features_weights({str(p): read_manifest(p) for p in paths}, model, allow_other=bake_cfg.features_from_other_weights)
+    if status == UNRECORDED_WEIGHTS:
+        print("[bake] the features manifests record no weights fingerprint (an older iti, or imported): cannot check that "
+              "they come from this model's weights", flush=True)
+    return status
 
 
 def _interop_intervention(path: str, alpha: float | None):
@@ -241,6 +264,8 @@ def run_export(args: argparse.Namespace) -> Path:
     if cfg.intervention is None and cfg.format != "gguf":
         raise refuse("intervention", f"a saved iti intervention directory (with --format {cfg.format})", None)
     inter = _interop_intervention(cfg.intervention, cfg.alpha) if cfg.intervention is not None else None
+    if inter is not None and cfg.format == "lm-eval":  # lm-eval reads the vectors with whatever model it is given
+        inter.check_made_for(cfg.model_name, cfg.intervention)
     refuse_existing([out], cfg.force)
     model, tokenizer = load_model(cfg.model_name, dtype=cfg.dtype)
     if cfg.format == "pyvene":
@@ -254,7 +279,7 @@ def run_export(args: argparse.Namespace) -> Path:
         from .interop.lm_eval_format import export_lm_eval
 
         assert inter is not None
-        export_lm_eval(model, inter, out, force=cfg.force)
+        export_lm_eval(model, inter, out, force=cfg.force, model_name=cfg.model_name)
         print(f"[export] {len(inter.layer_shifts())} steering vectors (W_o @ shift, action add) in {out}; run "
               f"lm_eval --model steered --model_args pretrained=<model>,steer_path={out}")
     else:

@@ -169,5 +169,9 @@ class HonestLlamaFeatureError(FeatureFileError):
     """honest_llama feature arrays that disagree with each other, with the model geometry or with the prompt set."""
 
 
+class FeatureWeightsError(FeatureFileError):
+    """Features collected from other weights than the model they would steer (another checkpoint of the same name)."""
+
+
 class OffloadedWeightsError(ItiError, ValueError):
     """A model whose weights accelerate offloaded (meta tensors between forward passes), asked to change them (bake)."""

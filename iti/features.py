@@ -407,6 +407,37 @@ def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
     return manifest
 
 
+#: What :func:`check_features_weights` says of the features' weights (recorded in run.json and intervention metas).
+SAME_WEIGHTS, UNRECORDED_WEIGHTS, OTHER_WEIGHTS = "same weights", "not recorded", "other weights (--features_from_other_weights)"
+
+
+def check_features_weights(manifests: dict[str, dict[str, Any]], model: torch.nn.Module, *, allow_other: bool = False,
+                           current: str | None = None) -> str:
+    """Refuse features (``manifests``, by directory) collected from other weights than ``model``: features are found
+    by directory name, so two checkpoints of one name (runs/a/final, runs/b/final) would share them. Returns
+    :data:`SAME_WEIGHTS`; :data:`OTHER_WEIGHTS` instead of refusing with ``allow_other``; :data:`UNRECORDED_WEIGHTS`
+    when a manifest holds no weights fingerprint (collected by an iti before it recorded one, or imported from
+    honest_llama), which cannot be checked and is not refused. ``current``: the model's
+    :func:`~iti.fingerprint.model_fingerprint`, when already computed."""
+    from .errors import FeatureWeightsError
+    from .fingerprint import model_fingerprint, weights_match
+
+    current = current or model_fingerprint(model)
+    seen = {str(p): weights_match(m.get("model", {}).get("weights_sha256"), m.get("model", {}).get("compute_dtype"), model, current)
+            for p, m in manifests.items()}
+    other = [p for p, same in seen.items() if same is False]
+    if other and not allow_other:
+        source = getattr(getattr(model, "config", None), "_name_or_path", "") or "the model"
+        raise FeatureWeightsError(
+            f"the features {', '.join(other)} were collected from other weights than the model being steered ({source}): "
+            "features are found by the model's directory name, so another checkpoint of that name shares them. Collect this "
+            "model's own features (python get_activations/get_activations.py --model_name <its path> --output_dir DIR, then "
+            "--features_dir DIR), or pass --features_from_other_weights to use these anyway (recorded in the result)")
+    if other:
+        return OTHER_WEIGHTS
+    return UNRECORDED_WEIGHTS if None in seen.values() else SAME_WEIGHTS
+
+
 def load_features(path: str | os.PathLike, *, layer_wise: bool = False, mmap: bool = True, verify: bool = True) -> FeatureSet:
     """Load a features directory written by :func:`write_features` or :func:`merge_shards`.
 

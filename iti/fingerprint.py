@@ -79,13 +79,15 @@ def checkpoint_fingerprint(directory: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
-def state_fingerprint(model: Any) -> str:
-    """SHA-256 over every tensor of the model's state dict (name, dtype, shape and bytes)."""
+def state_fingerprint(model: Any, dtype: Any = None) -> str:
+    """SHA-256 over every tensor of the model's state dict (name, dtype, shape and bytes); with ``dtype`` (a torch
+    dtype), of its floating-point tensors cast to it, as a copy of the model loaded in that dtype would hash."""
     import torch
 
     h = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
-        t = tensor.detach().to("cpu").contiguous()
+        t = tensor.detach().to("cpu")
+        t = (t.to(dtype) if dtype is not None and t.is_floating_point() else t).contiguous()
         h.update(f"{name}\0{t.dtype}\0{tuple(t.shape)}\n".encode())
         h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
@@ -99,6 +101,33 @@ def model_fingerprint(model: Any) -> str:
     if source and Path(source).is_dir() and checkpoint_files(source):
         return "ckpt:" + checkpoint_fingerprint(source)
     return "state:" + state_fingerprint(model)
+
+
+def compute_dtype(model: Any) -> str:
+    """The dtype the model computes in, by name (``float32``, ``bfloat16``): that of its first floating-point
+    parameter (what ``--dtype`` resolved to when it loaded)."""
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), next(model.parameters()).dtype)
+    return str(dtype).removeprefix("torch.")
+
+
+def weights_match(recorded: str | None, recorded_dtype: str | None, model: Any, current: str | None = None) -> bool | None:
+    """Whether ``model`` has the weights a fingerprint was recorded from (:func:`model_fingerprint`, by a model that
+    computed in ``recorded_dtype``); None when nothing was recorded. A ``state:`` fingerprint recorded in another
+    dtype is compared with this model's tensors cast to that dtype (the same checkpoint loaded in float32 and in
+    float16 matches); a ``ckpt:`` one with a model not loaded from a checkpoint directory cannot match.
+    ``current``: this model's :func:`model_fingerprint`, when already computed."""
+    if not recorded:
+        return None
+    current = current or model_fingerprint(model)
+    if recorded == current:
+        return True
+    if recorded.startswith("state:") and recorded_dtype and (current.startswith("ckpt:") or recorded_dtype != compute_dtype(model)):
+        import torch
+
+        dtype = getattr(torch, str(recorded_dtype), None)
+        if isinstance(dtype, torch.dtype):
+            return recorded == "state:" + state_fingerprint(model, dtype)
+    return False
 
 
 def describe_difference(stored: Mapping[str, Any], current: Mapping[str, Any]) -> str:

@@ -12,8 +12,12 @@ For each chosen head (layer l, head h) the o_proj input slice of that head is sh
   (:class:`iti.HeadTrace`, :func:`iti.collect_head_activations`), which takes each row's last non-pad token and
   so works with either padding side.
 - ``"all"``: every position (what a baked-in bias does).
-- an ``int``: every absolute position from that index on (``positions=len(prompt)`` = the answer tokens only).
-- a tensor ``[batch]``: a start index per row.
+- an ``int`` (of any integer type, >= 0): every absolute position from that index on (``positions=len(prompt)`` =
+  the answer tokens only).
+- a tensor, numpy array, list or tuple ``[batch]``: a start index per row.
+
+Anything else (a float, a bool, a negative start, another string) is refused with
+:class:`~iti.errors.InvalidOptionError`.
 """
 from __future__ import annotations
 
@@ -40,7 +44,7 @@ from .hooks import module_hooks
 from .io import atomic_save_safetensors, atomic_write_json, read_json, read_safetensors_header, sha256_file
 from .kv_cache import passed_cache
 
-InterventionPositions = str | int | torch.Tensor
+InterventionPositions = str | int | np.integer | torch.Tensor | Sequence[int] | np.ndarray
 
 META_FILE = "intervention.json"
 TENSOR_FILE = "intervention.safetensors"
@@ -111,6 +115,12 @@ class Intervention:
         ``num_heads`` best, and shift them along the mass-mean direction (see :func:`fit_intervention`
         for the options). With lists of equal length, ``positive_prompts[i]`` and ``negative_prompts[i]`` form a
         pair."""
+        from .options import refuse
+
+        for arg, given in (("positive_prompts", positive_prompts), ("negative_prompts", negative_prompts)):
+            if isinstance(given, (str, bytes)):  # a sequence too: each character would become a one-letter prompt
+                shown = repr(given[:60]) + ("..." if len(given) > 60 else "")
+                raise refuse(arg, "a list of prompts, not one string (wrap a single prompt in a list)", shown=shown)
         if not positive_prompts or not negative_prompts:
             raise EmptyInputError("from_contrast_pairs needs at least one positive and one negative prompt")
         prompts = list(positive_prompts) + list(negative_prompts)
@@ -185,12 +195,28 @@ class Intervention:
         h.update(self.stds.tobytes())
         return h.hexdigest()[:16]
 
+    def check_made_for(self, model_name: str | os.PathLike, source: str | os.PathLike | None = None) -> None:
+        """Raise InterventionModelError unless this intervention was made for the model ``model_name`` names
+        (:func:`iti.models.same_model`; a model of the same geometry is still another model). An intervention that
+        records no model is not checked. ``source``: where it was read from, for the message."""
+        from .errors import InterventionModelError
+        from .models import same_model
+
+        if self.model_name and not same_model(self.model_name, model_name):
+            what = f"the intervention {source}" if source is not None else "this intervention"
+            raise InterventionModelError(
+                f"{what} was made for {self.model_name!r}, not for {str(model_name)!r}: a model of the same geometry "
+                "has other weights, so its shift means something else there. Use the model it was made for, or fit "
+                "one for this model.")
+
     def check_model(self, model: torch.nn.Module) -> None:
         """Raise GeometryMismatchError unless the model has the head geometry this intervention was made for."""
         g = model_layout(model).geometry
         if g != self.geometry:
+            run = getattr(getattr(model, "config", None), "_name_or_path", "") or type(model).__name__
             raise GeometryMismatchError(
-                f"this intervention was made for {self.model_name} with {self.geometry}; the model has {g}"
+                f"this intervention was made for {self.model_name} with {self.geometry}; the model it is used on "
+                f"({run}) has {g}"
             )
 
     @contextlib.contextmanager
@@ -267,11 +293,7 @@ class _PositionTracker:
     """Works out, before each forward pass, which positions of the current input get the shift."""
 
     def __init__(self, positions: InterventionPositions):
-        if isinstance(positions, str) and positions not in ("last", "all"):
-            raise ValueError(f"positions must be 'last', 'all', a start index or a [batch] tensor, got {positions!r}")
-        if isinstance(positions, bool) or (isinstance(positions, float)):
-            raise ValueError(f"positions must be 'last', 'all', an int or a tensor, got {positions!r}")
-        self.positions = positions
+        self.positions = _normalize_positions(positions)
         self.mask: torch.Tensor | None = None  # [batch, seq] bool, or None = every position
         self._prompt: torch.Tensor | None = None
         self._start = 0
@@ -320,6 +342,36 @@ class _PositionTracker:
                 raise RuntimeError(f"intervention positions {tuple(self.mask.shape)} do not match the head input {tuple(x.shape[:2])}")
             m = self._per_device[key] = self.mask.to(device=x.device, dtype=x.dtype).unsqueeze(-1)
         return m
+
+
+_POSITIONS_HELP = "'last', 'all', a start index (an int >= 0) or one start index per row (a 1-d sequence or tensor)"
+
+
+def _normalize_positions(positions: Any) -> str | int | torch.Tensor:
+    """``"last"``/``"all"``, a non-negative Python int, or a 1-d CPU int64 tensor of per-row starts. Integers of any
+    integer type (numpy, a 0-d tensor) are starts; lists, tuples and numpy arrays are per-row starts. Anything else
+    (a bool, a float, another string, a negative start) is refused rather than read as something it is not."""
+    if isinstance(positions, str):
+        if positions not in ("last", "all"):
+            raise InvalidOptionError(f"positions must be {_POSITIONS_HELP}, got {positions!r}")
+        return positions
+    if isinstance(positions, (bool, np.bool_)):
+        raise InvalidOptionError(f"positions must be {_POSITIONS_HELP}, got the bool {positions!r}")
+    if isinstance(positions, (list, tuple, np.ndarray, torch.Tensor)):
+        arr = positions.detach().cpu().numpy() if isinstance(positions, torch.Tensor) else np.asarray(positions)
+        if arr.ndim == 0:
+            return _normalize_positions(arr.item())
+        if arr.ndim != 1 or arr.size == 0 or not (np.issubdtype(arr.dtype, np.integer) and not np.issubdtype(arr.dtype, np.bool_)):
+            raise InvalidOptionError(f"positions must be {_POSITIONS_HELP}; got a {arr.dtype} array of shape {arr.shape}")
+        if (arr < 0).any():
+            raise InvalidOptionError(f"positions: start indices must be >= 0, got {arr.tolist()}")
+        return torch.from_numpy(arr.astype(np.int64))
+    if isinstance(positions, (int, np.integer)):
+        if positions < 0:
+            raise InvalidOptionError(f"positions: a start index must be >= 0, got {int(positions)} (a negative start would "
+                                     "shift every position; pass 'all' for that)")
+        return int(positions)
+    raise InvalidOptionError(f"positions must be {_POSITIONS_HELP}, got {type(positions).__name__} {positions!r}")
 
 
 def _refuse_right_padding(attention_mask: torch.Tensor | None) -> None:

@@ -132,6 +132,25 @@ def resolve_model(name_or_path: str | os.PathLike) -> ModelSource:
     )
 
 
+def same_model(recorded: str, target: str | os.PathLike) -> bool:
+    """Whether ``recorded`` (the model an intervention was made for) names the model ``target`` names, by where
+    each resolves (:func:`resolve_model`, as ``iti faithfulness`` compares them). A recorded name that resolves
+    nowhere must be the target's own name: ``iti collect`` / ``validate`` / ``bake`` record a local directory by
+    its last component and a hub id by the part after the slash."""
+    target = str(target)
+    if recorded == target:
+        return True
+    try:
+        wanted = resolve_model(target)
+    except UnknownModelError:
+        return False
+    try:
+        made_for = resolve_model(recorded)
+    except UnknownModelError:
+        return recorded == wanted.name
+    return made_for.location == wanted.location
+
+
 #: The compute dtypes :func:`load_model` accepts by name (``auto``: float16 on a GPU; on the CPU bfloat16 where the CPU
 #: has native bf16 and bf16 passed the measured accuracy rule, else float32: :func:`iti.hardware.auto_cpu_dtype`).
 DTYPE_NAMES: dict[str, str] = {"auto": "auto", "float32": "float32", "float16": "float16", "bfloat16": "bfloat16",

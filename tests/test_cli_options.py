@@ -143,12 +143,12 @@ def test_collect_refuses(args, option, tmp_path, capsys):
     _refused(capsys, ["collect", "--output_dir", out, "--quiet", *args], option, out)
 
 
-def _saved_intervention(path):
+def _saved_intervention(path, model_name="tiny"):
     from iti import Intervention, model_layout
 
     g = model_layout(make_tiny_model("llama")).geometry
     d = np.ones((1, g.head_dim)) / np.sqrt(g.head_dim)
-    return Intervention([(0, 0)], d, np.ones(1), 1.0, "tiny", g).save(path)
+    return Intervention([(0, 0)], d, np.ones(1), 1.0, model_name, g).save(path)
 
 
 BAKE = [
@@ -270,7 +270,7 @@ def test_defaults_pass_validation():
 
 def test_command_defaults_get_through_to_the_model_load(tmp_path):
     """Each command's defaults (plus the paths it needs) pass every check: the next step is loading the model."""
-    iv = _saved_intervention(tmp_path / "iv")
+    iv = _saved_intervention(tmp_path / "iv", "smollm2-135m")  # made for the default model, which bake checks
     commands = [
         ["collect", "--output_dir", tmp_path / "collect", "--quiet"],
         ["bake", "--intervention", iv, "--output_dir", tmp_path / "baked"],

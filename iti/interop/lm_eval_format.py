@@ -14,6 +14,7 @@ module of the model, ``clamp`` actions (they depend on the activation), biases a
 from __future__ import annotations
 
 import math
+import numbers
 import os
 from pathlib import Path
 from typing import Any
@@ -51,11 +52,18 @@ def steering_config(model: torch.nn.Module, intervention: Intervention) -> dict[
             for layer, vec in sorted(output_shifts(model, intervention).items())}
 
 
-def export_lm_eval(model: torch.nn.Module, intervention: Intervention, path: str | os.PathLike, *, force: bool = False) -> Path:
-    """Write the steering ``.pt`` of ``intervention`` for ``lm_eval --model steered`` (module docstring)."""
+def export_lm_eval(model: torch.nn.Module, intervention: Intervention, path: str | os.PathLike, *, force: bool = False,
+                   model_name: str | os.PathLike | None = None) -> Path:
+    """Write the steering ``.pt`` of ``intervention`` for ``lm_eval --model steered`` (module docstring).
+
+    ``model_name``: the name or directory ``model`` was loaded from (``iti export`` passes ``--model_name``); an
+    intervention made for another model (:meth:`~iti.intervention.Intervention.check_made_for`, the check of ``iti
+    faithfulness``) is then refused with :class:`~iti.errors.InterventionModelError`, also when the geometry fits."""
     path = Path(path)
     if path.suffix not in (".pt", ".pth"):
         raise SteeringFileError(f"lm-eval reads steering vectors from a .pt or .pth file, not {path.name!r}")
+    if model_name is not None:
+        intervention.check_made_for(model_name)
     refuse_existing([path], force)
     config = steering_config(model, intervention)
     with atomic_path(path) as tmp:
@@ -71,6 +79,15 @@ def _entries(raw: Any, path: Path) -> list[tuple[str, dict[str, Any]]]:
         return [(str(e["hookpoint"]), e) for e in raw]
     raise SteeringFileError(f"{path} is not an lm-eval steering file: expected {{hookpoint: {{steering_vector, "
                             "steering_coefficient, action, ...}}}}")
+
+
+def _coefficient(raw: Any, path: Path, hook: str) -> float:
+    """The steering coefficient as a float: a number or a one-element tensor (lm-eval multiplies the vector by it),
+    refused with :class:`SteeringFileError` otherwise (a string such as ``"2"`` would fail inside lm-eval too)."""
+    value = raw.item() if isinstance(raw, torch.Tensor) and raw.numel() == 1 else raw
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise SteeringFileError(f"{path}: {hook}'s steering_coefficient is {raw!r}, not a number")
+    return float(value)
 
 
 def import_lm_eval(path: str | os.PathLike, model: torch.nn.Module, *, model_name: str | None = None) -> Intervention:
@@ -103,7 +120,7 @@ def import_lm_eval(path: str | os.PathLike, model: torch.nn.Module, *, model_nam
         out_width = int(head_out_weight(model, layer).shape[0])
         if vec.numel() != out_width:
             raise SteeringFileError(f"{path}: {hook}'s steering_vector has {vec.numel()} values, the module outputs {out_width}")
-        coef = float(entry.get("steering_coefficient", 1.0))
+        coef = _coefficient(entry.get("steering_coefficient", 1.0), path, hook)
         if not math.isfinite(coef) or not torch.isfinite(vec).all():
             raise SteeringFileError(f"{path}: {hook} has a non-finite steering vector or coefficient")
         shifts[layer] = shifts.get(layer, 0.0) + coef * vec.double().numpy()

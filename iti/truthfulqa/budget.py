@@ -10,12 +10,18 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..errors import InvalidOptionError
 
 
 class BudgetNotReachedError(InvalidOptionError):
     """No alpha within the search range reaches the budget (the shift saturates below it)."""
+
+
+class BudgetNotConvergedError(BudgetNotReachedError):
+    """A search that ended (out of evaluations) with its closest cost outside the tolerance: the row would not be
+    cost-matched, so it is not run (a budget under the cost's numerical noise, say)."""
 
 
 @dataclass
@@ -27,18 +33,43 @@ class BudgetSearch:
     alpha: float
     reached: float
     trace: list[tuple[float, float]] = field(default_factory=list)
+    rel_tol: float = 0.05
+
+    @property
+    def converged(self) -> bool:
+        """Whether the cost reached is within the relative tolerance of the budget (the row is cost-matched)."""
+        return abs(self.reached - self.target) <= self.rel_tol * self.target
+
+    def check(self, row: str) -> BudgetSearch:
+        """This search, if it converged; else :class:`BudgetNotConvergedError`, one line naming ``row``, the budget,
+        the cost reached and the tolerance."""
+        if self.converged:
+            return self
+        alphas = [a for a, _ in self.trace] or [self.alpha]
+        raise BudgetNotConvergedError(
+            f"{row}: the {self.metric} budget {self.target:g} was not met, so the row is not cost-matched: after "
+            f"{len(self.trace)} steps (alpha {min(alphas):.3g} to {max(alphas):.3g}) the closest {self.metric} reached is "
+            f"{self.reached:.3g} at alpha {self.alpha:.3g}, outside the tolerance {self.target:g} ± {self.rel_tol * self.target:.2g} "
+            f"({self.rel_tol:.0%}); a budget this small may lie under the numerical noise of the cost: raise "
+            f"--{self.metric.lower()}_budget")
 
     def to_dict(self) -> dict[str, object]:
         return {"metric": self.metric, "target": self.target, "alpha": self.alpha, "reached": self.reached,
-                "trace": [[a, c] for a, c in self.trace]}
+                "trace": [[a, c] for a, c in self.trace], "rel_tol": self.rel_tol}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> BudgetSearch:
+        """The search :meth:`to_dict` stored (rows stored before ``rel_tol`` was: the 5% every search used)."""
+        return cls(d["metric"], d["target"], d["alpha"], d["reached"], [(a, c) for a, c in d.get("trace", [])], d.get("rel_tol", 0.05))
 
 
 def alpha_for_budget(cost: Callable[[float], float], target: float, *, metric: str = "KL", start: float = 1.0,
                      rel_tol: float = 0.05, max_evals: int = 24, alpha_max: float = 1e4) -> BudgetSearch:
     """The alpha whose ``cost(alpha)`` is within ``rel_tol`` of ``target`` (relative), found by doubling or halving
     from ``start`` until the budget is bracketed, then bisecting in log-alpha. Stops after ``max_evals`` costs
-    with the closest alpha seen; raises :class:`BudgetNotReachedError` when even ``alpha_max`` stays below the
-    budget. ``cost`` must grow with alpha (KL and CE increase do, on average over texts)."""
+    with the closest alpha seen (``converged`` False: :meth:`BudgetSearch.check` refuses it); raises
+    :class:`BudgetNotReachedError` when even the last doubling of ``start`` within ``alpha_max`` stays below the
+    budget (the message names that alpha). ``cost`` must grow with alpha (KL and CE increase do, on average over texts)."""
     if not (math.isfinite(target) and target > 0):
         raise InvalidOptionError(f"--{metric.lower()}_budget must be a positive number, got {target}")
     trace: list[tuple[float, float]] = []
@@ -53,7 +84,7 @@ def alpha_for_budget(cost: Callable[[float], float], target: float, *, metric: s
 
     def best() -> BudgetSearch:
         alpha, reached = min(trace, key=lambda t: abs(t[1] - target))
-        return BudgetSearch(metric, target, alpha, reached, trace)
+        return BudgetSearch(metric, target, alpha, reached, trace, rel_tol)
 
     alpha = start
     value = evaluate(alpha)
@@ -63,7 +94,8 @@ def alpha_for_budget(cost: Callable[[float], float], target: float, *, metric: s
         while value < target and not close(value):
             if alpha * 2 > alpha_max:
                 raise BudgetNotReachedError(f"{metric} {value:.4g} at alpha {alpha:g} stays below the budget {target:g} "
-                                            f"(alpha up to {alpha_max:g} tried): lower the budget")
+                                            f"(alphas {start:g} to {alpha:g} tried, doubling; the next, {alpha * 2:g}, is "
+                                            f"past the search limit {alpha_max:g}): lower the budget")
             lo, alpha = alpha, alpha * 2
             value = evaluate(alpha)
         hi = alpha

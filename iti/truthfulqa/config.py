@@ -21,6 +21,21 @@ from ..options import (
 from .budget import head_count_arg, parse_head_count
 from .judge import DEFAULT_INFO_JUDGE, DEFAULT_TRUE_JUDGE, JUDGE_KINDS
 
+#: files of which a local model directory holds at least one for its tokenizer
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "spiece.model")
+
+
+def check_model_dir(option: str, directory: str) -> None:
+    """Refuse a local directory that is not a saved model (no config.json, or no tokenizer file), naming
+    ``--option``, the directory and what is missing, before anything loads."""
+    d = Path(directory)
+    missing = [] if (d / "config.json").is_file() else ["config.json"]
+    if not any((d / f).is_file() for f in TOKENIZER_FILES):
+        missing.append(f"tokenizer file (one of {', '.join(TOKENIZER_FILES)})")
+    if missing:
+        raise InvalidOptionError(f"--{option}: a model directory (save_pretrained's config.json, weights and tokenizer), "
+                                 f"but {d} has no {' and no '.join(missing)}")
+
 
 @dataclass
 class ValidationConfig:
@@ -31,15 +46,19 @@ class ValidationConfig:
     activations_dataset: str = field(default="tqa_gen_end_q", metadata={
         "help": "features whose projections set the shift's std"})
     num_heads: int | str = field(default=48, metadata={
-        "help": "heads to intervene on (top by probe accuracy): a count, or a share of all heads such as 4.7%",
+        "help": "heads to intervene on (the top ones by probe accuracy, random ones with --use_random_dir): a count, "
+                "or a share of all heads such as 4.7%",
         "type": head_count_arg})
     alpha: float = field(default=15.0, metadata={"help": "intervention strength, in std of the projections"})
     num_fold: int = field(default=2, metadata={"help": "folds of the cross-validation over questions"})
     val_ratio: float = field(default=0.2, metadata={"help": "share of the training questions held out to validate the probes"})
     seed: int = field(default=42, metadata={"help": "seed of the fold split, probes and random controls"})
-    use_center_of_mass: bool = field(default=False, metadata={"help": "mass-mean directions (else probe weights)"})
+    use_center_of_mass: bool = field(default=False, metadata={
+        "help": "mass-mean directions (without either flag: probe weights on the top heads); with --use_random_dir: "
+                "mass-mean directions on random heads, as honest_llama"})
     use_random_dir: bool = field(default=False, metadata={
-        "help": "random heads and random directions (honest_llama's control)"})
+        "help": "random heads instead of the top ones, with random directions; with --use_center_of_mass: random "
+                "heads with mass-mean directions (honest_llama's controls)"})
     instruction_prompt: str = field(default="default", metadata={
         "help": "instruction before the questions", "choices": ("default", "informative", "none")})
     preset: str = field(default="qa", metadata={
@@ -71,15 +90,18 @@ class ValidationConfig:
         "help": "neutral text for CE/KL: offline IMDB sample or the hub's openwebtext-10k", "choices": ("imdb", "owt")})
     tune_on_all_questions: bool = field(default=False, metadata={
         "help": "std of projections over all questions (the original) instead of the training fold"})
-    mc_shift_start: str = field(default="first_answer_token", metadata={
-        "help": "where the MC shift starts: the first answer token, or the original's len(question prompt) + 4 "
-                "(the second answer token for SmolLM2's and Llama 2's tokenizers)",
-        "choices": ("first_answer_token", "original")})
+    mc_shift_start: str = field(default="last_context_token", metadata={
+        "help": "where the MC shift starts: the last context token (every answer token scored under the shift, as "
+                "the steered model generates it), the first answer token (iti's former default: the first answer "
+                "token is scored unsteered), or the original's len(question prompt) + 4 (the second answer token "
+                "for SmolLM2's and Llama 2's tokenizers)",
+        "choices": ("last_context_token", "first_answer_token", "original")})
     kl_budget: list[float] = field(default_factory=list, metadata={
         "help": "KL budgets (nats per token): ITI and each control get the alpha whose KL on the search texts meets "
-                "each budget (bisection); several budgets trace the frontier"})
+                "each budget (bisection); several budgets trace the frontier (default: none, the fixed --alpha)",
+        "nargs": "+"})
     ce_budget: list[float] = field(default_factory=list, metadata={
-        "help": "CE-increase budgets (nats per token), as --kl_budget"})
+        "help": "CE-increase budgets (nats per token), as --kl_budget", "nargs": "+"})
     budget_texts: int = field(default=20, metadata={
         "help": "neutral texts the budget search measures on (drawn after, never among, the reported CE/KL texts)"})
     max_questions: int | None = field(default=None, metadata={
@@ -90,6 +112,8 @@ class ValidationConfig:
         "help": "data root holding truthfulqa/ (default: $ITI_DATA_DIR, then ../shared/data, then the hub)"})
     batch_size: int = field(default=16, metadata={"help": "prompts per forward pass"})
     force: bool = field(default=False, metadata={"help": "discard rows in the output directory that other settings produced"})
+    features_from_other_weights: bool = field(default=False, metadata={
+        "help": "use features collected from other weights than the model's (refused otherwise; recorded in run.json)"})
 
     def __post_init__(self) -> None:
         if isinstance(self.judge, bool):  # the Python API's judge=True of old: the endpoint
@@ -100,7 +124,7 @@ class ValidationConfig:
         anything is loaded or written. Reads only the features manifest (for the model's layers x heads and the
         number of questions; without one, ``max_questions`` or TruthfulQA's 817 questions)."""
         check_finite_nonneg("alpha", self.alpha)
-        check_choice("mc_shift_start", self.mc_shift_start, ("first_answer_token", "original"))
+        check_choice("mc_shift_start", self.mc_shift_start, ("last_context_token", "first_answer_token", "original"))
         check_choice("judge", self.judge, JUDGE_KINDS, none_ok=True)
         if self.judge == "hf":
             from ..errors import UnknownModelError
@@ -109,9 +133,14 @@ class ValidationConfig:
 
             for name in ("judge_model", "judge_info_model"):  # a misspelt judge fails before the steered model loads
                 try:
-                    resolve_model(getattr(self, name))
+                    judge_source = resolve_model(getattr(self, name))
                 except UnknownModelError:
                     raise refuse(name, "an embedded name, a local directory or a hub id 'org/name'", getattr(self, name)) from None
+                if judge_source.kind == "local":
+                    check_model_dir(name, judge_source.location)
+        if self.judge is not None and not self.generate:
+            raise InvalidOptionError(f"--judge {self.judge}: the judges score the generated answers, but --no_generate "
+                                     "generates none; drop --no_generate to judge, or --judge to skip judging")
         check_each(check_finite_nonneg, "sweep_alphas", self.sweep_alphas)
         check_seed("seed", self.seed)
         check_each(check_seed, "control_seeds", self.control_seeds)
@@ -165,11 +194,24 @@ class ValidationConfig:
 
     @property
     def direction(self) -> str:
-        """The direction method: "random" with use_random_dir, else "mass_mean" with use_center_of_mass, else
-        "probe"."""
-        if self.use_random_dir:
-            return "random"
-        return "mass_mean" if self.use_center_of_mass else "probe"
+        """The direction method, as honest_llama's get_interventions_dict picks it (mass-mean checked first):
+        "mass_mean" with use_center_of_mass (with or without use_random_dir), else "random" with use_random_dir,
+        else "probe"."""
+        if self.use_center_of_mass:
+            return "mass_mean"
+        return "random" if self.use_random_dir else "probe"
+
+    @property
+    def heads(self) -> str:
+        """The head choice, as honest_llama's get_top_heads: "random" with use_random_dir (whatever the direction),
+        else "top" (by probe accuracy)."""
+        return "random" if self.use_random_dir else "top"
+
+    @property
+    def method_label(self) -> str:
+        """The direction method, with ``random-heads_`` before it when random heads carry a non-random direction
+        (both flags): names the default output directory, so the four flag combinations never share one."""
+        return f"random-heads_{self.direction}" if self.heads == "random" and self.direction != "random" else self.direction
 
 
 @dataclass(frozen=True)
@@ -197,8 +239,7 @@ class RowSpec:
 def plan_rows(cfg: ValidationConfig) -> list[RowSpec]:
     """The rows to evaluate, in order: baseline, then per seed ITI and the random-heads and random-direction
     controls, with the alpha and head-count sweeps after the main seed."""
-    d = cfg.direction
-    heads = "random" if cfg.use_random_dir else "top"
+    d, heads = cfg.direction, cfg.heads
     rows = [RowSpec("baseline", 0.0, 0, cfg.seed, generate=cfg.generate)]
     # the main seed first, then the sweeps, then the other seeds: an interrupted run has the key rows first
     seeds = [cfg.seed] + [s for s in cfg.control_seeds if s != cfg.seed]
@@ -262,16 +303,29 @@ class BakeConfig:
     alpha: float | None = field(default=None, metadata={
         "help": "strength (default 15 when fitting; with --intervention, its own alpha)"})
     num_heads: int | None = field(default=None, metadata={
-        "help": "heads to intervene on, top by probe accuracy (default 48; fitting only)"})
-    use_center_of_mass: bool = field(default=False, metadata={"help": "mass-mean directions, else probe weights (fitting only)"})
+        "help": "heads to intervene on: the top ones by probe accuracy, random ones with --use_random_dir (default 48; "
+                "fitting only)"})
+    use_center_of_mass: bool = field(default=False, metadata={
+        "help": "mass-mean directions (without either flag: probe weights on the top heads); with --use_random_dir: "
+                "mass-mean directions on random heads, as edit_weight.py (fitting only)"})
     use_random_dir: bool = field(default=False, metadata={
-        "help": "random heads and random directions, the original's control (fitting only)"})
+        "help": "random heads instead of the top ones, with random directions; with --use_center_of_mass: random heads "
+                "with mass-mean directions, as edit_weight.py (fitting only)"})
     seed: int | None = field(default=None, metadata={
         "help": "seed of the 80/20 probe split and random draws (default 42; fitting only)"})
     features_dir: str | None = field(default=None, metadata={
         "help": "where the tqa_mc2 and tqa_gen_end_q feature directories are (fitting only; default: features/ of the "
                 "output root)"})
+    features_from_other_weights: bool = field(default=False, metadata={
+        "help": "fit on features collected from other weights than the model's (refused otherwise; recorded in the "
+                "intervention's meta; fitting only)"})
     dtype: str | None = field(default=None, metadata={"help": "compute dtype (default float32 on CPU, float16 on GPU; auto: bfloat16 instead on a CPU with AMX or AVX512-BF16)"})
+    add_to_existing: bool = field(default=False, metadata={
+        "help": "bake into a model that already has a baked intervention, adding this shift on top of it (refused "
+                "otherwise)"})
+    force: bool = field(default=False, metadata={
+        "help": "replace a non-empty output_dir as a whole (refused otherwise); the old content goes only once the "
+                "new checkpoint is complete"})
 
 
 @dataclass

@@ -1,8 +1,10 @@
 """k-fold validation of ITI on TruthfulQA (honest_llama's validate_2fold), with controls, sweeps and seeds.
 
 For each fold: probes on the training questions, an intervention, and evaluation on the held-out questions:
-MC1/MC2/MC3, CE and KL on neutral text, greedy answers scored by BLEU/ROUGE and, with ``--judge``, True, Info and
-True*Info by LLM judges (an endpoint, or in-process with ``--judge hf``).
+MC1/MC2/MC3, CE and KL on neutral text (``ce_corpus``: the offline IMDB sample unless ``owt``, the original's
+OpenWebText), greedy answers scored by BLEU, ROUGE-1 (honest_llama's ``rouge1 acc``) and ROUGE-L and, with
+``--judge``, True and Info by LLM judges (an endpoint, or in-process with ``--judge hf``), reported as honest_llama's
+True*Info (mean(True) x mean(Info)) and the per-answer True&Info.
 Every evaluated row is stored as it finishes (``rows/*.json``), so an interrupted run resumes.
 """
 from __future__ import annotations
@@ -13,14 +15,16 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import FeatureFileError
-from ..features import load_features, read_manifest
+from ..architectures import model_layout
+from ..errors import FeatureFileError, NonFiniteInputError
+from ..features import UNRECORDED_WEIGHTS, FeatureSet, check_features_weights, load_features, read_manifest
+from ..fingerprint import model_fingerprint
 from ..io import atomic_write_json, atomic_write_text, read_json
 from ..locks import output_lock
 from .budget import BudgetSearch, alpha_for_budget
 from .config import RowSpec, ValidationConfig, plan_rows
 from .data import load_truthfulqa
-from .fit import FoldProbes, build_intervention, train_fold_probes
+from .fit import FoldProbes, build_intervention, check_features_geometry, train_fold_probes
 from .generation import generate_answers
 from .judge import JUDGE_KEYS, Judge, JudgeConfig, check_judge_endpoint
 from .lm_cost import NeutralCost, ce_and_kl, load_neutral_texts
@@ -36,10 +40,12 @@ RESULT_FIELDS = ("model_name", "dataset_name", "activations_dataset", "num_fold"
 RUN_RECORD = "run.json"
 
 
-def run_identity(cfg: ValidationConfig, *, manifests: dict[str, dict[str, Any]] | None = None, tqa=None, model=None) -> dict[str, Any]:
+def run_identity(cfg: ValidationConfig, *, manifests: dict[str, dict[str, Any]] | None = None, tqa=None, model=None,
+                 weights: str | None = None) -> dict[str, Any]:
     """What determines every stored row of a run: the result fields of ``cfg`` and content hashes of the feature
-    sets (from their manifests, by data set name), the TruthfulQA data and the model weights (each when given)."""
-    from ..fingerprint import model_fingerprint, settings_fingerprint
+    sets (from their manifests, by data set name), the TruthfulQA data, the model weights and the dtype the model
+    computes in (each when given; ``weights``: the model's fingerprint, when already computed)."""
+    from ..fingerprint import compute_dtype, model_fingerprint, settings_fingerprint
 
     identity: dict[str, Any] = {f: getattr(cfg, f) for f in RESULT_FIELDS}
     if cfg.kl_budget or cfg.ce_budget:
@@ -49,7 +55,8 @@ def run_identity(cfg: ValidationConfig, *, manifests: dict[str, dict[str, Any]] 
     if tqa is not None:
         identity["TruthfulQA data_sha256"] = settings_fingerprint({"refs": [r.__dict__ for r in tqa.refs], "mc": [m.__dict__ for m in tqa.mc]})
     if model is not None:
-        identity["model weights_sha256"] = model_fingerprint(model)
+        identity["model weights_sha256"] = weights or model_fingerprint(model)
+        identity["compute_dtype"] = compute_dtype(model)  # what --dtype resolved to: float32 and bfloat16 rows differ
     return identity
 
 
@@ -63,7 +70,7 @@ def claim_output(out: Path, identity: dict[str, Any], force: bool = False) -> No
     by an older iti that kept no record of them) are refused with what differs, in words, unless ``force``, which
     discards them. Keys missing from ``identity`` (the model, before it is loaded) are not compared."""
     from ..errors import OutputExistsError
-    from ..fingerprint import describe_difference
+    from ..fingerprint import canonical_json, describe_difference
 
     record = out / RUN_RECORD
     rows = list((out / "rows").glob("*.json"))
@@ -75,6 +82,11 @@ def claim_output(out: Path, identity: dict[str, Any], force: bool = False) -> No
         if describe_difference(stored_cmp, identity) == "nothing":
             return
         why = f"other settings ({describe_difference(stored_cmp, identity)})"
+        unrecorded = [k for k in identity if k not in stored]  # what an older iti did not record (the compute dtype)
+        if unrecorded and describe_difference(stored_cmp, {k: v for k, v in identity.items() if k in stored}) == "nothing":
+            said = ", ".join(k if k.endswith("_sha256") else f'"{k}": {canonical_json(identity[k])}' for k in unrecorded)
+            why = (f"settings recorded by an older iti that did not record {said} (if its rows were computed so, add that "
+                   f"to {record} to keep them)")
     else:
         why = f"unknown settings (no {RUN_RECORD}: written by an older iti)"
     if not force:
@@ -118,7 +130,16 @@ def _generation_part(model, tokenizer, tqa, test_q, intervention, cfg) -> dict[s
     prompts = [generation_prompt(tqa.refs[q].question, cfg.preset, cfg.instruction_prompt) for q in test_q]
     answers = generate_answers(model, tokenizer, prompts, intervention=intervention, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size)
     sim = similarity_scores(answers, [tqa.refs[q] for q in test_q])
-    return {"answers": answers, "BLEU-acc": sim.bleu_acc.tolist(), "ROUGE-acc": sim.rouge_acc.tolist(), "gen_seconds": time.perf_counter() - t1}
+    return {"answers": answers, **sim.per_answer(), "gen_seconds": time.perf_counter() - t1}
+
+
+def _rescore_part(tqa, test_q, row: dict[str, Any]) -> dict[str, Any]:
+    """Stored answers scored again under today's names ("rouge1 acc", "ROUGE-L acc"): rows of an older iti kept
+    only the ROUGE-Lsum accuracy, as "ROUGE-acc"; no model is needed."""
+    from .text_metrics import similarity_scores
+
+    row.pop("ROUGE-acc", None)
+    return similarity_scores(row["answers"], [tqa.refs[q] for q in test_q]).per_answer()
 
 
 def _row_todo(row: dict[str, Any], spec: RowSpec, judge: Judge | None) -> list[str]:
@@ -128,6 +149,8 @@ def _row_todo(row: dict[str, Any], spec: RowSpec, judge: Judge | None) -> list[s
     todo = [] if "MC1" in row else ["mc"]
     if spec.generate and "answers" not in row:
         todo.append("generate")
+    elif spec.generate and "rouge1 acc" not in row:
+        todo.append("rescore")  # answers stored by an older iti, without honest_llama's rouge1 acc
     if spec.generate and judge is not None and ("generate" in todo or row.get("judge") != judge.identity()):
         todo.append("judge")
     return todo
@@ -157,10 +180,17 @@ def prepare_judge(cfg: ValidationConfig) -> Judge | None:
 
 def check_output(cfg: ValidationConfig, out: str | Path) -> None:
     """Before the model loads: refuse an output directory holding rows of other settings (all but the model
-    weights, which :func:`run_validation` compares once the model is loaded)."""
+    weights and dtype, which :func:`run_validation` compares once the model is loaded). Nothing is deleted here:
+    ``--force`` discards only in :func:`run_validation`, under the output lock, which this takes first, so a run
+    writing there now refuses this one at once and loses nothing."""
     manifests = {name: read_manifest(cfg.features_path(name)) for name in (cfg.dataset_name, cfg.activations_dataset)}
     tqa = load_truthfulqa(cfg.data_dir, max_questions=cfg.max_questions or None)
-    claim_output(Path(out), run_identity(cfg, manifests=manifests, tqa=tqa), cfg.force)
+    identity = run_identity(cfg, manifests=manifests, tqa=tqa)
+    if not Path(out).is_dir():
+        return  # nothing there to refuse (and no directory made before the model loads)
+    with output_lock(out, "validation output directory"):
+        if not cfg.force:
+            claim_output(Path(out), identity)
 
 
 def check_features(cfg: ValidationConfig) -> None:
@@ -172,6 +202,32 @@ def check_features(cfg: ValidationConfig) -> None:
                 f"no {name} features for {cfg.model_name} in {fdir}; collect them first: "
                 f"python get_activations/get_activations.py --model_name {cfg.model_name} --dataset_name {name}"
             )
+
+
+def check_finite_features(cfg: ValidationConfig, features: FeatureSet, tuning: FeatureSet, questions: np.ndarray) -> None:
+    """Before any row runs: refuse NaN or infinite values in the feature rows this run fits on (those of
+    ``questions``; every tuning row with ``tune_on_all_questions``), naming the rows as they are in the file, their
+    TruthfulQA question ids and (layer, head)s, and the command that collects the features again."""
+    for fs in (features, tuning):
+        used = np.ones(len(fs), dtype=bool) if fs is tuning and cfg.tune_on_all_questions else np.isin(fs.question_ids, questions)
+        bad = np.zeros(len(fs), dtype=bool)
+        for start in range(0, len(fs), 256):  # row blocks: never a full-size copy of the features
+            block = np.asarray(fs.head_wise[start : start + 256])
+            bad[start : start + 256] = ~np.isfinite(block).reshape(len(block), -1).all(axis=1)
+        rows = np.flatnonzero(bad & used)
+        if not len(rows):
+            continue
+        heads = sorted({(int(layer), int(h)) for _, layer, h in np.argwhere(~np.isfinite(np.asarray(fs.head_wise[rows])).all(axis=-1))})
+        more = lambda xs: f"{list(xs)[:10]}{' ...' if len(xs) > 10 else ''}"  # noqa: E731
+        name = fs.manifest["dataset"]["name"]
+        where = f" --output_dir {cfg.features_dir}" if cfg.features_dir else ""
+        raise NonFiniteInputError(
+            f"{fs.path / fs.manifest['files']['head_wise']['file']} holds NaN or infinite values in {len(rows)} of the "
+            f"{int(used.sum())} rows this run uses: file rows {more(rows.tolist())} (TruthfulQA question ids "
+            f"{more(sorted(set(fs.question_ids[rows].tolist())))}) at (layer, head)s {more(heads)}; probes, directions and "
+            "stds fitted on them would come out NaN. Collect these features again (in float32, in case float16 overflowed): "
+            f"python get_activations/get_activations.py --model_name {cfg.model_name} --dataset_name {name} "
+            f"--save_dtype float32 --force{where}")
 
 
 def run_validation(model, tokenizer, cfg: ValidationConfig, out_dir: str | Path, *, judge: Judge | None = None) -> dict[str, Any]:
@@ -189,18 +245,26 @@ def run_validation(model, tokenizer, cfg: ValidationConfig, out_dir: str | Path,
 def _run_locked(model, tokenizer, cfg: ValidationConfig, out: Path, judge: Judge | None) -> dict[str, Any]:
     features = load_features(cfg.features_path(cfg.dataset_name), mmap=False)
     tuning = load_features(cfg.features_path(cfg.activations_dataset), mmap=False)
+    check_features_geometry(model_layout(model).geometry, cfg.model_name, features, tuning)  # not at the first steered row
     tqa = load_truthfulqa(cfg.data_dir, max_questions=cfg.max_questions or None)
-    if judge is None:
-        judge = prepare_judge(cfg)  # before any row runs, not after the first fold's generation
-    manifests = {cfg.dataset_name: features.manifest, cfg.activations_dataset: tuning.manifest}
-    identity = run_identity(cfg, manifests=manifests, tqa=tqa, model=model)
-    claim_output(out, identity, cfg.force)
-    (out / "rows").mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / "config.json", cfg.__dict__)
-    atomic_write_json(out / RUN_RECORD, identity)
+    weights = model_fingerprint(model)
+    features_weights = check_features_weights({str(fs.path): fs.manifest for fs in (features, tuning)}, model,
+                                              allow_other=cfg.features_from_other_weights, current=weights)
+    if features_weights == UNRECORDED_WEIGHTS:
+        print("[validate] the features manifests record no weights fingerprint (an older iti, or imported): cannot check "
+              "that they come from this model's weights", flush=True)
     questions = np.unique(features.question_ids)
     if cfg.max_questions:
         questions = questions[: cfg.max_questions]
+    check_finite_features(cfg, features, tuning, questions)
+    if judge is None:
+        judge = prepare_judge(cfg)  # before any row runs, not after the first fold's generation
+    manifests = {cfg.dataset_name: features.manifest, cfg.activations_dataset: tuning.manifest}
+    identity = run_identity(cfg, manifests=manifests, tqa=tqa, model=model, weights=weights)
+    claim_output(out, identity, cfg.force)
+    (out / "rows").mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "config.json", cfg.__dict__)
+    atomic_write_json(out / RUN_RECORD, {**identity, "features_weights": features_weights})  # recorded, not compared
     folds = np.array_split(questions, cfg.num_fold)
     texts = load_neutral_texts(cfg.ce_samples, seed=cfg.seed, corpus=cfg.ce_corpus, data_dir=cfg.data_dir)
     meter: NeutralCost | None = None  # the budget search's texts and the plain model's log-probs on them, made once
@@ -226,6 +290,8 @@ def _run_locked(model, tokenizer, cfg: ValidationConfig, out: Path, judge: Judge
         for i, test_q in enumerate(folds):
             path = out / "rows" / f"fold{i}_{spec.key}.json"
             row = read_json(path, "validation row") if path.exists() else {}
+            if "budget_search" in row:  # a stored search that missed its budget is no more cost-matched than a new one
+                BudgetSearch.from_dict(row["budget_search"]).check(f"row {spec.key}, fold {i}")
             todo = _row_todo(row, spec, judge)
             if not todo:
                 continue
@@ -236,12 +302,13 @@ def _run_locked(model, tokenizer, cfg: ValidationConfig, out: Path, judge: Judge
                                                   tune_on_all_questions=cfg.tune_on_all_questions)
                 if spec.budget is not None:
                     if "budget_search" not in row:
-                        search = search_alpha(search_meter(), intervention, spec)
+                        search = search_alpha(search_meter(), intervention, spec).check(f"row {spec.key}, fold {i}")
                         row.update({"alpha_found": search.alpha, "budget_search": search.to_dict()})
                         print(f"[validate]   {spec.budget_metric} budget {spec.budget:g}: alpha {search.alpha:.3g} "
                               f"({search.reached:.4g} on {cfg.budget_texts} search texts, {len(search.trace)} steps)", flush=True)
                     intervention = intervention.with_alpha(row["alpha_found"])
                 if spec == rows[1]:
+                    intervention.meta["features_weights"] = features_weights  # fitted on features of the model's weights?
                     intervention.save(out / f"intervention_fold{i}")
             print(f"[validate] {spec.key}, fold {i}: {' + '.join(todo)} ({len(test_q)} test questions, "
                   f"{time.perf_counter() - start:.0f} s so far)", flush=True)
@@ -254,6 +321,8 @@ def _run_locked(model, tokenizer, cfg: ValidationConfig, out: Path, judge: Judge
                     for stale in JUDGE_KEYS:
                         row.pop(stale, None)
                     row.update(_generation_part(model, tokenizer, tqa, test_q, intervention, cfg))
+                elif part == "rescore":
+                    row.update(_rescore_part(tqa, test_q, row))
                 else:
                     assert judge is not None
                     for stale in JUDGE_KEYS:  # another judge's keys (the raw scores) must not survive

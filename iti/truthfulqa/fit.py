@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..architectures import HeadGeometry
 from ..directions import ProbeFit, fit_head_probes
+from ..errors import GeometryMismatchError
 from ..features import FeatureSet
 from ..intervention import Intervention, fit_intervention
 
@@ -75,3 +77,37 @@ def fit_on_all_questions(
             "features": {fs.manifest["dataset"]["name"]: fs.manifest.get("job_id") for fs in (features, tuning)}}
     return fit_intervention(features, num_heads=num_heads, method=direction, head_choice="probe_accuracy" if heads == "top" else "random",
                             alpha=alpha, std_from=tuning, val_ratio=val_ratio, seed=seed, model_name=model_name, meta=meta)
+
+
+def _shape(g: HeadGeometry) -> str:
+    return (f"{g.num_layers} layers x {g.num_heads} heads x {g.head_dim} dims, {g.num_kv_heads} KV heads, "
+            f"hidden size {g.hidden_size}")
+
+
+def check_features_geometry(geometry: HeadGeometry, model_name: str, *feature_sets: FeatureSet) -> None:
+    """Refuse features whose head geometry is not the model's, before anything is fitted or evaluated:
+    :class:`~iti.errors.GeometryMismatchError` naming the features directory, the model it was collected as, and
+    the model run (an intervention fitted on them would otherwise fail on the first steered row, naming
+    ``model_name`` as the model it was made for)."""
+    for fs in feature_sets:
+        if fs.geometry != geometry:
+            dataset = fs.manifest.get("dataset", {}).get("name", fs.path.name)
+            collected_as = fs.manifest.get("model", {}).get("name", "?")
+            raise GeometryMismatchError(
+                f"the {dataset} features in {fs.path} (collected as {collected_as!r}) have {_shape(fs.geometry)}, but "
+                f"the model {model_name!r} has {_shape(geometry)}: they come from another model; collect this model's "
+                f"own (python get_activations/get_activations.py --model_name {model_name} --dataset_name {dataset}) "
+                "or run the model they came from")
+
+
+def config_geometry(name_or_path: str) -> HeadGeometry | None:
+    """The head geometry of a model from its config alone, without loading weights; None when its config lacks
+    the usual fields (the geometry is then checked once the model has loaded)."""
+    from ..architectures import geometry_from_config
+    from ..models import load_model_config
+
+    config = load_model_config(name_or_path)
+    try:
+        return geometry_from_config(config)
+    except (AttributeError, TypeError):
+        return None

@@ -231,3 +231,83 @@ def test_bake_without_intervention_fits_on_all_questions(tmp_path, capsys):
     capsys.readouterr()
     assert main(["bake", "--intervention", str(tmp_path / "fold0"), "--output_dir", str(tmp_path / "x"), "--num_heads", "4"]) == 2
     assert "--num_heads: only without --intervention" in capsys.readouterr().err and not (tmp_path / "x").exists()
+
+
+def _saved_model(path, seed=0):
+    """A tiny llama saved as a local checkpoint (weights and tokenizer), the way `iti bake --model_name DIR` reads it."""
+    model = make_tiny_model("llama", seed=seed)
+    model.save_pretrained(path)
+    tiny_tokenizer().save_pretrained(path)
+    return model
+
+
+def _tree(directory):
+    """Every file under ``directory`` with its bytes."""
+    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def test_bake_refuses_a_non_empty_output_dir_and_leaves_it_as_it_was(tmp_path, capsys):
+    """A user's config.json in --output_dir is not replaced file by file: the bake is refused before the model loads,
+    naming --force, and the directory keeps its content."""
+    from iti.cli import main
+
+    model_dir = tmp_path / "tiny"  # the name make_intervention records
+    make_intervention(_saved_model(model_dir)).save(tmp_path / "iv")
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "config.json").write_text('{"mine": true}\n')
+    argv = ["bake", "--model_name", str(model_dir), "--intervention", str(tmp_path / "iv"), "--output_dir", str(out)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "is not empty" in err and "config.json" in err and "--force" in err
+    assert _tree(out) == {"config.json": b'{"mine": true}\n'}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["iv", "mine", "tiny"]  # nothing half-written beside it
+
+
+def test_force_replaces_a_sharded_checkpoint_as_a_whole(tmp_path):
+    """With --force, a directory holding a sharded checkpoint is replaced as a whole: no stale
+    model.safetensors.index.json or shard is left beside the new single-file checkpoint (vLLM's loader rejects that)."""
+    from iti.cli import main
+
+    model_dir = tmp_path / "tiny"  # the name make_intervention records
+    inter = make_intervention(_saved_model(model_dir))
+    inter.save(tmp_path / "iv")
+    out = tmp_path / "baked"
+    make_tiny_model("llama", seed=5).save_pretrained(out, max_shard_size="30KB")
+    assert (out / "model.safetensors.index.json").exists()
+    argv = ["bake", "--model_name", str(model_dir), "--intervention", str(tmp_path / "iv"), "--output_dir", str(out)]
+    assert main([*argv, "--force"]) == 0
+    names = sorted(p.name for p in out.iterdir())
+    assert "model.safetensors" in names and "iti_intervention" in names
+    assert not [n for n in names if "index" in n or "-of-" in n], names
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["baked", "iv", "tiny"]
+    reloaded = AutoModelForCausalLM.from_pretrained(out).eval()
+    want = bake(make_tiny_model("llama"), inter)
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(_ids()).logits, want(_ids()).logits, rtol=0, atol=1e-6)
+
+
+def test_an_interrupted_save_leaves_the_target_untouched(tmp_path, monkeypatch):
+    """A save that fails half-way (the safetensors writer raises, as a full disk or a Ctrl-C would) leaves no half
+    checkpoint: a new target does not appear, an existing bake replaced with force keeps every byte (no fold-1
+    weights beside fold-0's iti_intervention/), and no temporary directory is left beside it."""
+    import transformers.modeling_utils
+
+    from iti import Intervention
+
+    fold0, fold1 = make_intervention(make_tiny_model("llama")), make_intervention(make_tiny_model("llama"), seed=1)
+    done = save_baked(bake(make_tiny_model("llama"), fold0), tiny_tokenizer(), tmp_path / "fold0", fold0)
+    before = _tree(done)
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(transformers.modeling_utils, "safe_save_file", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        save_baked(bake(make_tiny_model("llama"), fold1), tiny_tokenizer(), tmp_path / "new", fold1)
+    assert not (tmp_path / "new").exists()
+    with pytest.raises(OSError, match="No space left"):
+        save_baked(bake(make_tiny_model("llama"), fold1), tiny_tokenizer(), done, fold1, force=True)
+    assert _tree(done) == before
+    assert Intervention.load(done / "iti_intervention").fingerprint() == fold0.fingerprint()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fold0"]

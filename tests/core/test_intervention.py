@@ -100,6 +100,35 @@ def test_start_index_all_and_per_row_positions():
             model(ids)
 
 
+def test_positions_of_any_integer_type_and_sequences_are_starts_and_the_rest_is_refused():
+    """A numpy int or a 0-d tensor is a start index, a list / tuple / numpy array per-row starts: each gives exactly
+    what the plain int or the tensor gives, which a masked shift written out here reproduces. A negative start, a
+    float, a bool, a 2-d array or another string is refused before any forward (a negative start used to shift every
+    position, the others to be read as "last")."""
+    from iti.errors import InvalidOptionError
+
+    model = make_tiny_model("llama")
+    inter = make_intervention(model)
+    ids = torch.cat([_ids(), _ids()])
+    with torch.no_grad():
+        base = model(ids).logits
+        with inter.applied(model, positions=3):
+            from_three = model(ids).logits
+        for same in (np.int64(3), np.int32(3), torch.tensor(3)):
+            with inter.applied(model, positions=same):
+                torch.testing.assert_close(model(ids).logits, from_three, rtol=0, atol=0)
+        for per_row in ([3, 100], (3, 100), np.array([3, 100]), np.array([3, 100], dtype=np.int32)):
+            with inter.applied(model, positions=per_row):
+                got = model(ids).logits
+            torch.testing.assert_close(got[0], from_three[0], rtol=0, atol=0)
+            torch.testing.assert_close(got[1], base[1], rtol=0, atol=0)
+        assert not torch.allclose(from_three[:, 3:], base[:, 3:])
+        for bad in (-1, np.int64(-2), [1, -1], 3.0, np.float32(3), True, np.array([[1, 2]]), [1.5, 2.0], [], "every", None):
+            with pytest.raises(InvalidOptionError, match="positions"):
+                with inter.applied(model, positions=bad):
+                    model(ids)
+
+
 def test_zero_alpha_changes_nothing_and_hooks_go_away():
     model = make_tiny_model("gemma")
     inter = make_intervention(model, alpha=0.0)
