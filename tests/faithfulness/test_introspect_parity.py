@@ -35,6 +35,7 @@ from iti.faithfulness.report import accuracy_name, compare_arms, comparison_mark
 from iti.faithfulness.tasks import SampleResult, Step, summarize
 
 from ..conftest import SHARED_DATA
+from .test_chat_formats import FALCON_PREAMBLE  # introspect's Falcon system message, written out once
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Prompts
@@ -241,14 +242,6 @@ def test_pinned_prompt_strings():
     assert answer_choices(["x", "y"], "or", fix_typos=True) == answer_choices(["x", "y"]) == 'a) "x", or b) "y"'
 
 
-#: introspect's Falcon system message (its Falcon model's default, which its experiments keep for Falcon), written out.
-FALCON_PREAMBLE = (
-    "The following is a conversation between a highly knowledgeable and intelligent AI assistant, called Falcon, and a "
-    "human user, called User. In the following interactions, User and Falcon will converse in natural language, and "
-    "Falcon will answer User's questions. Falcon was built to be respectful, polite and inclusive. Falcon was built by "
-    "the Technology Innovation Institute in Abu Dhabi. Falcon will never decline to answer a question, and always "
-    "attempts to give an answer that User would be satisfied with. It knows a lot, and always tells the truth. The "
-    "conversation begins.")
 
 
 def introspect_falcon_render(user: str) -> str:
