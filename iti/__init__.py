@@ -1,4 +1,5 @@
-"""iti: read and steer the attention heads of Hugging Face language models in-process."""
+"""iti: read and steer the insides (attention heads, residual stream, attention and MLP outputs) of Hugging Face
+language models in-process."""
 from __future__ import annotations
 
 from ._version import __version__
@@ -10,6 +11,7 @@ from .hooks import HeadTrace, module_hooks
 from .intervention import Intervention, fit_intervention
 from .models import load_model
 from .probes import HeadProbes
+from .steering import Steering
 
 # The experiments' entry points, importable from the top as before but loaded on first use: importing the
 # library never imports a wing (tests/core/test_layering.py checks it).
@@ -34,6 +36,7 @@ __all__ = [
     "ModelLayout",
     "ProbeFit",
     "PromptSet",
+    "Steering",
     "build_prompt_set",
     "collect_head_activations",
     "fit_head_probes",

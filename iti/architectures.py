@@ -13,7 +13,17 @@ from typing import Any, cast
 import torch
 from torch import nn
 
-from .errors import HeadIndexError, UnsupportedArchitectureError
+from .errors import HeadIndexError, InvalidOptionError, UnsupportedArchitectureError
+
+#: The steering sites every registered architecture resolves, per decoder block: the concatenated per-head
+#: attention outputs (the input of o_proj / c_proj / dense: ITI's site), the attention output (that module's
+#: output, before any post-attention norm), the MLP's output, and the residual stream after the block.
+SITES = {
+    "head_out": "per-head attention outputs, concatenated (the output projection's input; ITI's site)",
+    "attn_out": "the attention output projection's output",
+    "mlp_out": "the MLP's output",
+    "resid_post": "the residual stream after the decoder block",
+}
 
 
 @dataclass(frozen=True)
@@ -53,6 +63,13 @@ class HeadGeometry:
         return cls(**{k: int(d[k]) for k in ("num_layers", "num_heads", "num_kv_heads", "head_dim", "hidden_size")})
 
 
+def site_width(geometry: HeadGeometry, site: str) -> int:
+    """The length of a steering vector at ``site``: heads x head_dim at ``head_out``, the hidden size elsewhere."""
+    if site not in SITES:
+        raise InvalidOptionError(f"unknown steering site {site!r}: one of {', '.join(SITES)}")
+    return geometry.head_out_size if site == "head_out" else geometry.hidden_size
+
+
 @dataclass(frozen=True)
 class ArchitectureSpec:
     """Everything the library knows about one family of models, in one place: where the decoder blocks and the
@@ -81,6 +98,8 @@ class ArchitectureSpec:
     Falcon: ``bias``, which also switches on its fused QKV and MLP biases)."""
     kv_heads: Callable[[Any], int] | None = None
     """The KV-head count from the text config, where ``num_key_value_heads`` (else the head count) is not it."""
+    mlp: str = "mlp"
+    """Path, relative to one decoder block, of the MLP whose output is the ``mlp_out`` steering site."""
 
     def __post_init__(self) -> None:
         if self.output_bias not in ("config", "always", "none", "llama"):
@@ -152,16 +171,18 @@ def register_architecture(model_type: str, *, layers_paths: tuple[str, ...] | li
                           attention_linears: tuple[str, ...] | list[str] = (), output_bias: str = "none",
                           weight_layout: str = "out_in",
                           context_attrs: tuple[str, ...] | list[str] = ("max_position_embeddings",),
-                          bias_attr: str = "attention_bias", kv_heads: Callable[[Any], int] | None = None) -> ArchitectureSpec:
+                          bias_attr: str = "attention_bias", kv_heads: Callable[[Any], int] | None = None,
+                          mlp: str = "mlp") -> ArchitectureSpec:
     """Teach the library a new ``config.model_type``: once registered, it is collectable, steerable and (with
     ``output_bias`` "config" or "always") bakeable.
 
     Example for a Llama-like model: ``register_architecture("olmo", layers_paths=["model.layers"],
     head_out="self_attn.o_proj", attention_linears=["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
-    "self_attn.o_proj"], output_bias="config")``. The head geometry is read from the config.
+    "self_attn.o_proj"], output_bias="config")``. The head geometry is read from the config. ``mlp``: the MLP's
+    path in a block (the ``mlp_out`` steering site); the other sites follow from ``head_out`` and the blocks.
     """
     spec = ArchitectureSpec(tuple(layers_paths), head_out, tuple(attention_linears), output_bias, weight_layout,
-                            tuple(context_attrs), bias_attr, kv_heads)
+                            tuple(context_attrs), bias_attr, kv_heads, mlp)
     _REGISTRY[model_type] = spec
     return spec
 
@@ -233,6 +254,18 @@ class ModelLayout:
     def layer_module(self, model: nn.Module, layer: int) -> nn.Module:
         """The decoder block at index ``layer`` (0-based)."""
         return model.get_submodule(self.layer_paths[layer])
+
+    def site_hook(self, site: str, layer: int) -> tuple[str, str]:
+        """Where a steering ``site`` of ``layer`` is hooked: (module path, ``"input"`` or ``"output"``)."""
+        if site == "head_out":
+            return self.head_out_paths[layer], "input"
+        if site == "attn_out":
+            return self.head_out_paths[layer], "output"
+        if site == "mlp_out":
+            return f"{self.layer_paths[layer]}.{self.spec.mlp}", "output"
+        if site == "resid_post":
+            return self.layer_paths[layer], "output"
+        raise InvalidOptionError(f"unknown steering site {site!r}: one of {', '.join(SITES)}")
 
 
 def _unsupported(model_type: str, why: str) -> UnsupportedArchitectureError:

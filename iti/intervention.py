@@ -1,23 +1,10 @@
 """An ITI intervention: a constant shift of chosen heads' outputs, applied with a context manager.
 
 For each chosen head (layer l, head h) the o_proj input slice of that head is shifted by
-``alpha * std * direction`` at the selected positions. Positions:
-
-- ``"last"``: the last *position* of each forward pass (the last column of the batch); inside ``generate`` this
-  is the last prompt token and then every generated token, exactly once each, with or without the KV cache
-  (without the cache, every re-computation shifts the positions from the last prompt token on). Batches must be
-  left-padded (as the tokenizer from :func:`iti.load_model` pads): a forward whose ``attention_mask`` marks the
-  last column of some row as padding is refused with :class:`~iti.errors.PaddingError`, since the shift would
-  land on a pad token. This differs from ``positions="last"`` when *capturing* activations
-  (:class:`iti.HeadTrace`, :func:`iti.collect_head_activations`), which takes each row's last non-pad token and
-  so works with either padding side.
-- ``"all"``: every position (what a baked-in bias does).
-- an ``int`` (of any integer type, >= 0): every absolute position from that index on (``positions=len(prompt)`` =
-  the answer tokens only).
-- a tensor, numpy array, list or tuple ``[batch]``: a start index per row.
-
-Anything else (a float, a bool, a negative start, another string) is refused with
-:class:`~iti.errors.InvalidOptionError`.
+``alpha * std * direction`` at the selected positions: ITI's parametrisation of a :class:`iti.Steering` at the
+``head_out`` site (:meth:`Intervention.to_steering`), which is what applies it. Positions are those of
+:mod:`iti.positions` (default ``"last"``: the last position of each forward pass, i.e. the last prompt token and
+every generated token; batches must be left-padded).
 """
 from __future__ import annotations
 
@@ -38,13 +25,11 @@ from ._version import __version__
 from .architectures import HeadGeometry, model_layout
 from .collect import collect_head_activations
 from .directions import DIRECTION_METHODS, HEAD_CHOICES, ProbeFit, fit_head_probes, projection_stds, random_heads, top_heads, unit
-from .errors import EmptyInputError, FeatureFileError, GeometryMismatchError, HeadIndexError, InvalidOptionError, PaddingError
+from .errors import EmptyInputError, FeatureFileError, GeometryMismatchError, HeadIndexError, InvalidOptionError
 from .features import FeatureSet
-from .hooks import module_hooks
 from .io import atomic_save_safetensors, atomic_write_json, read_json, read_safetensors_header, sha256_file
-from .kv_cache import passed_cache
-
-InterventionPositions = str | int | np.integer | torch.Tensor | Sequence[int] | np.ndarray
+from .positions import Positions as InterventionPositions
+from .steering import Steering
 
 META_FILE = "intervention.json"
 TENSOR_FILE = "intervention.safetensors"
@@ -219,22 +204,22 @@ class Intervention:
                 f"({run}) has {g}"
             )
 
+    def to_steering(self, positions: InterventionPositions = "last") -> Steering:
+        """The same shift as a site-general :class:`iti.Steering`: one ``head_out`` vector per intervened layer."""
+        return Steering({("head_out", l): v for l, v in self.layer_shifts().items()}, self.geometry, self.model_name,
+                        positions, {"intervention": self.meta})
+
     @contextlib.contextmanager
     def applied(self, model: torch.nn.Module, positions: InterventionPositions = "last") -> Iterator[Intervention]:
         """Shift the chosen heads while the block runs; every hook is removed on exit.
 
-        ``positions="last"`` means the last column of each forward pass (see the module docstring), not each row's
+        ``positions="last"`` means the last column of each forward pass (see :mod:`iti.positions`), not each row's
         last non-pad token as when capturing: a right-padded batch is refused with :class:`PaddingError` at its
         forward pass. Pad on the left (``tokenizer.padding_side = "left"``, what :func:`iti.load_model` returns).
         """
-        layout = model_layout(model)
-        if layout.geometry != self.geometry:
+        if model_layout(model).geometry != self.geometry:
             self.check_model(model)
-        tracker = _PositionTracker(positions)
-        shifts = {l: torch.from_numpy(v) for l, v in self.layer_shifts().items()}
-        pre = {layout.head_out_paths[l]: _shift_hook(vec, tracker) for l, vec in shifts.items()}
-        # the tracker sees each forward's inputs (ids, mask, cache) at the base model, before any layer runs
-        with module_hooks(model, pre=pre, pre_kwargs={_base_model_path(model): tracker.observe}):
+        with self.to_steering(positions).applied(model):
             yield self
 
     # --- files ----------------------------------------------------------------------------------------------
@@ -278,145 +263,6 @@ class Intervention:
         if model is not None:
             inter.check_model(model)
         return inter
-
-
-def _base_model_path(model: torch.nn.Module) -> str:
-    """The module path of ``model.base_model`` ("model" for Llama, "transformer" for GPT-2, "" if it is the model)."""
-    base = model.base_model
-    prefix = getattr(model, "base_model_prefix", "")
-    if prefix and getattr(model, prefix, None) is base:
-        return prefix
-    return next((name for name, module in model.named_modules() if module is base), "")
-
-
-class _PositionTracker:
-    """Works out, before each forward pass, which positions of the current input get the shift."""
-
-    def __init__(self, positions: InterventionPositions):
-        self.positions = _normalize_positions(positions)
-        self.mask: torch.Tensor | None = None  # [batch, seq] bool, or None = every position
-        self._prompt: torch.Tensor | None = None
-        self._start = 0
-        self._per_device: dict[tuple, torch.Tensor] = {}
-
-    def observe(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
-        ids = kwargs.get("input_ids", args[0] if args else None)
-        embeds = kwargs.get("inputs_embeds")
-        ref = cast(torch.Tensor, ids if ids is not None else embeds)
-        batch, seq = int(ref.shape[0]), int(ref.shape[1])
-        past = _past_length(kwargs)
-        absolute = torch.arange(past, past + seq)
-        self._per_device = {}
-        p = self.positions
-        if isinstance(p, str) and p == "all":
-            self.mask = None
-            return
-        if isinstance(p, int):
-            self.mask = (absolute >= p).expand(batch, seq)
-            return
-        if isinstance(p, torch.Tensor):
-            start = p.reshape(-1).cpu()
-            if start.shape[0] != batch:
-                raise ValueError(f"positions has {start.shape[0]} start indices but the batch has {batch} rows")
-            self.mask = absolute[None, :] >= start[:, None]
-            return
-        _refuse_right_padding(kwargs.get("attention_mask"))
-        # "last": a new prompt shifts its last token; a continuation (cached step, or a re-computation that
-        # extends the recorded prompt) shifts everything from the last prompt token on.
-        continuing = past > 0 or (
-            ids is not None and self._prompt is not None and ids.shape[0] == self._prompt.shape[0]
-            and seq > self._prompt.shape[1] and torch.equal(ids[:, : self._prompt.shape[1]].cpu(), self._prompt)
-        )
-        if not continuing:
-            self._prompt = ids.detach().cpu() if ids is not None else None
-            self._start = past + seq - 1
-        self.mask = (absolute >= self._start).expand(batch, seq)
-
-    def mask_for(self, x: torch.Tensor) -> torch.Tensor | None:
-        if self.mask is None:
-            return None
-        key = (x.device, x.dtype)
-        m = self._per_device.get(key)
-        if m is None:
-            if self.mask.shape != x.shape[:2]:
-                raise RuntimeError(f"intervention positions {tuple(self.mask.shape)} do not match the head input {tuple(x.shape[:2])}")
-            m = self._per_device[key] = self.mask.to(device=x.device, dtype=x.dtype).unsqueeze(-1)
-        return m
-
-
-_POSITIONS_HELP = "'last', 'all', a start index (an int >= 0) or one start index per row (a 1-d sequence or tensor)"
-
-
-def _normalize_positions(positions: Any) -> str | int | torch.Tensor:
-    """``"last"``/``"all"``, a non-negative Python int, or a 1-d CPU int64 tensor of per-row starts. Integers of any
-    integer type (numpy, a 0-d tensor) are starts; lists, tuples and numpy arrays are per-row starts. Anything else
-    (a bool, a float, another string, a negative start) is refused rather than read as something it is not."""
-    if isinstance(positions, str):
-        if positions not in ("last", "all"):
-            raise InvalidOptionError(f"positions must be {_POSITIONS_HELP}, got {positions!r}")
-        return positions
-    if isinstance(positions, (bool, np.bool_)):
-        raise InvalidOptionError(f"positions must be {_POSITIONS_HELP}, got the bool {positions!r}")
-    if isinstance(positions, (list, tuple, np.ndarray, torch.Tensor)):
-        arr = positions.detach().cpu().numpy() if isinstance(positions, torch.Tensor) else np.asarray(positions)
-        if arr.ndim == 0:
-            return _normalize_positions(arr.item())
-        if arr.ndim != 1 or arr.size == 0 or not (np.issubdtype(arr.dtype, np.integer) and not np.issubdtype(arr.dtype, np.bool_)):
-            raise InvalidOptionError(f"positions must be {_POSITIONS_HELP}; got a {arr.dtype} array of shape {arr.shape}")
-        if (arr < 0).any():
-            raise InvalidOptionError(f"positions: start indices must be >= 0, got {arr.tolist()}")
-        return torch.from_numpy(arr.astype(np.int64))
-    if isinstance(positions, (int, np.integer)):
-        if positions < 0:
-            raise InvalidOptionError(f"positions: a start index must be >= 0, got {int(positions)} (a negative start would "
-                                     "shift every position; pass 'all' for that)")
-        return int(positions)
-    raise InvalidOptionError(f"positions must be {_POSITIONS_HELP}, got {type(positions).__name__} {positions!r}")
-
-
-def _refuse_right_padding(attention_mask: torch.Tensor | None) -> None:
-    """positions="last" shifts the last column; a row that ends in padding there would get the shift on a pad token."""
-    if not isinstance(attention_mask, torch.Tensor) or attention_mask.ndim != 2 or attention_mask.shape[1] == 0:
-        return
-    padded = (attention_mask[:, -1] == 0).nonzero().reshape(-1).tolist()
-    if padded:
-        raise PaddingError(
-            f"positions='last' shifts the last position of each forward pass, but row(s) {padded[:10]} of this batch "
-            f"({attention_mask.shape[0]} rows) end in padding (right padding), so the shift would land on a pad token "
-            "and generation would continue after the pads. Pad on the left: tokenizer.padding_side = 'left' "
-            "(iti.load_model returns a tokenizer set up so), or steer one prompt at a time."
-        )
-
-
-def _past_length(kwargs: dict) -> int:
-    cache_position = kwargs.get("cache_position")
-    if cache_position is not None and cache_position.numel() > 0:
-        return int(cache_position.reshape(-1)[0])
-    past = passed_cache(kwargs)
-    if past is None:
-        return 0
-    if hasattr(past, "get_seq_length"):
-        return int(past.get_seq_length())
-    try:  # legacy tuple of (key, value) per layer
-        return int(past[0][0].shape[-2])
-    except (TypeError, IndexError):
-        return 0
-
-
-def _shift_hook(vec: torch.Tensor, tracker: _PositionTracker):
-    cache: dict[tuple, torch.Tensor] = {}
-
-    def hook(module: torch.nn.Module, args: tuple):
-        x = args[0]
-        key = (x.device, x.dtype)
-        v = cache.get(key)
-        if v is None:
-            v = cache[key] = vec.to(device=x.device, dtype=x.dtype)
-        mask = tracker.mask_for(x)
-        shifted = x + v if mask is None else x + mask * v
-        return (shifted, *args[1:])
-
-    return hook
 
 
 def fit_intervention(

@@ -24,8 +24,9 @@ import torch
 
 from ..architectures import model_layout
 from ..errors import InexpressibleExportError, SteeringFileError
-from ..intervention import Intervention, _base_model_path
+from ..intervention import Intervention
 from ..io import atomic_path
+from ..positions import base_model_path
 from .files import refuse_existing
 from .shifts import head_out_weight, intervention_from_output_shifts, model_name_of, output_shifts
 
@@ -34,7 +35,7 @@ STEERING_KEYS = ("steering_vector", "steering_coefficient", "action", "bias", "h
 
 def hookpoints(model: torch.nn.Module) -> list[str]:
     """The lm-eval hookpoint of every layer's head-output module (its name inside ``model.base_model``)."""
-    base = _base_model_path(model)
+    base = base_model_path(model)
     out = []
     for path in model_layout(model).head_out_paths:
         if base and not path.startswith(base + "."):
