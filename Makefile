@@ -6,7 +6,7 @@ TORCH_SPEC ?= torch==2.13.0
 STAMP := .make/installed
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-slow lint bench protocol serve-check gpu-check clean
+.PHONY: install demo test test-fast test-slow lint bench protocol serve-check gpu-check clean
 
 install: $(STAMP)
 
@@ -26,6 +26,9 @@ lint: install
 
 test: lint
 	$(PYTHON) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+test-fast: install  # the unit tier: tiny in-process models, no real model, no notebooks
+	$(PYTHON) -m pytest -m "not slow and not real" -p no:cacheprovider $(PYTEST_ARGS)
 
 test-slow: install
 	$(PYTHON) -m pytest -m "slow" $(PYTEST_ARGS)

@@ -18,7 +18,7 @@ import numpy as np
 
 def main(features_dir: str, first: int = 0, count: int = 20) -> None:
     from iti import load_features, load_model, load_truthfulqa
-    from iti.intervention import fit_intervention
+    from iti.fitting import fit_intervention
     from iti.truthfulqa.mc_scoring import SHIFT_STARTS, mc_metrics, score_choices
     from iti.truthfulqa.prompts import mc_questions, shared_prefix
 

@@ -7,8 +7,9 @@ from .architectures import HeadGeometry, ModelLayout, model_layout, register_arc
 from .collect import HeadActivations, collect_head_activations
 from .directions import ProbeFit, fit_head_probes
 from .features import FeatureSet, PromptSet, load_features, merge_shards, write_features
+from .fitting import fit_intervention, fit_steering, steering_from_contrast_pairs
 from .hooks import HeadTrace, module_hooks
-from .intervention import Intervention, fit_intervention
+from .intervention import Intervention
 from .models import load_model
 from .probes import HeadProbes
 from .steering import Steering
@@ -41,6 +42,7 @@ __all__ = [
     "collect_head_activations",
     "fit_head_probes",
     "fit_intervention",
+    "fit_steering",
     "load_features",
     "load_model",
     "load_truthfulqa",
@@ -48,6 +50,7 @@ __all__ = [
     "model_layout",
     "module_hooks",
     "register_architecture",
+    "steering_from_contrast_pairs",
     "supported_architectures",
     "write_features",
     "__version__",

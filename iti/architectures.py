@@ -100,10 +100,23 @@ class ArchitectureSpec:
     """The KV-head count from the text config, where ``num_key_value_heads`` (else the head count) is not it."""
     mlp: str = "mlp"
     """Path, relative to one decoder block, of the MLP whose output is the ``mlp_out`` steering site."""
+    mlp_out_linear: str = "mlp.down_proj"
+    """Path, relative to one block, of the MLP's output projection (its bias carries a baked ``mlp_out`` or
+    ``resid_post`` vector)."""
+    mlp_bias: str = "none"
+    """``"config"``: stock transformers builds the MLP biases when the config attribute ``mlp_bias_attr`` is true
+    (Llama's ``mlp_bias``); ``"shared"``: the attention's switch (``bias_attr``) builds them too (Falcon's ``bias``);
+    ``"always"``: the MLP output projection always has a bias; ``"none"``: it cannot have one, or the MLP output is
+    normalised before it reaches the residual stream (Gemma), so ``mlp_out`` / ``resid_post`` are not bakeable."""
+    mlp_linears: tuple[str, ...] = ()
+    """With ``mlp_bias="config"``: the MLP's linear layers that the switch gives a bias (baking stores zeros)."""
+    mlp_bias_attr: str = "mlp_bias"
 
     def __post_init__(self) -> None:
         if self.output_bias not in ("config", "always", "none", "llama"):
             raise ValueError(f"output_bias must be 'config', 'always', 'llama' or 'none', got {self.output_bias!r}")
+        if self.mlp_bias not in ("config", "shared", "always", "none"):
+            raise ValueError(f"mlp_bias must be 'config', 'shared', 'always' or 'none', got {self.mlp_bias!r}")
         if self.weight_layout not in ("out_in", "in_out"):
             raise ValueError(f"weight_layout must be 'out_in' or 'in_out', got {self.weight_layout!r}")
 
@@ -115,7 +128,11 @@ class ArchitectureSpec:
 
 _LLAMA_PATHS = ("model.layers", "model.language_model.layers", "language_model.model.layers", "layers")
 _LLAMA_ATTENTION = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj")
-_LLAMA_LIKE = ArchitectureSpec(_LLAMA_PATHS, "self_attn.o_proj", _LLAMA_ATTENTION, output_bias="config")
+_LLAMA_MLP = ("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
+_LLAMA_LIKE = ArchitectureSpec(_LLAMA_PATHS, "self_attn.o_proj", _LLAMA_ATTENTION, output_bias="config", mlp_bias="config",
+                               mlp_linears=_LLAMA_MLP)
+# Gemma's MLPs have no bias switch (and Gemma 2 and 3 normalise the MLP output before adding it)
+_GEMMA = ArchitectureSpec(_LLAMA_PATHS, "self_attn.o_proj", _LLAMA_ATTENTION, output_bias="config")
 # Mistral and Qwen2 hard-code o_proj without a bias: a baked one is saved as a Llama checkpoint with attention biases.
 _SAVED_AS_LLAMA = ArchitectureSpec(_LLAMA_PATHS, "self_attn.o_proj", _LLAMA_ATTENTION, output_bias="llama")
 
@@ -135,19 +152,21 @@ def _falcon_kv_heads(cfg: Any) -> int:
 _FALCON = ArchitectureSpec(
     ("transformer.h",), "self_attention.dense",
     ("self_attention.query_key_value", "self_attention.dense", "mlp.dense_h_to_4h", "mlp.dense_4h_to_h"),
-    output_bias="config", bias_attr="bias", kv_heads=_falcon_kv_heads)
+    output_bias="config", bias_attr="bias", kv_heads=_falcon_kv_heads, mlp_out_linear="mlp.dense_4h_to_h", mlp_bias="shared")
 
 _REGISTRY: dict[str, ArchitectureSpec] = {
     "llama": _LLAMA_LIKE,
     "mistral": _SAVED_AS_LLAMA,
     "qwen2": _SAVED_AS_LLAMA,
-    "gemma": _LLAMA_LIKE,
-    "gemma2": _LLAMA_LIKE,
-    "gemma3": _LLAMA_LIKE,
-    "gemma3_text": _LLAMA_LIKE,
+    "gemma": _GEMMA,
+    "gemma2": _GEMMA,
+    "gemma3": _GEMMA,
+    "gemma3_text": _GEMMA,
     "gpt2": ArchitectureSpec(("transformer.h", "h"), "attn.c_proj", output_bias="always", weight_layout="in_out",
-                             context_attrs=("n_positions", "max_position_embeddings")),
-    "gpt_neox": ArchitectureSpec(("gpt_neox.layers", "layers"), "attention.dense", output_bias="always"),
+                             context_attrs=("n_positions", "max_position_embeddings"), mlp_out_linear="mlp.c_proj",
+                             mlp_bias="always"),
+    "gpt_neox": ArchitectureSpec(("gpt_neox.layers", "layers"), "attention.dense", output_bias="always",
+                                 mlp_out_linear="mlp.dense_4h_to_h", mlp_bias="always"),
     "falcon": _FALCON,
 }
 
@@ -172,7 +191,8 @@ def register_architecture(model_type: str, *, layers_paths: tuple[str, ...] | li
                           weight_layout: str = "out_in",
                           context_attrs: tuple[str, ...] | list[str] = ("max_position_embeddings",),
                           bias_attr: str = "attention_bias", kv_heads: Callable[[Any], int] | None = None,
-                          mlp: str = "mlp") -> ArchitectureSpec:
+                          mlp: str = "mlp", mlp_out_linear: str = "mlp.down_proj", mlp_bias: str = "none",
+                          mlp_linears: tuple[str, ...] | list[str] = (), mlp_bias_attr: str = "mlp_bias") -> ArchitectureSpec:
     """Teach the library a new ``config.model_type``: once registered, it is collectable, steerable and (with
     ``output_bias`` "config" or "always") bakeable.
 
@@ -180,9 +200,12 @@ def register_architecture(model_type: str, *, layers_paths: tuple[str, ...] | li
     head_out="self_attn.o_proj", attention_linears=["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
     "self_attn.o_proj"], output_bias="config")``. The head geometry is read from the config. ``mlp``: the MLP's
     path in a block (the ``mlp_out`` steering site); the other sites follow from ``head_out`` and the blocks.
+    ``mlp_out_linear``, ``mlp_bias``, ``mlp_linears``, ``mlp_bias_attr``: how a baked ``mlp_out`` / ``resid_post``
+    vector is stored (see :class:`ArchitectureSpec`).
     """
     spec = ArchitectureSpec(tuple(layers_paths), head_out, tuple(attention_linears), output_bias, weight_layout,
-                            tuple(context_attrs), bias_attr, kv_heads, mlp)
+                            tuple(context_attrs), bias_attr, kv_heads, mlp, mlp_out_linear, mlp_bias, tuple(mlp_linears),
+                            mlp_bias_attr)
     _REGISTRY[model_type] = spec
     return spec
 

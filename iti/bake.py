@@ -1,4 +1,12 @@
-"""Bake an intervention into the weights, so any server runs the edited model with zero overhead.
+"""Bake an intervention (or any :class:`~iti.Steering` whose sites a bias can carry) into the weights, so any
+server runs the edited model with zero overhead. A baked vector acts at every position (``positions="all"``).
+
+Sites: ``head_out`` -> the output projection's bias += ``W_o @ s``; ``attn_out`` -> that bias += ``v``;
+``mlp_out`` and ``resid_post`` -> the MLP output projection's bias += ``v`` (the residual stream after a block is
+the stream before its MLP plus the MLP's output, so the two are one bias wherever the MLP output is added as it is:
+Llama, GPT-2, GPT-NeoX, Falcon; Gemma's MLPs have no bias switch and Gemma 2 and 3 normalise the MLP output, so
+those sites are refused there by name). Llama's ``config.mlp_bias`` gives gate/up/down biases (zeros stored for
+gate and up); Falcon's ``config.bias`` switches its MLP biases with the attention's.
 
 The runtime shift enters *before* the output projection: ``o_proj(x + s) = W_o x + W_o s (+ b)``. So the
 equivalent bias is ``W_o @ s``. honest_llama's current edit_weight.py stores ``o_proj.bias = s`` (the raw head-space
@@ -29,6 +37,7 @@ from .errors import AlreadyBakedError, OffloadedWeightsError, OutputExistsError,
 from .intervention import Intervention
 from .io import fsync_dir, set_plain_modes
 from .models import check_complete_checkpoint
+from .steering import Steering
 
 
 def _attention_linears(layer: nn.Module, paths: tuple[str, ...]) -> list[nn.Linear]:
@@ -56,31 +65,62 @@ def baked_fingerprints(model: nn.Module) -> list[str]:
     return [str(mark)] if isinstance(mark, str) else [str(m) for m in mark]
 
 
-def bake(model: nn.Module, intervention: Intervention, *, add_to_existing: bool = False) -> nn.Module:
-    """Add ``W_o @ shift`` to the output-projection bias of every intervened layer, in place.
+HEAD_SITES = ("head_out", "attn_out")  # carried by the attention output projection's bias
+MLP_SITES = ("mlp_out", "resid_post")  # carried by the MLP output projection's bias
 
-    The model is marked (``config.iti_baked``, a list of intervention fingerprints, saved with the model). A model
-    that already carries a baked intervention is refused with :class:`~iti.errors.AlreadyBakedError`, since a
-    second bake adds a second shift on top of the first; pass ``add_to_existing=True`` to stack them on purpose.
+
+def _as_steering(value: Intervention | Steering) -> Steering:
+    if isinstance(value, Intervention):
+        return value.to_steering("all")
+    if isinstance(value, Steering):
+        return value
+    raise TypeError(f"bake takes an Intervention or a Steering, not {type(value).__name__}")
+
+
+def _zero_biases(layer: nn.Module, paths: tuple[str, ...]) -> None:
+    for lin in _attention_linears(layer, paths):
+        if lin.bias is None:
+            lin.bias = nn.Parameter(torch.zeros(lin.out_features, device=lin.weight.device, dtype=lin.weight.dtype), requires_grad=False)
+
+
+def bake(model: nn.Module, intervention: Intervention | Steering, *, add_to_existing: bool = False) -> nn.Module:
+    """Add each vector to the bias that carries its site (``W_o @ shift`` for head shifts), in place.
+
+    The model is marked (``config.iti_baked``, a list of fingerprints, saved with the model). A model that already
+    carries a baked shift is refused with :class:`~iti.errors.AlreadyBakedError`, since a second bake adds a second
+    shift on top of the first; pass ``add_to_existing=True`` to stack them on purpose. A site the architecture's
+    stock class cannot carry as a bias is refused by name before anything changes.
     """
-    intervention.check_model(model)
+    value = _as_steering(intervention)
+    if isinstance(intervention, Intervention):
+        intervention.check_model(model)
+    else:
+        value.check_model(model)
     already = baked_fingerprints(model)
     if already and not add_to_existing:
-        same = " (this same intervention)" if intervention.fingerprint() in already else ""
+        same = " (this same one)" if intervention.fingerprint() in already else ""
         raise AlreadyBakedError(
             f"this model already has ITI shift(s) baked into its biases: config.{BAKED_ATTR} = {already}{same}; "
-            f"baking intervention {intervention.fingerprint()} again would add its shift on top. Start from the "
+            f"baking {intervention.fingerprint()} again would add its shift on top. Start from the "
             "unbaked model, or, to stack the shifts on purpose, pass --add_to_existing (iti bake / edit_weight.py) or "
             "add_to_existing=True (iti.bake from Python)."
         )
     layout = model_layout(model)
     spec = layout.spec
-    if not spec.bakeable:
+    sites = value.sites
+    head_sites = [s for s in sites if s in HEAD_SITES]
+    mlp_sites = [s for s in sites if s in MLP_SITES]
+    if head_sites and not spec.bakeable:
         raise UnsupportedArchitectureError(
-            f"cannot bake into {layout.model_type!r}: stock transformers builds its attention output projection without "
-            f"a bias, so the baked model could not be loaded. Bakeable: {', '.join(bakeable_architectures())}; "
-            "use intervention.applied(model, positions='all') instead."
+            f"cannot bake {', '.join(head_sites)} into {layout.model_type!r}: stock transformers builds its attention output "
+            f"projection without a bias, so the baked model could not be loaded. Bakeable: {', '.join(bakeable_architectures())}; "
+            "use .applied(model, positions='all') instead."
         )
+    if mlp_sites and spec.mlp_bias == "none":
+        raise UnsupportedArchitectureError(
+            f"cannot bake {', '.join(mlp_sites)} into {layout.model_type!r}: its stock MLP has no output bias to carry the "
+            "vector (or normalises the MLP output before adding it to the residual stream, as Gemma 2 and 3 do). "
+            "head_out and attn_out bake there; for these sites use .applied(model, positions='all').")
     offloaded = [n for n, p in model.named_parameters() if p.device.type == "meta"]
     if offloaded:
         raise OffloadedWeightsError(
@@ -88,28 +128,37 @@ def bake(model: nn.Module, intervention: Intervention, *, add_to_existing: bool 
             "(on the meta device; accelerate brings them in for each forward pass under a device_map that puts layers on "
             "the CPU or disk), so the bias would be written nowhere. Load it without offloading (on the GPUs, or on the "
             "CPU) to bake it, or use intervention.applied(model, positions='all').")
-    if spec.output_bias == "llama":
+    if head_sites and spec.output_bias == "llama":
         problem = llama_checkpoint_problem(model.config)
         if problem is not None:
             raise UnsupportedArchitectureError(
                 f"cannot bake into {layout.model_type!r}: its o_proj has no bias, and a baked model is saved as a Llama "
                 f"checkpoint only when that reproduces the model exactly, but {problem}. Use "
                 "intervention.applied(model, positions='all') instead.")
-    if spec.output_bias in ("config", "llama"):
-        config: Any = model.config
-        setattr(text_config(config), spec.bias_attr, True)
-        setattr(config, spec.bias_attr, True)  # the same object unless the config nests a text config
+    config: Any = model.config
+    switches: list[tuple[str, tuple[str, ...]]] = []
+    if head_sites and spec.output_bias in ("config", "llama"):
+        switches.append((spec.bias_attr, spec.attention_linears or (spec.head_out,)))
+    if mlp_sites and spec.mlp_bias == "config":
+        switches.append((spec.mlp_bias_attr, spec.mlp_linears or (spec.mlp_out_linear,)))
+    if mlp_sites and spec.mlp_bias == "shared":
+        switches.append((spec.bias_attr, spec.attention_linears or (spec.mlp_out_linear,)))
+    for attr, linears in switches:
+        setattr(text_config(config), attr, True)
+        setattr(config, attr, True)  # the same object unless the config nests a text config
         for i in range(layout.geometry.num_layers):
-            for lin in _attention_linears(layout.layer_module(model, i), spec.attention_linears or (spec.head_out,)):
-                if lin.bias is None:
-                    lin.bias = nn.Parameter(torch.zeros(lin.out_features, device=lin.weight.device, dtype=lin.weight.dtype), requires_grad=False)
+            _zero_biases(layout.layer_module(model, i), linears)
     with torch.no_grad():
-        for layer, shift in intervention.layer_shifts().items():
-            module = layout.head_out_module(model, layer)
+        for (site, layer), vec in value.vectors.items():
+            if site in HEAD_SITES:
+                module = layout.head_out_module(model, layer)
+            else:
+                module = layout.layer_module(model, layer).get_submodule(spec.mlp_out_linear)
             w, bias = cast(torch.Tensor, module.weight), cast(torch.Tensor, module.bias)
-            s = torch.from_numpy(shift).to(device=w.device, dtype=torch.float32)
-            delta = s @ w.float() if spec.weight_layout == "in_out" else w.float() @ s  # GPT-2's Conv1D stores [in, out]
-            bias.add_(delta.to(bias.dtype))
+            v = torch.from_numpy(vec).to(device=w.device, dtype=torch.float32)
+            if site == "head_out":
+                v = v @ w.float() if spec.weight_layout == "in_out" else w.float() @ v  # GPT-2's Conv1D stores [in, out]
+            bias.add_(v.to(bias.dtype))
     setattr(model.config, BAKED_ATTR, [*already, intervention.fingerprint()])
     return model
 
@@ -190,9 +239,10 @@ def check_output_dir(out_dir: str | os.PathLike, force: bool = False) -> None:
                                 "choose another output_dir")
 
 
-def save_baked(model: nn.Module, tokenizer: Any, out_dir: str | os.PathLike, intervention: Intervention, *,
+def save_baked(model: nn.Module, tokenizer: Any, out_dir: str | os.PathLike, intervention: Intervention | Steering, *,
                force: bool = False) -> Path:
-    """``save_pretrained`` as safetensors (loadable by transformers, vLLM, TGI) plus the intervention for provenance.
+    """``save_pretrained`` as safetensors (loadable by transformers, vLLM, TGI) plus the intervention (``iti_intervention/``)
+    or steering value (``iti_steering/``) for provenance.
     A baked Mistral or Qwen2 is written as a Llama-architecture checkpoint (see :func:`as_llama_checkpoint`).
 
     The checkpoint is written whole into a temporary directory beside ``out_dir`` and renamed into place at the end:
@@ -209,7 +259,7 @@ def save_baked(model: nn.Module, tokenizer: Any, out_dir: str | os.PathLike, int
         cast(Any, model).save_pretrained(tmp, safe_serialization=True)  # a transformers model
         tokenizer.save_pretrained(tmp)
         check_complete_checkpoint(tmp, model)
-        intervention.save(tmp / "iti_intervention")
+        intervention.save(tmp / ("iti_intervention" if isinstance(intervention, Intervention) else "iti_steering"))
         set_plain_modes(tmp)  # save_pretrained writes its safetensors files private (0600)
         for p in tmp.rglob("*"):
             if p.is_file() and not p.is_symlink():

@@ -1,6 +1,6 @@
 """Choosing heads and directions, and scaling them (honest_llama's get_top_heads / get_com_directions /
-get_interventions_dict, with explicit seeds): the steps of :func:`iti.intervention.fit_intervention`, the one
-recipe that turns labelled activations into an intervention (probes -> heads -> directions -> unit -> stds)."""
+get_interventions_dict, with explicit seeds): the functions behind :mod:`iti.selectors` and :mod:`iti.methods`,
+which :func:`iti.fitting.fit_intervention` puts together (probes -> heads -> directions -> unit -> stds)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -10,8 +10,6 @@ import numpy as np
 from .architectures import HeadGeometry
 from .errors import EmptyInputError, HeadIndexError
 from .probes import HeadProbes, split_questions
-
-HEAD_CHOICES = ("probe_accuracy", "random")
 
 
 def top_heads(accuracies: np.ndarray, k: int) -> list[tuple[int, int]]:
@@ -121,15 +119,3 @@ def fit_head_probes(X: np.ndarray, labels: np.ndarray, groups: np.ndarray, *, va
     probes = HeadProbes().fit(np.asarray(X[rows_tr], dtype=np.float32), labels[rows_tr])
     accuracies = probes.score(np.asarray(X[rows_va], dtype=np.float32), labels[rows_va])
     return ProbeFit(probes, accuracies, tr, va)
-
-
-def _probe_method(X, labels, chosen, probes, geometry, seed):
-    return probe_directions(probes.probes.coef_, chosen)
-
-
-#: direction method -> how it makes the raw (not yet unit) directions of the chosen heads
-DIRECTION_METHODS = {
-    "mass_mean": lambda X, labels, chosen, probes, geometry, seed: mass_mean_directions(X, labels, chosen),
-    "probe": _probe_method,
-    "random": lambda X, labels, chosen, probes, geometry, seed: random_directions(len(chosen), geometry.head_dim, seed),
-}

@@ -15,7 +15,7 @@ import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,10 +23,7 @@ from safetensors.numpy import load_file
 
 from ._version import __version__
 from .architectures import HeadGeometry, model_layout
-from .collect import collect_head_activations
-from .directions import DIRECTION_METHODS, HEAD_CHOICES, ProbeFit, fit_head_probes, projection_stds, random_heads, top_heads, unit
-from .errors import EmptyInputError, FeatureFileError, GeometryMismatchError, HeadIndexError, InvalidOptionError
-from .features import FeatureSet
+from .errors import FeatureFileError, GeometryMismatchError, HeadIndexError
 from .io import atomic_save_safetensors, atomic_write_json, read_json, read_safetensors_header, sha256_file
 from .positions import Positions as InterventionPositions
 from .steering import Steering
@@ -100,26 +97,11 @@ class Intervention:
         ``num_heads`` best, and shift them along the mass-mean direction (see :func:`fit_intervention`
         for the options). With lists of equal length, ``positive_prompts[i]`` and ``negative_prompts[i]`` form a
         pair."""
-        from .options import refuse
+        from .fitting import intervention_from_contrast_pairs
 
-        for arg, given in (("positive_prompts", positive_prompts), ("negative_prompts", negative_prompts)):
-            if isinstance(given, (str, bytes)):  # a sequence too: each character would become a one-letter prompt
-                shown = repr(given[:60]) + ("..." if len(given) > 60 else "")
-                raise refuse(arg, "a list of prompts, not one string (wrap a single prompt in a list)", shown=shown)
-        if not positive_prompts or not negative_prompts:
-            raise EmptyInputError("from_contrast_pairs needs at least one positive and one negative prompt")
-        prompts = list(positive_prompts) + list(negative_prompts)
-        X = cast(torch.Tensor, collect_head_activations(model, tokenizer, prompts, batch_size=batch_size, progress=progress).heads).numpy()
-        labels = np.r_[np.ones(len(positive_prompts), dtype=np.int64), np.zeros(len(negative_prompts), dtype=np.int64)]
-        if len(positive_prompts) == len(negative_prompts):
-            groups = np.r_[np.arange(len(positive_prompts)), np.arange(len(negative_prompts))]
-        else:
-            groups = np.arange(len(prompts))
-        name = str(getattr(model.config, "_name_or_path", "") or getattr(model.config, "model_type", "model"))
-        return fit_intervention(X, labels, groups, num_heads=num_heads, method=method, head_choice=head_choice, alpha=alpha,
-                                val_ratio=val_ratio, seed=seed, geometry=model_layout(model).geometry, model_name=name,
-                                meta={"from": "contrast_pairs", "pairs": int(len(positive_prompts)), "method": method,
-                                      "num_heads": num_heads, "seed": seed})
+        return intervention_from_contrast_pairs(model, tokenizer, positive_prompts, negative_prompts, num_heads=num_heads,
+                                                method=method, head_choice=head_choice, alpha=alpha, val_ratio=val_ratio,
+                                                seed=seed, batch_size=batch_size, progress=progress)
 
     # --- arithmetic: interventions compose like the shifts they add ---------------------------------------------
     def head_shifts(self) -> dict[tuple[int, int], np.ndarray]:
@@ -265,78 +247,10 @@ class Intervention:
         return inter
 
 
-def fit_intervention(
-    features: FeatureSet | np.ndarray,
-    labels: np.ndarray | None = None,
-    groups: np.ndarray | None = None,
-    *,
-    num_heads: int = 48,
-    method: str = "mass_mean",
-    head_choice: str | Sequence[tuple[int, int]] = "probe_accuracy",
-    alpha: float = 15.0,
-    std_from: FeatureSet | np.ndarray | None = None,
-    probes: ProbeFit | None = None,
-    val_ratio: float = 0.2,
-    seed: int = 42,
-    geometry: HeadGeometry | None = None,
-    model_name: str | None = None,
-    meta: dict[str, Any] | None = None,
-) -> Intervention:
-    """An intervention from labelled head activations: heads, unit directions, projection stds, alpha.
+def __getattr__(name: str):
+    """``iti.intervention.fit_intervention``, where it lived before :mod:`iti.fitting`."""
+    if name == "fit_intervention":
+        from .fitting import fit_intervention
 
-    ``features``: a :class:`FeatureSet` (labels, groups, geometry and model name come with it) or an array
-    ``[N, layers, heads, head_dim]`` with ``labels`` (1 = the side to steer toward) and optionally ``groups`` (rows
-    of one group, e.g. one question, stay on one side of the probe split; default every row its own group).
-    ``head_choice``: ``"probe_accuracy"`` (the ``num_heads`` heads whose probes score best on held-out groups),
-    ``"random"`` (a seeded draw), or an explicit list of (layer, head). ``method``: ``"mass_mean"`` (mean of the
-    positive rows minus mean of the negative ones), ``"probe"`` (the probe's weights) or ``"random"``. The shift
-    of each head is ``alpha x std x direction``, the std measured on ``std_from`` (default: the same rows)
-    projected on the direction. ``probes`` reuses probes fitted before (several interventions from one fit).
-    With an array and no ``geometry``, the geometry is read off the array's shape (``num_kv_heads = heads``,
-    ``hidden_size = heads x head_dim``); pass the model's (``iti.model_layout(model).geometry``) to apply it.
-    """
-    if isinstance(features, FeatureSet):
-        X = features.head_wise
-        labels = features.labels if labels is None else labels
-        groups = features.question_ids if groups is None else groups
-        geometry = geometry or features.geometry
-        model_name = model_name or features.manifest["model"]["name"]
-    else:
-        X = np.asarray(features) if not hasattr(features, "shape") else features
-        if X.ndim != 4:
-            raise ValueError(f"head activations must be [N, layers, heads, head_dim], got shape {tuple(X.shape)}")
-        if labels is None:
-            raise ValueError("labels are needed with an array of activations")
-        if geometry is None:
-            _, L, H, D = X.shape
-            geometry = HeadGeometry(num_layers=L, num_heads=H, num_kv_heads=H, head_dim=D, hidden_size=H * D)
-    labels = np.asarray(labels).reshape(-1).astype(np.int64)
-    if len(labels) != len(X):
-        raise ValueError(f"{len(X)} activation rows but {len(labels)} labels")
-    groups = np.arange(len(X)) if groups is None else np.asarray(groups)
-    if method not in DIRECTION_METHODS:
-        raise InvalidOptionError(f"--method: one of {', '.join(DIRECTION_METHODS)}, got {method!r}")
-    if isinstance(head_choice, str) and head_choice not in HEAD_CHOICES:
-        raise InvalidOptionError(f"--head_choice: one of {', '.join(HEAD_CHOICES)} or a list of (layer, head), got {head_choice!r}")
-    if probes is None and (head_choice == "probe_accuracy" or method == "probe"):
-        probes = fit_head_probes(X, labels, groups, val_ratio=val_ratio, seed=seed)
-    if isinstance(head_choice, str) and head_choice == "probe_accuracy":
-        assert probes is not None  # fitted above
-        chosen = top_heads(probes.accuracies, num_heads)
-    elif isinstance(head_choice, str):
-        chosen = random_heads(geometry, num_heads, seed)
-    else:
-        chosen = sorted({(int(l), int(h)) for l, h in head_choice})
-        for l, h in chosen:
-            geometry.check_head(l, h)
-        if not chosen:
-            raise HeadIndexError("head_choice lists no head")
-    directions = unit(DIRECTION_METHODS[method](X, labels, chosen, probes, geometry, seed))
-    if std_from is None:
-        tune = X
-    else:
-        tune = std_from.head_wise if isinstance(std_from, FeatureSet) else std_from
-    stds = projection_stds(tune, chosen, directions)
-    info = {"method": method, "head_choice": head_choice if isinstance(head_choice, str) else "explicit", "seed": seed,
-            "num_heads": len(chosen)} if meta is None else meta
-    return Intervention(chosen, directions, stds, alpha, model_name or "", geometry, info)
+        return fit_intervention
+    raise AttributeError(f"module 'iti.intervention' has no attribute {name!r}")

@@ -247,6 +247,25 @@ def checkpoint_tensor_names(directory: str | os.PathLike) -> set[str]:
     return names
 
 
+def _names_as_loaded(stored: set[str], model: torch.nn.Module) -> set[str]:
+    """The stored tensor names as transformers renames them when loading (transformers 5 saves GPT-NeoX's output head
+    as ``embed_out.weight`` and loads it as ``lm_head.weight``); plain renames only, the names as they are otherwise."""
+    import re
+
+    try:
+        from transformers.conversion_mapping import WeightRenaming, get_checkpoint_conversion_mapping
+    except ImportError:  # transformers 4: names are stored as they are loaded
+        return stored
+    rules = []
+    for key in {type(model).__name__, str(getattr(getattr(model, "config", None), "model_type", ""))}:
+        rules += [r for r in (get_checkpoint_conversion_mapping(key) or []) if isinstance(r, WeightRenaming)]
+    out = set(stored)
+    for rule in rules:
+        for source, target in zip(rule.source_patterns, rule.target_patterns):
+            out |= {re.sub(source, target, name) for name in out if re.search(source, name)}
+    return out
+
+
 def check_complete_checkpoint(directory: str | os.PathLike, model: torch.nn.Module) -> None:
     """Raise ModelLoadError unless ``directory`` is a checkpoint a serving engine reads as written: the config
     names the architecture, and every parameter of ``model`` is stored under its own name (a tied output head may be
@@ -254,7 +273,7 @@ def check_complete_checkpoint(directory: str | os.PathLike, model: torch.nn.Modu
     config = json.loads((Path(directory) / "config.json").read_text())
     if not config.get("architectures"):
         raise ModelLoadError(f"{directory}: config.json names no architectures; serving engines would guess one")
-    stored = checkpoint_tensor_names(directory)
+    stored = _names_as_loaded(checkpoint_tensor_names(directory), model)
     tied = bool(config.get("tie_word_embeddings", config.get("text_config", {}).get("tie_word_embeddings", False)))
     output = getattr(model, "get_output_embeddings", lambda: None)()
     output_names = {f"{n}.weight" for n, m in model.named_modules(remove_duplicate=False) if output is not None and m is output}

@@ -90,10 +90,34 @@ def make_tiny_model(arch: str, seed: int = 0):
     return model.eval()
 
 
+def make_intervention(model, alpha=20.0, heads=((0, 1), (2, 3), (1, 0)), seed=0):
+    """A random-direction intervention (unit stds) on three heads of ``model``, made by hand."""
+    import numpy as np
+
+    from iti import Intervention, model_layout
+
+    g = model_layout(model).geometry
+    d = np.random.default_rng(seed).normal(size=(len(heads), g.head_dim))
+    return Intervention(list(heads), d / np.linalg.norm(d, axis=1, keepdims=True), np.ones(len(heads)), alpha, "tiny", g)
+
+
+def token_ids(text="the quick brown fox"):
+    """One tokenized text of the tiny tokenizer as a [1, seq] tensor."""
+    return torch.tensor([tiny_tokenizer()(text)["input_ids"]])
+
+
 @pytest.fixture(params=ARCHS)
 def tiny(request):
     """(arch, model, tokenizer) for each supported architecture."""
     return request.param, make_tiny_model(request.param), tiny_tokenizer()
+
+
+def pytest_collection_modifyitems(config, items):
+    """A test that takes the real model through a fixture is a `real` test, marked or not (the unit tier,
+    ``make test-fast``, runs what is neither real nor slow)."""
+    for item in items:
+        if "smollm2" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.real)
 
 
 @pytest.fixture(scope="session")

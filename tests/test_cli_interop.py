@@ -5,8 +5,7 @@ import pytest
 from iti import Intervention, load_features, model_layout, write_features
 from iti.cli import main
 
-from .conftest import make_tiny_model, tiny_tokenizer
-from .core.test_intervention import make_intervention
+from .conftest import make_intervention, make_tiny_model, tiny_tokenizer
 
 
 @pytest.fixture

@@ -21,8 +21,9 @@ from tqdm.auto import tqdm
 from ..architectures import model_device, model_layout
 from ..batching import batch_inputs, forward_kwargs, pad_token_id, plan_batches
 from ..directions import random_directions, unit
+from ..fitting import fit_intervention
 from ..hooks import HeadTrace
-from ..intervention import Intervention, fit_intervention
+from ..intervention import Intervention
 from ..kv_cache import returned_cache, with_cache
 from ..oom import AdaptiveBatchSize
 from .bottleneck import SparseConceptBottleneck, review_prompt

@@ -76,6 +76,12 @@ class ValidationConfig:
         "help": "where the --judge hf judges load, apart from the steered model: e.g. auto, cpu, cuda:1 "
                 "(default: as load_model, the first GPU, else the CPU)"})
     judge_batch_size: int = field(default=16, metadata={"help": "judge prompts per forward pass (--judge hf)"})
+    methods: list[str] = field(default_factory=lambda: ["ITI"], metadata={
+        "choices": ("ITI", "CAA", "RepE"),
+        "help": "steering methods compared at equal cost (needs --kl_budget or --ce_budget beyond ITI): CAA (the mean "
+                "over questions of true minus false activations on the residual stream after one block) and RepE "
+                "(repeng's pca_diff there), at the layer whose probe scores best on the fold's training questions, each "
+                "against a random direction at that site; ITI's rows always run"})
     control_seeds: list[int] = field(default_factory=lambda: [42], metadata={
         "help": "seeds of ITI and the random controls (default: --seed)", "default_from": "seed"})
     sweep_alphas: list[float] = field(default_factory=list, metadata={
@@ -170,10 +176,19 @@ class ValidationConfig:
         check_range("num_heads", self.num_heads, 1, total, integer=True, why=why)
         if self.kl_budget and self.ce_budget:
             raise InvalidOptionError("--kl_budget and --ce_budget: give one of them (a row is matched on one cost)")
+        for method in self.methods:
+            check_choice("methods", method, ("ITI", "CAA", "RepE"))
+        if set(self.methods) - {"ITI"} and not (self.kl_budget or self.ce_budget):
+            raise InvalidOptionError(f"--methods {' '.join(self.methods)}: other methods than ITI are compared with it at "
+                                     "equal cost (their vectors have no common unit of strength); give --kl_budget or --ce_budget")
         for name in ("kl_budget", "ce_budget"):
             for value in getattr(self, name):
                 check_range(name, value, 0.0, None, lo_open=True, why="nats per token")
         check_positive_int("budget_texts", self.budget_texts)
+        if set(self.methods) - {"ITI"} and manifest is not None and "layer_wise" not in manifest.get("files", {}):
+            raise InvalidOptionError(f"--methods {' '.join(self.methods)}: CAA and RepE steer the residual stream, but the "
+                                     f"{self.dataset_name} features in {manifest_path.parent} were collected without it "
+                                     "(--no_layer_wise); collect them again without that flag")
         check_each(check_range, "sweep_heads", self.sweep_heads, lo=1, hi=total, integer=True, why=why)
         if manifest is not None:
             available = len(set(manifest["question_ids"]))
@@ -218,7 +233,7 @@ class ValidationConfig:
 class RowSpec:
     """One evaluated configuration."""
 
-    name: str  # baseline | ITI | random heads | random direction
+    name: str  # baseline | ITI | random heads | random direction | CAA | RepE | random residual direction
     alpha: float
     num_heads: int
     seed: int
@@ -227,13 +242,19 @@ class RowSpec:
     generate: bool = False
     budget: float | None = None  # alpha chosen per fold so that the cost meets this budget (alpha: where the search starts)
     budget_metric: str = "KL"
+    site: str = "head_out"  # resid_post: one vector on the residual stream after the layer the probes rank first
 
     @property
     def key(self) -> str:
         """File-safe id of the row (e.g. ``ITI_a15_k48_s42``, ``ITI_kl0.1_k48_s42``); its results go to
         rows/fold<i>_<key>.json."""
         strength = f"{self.budget_metric.lower()}{self.budget:g}" if self.budget is not None else f"a{self.alpha:g}"
-        return f"{self.name.replace(' ', '-')}_{strength}_k{self.num_heads}_s{self.seed}"
+        units = f"k{self.num_heads}" if self.site == "head_out" else f"l{self.num_heads}"  # heads, or layers
+        return f"{self.name.replace(' ', '-')}_{strength}_{units}_s{self.seed}"
+
+
+#: the direction method of each residual-stream row kind (iti.methods names)
+RESIDUAL_METHODS = {"CAA": "mean_diff", "RepE": "pca_diff"}
 
 
 def plan_rows(cfg: ValidationConfig) -> list[RowSpec]:
@@ -254,6 +275,12 @@ def plan_rows(cfg: ValidationConfig) -> list[RowSpec]:
                                 generate=cfg.generate_controls and j == 0, budget=b, budget_metric=metric))
             rows.append(RowSpec("random direction", cfg.alpha, k, s, "top", "random", generate=cfg.generate_controls and j == 0,
                                 budget=b, budget_metric=metric))
+            residual = [m for m in ("CAA", "RepE") if m in cfg.methods]
+            for m in residual:  # one layer each, its search starting from a multiplier of 1
+                rows.append(RowSpec(m, 1.0, 1, s, "top", RESIDUAL_METHODS[m], budget=b, budget_metric=metric, site="resid_post"))
+            if residual:
+                rows.append(RowSpec("random residual direction", 1.0, 1, s, "top", "random", budget=b, budget_metric=metric,
+                                    site="resid_post"))
         if i == 0:
             rows += [RowSpec("ITI", a, k, cfg.seed, heads, d) for a in cfg.sweep_alphas if a != cfg.alpha]
             rows += [RowSpec("ITI", cfg.alpha, n, cfg.seed, heads, d) for n in cfg.sweep_heads if n != k]

@@ -15,7 +15,10 @@ import numpy as np
 
 from ..stats import paired_bootstrap_ci, paired_permutation_p
 
-KINDS = ("ITI", "random heads", "random direction")
+KINDS = ("ITI", "random heads", "random direction", "CAA", "RepE", "random residual direction")
+#: the methods on the residual stream, each compared with the random direction at its own site as well as with ITI
+RESIDUAL_KINDS = ("CAA", "RepE")
+SITE_CONTROL = "random residual direction"
 
 
 def cost_matched_rows(pooled: dict[str, dict[str, Any]], baseline_key: str | None, seed: int) -> list[dict[str, Any]]:
@@ -42,12 +45,19 @@ def cost_matched_rows(pooled: dict[str, dict[str, Any]], baseline_key: str | Non
         for name in KINDS[1:]:
             if iti is None or name not in kinds:
                 continue
-            order = _align(iti["question_ids"], kinds[name]["question_ids"])
-            other = kinds[name]["MC2"][order]
-            d, lo, hi = paired_bootstrap_ci(iti["MC2"], other, seed=seed)
-            entry["iti_minus"][name] = {"mean": d, "ci": [lo, hi], "p": paired_permutation_p(iti["MC2"], other, seed=seed)}
+            entry["iti_minus"][name] = _paired(iti, kinds[name], seed)
+        for name in RESIDUAL_KINDS:  # each residual method against the random direction at its own site
+            if name in kinds and SITE_CONTROL in kinds:
+                entry.setdefault("minus_site_control", {})[name] = _paired(kinds[name], kinds[SITE_CONTROL], seed)
         out.append(entry)
     return out
+
+
+def _paired(a: dict[str, Any], b: dict[str, Any], seed: int) -> dict[str, Any]:
+    """a minus b in MC2 over the same questions: mean, paired bootstrap CI, paired permutation p."""
+    other = b["MC2"][_align(a["question_ids"], b["question_ids"])]
+    d, lo, hi = paired_bootstrap_ci(a["MC2"], other, seed=seed)
+    return {"mean": d, "ci": [lo, hi], "p": paired_permutation_p(a["MC2"], other, seed=seed)}
 
 
 def _align(ids: np.ndarray, other_ids: np.ndarray) -> np.ndarray:
@@ -121,6 +131,13 @@ def cost_matched_markdown(entries: list[dict[str, Any]], texts: str | None = Non
             lines.append(f"| {e['metric']} {e['budget']:g} | {e['seed']} | {name} | {', '.join(f'{a:.2f}' for a in cell['alphas'])} | "
                          f"{cell['KL']:.3f} | " + (f"{d['mean']:.3f} [{d['ci'][0]:.3f}, {d['ci'][1]:.3f}]" if d else "") + " | "
                          + (f"{diff['mean']:.3f} [{diff['ci'][0]:.3f}, {diff['ci'][1]:.3f}] | {diff['p']:.4f}" if diff else " | ") + " |")
+    site = [(e, name, d) for e in entries for name, d in e.get("minus_site_control", {}).items()]
+    if site:
+        lines += ["", "For CAA and RepE the column is ITI minus that method. Each residual-stream method minus the random "
+                  f"direction at its own site ({SITE_CONTROL}, same layer, same budget):", "",
+                  "| budget | seed | method | method − random residual direction | p |", "|---|---|---|---|---|"]
+        lines += [f"| {e['metric']} {e['budget']:g} | {e['seed']} | {name} | {d['mean']:.3f} [{d['ci'][0]:.3f}, {d['ci'][1]:.3f}] | "
+                  f"{d['p']:.4f} |" for e, name, d in site]
     return lines
 
 
@@ -138,7 +155,7 @@ def plot_frontier(path: Path, entries: list[dict[str, Any]], title: str, corpus:
 
     main_seed = entries[0]["seed"]
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    for name, color in zip(KINDS, ("tab:blue", "tab:orange", "tab:green")):
+    for name, color in zip(KINDS, ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:gray")):
         pts = sorted((e["kinds"][name]["KL"], e["kinds"][name]["dMC2"]) for e in entries
                      if e["seed"] == main_seed and name in e["kinds"] and "dMC2" in e["kinds"][name])
         if pts:

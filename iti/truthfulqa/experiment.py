@@ -19,12 +19,21 @@ from ..architectures import model_layout
 from ..errors import FeatureFileError, NonFiniteInputError
 from ..features import UNRECORDED_WEIGHTS, FeatureSet, check_features_weights, load_features, read_manifest
 from ..fingerprint import model_fingerprint
+from ..intervention import Intervention
 from ..io import atomic_write_json, atomic_write_text, read_json
 from ..locks import output_lock
+from ..steering import Steering
 from .budget import BudgetSearch, alpha_for_budget
 from .config import RowSpec, ValidationConfig, plan_rows
 from .data import load_truthfulqa
-from .fit import FoldProbes, build_intervention, check_features_geometry, train_fold_probes
+from .fit import (
+    FoldProbes,
+    build_intervention,
+    build_residual_steering,
+    check_features_geometry,
+    train_fold_layer_probes,
+    train_fold_probes,
+)
 from .generation import generate_answers
 from .judge import JUDGE_KEYS, Judge, JudgeConfig, check_judge_endpoint
 from .lm_cost import NeutralCost, ce_and_kl, load_neutral_texts
@@ -112,11 +121,16 @@ def _mc_part(model, tokenizer, tqa, test_q, intervention, cfg, texts) -> dict[st
     return out
 
 
+def at_alpha(value, alpha: float):
+    """``value`` at strength ``alpha``: an Intervention's alpha replaced, a Steering (fitted at strength 1) scaled."""
+    return value.with_alpha(alpha) if hasattr(value, "with_alpha") else value * alpha
+
+
 def search_alpha(meter: NeutralCost, intervention, spec: RowSpec) -> BudgetSearch:
     """The alpha at which ``intervention`` costs ``spec.budget`` (KL, or CE increase) on the search texts of
     ``meter``, searched from ``spec.alpha``."""
     def cost(alpha: float) -> float:
-        c = meter(intervention.with_alpha(alpha))
+        c = meter(at_alpha(intervention, alpha))
         return c.kl if spec.budget_metric == "KL" else c.ce - c.ce_base
 
     assert spec.budget is not None
@@ -243,7 +257,8 @@ def run_validation(model, tokenizer, cfg: ValidationConfig, out_dir: str | Path,
 
 
 def _run_locked(model, tokenizer, cfg: ValidationConfig, out: Path, judge: Judge | None) -> dict[str, Any]:
-    features = load_features(cfg.features_path(cfg.dataset_name), mmap=False)
+    residual = any(spec.site == "resid_post" for spec in plan_rows(cfg))  # CAA / RepE rows read the residual stream
+    features = load_features(cfg.features_path(cfg.dataset_name), mmap=False, layer_wise=residual)
     tuning = load_features(cfg.features_path(cfg.activations_dataset), mmap=False)
     check_features_geometry(model_layout(model).geometry, cfg.model_name, features, tuning)  # not at the first steered row
     tqa = load_truthfulqa(cfg.data_dir, max_questions=cfg.max_questions or None)
@@ -286,6 +301,14 @@ def _run_locked(model, tokenizer, cfg: ValidationConfig, out: Path, judge: Judge
             probes[(i, seed)] = train_fold_probes(features, train_q, val_ratio=cfg.val_ratio, seed=seed)
         return probes[(i, seed)]
 
+    layer_probes: dict[tuple[int, int], FoldProbes] = {}
+
+    def fold_layer_probes(i: int, seed: int) -> FoldProbes:
+        if (i, seed) not in layer_probes:
+            train_q = np.concatenate([f for j, f in enumerate(folds) if j != i])
+            layer_probes[(i, seed)] = train_fold_layer_probes(features, train_q, val_ratio=cfg.val_ratio, seed=seed)
+        return layer_probes[(i, seed)]
+
     for spec in rows:  # row-major: both folds of a row finish before the next row starts
         for i, test_q in enumerate(folds):
             path = out / "rows" / f"fold{i}_{spec.key}.json"
@@ -295,28 +318,33 @@ def _run_locked(model, tokenizer, cfg: ValidationConfig, out: Path, judge: Judge
             todo = _row_todo(row, spec, judge)
             if not todo:
                 continue
-            intervention = None
-            if spec.name != "baseline" and {"mc", "generate"} & set(todo):
+            intervention: Intervention | Steering | None = None
+            if spec.site == "resid_post" and {"mc", "generate"} & set(todo):
+                intervention = build_residual_steering(features, fold_layer_probes(i, spec.seed), method=spec.direction,
+                                                       model_name=cfg.model_name, seed=spec.seed)
+            elif spec.name != "baseline" and {"mc", "generate"} & set(todo):
                 intervention = build_intervention(features, tuning, fold_probes(i, spec.seed), num_heads=spec.num_heads, alpha=spec.alpha,
                                                   model_name=cfg.model_name, direction=spec.direction, heads=spec.heads, seed=spec.seed,
                                                   tune_on_all_questions=cfg.tune_on_all_questions)
-                if spec.budget is not None:
-                    if "budget_search" not in row:
-                        search = search_alpha(search_meter(), intervention, spec).check(f"row {spec.key}, fold {i}")
-                        row.update({"alpha_found": search.alpha, "budget_search": search.to_dict()})
-                        print(f"[validate]   {spec.budget_metric} budget {spec.budget:g}: alpha {search.alpha:.3g} "
-                              f"({search.reached:.4g} on {cfg.budget_texts} search texts, {len(search.trace)} steps)", flush=True)
-                    intervention = intervention.with_alpha(row["alpha_found"])
-                if spec == rows[1]:
-                    intervention.meta["features_weights"] = features_weights  # fitted on features of the model's weights?
-                    intervention.save(out / f"intervention_fold{i}")
+            if intervention is not None and spec.budget is not None:
+                if "budget_search" not in row:
+                    search = search_alpha(search_meter(), intervention, spec).check(f"row {spec.key}, fold {i}")
+                    row.update({"alpha_found": search.alpha, "budget_search": search.to_dict()})
+                    print(f"[validate]   {spec.budget_metric} budget {spec.budget:g}: alpha {search.alpha:.3g} "
+                          f"({search.reached:.4g} on {cfg.budget_texts} search texts, {len(search.trace)} steps)", flush=True)
+                intervention = at_alpha(intervention, row["alpha_found"])
+            if intervention is not None and spec == rows[1]:
+                intervention.meta["features_weights"] = features_weights  # fitted on features of the model's weights?
+                intervention.save(out / f"intervention_fold{i}")
             print(f"[validate] {spec.key}, fold {i}: {' + '.join(todo)} ({len(test_q)} test questions, "
                   f"{time.perf_counter() - start:.0f} s so far)", flush=True)
             for part in todo:
                 t = time.perf_counter()
                 if part == "mc":
                     row.update(_mc_part(model, tokenizer, tqa, test_q, intervention, cfg, texts))
-                    row.update({"fold": i, "spec": spec.__dict__, "heads": intervention.heads if intervention else []})
+                    row.update({"fold": i, "spec": spec.__dict__, "heads": getattr(intervention, "heads", [])})
+                    if isinstance(intervention, Steering):
+                        row["layers"] = intervention.layers(spec.site)
                 elif part == "generate":
                     for stale in JUDGE_KEYS:
                         row.pop(stale, None)

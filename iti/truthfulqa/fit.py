@@ -6,9 +6,12 @@ import numpy as np
 
 from ..architectures import HeadGeometry
 from ..directions import ProbeFit, fit_head_probes
-from ..errors import GeometryMismatchError
+from ..errors import GeometryMismatchError, InvalidOptionError
 from ..features import FeatureSet
-from ..intervention import Intervention, fit_intervention
+from ..fitting import fit_intervention, fit_steering
+from ..intervention import Intervention
+from ..selectors import TopByProbeAccuracy
+from ..steering import Steering
 
 #: Probes trained on one fold's train split, with their validation accuracy per head (the library's ProbeFit).
 FoldProbes = ProbeFit
@@ -49,6 +52,33 @@ def build_intervention(
     return fit_intervention(features.head_wise[rows], features.labels[rows], features.question_ids[rows], num_heads=num_heads,
                             method=direction, head_choice="probe_accuracy" if heads == "top" else "random", alpha=alpha,
                             std_from=std_from, probes=fold, seed=seed, geometry=features.geometry, model_name=model_name, meta=meta)
+
+
+def train_fold_layer_probes(features: FeatureSet, train_questions: np.ndarray, *, val_ratio: float = 0.2,
+                            seed: int = 42) -> FoldProbes:
+    """The fold's probes on the residual stream after each block (``layer_wise``, one unit per layer), split as
+    :func:`train_fold_probes` splits them: they rank the layers for the residual-stream methods."""
+    if features.layer_wise is None:
+        raise InvalidOptionError(f"{features.path} has no layer_wise features (collected with --no_layer_wise): the "
+                                 "CAA and RepE rows steer the residual stream; collect the features again without that flag")
+    return fit_head_probes(features.layer_wise[:, :, None, :], features.labels, features.question_ids, val_ratio=val_ratio,
+                           seed=seed, split_groups=train_questions)
+
+
+def build_residual_steering(features: FeatureSet, fold: FoldProbes, *, method: str, model_name: str, seed: int = 42) -> Steering:
+    """One vector on the residual stream after the layer whose probe scores best on the fold's validation
+    questions, at strength 1 (the budget search scales it): CAA (``mean_diff``: the mean over the fold's
+    questions of mean(true) - mean(false), raw), RepE (``pca_diff``: the first principal component of those
+    per-question differences, unit) or a seeded random unit direction (the site's control). The question is the
+    contrast pair: TruthfulQA has several true and false answers per question, not one of each."""
+    train_q = np.concatenate([fold.train_questions, fold.val_questions])
+    rows = np.isin(features.question_ids, train_q)
+    assert features.layer_wise is not None  # checked by train_fold_layer_probes
+    meta = {"method": method, "site": "resid_post", "seed": seed, "train_questions": int(len(train_q))}
+    return fit_steering(features.layer_wise[rows], features.labels[rows], features.question_ids[rows], site="resid_post",
+                        method=method, selector=TopByProbeAccuracy(1), probes=fold, alpha=1.0,
+                        scale="unit" if method == "random" else None, seed=seed, geometry=features.geometry,
+                        model_name=model_name, positions="last", meta=meta)
 
 
 #: what ``meta["fitted_on"]`` says of an intervention fitted by :func:`fit_on_all_questions`

@@ -5,8 +5,8 @@ from transformers import AutoModelForCausalLM
 from iti.bake import bake, save_baked
 from iti.errors import UnsupportedArchitectureError
 
-from ..conftest import ARCHS, make_tiny_model, tiny_tokenizer
-from .test_intervention import _ids, make_intervention
+from ..conftest import ARCHS, make_intervention, make_tiny_model, tiny_tokenizer
+from ..conftest import token_ids as _ids
 
 BAKEABLE = ARCHS  # every supported architecture; Mistral and Qwen2 are saved as Llama checkpoints
 

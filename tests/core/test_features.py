@@ -281,7 +281,7 @@ def test_every_file_written_gets_the_mode_of_a_plain_open(llama, small_set, tmp_
 
     from iti.bake import bake, save_baked
 
-    from .test_intervention import make_intervention
+    from ..conftest import make_intervention
 
     model, tok = llama
     old = os.umask(0o022)

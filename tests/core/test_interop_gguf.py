@@ -10,8 +10,8 @@ from iti.bake import bake
 from iti.errors import GgufModelMismatchError, InexpressibleExportError, OutputExistsError
 from iti.interop.gguf_format import export_gguf, import_gguf, load_gguf_model
 
-from ..conftest import make_tiny_model, tiny_tokenizer
-from .test_intervention import _ids, make_intervention
+from ..conftest import make_intervention, make_tiny_model, tiny_tokenizer
+from ..conftest import token_ids as _ids
 
 gguf = pytest.importorskip("gguf")
 

@@ -7,8 +7,8 @@ import torch
 from iti.errors import OutputExistsError, SteeringFileError
 from iti.interop.lm_eval_format import export_lm_eval, hookpoints, import_lm_eval, steering_config
 
-from ..conftest import assert_same_effect, make_tiny_model, tiny_tokenizer
-from .test_intervention import _ids, make_intervention
+from ..conftest import assert_same_effect, make_intervention, make_tiny_model, tiny_tokenizer
+from ..conftest import token_ids as _ids
 
 steered = pytest.importorskip("lm_eval.models.hf_steered")
 

@@ -11,8 +11,8 @@ from iti.errors import InexpressibleExportError, OutputExistsError, PyveneInterv
 from iti.interop.pyvene_format import export_pyvene, import_pyvene, pyvene_component, representation_keys
 from iti.interop.shifts import output_shifts
 
-from ..conftest import assert_same_effect, make_tiny_model
-from .test_intervention import _ids, make_intervention
+from ..conftest import assert_same_effect, make_intervention, make_tiny_model
+from ..conftest import token_ids as _ids
 
 pv = pytest.importorskip("pyvene")
 

@@ -6,17 +6,8 @@ from iti import model_layout
 from iti.errors import FeatureFileError, HeadIndexError
 from iti.intervention import GeometryMismatchError, Intervention
 
-from ..conftest import ARCHS, make_tiny_model, tiny_tokenizer
-
-
-def make_intervention(model, alpha=20.0, heads=((0, 1), (2, 3), (1, 0)), seed=0):
-    g = model_layout(model).geometry
-    d = np.random.default_rng(seed).normal(size=(len(heads), g.head_dim))
-    return Intervention(list(heads), d / np.linalg.norm(d, axis=1, keepdims=True), np.ones(len(heads)), alpha, "tiny", g)
-
-
-def _ids(text="the quick brown fox"):
-    return torch.tensor([tiny_tokenizer()(text)["input_ids"]])
+from ..conftest import ARCHS, make_intervention, make_tiny_model, tiny_tokenizer
+from ..conftest import token_ids as _ids
 
 
 @pytest.mark.parametrize("arch", ARCHS)

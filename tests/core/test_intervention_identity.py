@@ -9,8 +9,7 @@ from iti.cli import main
 from iti.errors import InterventionModelError
 from iti.interop.lm_eval_format import export_lm_eval
 
-from ..conftest import make_tiny_model, tiny_tokenizer
-from .test_intervention import make_intervention
+from ..conftest import make_intervention, make_tiny_model, tiny_tokenizer
 
 
 @pytest.fixture

@@ -11,8 +11,8 @@ from iti.architectures import model_device
 from iti.bake import bake
 from iti.errors import OffloadedWeightsError
 
-from ..conftest import make_tiny_model, tiny_tokenizer
-from .test_intervention import _ids, make_intervention
+from ..conftest import make_intervention, make_tiny_model, tiny_tokenizer
+from ..conftest import token_ids as _ids
 
 PROMPTS = ["the quick brown fox", "the lazy dog jumps over"]
 

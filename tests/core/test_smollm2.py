@@ -137,7 +137,7 @@ def test_bake_equals_runtime_on_smollm2(smollm2):
     from iti import load_model
     from iti.bake import bake
 
-    from .test_intervention import make_intervention
+    from ..conftest import make_intervention
 
     model, tok = load_model("smollm2-135m")  # a private copy: baking edits it
     inter = make_intervention(model, alpha=15.0, heads=((3, 1), (14, 6), (14, 4), (29, 8)))

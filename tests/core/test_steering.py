@@ -11,8 +11,8 @@ import iti
 from iti import Steering, model_layout
 from iti.errors import FeatureFileError, GeometryMismatchError, HeadIndexError, InvalidOptionError
 
-from ..conftest import ARCHS, make_tiny_model
-from .test_intervention import _ids, make_intervention
+from ..conftest import ARCHS, make_intervention, make_tiny_model
+from ..conftest import token_ids as _ids
 
 # Per architecture, written out here (not read from the library's site table): the linear layer whose bias is
 # added right where each site sits (the attention output projection, the MLP's down projection), and whether the

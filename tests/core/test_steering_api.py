@@ -9,8 +9,8 @@ from iti import Intervention, fit_intervention, model_layout
 from iti.directions import mass_mean_directions, projection_stds, random_directions, random_heads, top_heads, unit
 from iti.errors import GeometryMismatchError, HeadIndexError
 
-from ..conftest import TEXTS, make_tiny_model, tiny_tokenizer
-from .test_intervention import _ids, make_intervention
+from ..conftest import TEXTS, make_intervention, make_tiny_model, tiny_tokenizer
+from ..conftest import token_ids as _ids
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,7 @@ from iti.truthfulqa.generation import generate_answers, postprocess_answer
 from iti.truthfulqa.lm_cost import NeutralCost, ce_and_kl, load_neutral_texts
 from iti.truthfulqa.text_metrics import bleu, rouge_l, similarity_scores
 
-from ..conftest import make_tiny_model, tiny_tokenizer
-from ..core.test_intervention import make_intervention
+from ..conftest import make_intervention, make_tiny_model, tiny_tokenizer
 
 
 @pytest.mark.parametrize("raw, expected", [

@@ -8,7 +8,7 @@ from iti.truthfulqa.data import load_truthfulqa
 from iti.truthfulqa.generation import generate_answers
 from iti.truthfulqa.prompts import generation_prompt
 
-from ..core.test_intervention import make_intervention
+from ..conftest import make_intervention
 
 pytestmark = pytest.mark.real
 

@@ -5,8 +5,7 @@ import torch
 from iti.truthfulqa.mc_scoring import mc_metrics, score_choices
 from iti.truthfulqa.prompts import INSTRUCTIONS, QA_PRIMER, MCQuestion, generation_prompt, mc_questions, shared_prefix
 
-from ..conftest import make_tiny_model, tiny_tokenizer
-from ..core.test_intervention import make_intervention
+from ..conftest import make_intervention, make_tiny_model, tiny_tokenizer
 
 PREFIX = "the quick brown fox jumps over the lazy dog"
 
