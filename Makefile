@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml Makefile
 	@mkdir -p $(dir $(STAMP)) && touch $(STAMP)
 
 demo: install
-	$(PYTHON) -m iti demo
+	$(PYTHON) -m iti.cli demo
 
 lint: install
 	$(PYTHON) -m ruff check iti tests benchmarks

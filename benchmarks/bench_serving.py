@@ -119,7 +119,7 @@ def _max_diff(a: list[list[float]], b: list[list[float]]) -> float:
 
 
 def _cli(*args: str, timeout: float = 1800) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "iti", *args], capture_output=True, text=True, timeout=timeout)
+    return subprocess.run([sys.executable, "-m", "iti.cli", *args], capture_output=True, text=True, timeout=timeout)
 
 
 def _faithfulness_args(plain: VllmServer, cache: Path, out: Path, samples: int, baked: tuple[VllmServer, Path] | None = None,
@@ -316,7 +316,7 @@ def _stop_and_resume(plain: VllmServer, cache: Path, work: Path, samples: int) -
     out = work / "stopped"
     args = _faithfulness_args(plain, cache, out, samples, tasks="counterfactual", quiet=False)
     start = _cached_answers(cache)
-    proc = subprocess.Popen([sys.executable, "-m", "iti", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-m", "iti.cli", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     stderr: list[str] = []
     reader = threading.Thread(target=lambda: stderr.extend(proc.stderr or []), daemon=True)  # type: ignore[arg-type]
     reader.start()

@@ -72,13 +72,6 @@ class OutputLockedError(ItiError, BlockingIOError):
     """An output directory that another process is writing right now."""
 
 
-class JudgeError(ItiError, RuntimeError):
-    """A True/Info judge that could not be reached or gave an answer that cannot be read."""
-
-
-class JudgeModelError(ItiError, ValueError):
-    """A model that cannot serve as an in-process True/Info judge: its tokenizer has no single " yes" token to
-    read the score from."""
 
 
 class DiskFullError(ItiError, OSError):
@@ -90,24 +83,12 @@ class GeometryMismatchError(ItiError, ValueError):
     """An intervention made for a model of another shape."""
 
 
-class UnknownDatasetError(DataNotFoundError, ValueError):
-    """A data set name this module does not know."""
-
-
-class TaskConfigError(ItiError, ValueError):
-    """An unknown task, config flag, or a flag that does not apply to the task."""
 
 
 class InterventionModelError(ItiError, ValueError):
     """An intervention made for a different model than the one being run."""
 
 
-class RemoteModelError(ItiError, ValueError):
-    """A served model name the endpoint does not serve."""
-
-
-class CacheFileError(ItiError, ValueError):
-    """A cache path that is not a SQLite file, is another program's database, or has another schema version."""
 
 
 class EndpointError(ItiError, RuntimeError):

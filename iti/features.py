@@ -57,14 +57,21 @@ _SHARD_RE = re.compile(r"^(?P<stem>.+)\.shard-(?P<i>\d+)-of-(?P<n>\d+)$")
 
 @dataclass
 class FeatureSet:
-    """Loaded features. ``head_wise`` and ``layer_wise`` are read-only memory maps unless loaded eagerly."""
+    """Loaded features. ``head_wise`` and ``layer_wise`` are read-only memory maps unless loaded eagerly.
+    ``group_ids``: the group of each row (rows of one group stay on one side of a split: a TruthfulQA question, a
+    CEBaB review); stored under the manifest's readable key ``question_ids``, also this object's name for them."""
 
     path: Path
     manifest: dict[str, Any]
     head_wise: np.ndarray
     labels: np.ndarray
-    question_ids: np.ndarray
+    group_ids: np.ndarray
     layer_wise: np.ndarray | None
+
+    @property
+    def question_ids(self) -> np.ndarray:
+        """The group ids under TruthfulQA's name for them (and the manifest's key)."""
+        return self.group_ids
 
     @property
     def geometry(self) -> HeadGeometry:

@@ -122,7 +122,7 @@ def fit_intervention(
     """
     if isinstance(features, FeatureSet):
         labels = features.labels if labels is None else labels
-        groups = features.question_ids if groups is None else groups
+        groups = features.group_ids if groups is None else groups
         geometry = geometry or features.geometry
         model_name = model_name or features.manifest["model"]["name"]
     X = _site_array(features, "head_out")
@@ -169,7 +169,7 @@ def fit_steering(
     direction``."""
     if isinstance(features, FeatureSet):
         labels = features.labels if labels is None else labels
-        groups = features.question_ids if groups is None else groups
+        groups = features.group_ids if groups is None else groups
         geometry = geometry or features.geometry
         model_name = model_name or features.manifest["model"]["name"]
     chosen_method = get_method(method)
@@ -243,6 +243,16 @@ def intervention_from_contrast_pairs(model: torch.nn.Module, tokenizer: Any, pos
                             val_ratio=val_ratio, seed=seed, geometry=model_layout(model).geometry, model_name=_model_name(model),
                             meta={"from": "contrast_pairs", "pairs": int(len(positive_prompts)), "method": method,
                                   "num_heads": num_heads, "seed": seed})
+
+
+def _from_contrast_pairs(cls, model: torch.nn.Module, tokenizer: Any, positive_prompts: Sequence[str],
+                         negative_prompts: Sequence[str], **options: Any) -> Intervention:
+    """Steer toward a concept named by examples: :func:`intervention_from_contrast_pairs` (the options are its)."""
+    return intervention_from_contrast_pairs(model, tokenizer, positive_prompts, negative_prompts, **options)
+
+
+# attached here, so that the value's module needs nothing of fitting's (importing iti imports this module)
+Intervention.from_contrast_pairs = classmethod(_from_contrast_pairs)  # type: ignore[assignment]
 
 
 def steering_from_contrast_pairs(model: torch.nn.Module, tokenizer: Any, positive_prompts: Sequence[str],

@@ -12,10 +12,10 @@ import contextlib
 import hashlib
 import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -86,22 +86,12 @@ class Intervention:
             vec[h * g.head_dim : (h + 1) * g.head_dim] = self.alpha * std * direction
         return out
 
-    # --- one call from examples ----------------------------------------------------------------------------------
-    @classmethod
-    def from_contrast_pairs(cls, model: torch.nn.Module, tokenizer: Any, positive_prompts: Sequence[str],
-                            negative_prompts: Sequence[str], *, num_heads: int = 8, method: str = "mass_mean",
-                            head_choice: str | Sequence[tuple[int, int]] = "probe_accuracy", alpha: float = 5.0,
-                            val_ratio: float = 0.2, seed: int = 0, batch_size: int = 16, progress: bool = False) -> Intervention:
-        """Steer toward a concept named by examples: collect the last-token head outputs of each prompt, probe every
-        head (positive vs negative, split by pair so that the two sides of a pair stay together), pick the
-        ``num_heads`` best, and shift them along the mass-mean direction (see :func:`fit_intervention`
-        for the options). With lists of equal length, ``positive_prompts[i]`` and ``negative_prompts[i]`` form a
-        pair."""
-        from .fitting import intervention_from_contrast_pairs
-
-        return intervention_from_contrast_pairs(model, tokenizer, positive_prompts, negative_prompts, num_heads=num_heads,
-                                                method=method, head_choice=head_choice, alpha=alpha, val_ratio=val_ratio,
-                                                seed=seed, batch_size=batch_size, progress=progress)
+    #: ``Intervention.from_contrast_pairs(model, tokenizer, positive_prompts, negative_prompts, *, num_heads=8,
+    #: method="mass_mean", head_choice="probe_accuracy", alpha=5.0, val_ratio=0.2, seed=0, batch_size=16,
+    #: progress=False)``: steer toward a concept named by examples (probes on every head's last-token output, the
+    #: best ``num_heads``, mass-mean directions). Defined in :mod:`iti.fitting` (the value does not depend on how
+    #: values are fitted) and attached there, which importing ``iti`` does.
+    from_contrast_pairs: ClassVar[Callable[..., Intervention]]
 
     # --- arithmetic: interventions compose like the shifts they add ---------------------------------------------
     def head_shifts(self) -> dict[tuple[int, int], np.ndarray]:
@@ -245,12 +235,3 @@ class Intervention:
         if model is not None:
             inter.check_model(model)
         return inter
-
-
-def __getattr__(name: str):
-    """``iti.intervention.fit_intervention``, where it lived before :mod:`iti.fitting`."""
-    if name == "fit_intervention":
-        from .fitting import fit_intervention
-
-        return fit_intervention
-    raise AttributeError(f"module 'iti.intervention' has no attribute {name!r}")

@@ -42,26 +42,18 @@ HF_NAMES: dict[str, str] = {
     "llama3_70B_instruct": "meta-llama/Meta-Llama-3-70B-Instruct",
 }
 
-#: introspect's short names (the faithfulness paper's models) and the hub ids they stand for.
-INTROSPECT_NAMES: dict[str, str] = {
-    "falcon-7b": "tiiuae/falcon-7b-instruct",
-    "falcon-40b": "tiiuae/falcon-40b-instruct",
-    "llama2-7b": "meta-llama/Llama-2-7b-chat-hf",
-    "llama2-70b": "meta-llama/Llama-2-70b-chat-hf",
-    "mistral-v1-7b": "mistralai/Mistral-7B-Instruct-v0.1",
-}
-
-#: The chat format (a ``FALLBACK_CHAT_FORMATS`` name of the faithfulness prompts) each short name renders its
-#: prompts with, as introspect does for that model.
-CHAT_FORMAT_OF_NAME: dict[str, str] = {
-    "falcon-7b": "falcon", "falcon-40b": "falcon", "llama2-7b": "llama2", "llama2-70b": "llama2",
-    "mistral-v1-7b": "mistral", "llama2_chat_7B": "llama2", "llama2_chat_13B": "llama2", "llama2_chat_70B": "llama2",
-}
+#: Short names the experiments register (name -> hub id), beside honest_llama's: see :func:`register_model_names`.
+REGISTERED_NAMES: dict[str, str] = {}
 
 
-def chat_format_of(name: str | os.PathLike) -> str | None:
-    """The chat format a short name stands for (``falcon-7b`` -> ``falcon``), or None for other names."""
-    return CHAT_FORMAT_OF_NAME.get(str(name))
+def register_model_names(names: dict[str, str]) -> None:
+    """Teach :func:`resolve_model` more short names (an experiment's models); a name already meaning something
+    else is refused."""
+    for name, location in names.items():
+        taken = HF_NAMES.get(name) or REGISTERED_NAMES.get(name)
+        if name in EMBEDDED or (taken is not None and taken != location):
+            raise ValueError(f"the short name {name!r} already stands for {taken or 'an embedded model'}")
+        REGISTERED_NAMES[name] = location
 
 
 @dataclass(frozen=True)
@@ -108,8 +100,8 @@ class ModelSource:
 
 
 def known_model_names() -> list[str]:
-    """The short names :func:`resolve_model` accepts: embedded models, honest_llama's names, then introspect's."""
-    return sorted(EMBEDDED) + sorted(HF_NAMES) + sorted(INTROSPECT_NAMES)
+    """The short names :func:`resolve_model` accepts: embedded models, honest_llama's names, then the registered ones."""
+    return sorted(EMBEDDED) + sorted(HF_NAMES) + sorted(REGISTERED_NAMES)
 
 
 def resolve_model(name_or_path: str | os.PathLike) -> ModelSource:
@@ -119,8 +111,8 @@ def resolve_model(name_or_path: str | os.PathLike) -> ModelSource:
         return ModelSource(name, "embedded", name)
     if name in HF_NAMES:
         return ModelSource(name, "hub", HF_NAMES[name])
-    if name in INTROSPECT_NAMES:
-        return ModelSource(name, "hub", INTROSPECT_NAMES[name])
+    if name in REGISTERED_NAMES:
+        return ModelSource(name, "hub", REGISTERED_NAMES[name])
     path = Path(name).expanduser()
     if path.is_dir():
         return ModelSource(path.resolve().name, "local", str(path.resolve()))
@@ -311,8 +303,8 @@ def load_model(
     ``generate`` and ``Intervention.applied(positions="last")`` need.
 
     ``name_or_path``: an embedded name (``smollm2-135m``, ``gemma3-270m``), an honest_llama short name
-    (``llama2_chat_7B``, ...), an introspect short name (``falcon-7b``, ``falcon-40b``, ``llama2-7b``, ``llama2-70b``,
-    ``mistral-v1-7b``), a hub id, or a local directory. ``device_map="auto"`` spreads a large model over
+    (``llama2_chat_7B``, ...), a name an experiment registered (:func:`register_model_names`), a hub id, or a
+    local directory. ``device_map="auto"`` spreads a large model over
     the available GPUs with accelerate. ``dtype`` defaults to float32 on the CPU and float16 on a GPU; ``"auto"`` is the
     same except on a CPU with native bf16 once bf16 passed the accuracy rule (:func:`iti.hardware.auto_cpu_dtype`).
     """

@@ -16,9 +16,6 @@ from typing import Any
 
 from .errors import InvalidOptionError
 
-#: TruthfulQA's number of questions: the question count assumed when no features manifest says otherwise.
-TRUTHFULQA_QUESTIONS = 817
-
 
 def refuse(name: str, allowed: str, value: Any = None, *, shown: str | None = None) -> InvalidOptionError:
     """The error for ``--name`` holding ``value``; ``shown`` replaces the printed value."""

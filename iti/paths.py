@@ -13,13 +13,9 @@ DATA_ENV = "ITI_DATA_DIR"
 CACHE_ENV = "ITI_CACHE"
 OUTPUT_ENV = "ITI_OUTPUT_DIR"
 
-#: Default output directory of each kind of output, relative to :func:`output_root`.
-RESULT_DIRS = {
-    "features": "features",  # iti collect (and where validate looks for features)
-    "validation": "validation/results",  # iti validate: <model>_k<K>_a<alpha>_<direction>/
-    "faithfulness": "validation/faithfulness_results",  # iti faithfulness: <model>_<arm>_<datasets>_<tasks>_<hash>/
-    "concepts": "validation/concepts_results",  # iti concepts: run/
-}
+#: Default directory of collected features (and where they are looked up), relative to :func:`output_root`; each
+#: experiment names its own result directory (``results_dir(...)``).
+FEATURES_DIR = "features"
 
 #: The project checkout (parent of the ``iti`` package). Only meaningful for a source checkout.
 CHECKOUT_DIR = Path(__file__).resolve().parents[1]
@@ -52,20 +48,18 @@ def output_root() -> Path:
     return CHECKOUT_DIR if in_checkout() else Path.cwd()
 
 
-def results_dir(kind: str) -> Path:
-    """Default output directory of one kind of output (a key of :data:`RESULT_DIRS`: ``features``, ``validation``,
-    ``faithfulness``, ``concepts``) under :func:`output_root`, e.g. ``<root>/validation/results``."""
-    try:
-        relative = RESULT_DIRS[kind]
-    except KeyError:
-        raise ValueError(f"unknown kind of output {kind!r}; one of {', '.join(RESULT_DIRS)}") from None
+def results_dir(relative: str) -> Path:
+    """A default output directory, given relative to :func:`output_root` (``"validation/results"`` ->
+    ``<root>/validation/results``); each experiment declares its own."""
+    if Path(relative).is_absolute() or ".." in Path(relative).parts:
+        raise ValueError(f"a default output directory is relative to the output root, got {relative!r}")
     return output_root() / relative
 
 
 def features_dir() -> Path:
-    """Default output directory of activation features (and where they are looked up): ``results_dir("features")``,
-    i.e. ``features/`` at the top of the checkout (see :func:`output_root`)."""
-    return results_dir("features")
+    """Default output directory of activation features (and where they are looked up): ``features/`` at the top
+    of the checkout (see :func:`output_root`)."""
+    return results_dir(FEATURES_DIR)
 
 
 @dataclass

@@ -9,8 +9,8 @@ import dataclasses
 import pytest
 
 from iti.cli import build_parser
+from iti.cli.config_args import config_from_args, flag_specs
 from iti.concepts.experiment import ConceptConfig
-from iti.config_cli import config_from_args, flag_specs
 from iti.faithfulness.experiment import FaithfulnessConfig
 from iti.interop.config import ExportConfig, ImportConfig
 from iti.truthfulqa.config import BakeConfig, CollectConfig, DemoConfig, ValidationConfig
@@ -94,21 +94,22 @@ def test_default_output_locations(monkeypatch, tmp_path):
     """The checkout when running from one, the working directory for an installed copy, $ITI_OUTPUT_DIR above both."""
     from iti import paths
     from iti.faithfulness.experiment import default_output_dir
+    from iti.truthfulqa.config import VALIDATION_RESULTS
 
     monkeypatch.delenv(paths.OUTPUT_ENV, raising=False)
     monkeypatch.chdir(tmp_path)
-    assert paths.in_checkout() and paths.results_dir("validation") == paths.CHECKOUT_DIR / "validation" / "results"
+    assert paths.in_checkout() and paths.results_dir(VALIDATION_RESULTS) == paths.CHECKOUT_DIR / "validation" / "results"
     assert paths.features_dir() == paths.CHECKOUT_DIR / "features"
     monkeypatch.setattr(paths, "CHECKOUT_DIR", tmp_path / "site-packages")  # an installed copy: no pyproject.toml
     assert not paths.in_checkout()
-    assert paths.results_dir("concepts") == tmp_path / "validation" / "concepts_results"
+    assert paths.results_dir("validation/concepts_results") == tmp_path / "validation" / "concepts_results"
     assert ConceptConfig().output_dir == str(tmp_path / "validation" / "concepts_results" / "run")
     assert default_output_dir(FaithfulnessConfig()).parent == tmp_path / "validation" / "faithfulness_results"
     monkeypatch.setenv(paths.OUTPUT_ENV, str(tmp_path / "out"))
     assert paths.features_dir() == tmp_path / "out" / "features"
     assert ValidationConfig().features_path("tqa_mc2") == tmp_path / "out" / "features" / "smollm2-135m_tqa_mc2"
-    with pytest.raises(ValueError, match="unknown kind"):
-        paths.results_dir("bogus")
+    with pytest.raises(ValueError, match="relative to the output root"):
+        paths.results_dir("/abs")
 
 
 def test_collect_bake_and_demo_round_trip_and_a_required_flag_is_required(capsys):

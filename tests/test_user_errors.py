@@ -71,7 +71,7 @@ def test_a_full_disk_says_where_and_how_much(tmp_path, monkeypatch, capsys):
         allocate_safetensors(tmp_path / "x.safetensors", {"a": ("float32", (1000, 1000))})
 
     # any other write that hits a full disk: one line from the CLI, not a traceback
-    from iti import cli
+    from iti.cli import commands as cli  # where main looks build_parser up
 
     def run_full(args):
         raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "out" / "f.json"))

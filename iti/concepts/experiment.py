@@ -30,6 +30,8 @@ from .cebab import ASPECTS, CebabSplit, load_cebab, majority_baseline
 from .group_lasso import GroupLassoHeads
 from .steering import VARIANTS, ConceptDirections, steer_pairs, summarize_steering, zero_shot_rating_probabilities
 
+#: default output directory of `iti concepts`, relative to the output root (iti.paths.output_root)
+RESULTS = "validation/concepts_results"
 
 @dataclass
 class ConceptConfig:
@@ -53,7 +55,7 @@ class ConceptConfig:
     batch_size: int = field(default=16, metadata={"help": "reviews per forward pass"})
     data_dir: str | None = field(default=None, metadata={
         "help": "data root holding cebab/ (default: $ITI_DATA_DIR, ../shared/data, hub)"})
-    output_dir: str = field(default_factory=lambda: str(results_dir("concepts") / "run"), metadata={
+    output_dir: str = field(default_factory=lambda: str(results_dir(RESULTS) / "run"), metadata={
         "help": "where the run goes (default: validation/concepts_results/run under the output root, see "
                 "iti.paths.output_root)"})
     progress: bool = field(default=True, metadata={"help": "no progress bar", "flag": "quiet", "invert": True})

@@ -44,7 +44,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from ..errors import CacheFileError
+from .errors import CacheFileError
 
 __all__ = ["CacheFileError", "CachedGeneration", "GenerationCache", "GenerationKey", "PLAIN", "SCHEMA_VERSION"]
 

@@ -17,8 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import DataFileError, DataNotFoundError, EmptyInputError, UnknownDatasetError
+from ..errors import DataFileError, DataNotFoundError, EmptyInputError
 from ..paths import data_search
+from .errors import UnknownDatasetError
 
 #: Which of the three prompt families a data set uses.
 SENTIMENT, ENTAILMENT, MULTI_CHOICE = "sentiment", "entailment", "multi_choice"

@@ -29,12 +29,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
-from ..errors import EmptyInputError, InterventionModelError, InvalidOptionError, OutputExistsError, RemoteModelError
+from ..errors import EmptyInputError, InterventionModelError, InvalidOptionError, OutputExistsError
 from ..io import atomic_write_json, atomic_write_text
 from ..options import check_choice, check_existing_path, check_finite_nonneg, check_positive_int, check_range, check_seed, refuse
 from ..paths import cache_dir, results_dir
 from .cache import GenerationCache
 from .datasets import ALIASES, FaithfulnessDataset, UnknownDatasetError, dataset_names, load_faithfulness_dataset
+from .errors import RemoteModelError
 from .generate import (
     DEFAULT_SYSTEM_MESSAGES,
     FALLBACK_CHAT_FORMATS,
@@ -66,6 +67,9 @@ EXPLAIN_TASKS = ("counterfactual", "redacted", "importance")
 
 
 
+
+#: default parent of `iti faithfulness` run directories, relative to the output root (iti.paths.output_root)
+RESULTS = "validation/faithfulness_results"
 
 @dataclass
 class FaithfulnessConfig:
@@ -147,7 +151,7 @@ class FaithfulnessConfig:
 
 
 #: Where runs without ``--output_dir`` go, each into a directory named from its settings; None (the default):
-#: ``paths.results_dir("faithfulness")``, decided when the run starts.
+#: ``paths.results_dir(RESULTS)``, decided when the run starts.
 RESULTS_DIR: Path | None = None
 
 #: Fields that do not change a run's outputs (speed, placement, where things go, how failures are retried).
@@ -174,7 +178,7 @@ def default_output_dir(cfg: FaithfulnessConfig) -> Path:
            "remote" if cfg.remote_url and cfg.remote_intervened_model else "remote-plain" if cfg.remote_url else "plain")
     parts = [resolve_model(cfg.model).name, arm, "-".join(cfg.datasets), "-".join(cfg.tasks),
              settings_fingerprint(run_settings(cfg))[:10]]
-    return (RESULTS_DIR or results_dir("faithfulness")) / "_".join(re.sub(r"[^A-Za-z0-9.+-]+", "-", p) for p in parts)
+    return (RESULTS_DIR or results_dir(RESULTS)) / "_".join(re.sub(r"[^A-Za-z0-9.+-]+", "-", p) for p in parts)
 
 
 def _stored_settings(out: Path) -> dict[str, Any] | None:
@@ -408,7 +412,7 @@ def ignored_config_notes(cfg: FaithfulnessConfig) -> list[str]:
 def chat_format(cfg: FaithfulnessConfig) -> str | None:
     """``--chat_format``, else the format an introspect short name stands for (``falcon-7b`` -> ``falcon``), else
     None (the tokenizer's chat template)."""
-    from ..models import chat_format_of
+    from .models import chat_format_of
 
     return cfg.chat_format or chat_format_of(cfg.model)
 

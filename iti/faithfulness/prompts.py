@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..errors import TaskConfigError
 from .datasets import ENTAILMENT, MULTI_CHOICE, SENTIMENT, Sample
+from .errors import TaskConfigError
 
 TASKS = ("classify", "counterfactual", "redacted", "importance")
 #: Task-config flags (introspect's spelling; ``e-implicit-target`` is accepted as an alias).

@@ -1,4 +1,4 @@
-"""Settings of ``iti export`` and ``iti import``: one field per flag (see :mod:`iti.config_cli`)."""
+"""Settings of ``iti export`` and ``iti import``: one field per flag (see :mod:`iti.cli.config_args`)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field

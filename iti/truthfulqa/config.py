@@ -8,7 +8,6 @@ from pathlib import Path
 from ..errors import InvalidOptionError
 from ..features import read_manifest
 from ..options import (
-    TRUTHFULQA_QUESTIONS,
     check_choice,
     check_each,
     check_existing_path,
@@ -23,6 +22,13 @@ from .judge import DEFAULT_INFO_JUDGE, DEFAULT_TRUE_JUDGE, JUDGE_KINDS
 
 #: files of which a local model directory holds at least one for its tokenizer
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "spiece.model")
+
+
+#: TruthfulQA's number of questions: the question count assumed when no features manifest says otherwise.
+TRUTHFULQA_QUESTIONS = 817  # data.NUM_QUESTIONS, without importing pandas for the command line's parser
+
+#: default parent of `iti validate` output directories, relative to the output root (iti.paths.output_root)
+VALIDATION_RESULTS = "validation/results"
 
 
 def check_model_dir(option: str, directory: str) -> None:

@@ -1,5 +1,5 @@
 """One fold of honest_llama's validate_2fold: probes on the fold's training questions, then an intervention, both
-through the library's one recipe (:func:`iti.directions.fit_head_probes`, :func:`iti.intervention.fit_intervention`)."""
+through the library's one recipe (:func:`iti.directions.fit_head_probes`, :func:`iti.fitting.fit_intervention`)."""
 from __future__ import annotations
 
 import numpy as np

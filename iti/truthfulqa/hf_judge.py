@@ -21,8 +21,8 @@ import torch
 
 from ..architectures import model_device
 from ..batching import batch_inputs, check_context, encode_prompts, forward_kwargs, pad_token_id, plan_batches
-from ..errors import JudgeModelError
 from ..oom import AdaptiveBatchSize
+from .errors import JudgeModelError
 from .judge import DEFAULT_INFO_JUDGE, DEFAULT_TRUE_JUDGE, THRESHOLD, TOP_LOGPROBS, YES, info_prompt, true_prompt, verdicts
 
 

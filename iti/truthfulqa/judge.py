@@ -33,8 +33,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from ..errors import JudgeError
 from ..openai_client import EndpointError, post_completion
+from .errors import JudgeError
 
 #: An answer counts as True (Info) when the score of its prompt is at least this.
 THRESHOLD = 0.5

@@ -185,7 +185,7 @@ def test_bake_without_intervention_fits_on_all_questions(tmp_path, capsys):
 
     from iti import Intervention, load_features
     from iti.cli import main
-    from iti.intervention import fit_intervention
+    from iti.fitting import fit_intervention
 
     model_dir, features = tmp_path / "tinyllama", tmp_path / "features"
     model = make_tiny_model("llama")

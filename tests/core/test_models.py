@@ -50,12 +50,14 @@ def test_dtype_names():
 def test_introspect_short_names_resolve_in_load_model(tmp_path, monkeypatch):
     """``load_model("falcon-7b")`` loads what the name stands for (here pointed at a local tiny Falcon, offline)."""
     from iti import model_layout
-    from iti.models import INTROSPECT_NAMES, known_model_names
+    from iti.faithfulness.models import INTROSPECT_NAMES
+    from iti.models import REGISTERED_NAMES, known_model_names
 
     assert {"falcon-7b", "falcon-40b", "llama2-7b", "llama2-70b", "mistral-v1-7b"} <= set(known_model_names())
     make_tiny_model("falcon").save_pretrained(tmp_path)
     tiny_tokenizer().save_pretrained(tmp_path)
-    monkeypatch.setitem(INTROSPECT_NAMES, "falcon-7b", str(tmp_path))
+    assert REGISTERED_NAMES["falcon-7b"] == INTROSPECT_NAMES["falcon-7b"]  # registered by the faithfulness wing
+    monkeypatch.setitem(REGISTERED_NAMES, "falcon-7b", str(tmp_path))
     model, tok = load_model("falcon-7b")
     assert model.config.model_type == "falcon" and model_layout(model).geometry.num_kv_heads == 1
     assert tok.padding_side == "left"

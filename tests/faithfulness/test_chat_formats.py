@@ -10,8 +10,9 @@ import pytest
 from iti.faithfulness.datasets import SENTIMENT, Sample
 from iti.faithfulness.experiment import FaithfulnessConfig, prompt_renderer
 from iti.faithfulness.generate import render_chat
+from iti.faithfulness.models import chat_format_of
 from iti.faithfulness.prompts import PromptOptions, classify_prompt
-from iti.models import chat_format_of, resolve_model
+from iti.models import resolve_model
 
 from ..conftest import tiny_tokenizer
 

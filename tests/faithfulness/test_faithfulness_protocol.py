@@ -301,7 +301,7 @@ def test_cli_reports_bad_input_without_a_traceback(capsys):
 
 def test_the_defaults_are_introspects_and_the_prompt_flags_parse():
     from iti.cli import build_parser
-    from iti.config_cli import config_from_args
+    from iti.cli.config_args import config_from_args
     from iti.faithfulness.experiment import FaithfulnessConfig, generation_protocol, run_settings, stop_strings, system_message
 
     def parsed(*argv):

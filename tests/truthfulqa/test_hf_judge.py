@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from iti.errors import JudgeModelError
+from iti.truthfulqa.errors import JudgeModelError
 from iti.truthfulqa.hf_judge import HFJudge, HFJudges, judge_answers_hf, yes_token_id
 from iti.truthfulqa.judge import JUDGE_KEYS, JudgeConfig, info_prompt, judge_answers, true_prompt
 
@@ -187,7 +187,7 @@ def test_a_judge_model_that_cannot_judge_fails_before_any_row(smollm2, features4
 
 def test_the_judge_flag_keeps_its_bare_spelling():
     from iti.cli import build_parser
-    from iti.config_cli import config_from_args
+    from iti.cli.config_args import config_from_args
     from iti.truthfulqa.config import ValidationConfig
 
     def parse(*argv):

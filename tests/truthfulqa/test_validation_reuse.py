@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from iti.errors import JudgeError, OutputExistsError, OutputLockedError
+from iti.errors import OutputExistsError, OutputLockedError
+from iti.truthfulqa.errors import JudgeError
 from iti.truthfulqa.experiment import ValidationConfig, run_validation
 
 from ..conftest import serve_json, write_tqa_features

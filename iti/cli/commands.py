@@ -10,11 +10,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .config_cli import add_config_args, config_from_args
-from .errors import ItiError
+from ..errors import ItiError
+from ..faithfulness import models as _faithfulness_models  # noqa: F401  (the paper's short names, for every command)
+from .config_args import add_config_args, config_from_args
 
 if TYPE_CHECKING:
-    from .truthfulqa.config import BakeConfig
+    from ..truthfulqa.config import BakeConfig
 
 
 
@@ -26,13 +27,13 @@ def _flag(parser: argparse.ArgumentParser, name: str, **kwargs) -> None:
 
 def add_collect_args(p: argparse.ArgumentParser) -> None:
     """Flags of ``iti collect``, generated from :class:`~iti.truthfulqa.config.CollectConfig`."""
-    from .truthfulqa.config import CollectConfig
+    from ..truthfulqa.config import CollectConfig
 
     add_config_args(p, CollectConfig)
 
 
 def _shard_from(shard_text: str | None) -> tuple[int, int] | None:
-    from .features import parse_shard
+    from ..features import parse_shard
 
     if shard_text:
         return parse_shard(shard_text)
@@ -51,12 +52,12 @@ def _describe(path: Path) -> str:
 def run_collect(args: argparse.Namespace) -> Path:
     """``iti collect``: write the feature directory of one model and prompt set (or merge its shards with
     ``--merge``) and return its path."""
-    from .features import merge_shards, output_name, write_features
-    from .models import check_dtype, load_model, resolve_model
-    from .options import check_positive_int, check_seed, refuse
-    from .paths import features_dir
-    from .truthfulqa.config import CollectConfig
-    from .truthfulqa.prompt_sets import build_prompt_set
+    from ..features import merge_shards, output_name, write_features
+    from ..models import check_dtype, load_model, resolve_model
+    from ..options import check_positive_int, check_seed, refuse
+    from ..paths import features_dir
+    from ..truthfulqa.config import CollectConfig
+    from ..truthfulqa.prompt_sets import build_prompt_set
 
     cfg = config_from_args(CollectConfig, args)
 
@@ -90,7 +91,7 @@ def run_collect(args: argparse.Namespace) -> Path:
 def add_validate_args(p: argparse.ArgumentParser) -> None:
     """Flags of ``iti validate`` (honest_llama's validate_2fold options, plus controls, sweeps and seeds): one per
     field of :class:`~iti.truthfulqa.config.ValidationConfig`, plus where the run goes and how the model loads."""
-    from .truthfulqa.config import ValidationConfig
+    from ..truthfulqa.config import ValidationConfig
 
     add_config_args(p, ValidationConfig)
     _flag(p, "output_dir", default=None, help="default: validation/results/<model>_k<K>_a<alpha>_<method> (probe, "
@@ -103,13 +104,14 @@ def add_validate_args(p: argparse.ArgumentParser) -> None:
 def run_validate(args: argparse.Namespace) -> None:
     """``iti validate``: refuse impossible settings, check that the features exist, load the model, run the k-fold
     validation and print summary.md."""
-    from .models import check_dtype, load_model, resolve_model
-    from .paths import results_dir
-    from .truthfulqa.experiment import ValidationConfig, check_features, check_output, run_validation
+    from ..models import check_dtype, load_model, resolve_model
+    from ..paths import results_dir
+    from ..truthfulqa.config import VALIDATION_RESULTS
+    from ..truthfulqa.experiment import ValidationConfig, check_features, check_output, run_validation
 
     name = resolve_model(args.model_name).name
     cfg = config_from_args(ValidationConfig, args, model_name=name)
-    out = Path(args.output_dir) if args.output_dir else results_dir("validation") / f"{name}_k{cfg.num_heads}_a{cfg.alpha:g}_{cfg.method_label}"
+    out = Path(args.output_dir) if args.output_dir else results_dir(VALIDATION_RESULTS) / f"{name}_k{cfg.num_heads}_a{cfg.alpha:g}_{cfg.method_label}"
     cfg.validate()
     check_dtype(args.dtype)
     check_features(cfg)
@@ -125,7 +127,7 @@ def run_validate(args: argparse.Namespace) -> None:
 def add_bake_args(p: argparse.ArgumentParser) -> None:
     """Flags of ``iti bake`` (honest_llama's edit_weight options), generated from
     :class:`~iti.truthfulqa.config.BakeConfig`."""
-    from .truthfulqa.config import BakeConfig
+    from ..truthfulqa.config import BakeConfig
 
     add_config_args(p, BakeConfig)
 
@@ -140,11 +142,11 @@ def run_bake(args: argparse.Namespace) -> None:
     it is added to the output-projection biases and the model saved with the intervention in ``iti_intervention/``,
     whose meta says what it was fitted on (``fitted_on``). Options, features and intervention files are checked
     before the model loads."""
-    from .bake import bake, check_output_dir, save_baked
-    from .intervention import Intervention
-    from .models import check_dtype, load_model, resolve_model
-    from .options import check_existing_path, check_finite_nonneg, refuse
-    from .truthfulqa.config import BakeConfig
+    from ..bake import bake, check_output_dir, save_baked
+    from ..intervention import Intervention
+    from ..models import check_dtype, load_model, resolve_model
+    from ..options import check_existing_path, check_finite_nonneg, refuse
+    from ..truthfulqa.config import BakeConfig
 
     cfg = config_from_args(BakeConfig, args)
     check_finite_nonneg("alpha", cfg.alpha, none_ok=True)
@@ -182,12 +184,12 @@ def run_bake(args: argparse.Namespace) -> None:
 def _fit_bake_intervention(bake_cfg: BakeConfig, name: str):
     """edit_weight.py's fit: every question of the resolved model's tqa_mc2 features (probes, directions) and
     tqa_gen_end_q features (stds), refused with the collect command when they are missing."""
-    from .architectures import HeadGeometry
-    from .features import load_features, read_manifest
-    from .options import check_existing_path, check_range, check_seed
-    from .truthfulqa.config import ValidationConfig
-    from .truthfulqa.experiment import check_features
-    from .truthfulqa.fit import ALL_QUESTIONS, check_features_geometry, config_geometry, fit_on_all_questions
+    from ..architectures import HeadGeometry
+    from ..features import load_features, read_manifest
+    from ..options import check_existing_path, check_range, check_seed
+    from ..truthfulqa.config import ValidationConfig
+    from ..truthfulqa.experiment import check_features
+    from ..truthfulqa.fit import ALL_QUESTIONS, check_features_geometry, config_geometry, fit_on_all_questions
 
     num_heads = 48 if bake_cfg.num_heads is None else bake_cfg.num_heads
     seed = 42 if bake_cfg.seed is None else bake_cfg.seed
@@ -215,8 +217,8 @@ def _fit_bake_intervention(bake_cfg: BakeConfig, name: str):
 def _bake_features_weights(bake_cfg: BakeConfig, name: str, model) -> str:
     """Whether the features ``iti bake`` fitted on were collected from ``model``'s weights: refused when not, unless
     ``--features_from_other_weights`` (:func:`iti.features.check_features_weights`)."""
-    from .features import UNRECORDED_WEIGHTS, check_features_weights, read_manifest
-    from .truthfulqa.config import ValidationConfig
+    from ..features import UNRECORDED_WEIGHTS, check_features_weights, read_manifest
+    from ..truthfulqa.config import ValidationConfig
 
     cfg = ValidationConfig(model_name=name, features_dir=bake_cfg.features_dir)
     paths = [cfg.features_path(d) for d in (cfg.dataset_name, cfg.activations_dataset)]
@@ -228,8 +230,8 @@ def _bake_features_weights(bake_cfg: BakeConfig, name: str, model) -> str:
 
 
 def _interop_intervention(path: str, alpha: float | None):
-    from .intervention import Intervention
-    from .options import check_existing_path
+    from ..intervention import Intervention
+    from ..options import check_existing_path
 
     check_existing_path("intervention", path)
     inter = Intervention.load(path)
@@ -240,17 +242,17 @@ def run_export(args: argparse.Namespace) -> Path:
     """``iti export --format {pyvene,lm-eval,gguf,honest-llama}``: write an intervention (gguf: the model with it
     baked in; honest-llama: a features directory) in another tool's format. Missing inputs and an existing output
     are refused before any model loads."""
-    from .interop.config import ExportConfig
-    from .interop.files import refuse_existing
-    from .models import check_dtype, load_model
-    from .options import check_existing_path, check_finite_nonneg, refuse
+    from ..interop.config import ExportConfig
+    from ..interop.files import refuse_existing
+    from ..models import check_dtype, load_model
+    from ..options import check_existing_path, check_finite_nonneg, refuse
 
     cfg = config_from_args(ExportConfig, args)
     check_finite_nonneg("alpha", cfg.alpha, none_ok=True)
     check_dtype(cfg.dtype)
     out = Path(cfg.output)
     if cfg.format == "honest-llama":
-        from .interop.honest_llama_features import export_honest_llama_features
+        from ..interop.honest_llama_features import export_honest_llama_features
 
         if cfg.features is None:
             raise refuse("features", "our features directory to export (with --format honest-llama)", None)
@@ -269,23 +271,23 @@ def run_export(args: argparse.Namespace) -> Path:
     refuse_existing([out], cfg.force)
     model, tokenizer = load_model(cfg.model_name, dtype=cfg.dtype)
     if cfg.format == "pyvene":
-        from .interop.pyvene_format import export_pyvene
+        from ..interop.pyvene_format import export_pyvene
 
         assert inter is not None
         export_pyvene(model, inter, out, force=cfg.force)
         print(f"[export] {len(inter.heads)} heads as {len(inter.layer_shifts())} pyvene AdditionInterventions (W_o @ shift on "
               f"the o_proj output, every position) in {out}; load with pyvene.IntervenableModel.load({str(out)!r}, model)")
     elif cfg.format == "lm-eval":
-        from .interop.lm_eval_format import export_lm_eval
+        from ..interop.lm_eval_format import export_lm_eval
 
         assert inter is not None
         export_lm_eval(model, inter, out, force=cfg.force, model_name=cfg.model_name)
         print(f"[export] {len(inter.layer_shifts())} steering vectors (W_o @ shift, action add) in {out}; run "
               f"lm_eval --model steered --model_args pretrained=<model>,steer_path={out}")
     else:
-        from .bake import bake
-        from .interop.gguf_format import export_gguf
-        from .models import embedded_gguf_field, resolve_model
+        from ..bake import bake
+        from ..interop.gguf_format import export_gguf
+        from ..models import embedded_gguf_field, resolve_model
 
         if inter is not None:
             bake(model, inter)
@@ -300,19 +302,19 @@ def run_import(args: argparse.Namespace) -> Path:
     """``iti import --format {pyvene,lm-eval,gguf,honest-llama}``: read another tool's file as an iti intervention
     saved in ``--output`` (solved back to head shifts against ``--model_name``), or honest_llama's arrays as a
     features directory of ours."""
-    from .interop.config import ImportConfig
-    from .interop.files import refuse_existing
-    from .models import check_dtype, load_model, resolve_model
-    from .options import check_existing_path, refuse
+    from ..interop.config import ImportConfig
+    from ..interop.files import refuse_existing
+    from ..models import check_dtype, load_model, resolve_model
+    from ..options import check_existing_path, refuse
 
     cfg = config_from_args(ImportConfig, args)
     check_dtype(cfg.dtype)
     check_existing_path("input", cfg.input, kind="any")
     if cfg.format == "honest-llama":
-        from .architectures import geometry_from_config
-        from .interop.honest_llama_features import import_honest_llama_features
-        from .models import load_model_config
-        from .truthfulqa.prompt_sets import build_prompt_set
+        from ..architectures import geometry_from_config
+        from ..interop.honest_llama_features import import_honest_llama_features
+        from ..models import load_model_config
+        from ..truthfulqa.prompt_sets import build_prompt_set
 
         geometry = geometry_from_config(load_model_config(cfg.geometry_from or cfg.model_name))
         ps = build_prompt_set(cfg.dataset_name, data_dir=cfg.data_dir, max_questions=cfg.max_questions, seed=cfg.seed)
@@ -327,15 +329,15 @@ def run_import(args: argparse.Namespace) -> Path:
     model, _ = load_model(cfg.model_name, dtype=cfg.dtype)
     name = resolve_model(cfg.model_name).name
     if cfg.format == "pyvene":
-        from .interop.pyvene_format import import_pyvene
+        from ..interop.pyvene_format import import_pyvene
 
         inter = import_pyvene(cfg.input, model, model_name=name)
     elif cfg.format == "lm-eval":
-        from .interop.lm_eval_format import import_lm_eval
+        from ..interop.lm_eval_format import import_lm_eval
 
         inter = import_lm_eval(cfg.input, model, model_name=name)
     else:
-        from .interop.gguf_format import import_gguf
+        from ..interop.gguf_format import import_gguf
 
         inter = import_gguf(cfg.input, model, model_name=name)
     inter.save(out)
@@ -349,8 +351,8 @@ def run_import(args: argparse.Namespace) -> Path:
 def run_demo(args: argparse.Namespace) -> None:
     """``iti demo``: the quick end-to-end run of :func:`iti.truthfulqa.demo.demo` (which checks its sizes before anything
     loads)."""
-    from .truthfulqa.config import DemoConfig
-    from .truthfulqa.demo import demo
+    from ..truthfulqa.config import DemoConfig
+    from ..truthfulqa.demo import demo
 
     cfg = config_from_args(DemoConfig, args)
     demo(max_questions=cfg.max_questions, output_dir=cfg.output_dir, batch_size=cfg.batch_size)
@@ -359,7 +361,7 @@ def run_demo(args: argparse.Namespace) -> None:
 def add_faithfulness_args(p: argparse.ArgumentParser) -> None:
     """Flags of ``iti faithfulness`` (introspect's options, plus the intervened arm, the cache and a remote
     endpoint): one per field of :class:`~iti.faithfulness.experiment.FaithfulnessConfig`."""
-    from .faithfulness.experiment import FaithfulnessConfig
+    from ..faithfulness.experiment import FaithfulnessConfig
 
     add_config_args(p, FaithfulnessConfig)
 
@@ -367,7 +369,7 @@ def add_faithfulness_args(p: argparse.ArgumentParser) -> None:
 def run_faithfulness_cmd(args: argparse.Namespace) -> None:
     """``iti faithfulness``: build a :class:`FaithfulnessConfig` from the flags and run it
     (``--max_samples 0`` means every sample)."""
-    from .faithfulness.experiment import FaithfulnessConfig, run_faithfulness
+    from ..faithfulness.experiment import FaithfulnessConfig, run_faithfulness
 
     run_faithfulness(config_from_args(FaithfulnessConfig, args))
 
@@ -375,7 +377,7 @@ def run_faithfulness_cmd(args: argparse.Namespace) -> None:
 def add_concepts_args(p: argparse.ArgumentParser) -> None:
     """Flags of ``iti concepts`` (the k and alpha grids, sample sizes, seed and paths): one per field of
     :class:`~iti.concepts.experiment.ConceptConfig`."""
-    from .concepts.experiment import ConceptConfig
+    from ..concepts.experiment import ConceptConfig
 
     add_config_args(p, ConceptConfig)
 
@@ -383,7 +385,7 @@ def add_concepts_args(p: argparse.ArgumentParser) -> None:
 def run_concepts_cmd(args: argparse.Namespace) -> None:
     """``iti concepts``: run the CEBaB concept experiment and print the chosen k and the test accuracies
     (``--max_pairs 0`` means every pair)."""
-    from .concepts.experiment import ConceptConfig, run_concepts
+    from ..concepts.experiment import ConceptConfig, run_concepts
 
     cfg = config_from_args(ConceptConfig, args)
     r = run_concepts(cfg)
@@ -405,7 +407,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bake", help="bake an intervention into o_proj biases and save the model (edit_weight)")
     add_bake_args(p)
     p.set_defaults(func=run_bake)
-    from .interop.config import ExportConfig, ImportConfig
+    from ..interop.config import ExportConfig, ImportConfig
 
     p = sub.add_parser("export", help="an intervention (or features) in another tool's format: pyvene, lm-eval, gguf, honest-llama")
     add_config_args(p, ExportConfig)
@@ -420,7 +422,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_concepts_args(p)
     p.set_defaults(func=run_concepts_cmd)
     p = sub.add_parser("demo", help="the main job end to end on the embedded model, quick preset")
-    from .truthfulqa.config import DemoConfig
+    from ..truthfulqa.config import DemoConfig
 
     add_config_args(p, DemoConfig)
     p.set_defaults(func=run_demo)
@@ -441,7 +443,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         if e.errno != errno.ENOSPC:
             raise
-        from .io import disk_full_error
+        from ..io import disk_full_error
 
         print(f"iti: error: {disk_full_error(e.filename or os.getcwd())}", file=sys.stderr)
         return 2
