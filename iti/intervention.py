@@ -19,12 +19,11 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from safetensors.numpy import load_file
 
 from ._version import __version__
 from .architectures import HeadGeometry, model_layout
 from .errors import FeatureFileError, GeometryMismatchError, HeadIndexError
-from .io import atomic_save_safetensors, atomic_write_json, read_json, read_safetensors_header, sha256_file
+from .io import atomic_save_safetensors, atomic_write_json, read_checked_tensors, sha256_file
 from .positions import Positions as InterventionPositions
 from .steering import Steering
 
@@ -218,15 +217,8 @@ class Intervention:
     def load(cls, path: str | os.PathLike, model: torch.nn.Module | None = None) -> Intervention:
         """Read a saved intervention; with ``model``, refuse it unless the head geometry matches."""
         path = Path(path)
-        meta = read_json(path / META_FILE, "intervention file")
-        if not isinstance(meta, dict) or meta.get("format") != "iti-intervention":
-            raise FeatureFileError(f"{path / META_FILE} is not an iti intervention file")
-        tensor_path = path / TENSOR_FILE
-        read_safetensors_header(tensor_path)
-        if sha256_file(tensor_path) != meta.get("tensors_sha256"):
-            raise FeatureFileError(f"{tensor_path} is corrupt: its sha256 differs from the one in {META_FILE}")
+        meta, tensors = read_checked_tensors(path, META_FILE, TENSOR_FILE, "iti-intervention", "intervention file")
         try:
-            tensors = load_file(str(tensor_path))
             inter = cls(heads=[tuple(h) for h in meta["heads"]], directions=tensors["directions"], stds=tensors["stds"],
                         alpha=meta["alpha"], model_name=meta["model_name"], geometry=HeadGeometry.from_dict(meta["geometry"]),
                         meta=meta.get("meta", {}))

@@ -248,6 +248,26 @@ def read_safetensors_header(path: str | os.PathLike) -> tuple[int, dict[str, Any
     return 8 + n, header
 
 
+def read_checked_tensors(directory: str | os.PathLike, meta_file: str, tensor_file: str, fmt: str,
+                         what: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """The JSON record and the tensors of a saved value (an intervention, a steering value): the record must name
+    ``fmt`` as its format and the tensor file must have the sha256 it records; anything else is a
+    :class:`~iti.errors.FeatureFileError` naming the file."""
+    from safetensors.numpy import load_file
+
+    from .errors import FeatureFileError
+
+    directory = Path(directory)
+    meta = read_json(directory / meta_file, what)
+    if not isinstance(meta, dict) or meta.get("format") != fmt:
+        raise FeatureFileError(f"{directory / meta_file} is not an {fmt.replace('-', ' ')} file")
+    tensor_path = directory / tensor_file
+    read_safetensors_header(tensor_path)
+    if sha256_file(tensor_path) != meta.get("tensors_sha256"):
+        raise FeatureFileError(f"{tensor_path} is corrupt: its sha256 differs from the one in {meta_file}")
+    return meta, load_file(str(tensor_path))
+
+
 def open_safetensors_memmap(path: str | os.PathLike, name: str, mode: Literal["r", "r+", "c"] = "r") -> np.memmap:
     """Memory-map one tensor of a safetensors file (``mode='r+'`` to fill it in place)."""
     from .errors import FeatureFileError

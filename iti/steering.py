@@ -25,13 +25,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.numpy import load_file
 
 from ._version import __version__
 from .architectures import SITES, HeadGeometry, ModelLayout, model_layout, site_width
 from .errors import FeatureFileError, GeometryMismatchError, HeadIndexError, InvalidOptionError
 from .hooks import module_hooks
-from .io import atomic_save_safetensors, atomic_write_json, read_json, read_safetensors_header, sha256_file
+from .io import atomic_save_safetensors, atomic_write_json, read_checked_tensors, sha256_file
 from .positions import Positions, PositionTracker, base_model_path, normalize_positions
 
 META_FILE = "steering.json"
@@ -188,15 +187,9 @@ class Steering:
         """Read a saved value; a missing, partial or corrupt file is refused naming what is wrong; with ``model``,
         refuse it unless the geometry matches."""
         path = Path(path)
-        meta = read_json(path / META_FILE, "steering file")
-        if not isinstance(meta, dict) or meta.get("format") != "iti-steering":
-            raise FeatureFileError(f"{path / META_FILE} is not an iti steering file")
+        meta, tensors = read_checked_tensors(path, META_FILE, TENSOR_FILE, "iti-steering", "steering file")
         tensor_path = path / TENSOR_FILE
-        read_safetensors_header(tensor_path)
-        if sha256_file(tensor_path) != meta.get("tensors_sha256"):
-            raise FeatureFileError(f"{tensor_path} is corrupt: its sha256 differs from the one in {META_FILE}")
         try:
-            tensors = load_file(str(tensor_path))
             keys = [(str(site), int(layer)) for site, layer in meta["vectors"]]
             missing = [f"{s}.{l}" for s, l in keys if f"{s}.{l}" not in tensors]
             if missing:

@@ -18,6 +18,7 @@ from ..features import PromptSet, load_features, write_features
 from ..io import atomic_write_json, atomic_write_text
 from ..options import check_each, check_finite_nonneg, check_positive_int, check_range, check_ratio, check_seed, refuse
 from ..paths import results_dir
+from ..run_directory import RunDirectory
 from .bottleneck import (
     SparseConceptBottleneck,
     grouped_folds,
@@ -59,6 +60,8 @@ class ConceptConfig:
         "help": "where the run goes (default: validation/concepts_results/run under the output root, see "
                 "iti.paths.output_root)"})
     progress: bool = field(default=True, metadata={"help": "no progress bar", "flag": "quiet", "invert": True})
+    force: bool = field(default=False, metadata={
+        "help": "replace a run with other settings in output_dir (refused otherwise)"})
 
     def validate(self) -> None:
         """Refuse impossible settings (one error naming the option) before the model loads or a file is written:
@@ -133,12 +136,35 @@ def _l1_sweep(cfg: ConceptConfig, X, C, y, groups: list[str]) -> list[dict[str, 
     return rows
 
 
+#: ConceptConfig fields that do not change a run's outputs
+_NOT_SETTINGS = {"batch_size", "output_dir", "progress", "force", "data_dir"}
+
+
+def run_settings(cfg: ConceptConfig) -> dict[str, Any]:
+    """The settings that determine a run's outputs, as recorded in its ``run.json``."""
+    return {k: (list(v) if isinstance(v, (tuple, list)) else v) for k, v in asdict(cfg).items() if k not in _NOT_SETTINGS}
+
+
+def run_directory(out: str | Path) -> RunDirectory:
+    """The run's output directory: ``run.json`` holds the settings (an older run kept them in summary.json)."""
+    return RunDirectory(Path(out), "concept run", outputs=("summary.json", "results.md", "steering_*.jsonl", "*.png"),
+                        older_records=(("summary.json", "config"),))
+
+
 def run_concepts(cfg: ConceptConfig) -> dict[str, Any]:
     """Run the concept experiment, write summary.json, results.md, steering_{dev,test}.jsonl and the plots
-    into ``output_dir``, and return the summary."""
+    into ``output_dir``, and return the summary. A directory holding a run with other settings is refused before
+    the model loads, unless ``force`` (then its outputs are removed before this run writes any)."""
+    cfg.validate()
+    directory = run_directory(cfg.output_dir)
+    directory.check(run_settings(cfg), force=cfg.force)
+    with directory.claimed(run_settings(cfg), force=cfg.force):
+        return _run_claimed(cfg)
+
+
+def _run_claimed(cfg: ConceptConfig) -> dict[str, Any]:
     from ..models import load_model, resolve_model
 
-    cfg.validate()
     t0 = time.perf_counter()
     out = Path(cfg.output_dir)
     model, tok = load_model(cfg.model)

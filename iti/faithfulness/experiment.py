@@ -29,10 +29,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
-from ..errors import EmptyInputError, InterventionModelError, InvalidOptionError, OutputExistsError
+from ..errors import EmptyInputError, InterventionModelError, InvalidOptionError
+from ..fingerprint import settings_fingerprint
 from ..io import atomic_write_json, atomic_write_text
 from ..options import check_choice, check_existing_path, check_finite_nonneg, check_positive_int, check_range, check_seed, refuse
 from ..paths import cache_dir, results_dir
+from ..run_directory import RunDirectory
 from .cache import GenerationCache
 from .datasets import ALIASES, FaithfulnessDataset, UnknownDatasetError, dataset_names, load_faithfulness_dataset
 from .errors import RemoteModelError
@@ -157,7 +159,7 @@ RESULTS_DIR: Path | None = None
 #: Fields that do not change a run's outputs (speed, placement, where things go, how failures are retried).
 _NOT_SETTINGS = {"batch_size", "device_map", "output_dir", "cache", "progress", "remote_timeout", "retry_errors", "force",
                  "original_prompts"}  # original_prompts: no effect any more
-_OUTPUT_FILES = ("summary.json", "summary.md", "comparison.md", "faithfulness.png", "config.json")
+_OUTPUT_FILES = ("summary.json", "summary.md", "comparison.md", "faithfulness.png")
 
 
 def run_settings(cfg: FaithfulnessConfig) -> dict[str, Any]:
@@ -171,7 +173,6 @@ def default_output_dir(cfg: FaithfulnessConfig) -> Path:
     that runs with different settings never share a directory and the same run always finds its own."""
     import re
 
-    from ..fingerprint import settings_fingerprint
     from ..models import resolve_model
 
     arm = ("iti" if cfg.intervention else "baked" if cfg.baked else
@@ -181,44 +182,17 @@ def default_output_dir(cfg: FaithfulnessConfig) -> Path:
     return (RESULTS_DIR or results_dir(RESULTS)) / "_".join(re.sub(r"[^A-Za-z0-9.+-]+", "-", p) for p in parts)
 
 
-def _stored_settings(out: Path) -> dict[str, Any] | None:
-    """The settings of the run whose outputs ``out`` holds (config.json, else an older run's summary.json), ``{}``
-    for outputs without settings, None for a directory without faithfulness outputs."""
-    for name, field_ in (("config.json", "settings"), ("summary.json", "config")):
-        try:
-            stored = json.loads((out / name).read_text())[field_]
-        except (OSError, ValueError, KeyError, TypeError):
-            continue
-        return {k: v for k, v in stored.items() if k not in _NOT_SETTINGS}
-    if (out / "samples").is_dir() and any((out / "samples").glob("*.jsonl")):
-        return {}
-    return None
+def run_directory(out: Path) -> RunDirectory:
+    """The run's output directory (``config.json`` holds the settings; an older run kept them in summary.json)."""
+    return RunDirectory(out, "faithfulness run", record="config.json", settings_key="settings",
+                        outputs=(*_OUTPUT_FILES, "samples/*.jsonl", "calibration.md", "calibration.json"),
+                        older_records=(("summary.json", "config"),))
 
 
 def check_output_dir(out: Path, cfg: FaithfulnessConfig) -> None:
     """Refuse (:class:`OutputExistsError`, naming the settings that differ) a directory that holds another run's
     outputs, unless ``force``; the same settings resume there. Reads only."""
-    from ..fingerprint import canonical_json, describe_difference
-
-    stored, current = _stored_settings(out), run_settings(cfg)
-    if stored is None or cfg.force or canonical_json(stored) == canonical_json(current):
-        return
-    differ = describe_difference(stored, current) if stored else "its outputs record no settings"
-    raise OutputExistsError(f"{out} holds a faithfulness run with other settings ({differ}); pass --force to replace "
-                            "it, or leave out --output_dir to get a directory of this run's own")
-
-
-def claim_output_dir(out: Path, cfg: FaithfulnessConfig) -> None:
-    """Record the run's settings in ``out/config.json``; with ``force``, first remove another run's outputs."""
-    from ..fingerprint import canonical_json, settings_fingerprint
-
-    stored, current = _stored_settings(out), run_settings(cfg)
-    if stored is not None and canonical_json(stored) != canonical_json(current):  # only reached with force
-        for name in _OUTPUT_FILES:
-            (out / name).unlink(missing_ok=True)
-        for f in (out / "samples").glob("*.jsonl"):
-            f.unlink()
-    atomic_write_json(out / "config.json", {"settings": current, "settings_fingerprint": settings_fingerprint(current)})
+    run_directory(out).check(run_settings(cfg), force=cfg.force)
 
 
 def default_cache_path() -> Path:
@@ -461,7 +435,13 @@ def run_faithfulness(cfg: FaithfulnessConfig) -> dict[str, Any]:
     cache = GenerationCache(cfg.cache or default_cache_path())
     t0 = time.perf_counter()
     arms, tokenizer = build_arms(cfg, cache)
-    claim_output_dir(out, cfg)
+    settings = run_settings(cfg)
+    with run_directory(out).claimed(settings, force=cfg.force, extra={"settings_fingerprint": settings_fingerprint(settings)}):
+        return _run_claimed(cfg, out, flags, cache, arms, tokenizer, t0)
+
+
+def _run_claimed(cfg: FaithfulnessConfig, out: Path, flags, cache: GenerationCache, arms: dict[str, CachedGenerator],
+                 tokenizer, t0: float) -> dict[str, Any]:
     render = prompt_renderer(cfg, tokenizer)
     classify_settings = GenerationSettings(max_new_tokens=cfg.classify_max_new_tokens, seed=cfg.seed, stop=stop_strings(cfg))
     explain_settings = GenerationSettings(max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, stop=stop_strings(cfg))
