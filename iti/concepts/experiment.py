@@ -155,19 +155,21 @@ def run_concepts(cfg: ConceptConfig) -> dict[str, Any]:
     """Run the concept experiment, write summary.json, results.md, steering_{dev,test}.jsonl and the plots
     into ``output_dir``, and return the summary. A directory holding a run with other settings is refused before
     the model loads, unless ``force`` (then its outputs are removed before this run writes any)."""
+    from ..models import load_model
+
     cfg.validate()
     directory = run_directory(cfg.output_dir)
-    directory.check(run_settings(cfg), force=cfg.force)
-    with directory.claimed(run_settings(cfg), force=cfg.force):
-        return _run_claimed(cfg)
-
-
-def _run_claimed(cfg: ConceptConfig) -> dict[str, Any]:
-    from ..models import load_model, resolve_model
-
+    directory.check(run_settings(cfg), force=cfg.force)  # reads only: nothing is written before the model loads
     t0 = time.perf_counter()
-    out = Path(cfg.output_dir)
     model, tok = load_model(cfg.model)
+    with directory.claimed(run_settings(cfg), force=cfg.force):
+        return _run_claimed(cfg, model, tok, t0)
+
+
+def _run_claimed(cfg: ConceptConfig, model, tok, t0: float) -> dict[str, Any]:
+    from ..models import resolve_model
+
+    out = Path(cfg.output_dir)
     splits = {s: load_cebab(s, cfg.data_dir) for s in ("train_exclusive", "dev", "test")}
     used = {s: _sample(v, cfg.max_reviews, cfg.seed) for s, v in splits.items()}
     groups = [r.original_id for r in used["train_exclusive"].reviews]  # an edit shares its original's fold
