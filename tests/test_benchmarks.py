@@ -23,6 +23,7 @@ def _check_rows(data: dict) -> None:
         assert isinstance(row["ratio"], float) and math.isfinite(row["ratio"]) and row["ratio"] > 0, row
 
 
+@pytest.mark.slow  # 184 s of the default suite's 1,128 s in the clean-clone CI run: `make test-slow` and `make bench`
 def test_every_benchmark_runs_quickly(tmp_path, smollm2):
     from benchmarks import run_all
 
@@ -95,6 +96,7 @@ def test_committed_results_come_from_full_runs():
     assert generation["data"]["new_tokens"] == 64 and all(generation["data"][f"batch_{b}"]["timings_s"]["plain"]["n"] >= 3 for b in (1, 8))
 
 
+@pytest.mark.slow  # 91 s of the default suite in the clean-clone CI run: `make test-slow` (and `make gpu-check` itself)
 def test_gpu_check_cpu_mode_runs_every_check(tmp_path, smollm2):
     """``make gpu-check`` without a GPU: fp32 and bf16 on the CPU, every check (a)-(e) of each, passing."""
     from benchmarks import gpu_check
