@@ -396,7 +396,7 @@ def run_concepts_cmd(args: argparse.Namespace) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``iti`` argument parser; each subcommand stores its ``run_*`` function as ``args.func``."""
-    parser = argparse.ArgumentParser(prog="iti", description="Read and steer attention heads of Hugging Face LMs.")
+    parser = argparse.ArgumentParser(prog="iti", description="Read and steer the insides of Hugging Face LMs (ITI, CAA, RepE).")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("collect", help="collect per-head activations on a TruthfulQA prompt set (get_activations)")
     add_collect_args(p)
