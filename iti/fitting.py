@@ -29,11 +29,15 @@ SCALES = ("std", "unit", "raw")
 FITTABLE_SITES = ("head_out", "resid_post")
 
 
-def _site_array(features: FeatureSet | np.ndarray, site: str) -> np.ndarray:
-    """Activations as a unit grid ``[N, L, U, D]``: heads at ``head_out``, one unit per layer elsewhere."""
+def _check_fittable(site: str) -> None:
     if site not in FITTABLE_SITES:
         raise InvalidOptionError(f"fitting at {site!r} is not supported: the collector records {', '.join(FITTABLE_SITES)} "
                                  "(steer attn_out or mlp_out with a Steering made by hand)")
+
+
+def _site_array(features: FeatureSet | np.ndarray, site: str) -> np.ndarray:
+    """Activations as a unit grid ``[N, L, U, D]``: heads at ``head_out``, one unit per layer elsewhere."""
+    _check_fittable(site)
     if isinstance(features, FeatureSet):
         if site == "head_out":
             X = features.head_wise
@@ -79,6 +83,14 @@ def scale_directions(raw: np.ndarray, scale: str, tune: np.ndarray, units: list[
     raise InvalidOptionError(f"scale: one of {', '.join(SCALES)}, got {scale!r}")
 
 
+def _feature_set_defaults(features, labels, groups, geometry, model_name):
+    """What a FeatureSet brings with it (labels, group ids, geometry, model name) where the caller gave none."""
+    if not isinstance(features, FeatureSet):
+        return labels, groups, geometry, model_name
+    return (features.labels if labels is None else labels, features.group_ids if groups is None else groups,
+            geometry or features.geometry, model_name or features.manifest["model"]["name"])
+
+
 def _labels_groups(n: int, labels, groups) -> tuple[np.ndarray, np.ndarray]:
     if labels is None:
         raise ValueError("labels are needed with an array of activations")
@@ -120,11 +132,7 @@ def fit_intervention(
     ``geometry``, the geometry is read off the array's shape (``num_kv_heads = heads``, ``hidden_size = heads x
     head_dim``); pass the model's (``iti.model_layout(model).geometry``) to apply it.
     """
-    if isinstance(features, FeatureSet):
-        labels = features.labels if labels is None else labels
-        groups = features.group_ids if groups is None else groups
-        geometry = geometry or features.geometry
-        model_name = model_name or features.manifest["model"]["name"]
+    labels, groups, geometry, model_name = _feature_set_defaults(features, labels, groups, geometry, model_name)
     X = _site_array(features, "head_out")
     if geometry is None:
         _, L, H, D = X.shape
@@ -167,11 +175,7 @@ def fit_steering(
     accuracy at ``head_out`` and the one best layer at ``resid_post``; ``scale``: default the method's own (ITI's
     methods ``"std"``, CAA ``"raw"``, RepE ``"unit"``). Each chosen unit's vector is ``alpha x length x
     direction``."""
-    if isinstance(features, FeatureSet):
-        labels = features.labels if labels is None else labels
-        groups = features.group_ids if groups is None else groups
-        geometry = geometry or features.geometry
-        model_name = model_name or features.manifest["model"]["name"]
+    labels, groups, geometry, model_name = _feature_set_defaults(features, labels, groups, geometry, model_name)
     chosen_method = get_method(method)
     scale = scale or chosen_method.scale
     if site == "head_out":
@@ -213,8 +217,7 @@ def _contrast_activations(model: torch.nn.Module, tokenizer: Any, positive_promp
             raise refuse(arg, "a list of prompts, not one string (wrap a single prompt in a list)", shown=shown)
     if not positive_prompts or not negative_prompts:
         raise EmptyInputError("contrast pairs need at least one positive and one negative prompt")
-    if site not in FITTABLE_SITES:
-        _site_array(np.zeros((0, 0, 0)), site)  # refuses with the reason
+    _check_fittable(site)
     prompts = list(positive_prompts) + list(negative_prompts)
     acts = collect_head_activations(model, tokenizer, prompts, batch_size=batch_size, progress=progress,
                                     residual=site == "resid_post")

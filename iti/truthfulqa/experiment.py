@@ -293,21 +293,15 @@ def _run_locked(model, tokenizer, cfg: ValidationConfig, out: Path, judge: Judge
         return meter
     rows = plan_rows(cfg)
     start = time.perf_counter()
-    probes: dict[tuple[int, int], FoldProbes] = {}
+    probes: dict[tuple[int, int, bool], FoldProbes] = {}
 
-    def fold_probes(i: int, seed: int) -> FoldProbes:
-        if (i, seed) not in probes:
+    def fold_probes(i: int, seed: int, layers: bool = False) -> FoldProbes:
+        """The fold's probes per head, or per layer on the residual stream (``layers``), made once each."""
+        if (i, seed, layers) not in probes:
             train_q = np.concatenate([f for j, f in enumerate(folds) if j != i])
-            probes[(i, seed)] = train_fold_probes(features, train_q, val_ratio=cfg.val_ratio, seed=seed)
-        return probes[(i, seed)]
-
-    layer_probes: dict[tuple[int, int], FoldProbes] = {}
-
-    def fold_layer_probes(i: int, seed: int) -> FoldProbes:
-        if (i, seed) not in layer_probes:
-            train_q = np.concatenate([f for j, f in enumerate(folds) if j != i])
-            layer_probes[(i, seed)] = train_fold_layer_probes(features, train_q, val_ratio=cfg.val_ratio, seed=seed)
-        return layer_probes[(i, seed)]
+            fit = train_fold_layer_probes if layers else train_fold_probes
+            probes[(i, seed, layers)] = fit(features, train_q, val_ratio=cfg.val_ratio, seed=seed)
+        return probes[(i, seed, layers)]
 
     for spec in rows:  # row-major: both folds of a row finish before the next row starts
         for i, test_q in enumerate(folds):
@@ -320,7 +314,7 @@ def _run_locked(model, tokenizer, cfg: ValidationConfig, out: Path, judge: Judge
                 continue
             intervention: Intervention | Steering | None = None
             if spec.site == "resid_post" and {"mc", "generate"} & set(todo):
-                intervention = build_residual_steering(features, fold_layer_probes(i, spec.seed), method=spec.direction,
+                intervention = build_residual_steering(features, fold_probes(i, spec.seed, layers=True), method=spec.direction,
                                                        model_name=cfg.model_name, seed=spec.seed)
             elif spec.name != "baseline" and {"mc", "generate"} & set(todo):
                 intervention = build_intervention(features, tuning, fold_probes(i, spec.seed), num_heads=spec.num_heads, alpha=spec.alpha,
