@@ -25,7 +25,7 @@ from .architectures import HeadGeometry, model_layout
 from .errors import FeatureFileError, GeometryMismatchError, HeadIndexError
 from .io import atomic_save_safetensors, atomic_write_json, read_checked_tensors, sha256_file
 from .positions import Positions as InterventionPositions
-from .steering import Steering
+from .steering import Steering, check_made_for
 
 META_FILE = "intervention.json"
 TENSOR_FILE = "intervention.safetensors"
@@ -155,15 +155,7 @@ class Intervention:
         """Raise InterventionModelError unless this intervention was made for the model ``model_name`` names
         (:func:`iti.models.same_model`; a model of the same geometry is still another model). An intervention that
         records no model is not checked. ``source``: where it was read from, for the message."""
-        from .errors import InterventionModelError
-        from .models import same_model
-
-        if self.model_name and not same_model(self.model_name, model_name):
-            what = f"the intervention {source}" if source is not None else "this intervention"
-            raise InterventionModelError(
-                f"{what} was made for {self.model_name!r}, not for {str(model_name)!r}: a model of the same geometry "
-                "has other weights, so its shift means something else there. Use the model it was made for, or fit "
-                "one for this model.")
+        check_made_for(self.model_name, model_name, f"the intervention {source}" if source is not None else "this intervention")
 
     def check_model(self, model: torch.nn.Module) -> None:
         """Raise GeometryMismatchError unless the model has the head geometry this intervention was made for."""

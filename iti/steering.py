@@ -135,6 +135,11 @@ class Steering:
         return h.hexdigest()[:16]
 
     # --- applying -----------------------------------------------------------------------------------------------
+    def check_made_for(self, model_name: str | os.PathLike, source: str | os.PathLike | None = None) -> None:
+        """Raise InterventionModelError unless this value was made for the model ``model_name`` names (a model of
+        the same geometry is still another model); a value that records no model is not checked."""
+        check_made_for(self.model_name, model_name, f"the steering {source}" if source is not None else "this steering")
+
     def check_model(self, model: torch.nn.Module, layout: ModelLayout | None = None) -> ModelLayout:
         """The model's layout; raises GeometryMismatchError unless it has the geometry this value was made for."""
         layout = layout or model_layout(model)
@@ -205,6 +210,18 @@ class Steering:
         if model is not None:
             value.check_model(model)
         return value
+
+
+def check_made_for(made_for: str, model_name: str | os.PathLike, what: str) -> None:
+    """Raise InterventionModelError unless ``made_for`` (a recorded model name; empty: unknown, not checked) and
+    ``model_name`` name the same model (:func:`iti.models.same_model`)."""
+    from .errors import InterventionModelError
+    from .models import same_model
+
+    if made_for and not same_model(made_for, model_name):
+        raise InterventionModelError(
+            f"{what} was made for {made_for!r}, not for {str(model_name)!r}: a model of the same geometry has other "
+            "weights, so its shift means something else there. Use the model it was made for, or fit one for this model.")
 
 
 def _positions_record(positions: Positions) -> str | int | None:

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from iti import Intervention, load_features, model_layout, write_features
+from iti import Intervention, Steering, load_features, model_layout, write_features
 from iti.cli import main
 
 from .conftest import make_intervention, make_tiny_model, tiny_tokenizer
@@ -32,11 +32,39 @@ def test_export_then_import_gives_back_the_intervention(saved, fmt, out, capsys)
     assert "[import] 3 heads in 3 layers" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("fmt, out", [("pyvene", "pv"), ("lm-eval", "steer.pt"), ("gguf", "baked.gguf"),
+                                      ("control-vector", "cv.gguf")])
+def test_a_residual_steering_exports_and_imports_as_steering(saved, fmt, out, capsys):
+    tmp, _ = saved
+    model = str(tmp / "model")
+    g = model_layout(make_tiny_model("llama")).geometry
+    rng = np.random.default_rng(5)
+    steer = Steering({("resid_post", 1): rng.normal(size=g.hidden_size), ("resid_post", 2): rng.normal(size=g.hidden_size)},
+                     g, model)
+    steer.save(tmp / "steer")
+    assert main(["export", "--format", fmt, "--model_name", model, "--intervention", str(tmp / "steer"), "--output",
+                 str(tmp / out)]) == 0
+    assert "resid_post at layers 1, 2" in capsys.readouterr().out
+    if fmt != "control-vector":  # no head shift adds to the residual stream: the head form is refused by name
+        assert main(["import", "--format", fmt, "--input", str(tmp / out), "--model_name", model, "--output", str(tmp / "heads")]) == 2
+        assert "no ITI head form" in capsys.readouterr().err and not (tmp / "heads").exists()
+    args = ["import", "--format", fmt, "--input", str(tmp / out), "--model_name", model, "--output", str(tmp / "back")]
+    assert main(args + ([] if fmt == "control-vector" else ["--steering"])) == 0
+    back = Steering.load(tmp / "back")
+    want_site = "mlp_out" if fmt == "gguf" else "resid_post"  # a GGUF carries it as the MLP output bias: the same addition
+    assert list(back.vectors) == [(want_site, 1), (want_site, 2)] and back.positions == "all"
+    for layer in (1, 2):
+        np.testing.assert_allclose(back.vectors[(want_site, layer)], steer.vectors[("resid_post", layer)], atol=1e-5)
+    assert main(["export", "--format", fmt, "--model_name", model, "--intervention", str(tmp / "steer"), "--alpha", "2",
+                 "--output", str(tmp / "again")]) == 2
+    assert "has no alpha" in capsys.readouterr().err
+
+
 def test_bad_inputs_exit_2_with_one_line_and_write_nothing(saved, capsys):
     tmp, _ = saved
     model = str(tmp / "model")
     assert main(["export", "--format", "pyvene", "--model_name", model, "--output", str(tmp / "pv")]) == 2
-    assert "--intervention: a saved iti intervention directory" in capsys.readouterr().err
+    assert "--intervention: a saved iti intervention or steering directory" in capsys.readouterr().err
     other = make_tiny_model("llama", seed=3)
     other.save_pretrained(tmp / "other")
     tiny_tokenizer().save_pretrained(tmp / "other")

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..errors import ItiError
+from ..errors import InvalidOptionError, ItiError
 from ..faithfulness import models as _faithfulness_models  # noqa: F401  (the paper's short names, for every command)
 from .config_args import add_config_args, config_from_args
 
@@ -229,11 +229,18 @@ def _bake_features_weights(bake_cfg: BakeConfig, name: str, model) -> str:
     return status
 
 
-def _interop_intervention(path: str, alpha: float | None):
+def _interop_value(path: str, alpha: float | None):
+    """The saved intervention or steering at ``path`` (``steering.json`` tells which), with ``alpha`` replaced."""
     from ..intervention import Intervention
     from ..options import check_existing_path
+    from ..steering import META_FILE, Steering
 
     check_existing_path("intervention", path)
+    if (Path(path) / META_FILE).is_file():
+        if alpha is not None:
+            raise InvalidOptionError(f"{path} is a steering directory, which has no alpha; scale it in Python "
+                                     "(k * iti.Steering.load(path)) and save that instead of passing --alpha")
+        return Steering.load(path)
     inter = Intervention.load(path)
     return inter if alpha is None else inter.with_alpha(alpha)
 
@@ -264,38 +271,59 @@ def run_export(args: argparse.Namespace) -> Path:
     if cfg.model_name is None:
         raise refuse("model_name", f"the model the intervention is for (with --format {cfg.format})", None)
     if cfg.intervention is None and cfg.format != "gguf":
-        raise refuse("intervention", f"a saved iti intervention directory (with --format {cfg.format})", None)
-    inter = _interop_intervention(cfg.intervention, cfg.alpha) if cfg.intervention is not None else None
-    if inter is not None and cfg.format == "lm-eval":  # lm-eval reads the vectors with whatever model it is given
-        inter.check_made_for(cfg.model_name, cfg.intervention)
+        raise refuse("intervention", f"a saved iti intervention or steering directory (with --format {cfg.format})", None)
+    value = _interop_value(cfg.intervention, cfg.alpha) if cfg.intervention is not None else None
+    if value is not None and cfg.format in ("lm-eval", "control-vector"):  # read with whatever model it is given
+        value.check_made_for(cfg.model_name, cfg.intervention)
+    what = _describe_value(value)
+    if cfg.format == "control-vector":
+        from ..interop.control_vector import export_control_vector
+        from ..models import resolve_model
+
+        assert value is not None
+        export_control_vector(value, out, model_hint=resolve_model(cfg.model_name).name, force=cfg.force)
+        print(f"[export] {what} as a llama.cpp control vector in {out}; run llama-cli -m <model.gguf> --control-vector {out}")
+        return out
     refuse_existing([out], cfg.force)
     model, tokenizer = load_model(cfg.model_name, dtype=cfg.dtype)
     if cfg.format == "pyvene":
         from ..interop.pyvene_format import export_pyvene
 
-        assert inter is not None
-        export_pyvene(model, inter, out, force=cfg.force)
-        print(f"[export] {len(inter.heads)} heads as {len(inter.layer_shifts())} pyvene AdditionInterventions (W_o @ shift on "
-              f"the o_proj output, every position) in {out}; load with pyvene.IntervenableModel.load({str(out)!r}, model)")
+        assert value is not None
+        export_pyvene(model, value, out, force=cfg.force)
+        print(f"[export] {what} as pyvene AdditionInterventions (on module outputs; head shifts as W_o @ shift on the "
+              f"o_proj output; every position) in {out}; load with pyvene.IntervenableModel.load({str(out)!r}, model)")
     elif cfg.format == "lm-eval":
         from ..interop.lm_eval_format import export_lm_eval
 
-        assert inter is not None
-        export_lm_eval(model, inter, out, force=cfg.force, model_name=cfg.model_name)
-        print(f"[export] {len(inter.layer_shifts())} steering vectors (W_o @ shift, action add) in {out}; run "
+        assert value is not None
+        export_lm_eval(model, value, out, force=cfg.force, model_name=cfg.model_name)
+        print(f"[export] {what} as lm-eval steering vectors (action add; head shifts as W_o @ shift) in {out}; run "
               f"lm_eval --model steered --model_args pretrained=<model>,steer_path={out}")
     else:
         from ..bake import bake
         from ..interop.gguf_format import export_gguf
         from ..models import embedded_gguf_field, resolve_model
 
-        if inter is not None:
-            bake(model, inter)
+        if value is not None:
+            bake(model, value)
         pre = cfg.tokenizer_pre or embedded_gguf_field(resolve_model(cfg.model_name).name, "tokenizer.ggml.pre") or "default"
         export_gguf(model, tokenizer, out, dtype=cfg.gguf_dtype, tokenizer_pre=pre, force=cfg.force)
-        what = f"with {len(inter.heads)} heads baked in (attn_output.bias)" if inter is not None else "as it is"
-        print(f"[export] {cfg.model_name} {what}: {out} ({out.stat().st_size / 1e6:.1f} MB, {cfg.gguf_dtype}, llama architecture)")
+        baked = f"with {what} baked in (attn_output / ffn_down biases)" if value is not None else "as it is"
+        print(f"[export] {cfg.model_name} {baked}: {out} ({out.stat().st_size / 1e6:.1f} MB, {cfg.gguf_dtype}, llama architecture)")
     return out
+
+
+def _describe_value(value) -> str:
+    """``"3 heads in 2 layers"`` for an intervention, ``"resid_post at layers 3, 5"`` for a steering."""
+    from ..intervention import Intervention
+
+    if value is None:
+        return "nothing"
+    if isinstance(value, Intervention):
+        return f"{len(value.heads)} heads in {len(value.layer_shifts())} layers"
+    return "; ".join(f"{site} at layer{'s' if len(value.layers(site)) > 1 else ''} {', '.join(map(str, value.layers(site)))}"
+                     for site in value.sites)
 
 
 def run_import(args: argparse.Namespace) -> Path:
@@ -329,17 +357,22 @@ def run_import(args: argparse.Namespace) -> Path:
     model, _ = load_model(cfg.model_name, dtype=cfg.dtype)
     name = resolve_model(cfg.model_name).name
     if cfg.format == "pyvene":
-        from ..interop.pyvene_format import import_pyvene
-
-        inter = import_pyvene(cfg.input, model, model_name=name)
+        from ..interop.pyvene_format import load_pyvene_steering as read
     elif cfg.format == "lm-eval":
-        from ..interop.lm_eval_format import import_lm_eval
-
-        inter = import_lm_eval(cfg.input, model, model_name=name)
+        from ..interop.lm_eval_format import load_lm_eval_steering as read
+    elif cfg.format == "gguf":
+        from ..interop.gguf_format import load_gguf_steering as read
     else:
-        from ..interop.gguf_format import import_gguf
+        from ..interop.control_vector import load_control_vector as read
+    steering = read(cfg.input, model, model_name=name)
+    if cfg.steering or cfg.format == "control-vector":
+        steering.save(out)
+        print(f"[import] {_describe_value(steering)} from {cfg.input} as read (no solving); saved to {out} as an iti "
+              "steering (iti.Steering.load; apply with positions='all', as the file does)")
+        return out
+    from ..interop.shifts import intervention_from_steering
 
-        inter = import_gguf(cfg.input, model, model_name=name)
+    inter = intervention_from_steering(model, steering, model_name=name, source=cfg.input)
     inter.save(out)
     err = inter.meta.get("max_reconstruction_error")
     solved = f"; W_o @ shift reproduces the file's vectors to {err:.1e}" if err is not None else ""

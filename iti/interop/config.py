@@ -4,25 +4,27 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 #: the formats ``--format`` takes
-FORMATS = ("pyvene", "lm-eval", "gguf", "honest-llama")
+FORMATS = ("pyvene", "lm-eval", "gguf", "control-vector", "honest-llama")
 
 
 @dataclass
 class ExportConfig:
-    """``iti export``: an intervention (or a baked model, or our features) in another tool's format."""
+    """``iti export``: an intervention or steering (or a baked model, or our features) in another tool's format."""
 
     format: str = field(metadata={"choices": FORMATS, "help": "pyvene: a saved IntervenableModel directory; lm-eval: the "
-                                  "steering .pt of lm_eval --model steered; gguf: the model with the intervention baked in, "
-                                  "for llama.cpp; honest-llama: our features as honest_llama's .npy files"})
-    output: str = field(metadata={"help": "where to write: a directory (pyvene), a .pt file (lm-eval), a .gguf file (gguf), "
-                                  "a folder for the .npy files (honest-llama)"})
+                                  "steering .pt of lm_eval --model steered; gguf: the model with the steering baked in, "
+                                  "for llama.cpp; control-vector: residual (resid_post) steering as llama.cpp's "
+                                  "--control-vector GGUF; honest-llama: our features as honest_llama's .npy files"})
+    output: str = field(metadata={"help": "where to write: a directory (pyvene), a .pt file (lm-eval), a .gguf file (gguf, "
+                                  "control-vector), a folder for the .npy files (honest-llama)"})
     model_name: str | None = field(default=None, metadata={
         "help": "the model (short name, hub id or local directory; pyvene, lm-eval, gguf); for honest-llama the model "
                 "name in the file names (default: the one in the features manifest)"})
     intervention: str | None = field(default=None, metadata={
-        "help": "a saved iti intervention directory (required for pyvene and lm-eval; for gguf it is baked in first, "
-                "else --model_name must already be a baked model)"})
-    alpha: float | None = field(default=None, metadata={"help": "replace the intervention's alpha (default: as saved)"})
+        "help": "a saved iti intervention or steering directory (required for pyvene, lm-eval and control-vector; for "
+                "gguf it is baked in first, else --model_name must already be a baked model)"})
+    alpha: float | None = field(default=None, metadata={
+        "help": "replace the intervention's alpha (default: as saved; a steering directory has no alpha)"})
     features: str | None = field(default=None, metadata={"help": "honest-llama: our features directory to export"})
     dataset_name: str | None = field(default=None, metadata={
         "help": "honest-llama: the data set name in the file names (default: the one in the features manifest)"})
@@ -36,18 +38,22 @@ class ExportConfig:
 
 @dataclass
 class ImportConfig:
-    """``iti import``: another tool's file as an iti intervention (or, for honest-llama, as our features)."""
+    """``iti import``: another tool's file as an iti intervention or steering (or, for honest-llama, as our features)."""
 
     format: str = field(metadata={"choices": FORMATS, "help": "pyvene: a saved IntervenableModel directory of constant "
                                   "additions; lm-eval: a steering .pt; gguf: a baked llama-architecture GGUF of --model_name; "
+                                  "control-vector: llama.cpp's / repeng's control-vector GGUF (always read as steering); "
                                   "honest-llama: a folder of {model}_{dataset}_head_wise/_labels/_layer_wise.npy"})
     input: str = field(metadata={"help": "the file or directory to read"})
     model_name: str = field(metadata={
         "help": "the model the file is for (pyvene, lm-eval, gguf: loaded to solve for head shifts); for honest-llama "
                 "the model name in the file names"})
     output: str | None = field(default=None, metadata={
-        "help": "where to write: the intervention directory (pyvene, lm-eval, gguf; required), or the features root "
-                "(honest-llama; default: the features directory)"})
+        "help": "where to write: the intervention or steering directory (pyvene, lm-eval, gguf, control-vector; "
+                "required), or the features root (honest-llama; default: the features directory)"})
+    steering: bool = field(default=False, metadata={
+        "help": "save the file's steering as read (its sites and vectors, iti.Steering) instead of solving it into ITI "
+                "head shifts; needed for vectors on the MLP or the residual stream, which no head shift reproduces"})
     dataset_name: str = field(default="tqa_mc2", metadata={
         "help": "honest-llama: the data set the arrays hold (its prompt set gives the question ids)",
         "choices": ("tqa_mc2", "tqa_gen", "tqa_gen_end_q")})

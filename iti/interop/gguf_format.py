@@ -2,8 +2,10 @@
 
 The file is llama.cpp's ``llama`` architecture with f32 or f16 tensors (1-D tensors stay f32, as llama.cpp's
 converter keeps them), Q and K rows permuted as its converter permutes them, the tokenizer as a byte-level BPE
-(``tokenizer.ggml.model = "gpt2"``), and the baked shift as ``blk.{i}.attn_output.bias``: the llama architecture
-loads ``attn_output.bias`` (and the q/k/v biases) as optional tensors and adds it after the output projection.
+(``tokenizer.ggml.model = "gpt2"``), and the baked shift as ``blk.{i}.attn_output.bias`` (head and attention-output
+steering) or ``blk.{i}.ffn_down.bias`` (MLP-output and residual steering, baked where ``config.mlp_bias`` allows): the
+llama architecture loads both (and the q/k/v, gate and up biases) as optional tensors and adds them after their
+projections.
 Bias tensors that are all zero are left out. Only Llama-layout models are written (Llama; Mistral and Qwen2 through
 the Llama checkpoint :func:`iti.bake.save_baked` also writes) with the default rope; anything else is refused
 with :class:`~iti.errors.InexpressibleExportError` before a byte is written.
@@ -12,9 +14,11 @@ transformers' own GGUF loader (``from_pretrained(dir, gguf_file=...)``) builds t
 which has no ``attention_bias`` key, so it drops ``attn_output.bias`` and returns the *unbaked* model;
 :func:`load_gguf_model` reads the file with the ``gguf`` package instead and keeps the bias.
 
-:func:`import_gguf` reads a baked GGUF against its base model: the weights must be the base model's (else
-:class:`~iti.errors.GgufModelMismatchError`); the biases minus the base model's are the output shifts, solved back
-to head shifts (:mod:`iti.interop.shifts`).
+:func:`load_gguf_steering` reads a baked GGUF against its base model: the weights must be the base model's (else
+:class:`~iti.errors.GgufModelMismatchError`); the biases minus the base model's are the steering, ``attn_out`` from
+``attn_output.bias`` and ``mlp_out`` from ``ffn_down.bias`` (a baked ``resid_post`` vector reads back as the
+``mlp_out`` vector it was baked as: the same addition to the residual stream). :func:`import_gguf` solves it into ITI
+head shifts (:mod:`iti.interop.shifts`).
 """
 from __future__ import annotations
 
@@ -31,8 +35,9 @@ from ..architectures import model_layout
 from ..errors import GgufModelMismatchError, InexpressibleExportError, InteropError
 from ..intervention import Intervention
 from ..io import atomic_path
+from ..steering import SiteKey, Steering
 from .files import refuse_existing
-from .shifts import intervention_from_output_shifts, model_name_of
+from .shifts import intervention_from_steering, model_name_of, steering_from_outputs
 
 ARCH = "llama"
 GGUF_DTYPES = ("f32", "f16")
@@ -244,7 +249,8 @@ def load_gguf_model(path: str | os.PathLike, dtype: torch.dtype = torch.float32)
     hidden = int(_field(reader, p + "embedding_length"))
     names = {t.name: t for t in reader.tensors}
     vocab = int(_field(reader, p + "vocab_size", 0) or names["token_embd.weight"].shape[-1])
-    has_bias = any(n.endswith(".bias") for n in names)
+    has_bias = any(n.endswith(".bias") and ".attn_" in n for n in names)
+    has_mlp_bias = any(n.endswith(".bias") and ".ffn_" in n for n in names)
     config = LlamaConfig(
         vocab_size=vocab, hidden_size=hidden, intermediate_size=int(_field(reader, p + "feed_forward_length")),
         num_hidden_layers=n_layers, num_attention_heads=heads, num_key_value_heads=kv,
@@ -252,7 +258,7 @@ def load_gguf_model(path: str | os.PathLike, dtype: torch.dtype = torch.float32)
         rms_norm_eps=float(_field(reader, p + "attention.layer_norm_rms_epsilon")),
         max_position_embeddings=int(_field(reader, p + "context_length", 2048)),
         rope_parameters={"rope_type": "default", "rope_theta": float(_field(reader, p + "rope.freq_base", 10000.0))},
-        tie_word_embeddings="output.weight" not in names, attention_bias=has_bias,
+        tie_word_embeddings="output.weight" not in names, attention_bias=has_bias, mlp_bias=has_mlp_bias,
         bos_token_id=_field(reader, "tokenizer.ggml.bos_token_id"), eos_token_id=_field(reader, "tokenizer.ggml.eos_token_id"),
         pad_token_id=_field(reader, "tokenizer.ggml.padding_token_id"))
     with torch.device("meta"):
@@ -295,10 +301,17 @@ def _finite(a: np.ndarray, path: str | os.PathLike, name: str) -> np.ndarray:
     return a
 
 
-def import_gguf(path: str | os.PathLike, model: torch.nn.Module, *, model_name: str | None = None) -> Intervention:
-    """The intervention baked into a llama-architecture GGUF of ``model``: its ``attn_output.bias`` minus the
-    model's own output bias, per layer, solved back to head shifts. A GGUF whose sizes or weights are not
-    ``model``'s is refused with :class:`GgufModelMismatchError`."""
+def _bias_delta(module: torch.nn.Module, tensor: Any, path: str | os.PathLike, name: str) -> np.ndarray:
+    """A GGUF bias tensor minus ``module``'s own bias (zero where it has none), as float64."""
+    own = getattr(module, "bias", None)
+    base = own.detach().double().cpu().numpy() if isinstance(own, torch.Tensor) else 0.0
+    return _finite(_tensor(tensor), path, name).astype(np.float64).reshape(-1) - base
+
+
+def load_gguf_steering(path: str | os.PathLike, model: torch.nn.Module, *, model_name: str | None = None) -> Steering:
+    """The steering baked into a llama-architecture GGUF of ``model``: per layer, its ``attn_output.bias`` minus the
+    model's own output bias (``attn_out``) and its ``ffn_down.bias`` minus the model's MLP output bias (``mlp_out``).
+    A GGUF whose sizes or weights are not ``model``'s is refused with :class:`GgufModelMismatchError`."""
     reader = _reader(path)
     layout = model_layout(model)
     g = layout.geometry
@@ -315,18 +328,18 @@ def import_gguf(path: str | os.PathLike, model: torch.nn.Module, *, model_name: 
     plain = (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16)
     embed = cast(Any, model).get_input_embeddings().weight.detach().float().cpu().numpy()
     checks = [("token_embd.weight", embed)]
-    shifts: dict[int, np.ndarray] = {}
+    vectors: dict[SiteKey, np.ndarray] = {}
     for layer in range(g.num_layers):
         module = layout.head_out_module(model, layer)
         w = cast(torch.Tensor, module.weight).detach().float().cpu().numpy()
         checks.append((f"blk.{layer}.attn_output.weight", w))
-        bias = names.get(f"blk.{layer}.attn_output.bias")
-        if bias is not None:
-            own = getattr(module, "bias", None)
-            base = own.detach().double().cpu().numpy() if isinstance(own, torch.Tensor) else 0.0
-            delta = _finite(_tensor(bias), path, f"blk.{layer}.attn_output.bias").astype(np.float64).reshape(-1) - base
-            if np.any(delta):
-                shifts[layer] = delta
+        mlp_out = layout.layer_module(model, layer).get_submodule(layout.spec.mlp_out_linear)
+        for site, owner, name in (("attn_out", module, f"blk.{layer}.attn_output.bias"),
+                                  ("mlp_out", mlp_out, f"blk.{layer}.ffn_down.bias")):
+            if name in names:
+                delta = _bias_delta(owner, names[name], path, name)
+                if np.any(delta):
+                    vectors[(site, layer)] = delta
     for name, want in checks:
         if name not in names:
             raise GgufModelMismatchError(f"{path} has no {name}: not a GGUF of this model")
@@ -338,7 +351,14 @@ def import_gguf(path: str | os.PathLike, model: torch.nn.Module, *, model_name: 
         if rel > bound:
             raise GgufModelMismatchError(f"{path} is a GGUF of another model: its {name} differs from the model's by "
                                          f"{rel:.3f} of its norm (at most {bound} allowed)")
-    if not shifts:
-        raise InteropError(f"{path} carries no baked shift: its attn_output biases equal the model's own")
+    if not vectors:
+        raise InteropError(f"{path} carries no baked shift: its attn_output and ffn_down biases equal the model's own")
     meta = {"imported_from": "gguf", "path": str(path), "positions": "all", "baked": _field(reader, "iti.baked")}
-    return intervention_from_output_shifts(model, shifts, model_name=model_name or model_name_of(model), meta=meta, source=str(path))
+    return steering_from_outputs(model, vectors, model_name=model_name or model_name_of(model), meta=meta, source=str(path))
+
+
+def import_gguf(path: str | os.PathLike, model: torch.nn.Module, *, model_name: str | None = None) -> Intervention:
+    """The intervention baked into a llama-architecture GGUF of ``model`` (:func:`load_gguf_steering`), solved back
+    to head shifts; a GGUF with a baked MLP or residual shift has no head form and is refused naming it."""
+    steering = load_gguf_steering(path, model, model_name=model_name)
+    return intervention_from_steering(model, steering, model_name=model_name, source=str(path))

@@ -3,16 +3,20 @@
 What :meth:`pyvene.IntervenableModel.save` writes for a constant intervention, and what honest_llama's shared
 pyvene intervention holds: ``config.json`` (an ``IntervenableConfig``: one representation per intervention, its
 class as a string, whether its source is constant) and one ``intkey_<key>.bin`` per intervention, a
-``torch.save`` of its state dict whose ``source_representation`` is the constant. We write an
-``AdditionIntervention`` of ``W_o @ shift`` on ``<layers>[l].<head-out module>.output`` for every intervened
-layer: pyvene adds it at every position it intervenes on, which is iti's ``positions="all"`` (call
-``pv_model.generate(..., intervene_on_prompt=True)`` without unit locations).
+``torch.save`` of its state dict whose ``source_representation`` is the constant. We write one
+``AdditionIntervention`` per (site, layer) of a :class:`~iti.Steering` on the output of the module the site is
+(:mod:`iti.interop.shifts`: ``<layers>[l].<head-out module>.output`` for ``attn_out`` and for an ITI head shift as
+``W_o @ shift``, ``<layers>[l].<mlp>.output``, ``<layers>[l].output``): pyvene adds it at every position it
+intervenes on, which is iti's ``positions="all"`` (call ``pv_model.generate(..., intervene_on_prompt=True)``
+without unit locations).
 
 Reading accepts the key spellings of pyvene releases before 0.1.5 (``comp.model.layers[3].self_attn.o_proj.output
 .unit.pos.nunit.1#0``) and after (``comp_model_layers[3]_self_attn_o_proj_output_unit_pos_nunit_1#0``), loads every
 tensor to the CPU with ``weights_only=True`` (no code from the file runs), and takes additions and subtractions of a
-constant on a head-output module's output (solved back to head shifts, :mod:`iti.interop.shifts`) or input (head
-shifts as they are), and on the abstract ``attention_output`` component. Anything else is refused with
+constant on a site's module (the head-output module's input or output, the MLP's output, the decoder block's
+output) and on pyvene's abstract components for them (``attention_value_output``, ``attention_output``,
+``mlp_output``, ``block_output``), as the :class:`~iti.Steering` they are (:func:`load_pyvene_steering`);
+:func:`import_pyvene` solves that into ITI head shifts where it can. Anything else is refused with
 :class:`~iti.errors.PyveneInterventionError`: trainable or rotation interventions (their effect depends on the
 activation), interchanges, a source given at run time, subspaces.
 """
@@ -28,12 +32,20 @@ import numpy as np
 import torch
 
 from .._version import __version__
-from ..architectures import model_layout
+from ..architectures import model_layout, site_width
 from ..errors import InexpressibleExportError, PyveneInterventionError
 from ..intervention import Intervention
 from ..io import read_json
+from ..steering import SiteKey, Steering
 from .files import atomic_directory
-from .shifts import head_out_weight, intervention_from_input_shifts, intervention_from_output_shifts, model_name_of, output_shifts
+from .shifts import (
+    as_steering,
+    intervention_from_steering,
+    model_name_of,
+    module_output_vectors,
+    output_sites,
+    steering_from_outputs,
+)
 
 CONFIG_FILE = "config.json"
 ADDITION = "<class 'pyvene.models.interventions.AdditionIntervention'>"
@@ -49,6 +61,9 @@ PYVENE_MODEL_CLASSES = frozenset({
     "GPTNeoXForCausalLM", "GPTNeoXModel", "OlmoForCausalLM", "OlmoModel", "GPTNeoForCausalLM", "GPTNeoModel"})
 _TRAINABLE = re.compile(r"Rotated|Trainable|LowRank|Autoencoder|SigmoidMask|Boundless", re.I)
 _COMPONENT = re.compile(r"^(?P<path>.+)\.(?P<hook>input|output)$")
+#: pyvene's abstract components (with a layer) that are a steering site, as pyvene's model cards map them
+ABSTRACT_SITES = {"attention_value_output": "head_out", "attention_output": "attn_out", "mlp_output": "mlp_out",
+                  "block_output": "resid_post"}
 
 
 def pyvene_component(module_path: str, hook: str = "output") -> str:
@@ -78,23 +93,32 @@ def _loadable_by_pyvene(model: torch.nn.Module) -> bool:
     return type(model) in type_to_dimension_mapping
 
 
-def export_pyvene(model: torch.nn.Module, intervention: Intervention, out_dir: str | os.PathLike, *, force: bool = False) -> Path:
-    """Write ``intervention`` as a saved pyvene ``IntervenableModel`` in ``out_dir`` (see the module docstring);
-    load it with ``pyvene.IntervenableModel.load(out_dir, model)``. Refused before anything is written when pyvene
-    cannot load an intervention onto this model class (:class:`InexpressibleExportError`)."""
-    intervention.check_model(model)
+def export_pyvene(model: torch.nn.Module, value: Intervention | Steering, out_dir: str | os.PathLike, *,
+                  force: bool = False) -> Path:
+    """Write ``value`` (an intervention or any steering) as a saved pyvene ``IntervenableModel`` in ``out_dir``
+    (see the module docstring); load it with ``pyvene.IntervenableModel.load(out_dir, model)``. Refused before
+    anything is written when pyvene cannot load an intervention onto this model class
+    (:class:`InexpressibleExportError`)."""
+    steering = as_steering(value)
+    steering.check_model(model)
     if not _loadable_by_pyvene(model):
         raise InexpressibleExportError(
             f"pyvene cannot load a saved intervention onto {type(model).__name__} (its model card maps "
             f"{', '.join(sorted(c for c in PYVENE_MODEL_CLASSES if c.endswith(('ForCausalLM', 'LMHeadModel'))))}); "
             "export it for lm-eval (--format lm-eval) or use iti's own intervention instead")
     layout = model_layout(model)
-    shifts = output_shifts(model, intervention)
+    vectors = module_output_vectors(model, steering)
     representations, keys = [], []
-    for layer in sorted(shifts):
-        component = pyvene_component(layout.head_out_paths[layer])
+    for site, layer in vectors:
+        component = pyvene_component(layout.site_hook(site, layer)[0])
         representations.append([0, component, "pos", 1] + [None] * (len(REPRESENTATION_FIELDS) - 4))
         keys.append(representation_keys(component)[0])
+    record: dict[str, Any] = {"format": "iti-pyvene-export", "iti_version": __version__, "steering": steering.fingerprint(),
+                              "model_name": steering.model_name, "sites": [list(k) for k in vectors],
+                              "shift": "each vector added to its module's output; positions='all'"}
+    if isinstance(value, Intervention):
+        record.update(intervention=value.fingerprint(), heads=[list(h) for h in value.heads], alpha=value.alpha,
+                      shift="W_o @ shift added to the head-output module's output; positions='all'")
     config = {
         "intervention_constant_sources": [True] * len(keys),
         "intervention_dimensions": [None] * len(keys),
@@ -102,13 +126,11 @@ def export_pyvene(model: torch.nn.Module, intervention: Intervention, out_dir: s
         "mode": "parallel",
         "representations": representations,
         "sorted_keys": keys,
-        "iti": {"format": "iti-pyvene-export", "iti_version": __version__, "intervention": intervention.fingerprint(),
-                "model_name": intervention.model_name, "heads": [list(h) for h in intervention.heads], "alpha": intervention.alpha,
-                "shift": "W_o @ shift added to the head-output module's output; positions='all'"},
+        "iti": record,
     }
     with atomic_directory(out_dir, force=force) as tmp:
-        for key, layer in zip(keys, sorted(shifts)):
-            torch.save({"source_representation": torch.from_numpy(shifts[layer]).clone()}, tmp / f"intkey_{key}.bin")
+        for key, vec in zip(keys, vectors.values()):
+            torch.save({"source_representation": torch.from_numpy(vec).clone()}, tmp / f"intkey_{key}.bin")
         (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     return Path(out_dir)
 
@@ -139,9 +161,9 @@ def _load_source(path: Path, candidates: list[str], where: str) -> torch.Tensor:
     raise PyveneInterventionError(f"{where}: none of the files {[f'intkey_{k}.bin' for k in candidates]} is in {path}")
 
 
-def import_pyvene(path: str | os.PathLike, model: torch.nn.Module, *, model_name: str | None = None) -> Intervention:
-    """Read a saved pyvene intervention of constant additions (see the module docstring) as an iti
-    :class:`Intervention` for ``model`` whose effect is the file's at every position."""
+def load_pyvene_steering(path: str | os.PathLike, model: torch.nn.Module, *, model_name: str | None = None) -> Steering:
+    """Read a saved pyvene intervention of constant additions (see the module docstring) as the :class:`Steering`
+    it is for ``model``: each component's site and layer, at every position. No solving."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise PyveneInterventionError(f"{path} is a file; a saved pyvene intervention is a directory holding {CONFIG_FILE} "
@@ -162,9 +184,9 @@ def import_pyvene(path: str | os.PathLike, model: torch.nn.Module, *, model_name
                                       f"{len(constants)} constant-source flags, {len(sorted_keys)} keys")
     layout = model_layout(model)
     g = layout.geometry
-    by_path = {p: l for l, p in enumerate(layout.head_out_paths)}
-    outputs: dict[int, np.ndarray] = {}
-    inputs: dict[int, np.ndarray] = {}
+    by_output = output_sites(model)
+    by_input = {p: ("head_out", l) for l, p in enumerate(layout.head_out_paths)}
+    vectors: dict[SiteKey, np.ndarray] = {}
     seen: dict[str, int] = {}
     for i, (raw, type_str, constant, dim, saved_key) in enumerate(zip(raws, types, constants, dims, sorted_keys)):
         rep = _representation(raw, f"{path / CONFIG_FILE} representation {i}")
@@ -182,18 +204,20 @@ def import_pyvene(path: str | os.PathLike, model: torch.nn.Module, *, model_name
             raise PyveneInterventionError(f"{where} intervenes on subspaces or units other than positions, which iti cannot represent")
         component = str(rep["component"])
         units = rep.get("max_number_of_units") or 1
-        if component == "attention_output" and rep.get("layer") is not None:
-            layer, hook = int(rep["layer"]), "output"
-            key_base = f"layer_{layer}_comp_{component}_unit_pos_nunit_{units}"
-            candidates = [key_base, f"layer.{layer}.comp.{component}.unit.pos.nunit.{units}"]
+        if component in ABSTRACT_SITES and rep.get("layer") is not None:
+            key: SiteKey = (ABSTRACT_SITES[component], int(rep["layer"]))
+            key_base = f"layer_{key[1]}_comp_{component}_unit_pos_nunit_{units}"
+            candidates = [key_base, f"layer.{key[1]}.comp.{component}.unit.pos.nunit.{units}"]
         else:
             m = _COMPONENT.match(component)
             module = _module_path(m.group("path")) if m else None
-            if m is None or module not in by_path:
+            table = by_input if m is not None and m.group("hook") == "input" else by_output
+            if m is None or module not in table:
                 raise PyveneInterventionError(
-                    f"{where}: the component is not the input or output of a head-output module of this model "
-                    f"(expected e.g. {pyvene_component(layout.head_out_paths[0])!r})")
-            layer, hook = by_path[module], m.group("hook")
+                    f"{where}: the component is no steering site of this model: iti reads the input or output of a "
+                    f"head-output module, the output of an MLP or of a decoder block (e.g. "
+                    f"{pyvene_component(layout.head_out_paths[0])!r})")
+            key = table[module]
             candidates = representation_keys(component, "pos", units, 0)
             candidates = [c.rsplit("#", 1)[0] for c in candidates]
         if dim is not None and (isinstance(dim, bool) or not isinstance(dim, int) or dim < 1):
@@ -202,22 +226,21 @@ def import_pyvene(path: str | os.PathLike, model: torch.nn.Module, *, model_name
         seen[candidates[0]] = count + 1
         files = ([saved_key] if saved_key else []) + [f"{c}#{count}" for c in candidates]
         vec = _load_source(path, files, where).reshape(-1)
-        width = g.head_out_size if hook == "input" else int(head_out_weight(model, layer).shape[0])
+        width = site_width(g, key[0])
         if vec.numel() != width:
-            raise PyveneInterventionError(f"{where}: its constant has {vec.numel()} values, the {hook} of that module has {width}")
+            raise PyveneInterventionError(f"{where}: its constant has {vec.numel()} values, its module has {width}")
         v = vec.numpy().astype(np.float64)
         if dim is not None and dim < width:
             v[dim:] = 0.0  # pyvene adds only the first interchange_dim entries
         if kind == "SubtractionIntervention":
             v = -v
-        target = inputs if hook == "input" else outputs
-        target[layer] = target.get(layer, 0.0) + v
-    name = model_name or model_name_of(model)
+        vectors[key] = vectors.get(key, 0.0) + v
     meta = {"imported_from": "pyvene", "path": str(path), "positions": "all"}
-    if not outputs:
-        return intervention_from_input_shifts(model, inputs, model_name=name, meta=meta, source=str(path))
-    for layer, s in inputs.items():  # a layer shifted at both ends: one output shift
-        w = head_out_weight(model, layer).detach().double().cpu().numpy()
-        outputs[layer] = outputs.get(layer, 0.0) + w @ s
-    return intervention_from_output_shifts(model, outputs, model_name=name, meta=meta, source=str(path))
+    return steering_from_outputs(model, vectors, model_name=model_name or model_name_of(model), meta=meta, source=str(path))
 
+
+def import_pyvene(path: str | os.PathLike, model: torch.nn.Module, *, model_name: str | None = None) -> Intervention:
+    """Read a saved pyvene intervention of constant additions on head-output modules as an iti
+    :class:`Intervention` for ``model`` whose effect is the file's at every position (solved back to head shifts)."""
+    steering = load_pyvene_steering(path, model, model_name=model_name)
+    return intervention_from_steering(model, steering, model_name=model_name, source=str(path))

@@ -1,4 +1,12 @@
-"""Between iti's head-space shifts and the output-space shifts other tools store.
+"""Between iti's steering values and the module-output vectors other tools store.
+
+Other tools add a constant to a module's *output*: lm-eval's hookpoints, pyvene's additions, a GGUF bias. So an
+export writes every vector of a :class:`~iti.Steering` (an :class:`~iti.Intervention` is its ``head_out`` steering) at
+the module whose output it is: ``attn_out`` at the head-output module, ``mlp_out`` at the MLP, ``resid_post`` at the
+decoder block (:meth:`~iti.architectures.ModelLayout.site_hook`), and a ``head_out`` vector, which enters the
+head-output module at its input, as ``W_o @ v`` at its output (below). Reading goes the other way without any
+solving (:func:`steering_from_outputs`); only a request for ITI's head form solves ``attn_out`` vectors back into head
+shifts (:func:`intervention_from_steering`), and a vector at a site no head shift reaches is refused there.
 
 An iti shift ``s`` enters the head-output module (``o_proj``) at its input; pyvene's additive intervention,
 lm-eval's steering vector and a baked GGUF bias all add ``v = W_o @ s`` at its output, which is the same model
@@ -20,6 +28,10 @@ import torch
 from ..architectures import model_layout
 from ..errors import EmptyInputError, UnrepresentableShiftError
 from ..intervention import Intervention
+from ..steering import SiteKey, Steering
+
+#: the sites whose vector is added to a module's output (every site but head_out, which is the o_proj input)
+OUTPUT_SITES = ("attn_out", "mlp_out", "resid_post")
 
 #: heads whose solved shift is below this fraction of the layer's largest are tried as rounding noise: dropped when the
 #: other heads alone still reproduce the vector
@@ -39,12 +51,70 @@ def head_out_weight(model: torch.nn.Module, layer: int) -> torch.Tensor:
 def output_shifts(model: torch.nn.Module, intervention: Intervention) -> dict[int, np.ndarray]:
     """Per intervened layer, the float32 vector ``W_o @ shift`` that the intervention adds to the head-output
     module's output at every position (what :func:`iti.bake.bake` adds to the bias)."""
-    intervention.check_model(model)
-    out = {}
-    for layer, shift in intervention.layer_shifts().items():
-        w = head_out_weight(model, layer).detach().float().cpu()
-        out[layer] = (w @ torch.from_numpy(shift)).numpy().astype(np.float32)
-    return out
+    return {layer: vec for (_, layer), vec in module_output_vectors(model, intervention).items()}
+
+
+def as_steering(value: Intervention | Steering) -> Steering:
+    """The value as a :class:`Steering` at every position (what every exported file does)."""
+    if isinstance(value, Intervention):
+        return value.to_steering("all")
+    if isinstance(value, Steering):
+        return value.with_positions("all")
+    raise TypeError(f"expected an iti.Intervention or iti.Steering, got {type(value).__name__}")
+
+
+def module_output_vectors(model: torch.nn.Module, value: Intervention | Steering) -> dict[SiteKey, np.ndarray]:
+    """Per (output site, layer), the float32 vector the value adds to that module's output at every position:
+    ``head_out`` vectors become ``attn_out`` vectors ``W_o @ v`` (added to an ``attn_out`` vector of the same layer)."""
+    steering = as_steering(value)
+    steering.check_model(model)
+    out: dict[SiteKey, np.ndarray] = {}
+    for (site, layer), vec in steering.vectors.items():
+        if site == "head_out":
+            w = head_out_weight(model, layer).detach().float().cpu()
+            site, vec = "attn_out", (w @ torch.from_numpy(vec)).numpy().astype(np.float32)
+        key = (site, layer)
+        out[key] = out[key] + vec if key in out else vec.astype(np.float32)
+    return dict(sorted(out.items(), key=lambda kv: (OUTPUT_SITES.index(kv[0][0]), kv[0][1])))
+
+
+def output_sites(model: torch.nn.Module) -> dict[str, SiteKey]:
+    """Every module whose output a site is, by module path: ``{path: (site, layer)}``."""
+    layout = model_layout(model)
+    return {layout.site_hook(site, layer)[0]: (site, layer)
+            for layer in range(layout.geometry.num_layers) for site in OUTPUT_SITES}
+
+
+def steering_from_outputs(model: torch.nn.Module, vectors: dict[SiteKey, np.ndarray], *, model_name: str,
+                          meta: dict[str, Any] | None = None, source: str = "the file") -> Steering:
+    """The steering value that adds ``vectors`` (per site and layer) at every position, as the file does; zero
+    vectors are left out, and a file of nothing but zeros is refused with :class:`EmptyInputError`."""
+    kept = {k: np.asarray(v, dtype=np.float64).reshape(-1) for k, v in vectors.items() if np.any(np.asarray(v))}
+    if not kept:
+        raise EmptyInputError(f"{source} shifts nothing: every vector in it is zero")
+    return Steering(kept, model_layout(model).geometry, model_name, "all", dict(meta or {}))
+
+
+def intervention_from_steering(model: torch.nn.Module, steering: Steering, *, model_name: str | None = None,
+                               source: str = "the file") -> Intervention:
+    """ITI's head form of a steering value read from a file: ``head_out`` vectors cut per head, ``attn_out`` vectors
+    solved back to head shifts (:func:`intervention_from_output_shifts`). A vector at another site, which no head
+    shift reproduces, is refused with :class:`UnrepresentableShiftError` naming it."""
+    other = [f"{site} of layer {layer}" for site, layer in steering.vectors if site not in ("head_out", "attn_out")]
+    if other:
+        raise UnrepresentableShiftError(
+            f"{source} steers {', '.join(other)}: no shift of the attention heads adds that, so it has no ITI head "
+            "form. Read it as a steering value instead (the interop load_*_steering functions; iti import --steering)")
+    name = model_name or steering.model_name or model_name_of(model)
+    meta = {k: v for k, v in steering.meta.items()}
+    heads = {layer: v for (site, layer), v in steering.vectors.items() if site == "head_out"}
+    outputs = {layer: v.astype(np.float64) for (site, layer), v in steering.vectors.items() if site == "attn_out"}
+    if not outputs:
+        return intervention_from_input_shifts(model, heads, model_name=name, meta=meta, source=source)
+    for layer, s in heads.items():  # a layer shifted at both ends of o_proj: one output shift
+        w = head_out_weight(model, layer).detach().double().cpu().numpy()
+        outputs[layer] = outputs.get(layer, 0.0) + w @ s.astype(np.float64)
+    return intervention_from_output_shifts(model, outputs, model_name=name, meta=meta, source=source)
 
 
 def intervention_from_output_shifts(model: torch.nn.Module, shifts: dict[int, np.ndarray], *, model_name: str,

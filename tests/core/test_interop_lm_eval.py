@@ -70,8 +70,8 @@ def test_unknown_hookpoints_clamp_and_bias_are_refused(tmp_path):
     model = make_tiny_model("llama")
     good = steering_config(model, make_intervention(model))
     hook, entry = next(iter(good.items()))
-    with pytest.raises(SteeringFileError, match="hookpoint 'layers.0.mlp'"):
-        import_lm_eval(_write(tmp_path, {"layers.0.mlp": entry}), model)
+    with pytest.raises(SteeringFileError, match="hookpoint 'layers.0.mlp.up_proj' is no steering site"):
+        import_lm_eval(_write(tmp_path, {"layers.0.mlp.up_proj": entry}), model)
     with pytest.raises(SteeringFileError, match="hookpoint 'model.layers.0.self_attn.o_proj'"):  # lm-eval would not find it
         import_lm_eval(_write(tmp_path, {"model." + hook: entry}), model)
     with pytest.raises(SteeringFileError, match="'clamp'"):

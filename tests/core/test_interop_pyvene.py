@@ -103,12 +103,12 @@ def test_trainable_and_rotation_interventions_are_refused(tmp_path):
         import_pyvene(tmp_path / "swap", model)
 
 
-def test_a_component_that_is_no_head_output_is_refused(tmp_path):
+def test_a_component_that_is_no_steering_site_is_refused(tmp_path):
     model = make_tiny_model("llama")
-    config = [{"component": "model.layers[0].mlp.output", "intervention": pv.AdditionIntervention(source_representation=torch.ones(32))}]
-    pv.IntervenableModel(config, model).save(str(tmp_path / "mlp"))
-    with pytest.raises(PyveneInterventionError, match="head-output module"):
-        import_pyvene(tmp_path / "mlp", model)
+    config = [{"component": "model.layers[0].mlp.up_proj.output", "intervention": pv.AdditionIntervention(source_representation=torch.ones(64))}]
+    pv.IntervenableModel(config, model).save(str(tmp_path / "up"))
+    with pytest.raises(PyveneInterventionError, match="no steering site"):
+        import_pyvene(tmp_path / "up", model)
 
 
 def test_an_output_vector_outside_the_range_of_w_o_is_refused(tmp_path):
