@@ -4,10 +4,12 @@ transformers and iti's runtime intervention, and the remote clients (faithfulnes
 Every check raises :class:`ServeCheckError` when it fails, so the command exits non-zero; the figures go to
 ``results/serving.json`` and the benchmarks README. Steps:
 
-1. fit a small intervention from TruthfulQA contrast pairs and bake it (a complete checkpoint, checked);
-2. serve the embedded model's cached checkpoint and the baked one, one vLLM process each (one model per process);
-3. greedy tokens and prompt log-probs: vLLM vs transformers on both checkpoints, and the served baked model vs
-   iti's runtime intervention with ``positions="all"``; the served baked model must differ from the plain one;
+1. fit a small intervention from TruthfulQA contrast pairs and bake it (a complete checkpoint, checked); fit a
+   residual steering (CAA: mean difference on ``resid_post``) from the same pairs and bake it too (the MLP
+   down-projection bias, through Llama's ``config.mlp_bias``);
+2. serve the embedded model's cached checkpoint and the two baked ones, one vLLM process each (one model per process);
+3. greedy tokens and prompt log-probs: vLLM vs transformers on every checkpoint, and each served baked model vs
+   iti's runtime steering with ``positions="all"``; each served baked model must differ from the plain one;
 4. the faithfulness remote client (both arms) and the endpoint judge end to end;
 5. bad input: a served name that does not exist, a URL where nothing listens, a prompt over the server's context;
 6. the plain server stopped in the middle of a faithfulness run, restarted, and the run resumed from the cache.
@@ -62,6 +64,19 @@ def _fit_intervention(model: Any, tokenizer: Any, pairs: int) -> Any:
     positive = [f"Q: {g.question}\nA: {g.best_answer}" for g in gen]
     negative = [f"Q: {g.question}\nA: {g.incorrect_answers[0]}" for g in gen]
     return Intervention.from_contrast_pairs(model, tokenizer, positive, negative, num_heads=16, alpha=5.0, seed=0)
+
+
+def _fit_residual_steering(model: Any, tokenizer: Any, pairs: int) -> Any:
+    """CAA on the same pairs: 4 x the mean difference (raw) on the residual stream after layer 12, every position."""
+    from iti.fitting import steering_from_contrast_pairs
+    from iti.selectors import Layers
+    from iti.truthfulqa.data import load_truthfulqa
+
+    gen = load_truthfulqa(max_questions=pairs).gen[:pairs]
+    positive = [f"Q: {g.question}\nA: {g.best_answer}" for g in gen]
+    negative = [f"Q: {g.question}\nA: {g.incorrect_answers[0]}" for g in gen]
+    return steering_from_contrast_pairs(model, tokenizer, positive, negative, site="resid_post", method="mean_diff",
+                                        selector=Layers([12]), alpha=4.0, seed=0)
 
 
 def _hf_greedy(model: Any, ids: list[list[int]], new_tokens: int) -> list[list[int]]:
@@ -165,21 +180,31 @@ def run(quick: bool = False, prompts: int = 10, new_tokens: int = 40, samples: i
     inter = _fit_intervention(model, tok, pairs=40 if not quick else 16)
     baked_dir = save_baked(bake(load_model("smollm2-135m")[0], inter), tok, work / "smollm2-iti", inter)
     baked_model, _ = load_model(str(baked_dir))
+    residual = _fit_residual_steering(model, tok, pairs=40 if not quick else 16)
+    residual_dir = save_baked(bake(load_model("smollm2-135m")[0], residual), tok, work / "smollm2-caa", residual)
+    residual_model, _ = load_model(str(residual_dir))
+    data["residual_steering"] = {"site": "resid_post", "layers": residual.layers("resid_post"), "method": "mean_diff (CAA)",
+                                 "norm": round(max(residual.norms().values()), 3)}
     texts, ids = _prompts(tok, prompts)
 
     plain = VllmServer(plain_dir, "smollm2", work / "logs" / "plain.log").launch()
     served_baked = VllmServer(baked_dir, "smollm2-iti", work / "logs" / "baked.log").launch()
+    served_residual = VllmServer(residual_dir, "smollm2-caa", work / "logs" / "residual.log").launch()
     try:
         plain.wait()
         served_baked.wait()
-        data["startup_s"] = {"plain": round(plain.started_in or 0, 1), "baked": round(served_baked.started_in or 0, 1)}
-        for server in (plain, served_baked):
+        served_residual.wait()
+        data["startup_s"] = {"plain": round(plain.started_in or 0, 1), "baked": round(served_baked.started_in or 0, 1),
+                             "baked_residual": round(served_residual.started_in or 0, 1)}
+        for server in (plain, served_baked, served_residual):
             _check(not server.warnings(), f"vLLM warned about the weights of {server.model_dir}: {server.warnings()}")
-        data["weight_warnings"] = {"plain": plain.warnings(), "baked": served_baked.warnings()}
+        data["weight_warnings"] = {"plain": plain.warnings(), "baked": served_baked.warnings(), "baked_residual": served_residual.warnings()}
 
         # 3. tokens and log-probs
         v_plain, v_plain_lp, v_plain_s = _served(plain.url, plain.served_name, ids, new_tokens)
         v_baked, v_baked_lp, _ = _served(served_baked.url, served_baked.served_name, ids, new_tokens)
+        v_res, v_res_lp, _ = _served(served_residual.url, served_residual.served_name, ids, new_tokens)
+        served_residual.stop()  # its checks need no server: free the cores for the rest
         t = time.perf_counter()
         hf_plain = _hf_greedy(model, ids, new_tokens)
         hf_plain_s = time.perf_counter() - t
@@ -188,17 +213,28 @@ def run(quick: bool = False, prompts: int = 10, new_tokens: int = 40, samples: i
             runtime = _hf_greedy(model, ids, new_tokens)
             runtime_lp = _hf_prompt_logprobs(model, ids)
         hf_plain_lp, hf_baked_lp = _hf_prompt_logprobs(model, ids), _hf_prompt_logprobs(baked_model, ids)
+        hf_res, hf_res_lp = _hf_greedy(residual_model, ids, new_tokens), _hf_prompt_logprobs(residual_model, ids)
+        with residual.applied(model, positions="all"):
+            runtime_res, runtime_res_lp = _hf_greedy(model, ids, new_tokens), _hf_prompt_logprobs(model, ids)
         total = prompts * new_tokens
         checks = {
             "plain: vLLM vs transformers": (_agreement(v_plain, hf_plain), _max_diff(v_plain_lp, hf_plain_lp)),
             "baked: vLLM vs transformers on the baked checkpoint": (_agreement(v_baked, hf_baked), _max_diff(v_baked_lp, hf_baked_lp)),
             "baked: vLLM vs iti runtime (positions=all)": (_agreement(v_baked, runtime), _max_diff(v_baked_lp, runtime_lp)),
+            "baked residual (CAA): vLLM vs transformers on the baked checkpoint": (_agreement(v_res, hf_res), _max_diff(v_res_lp, hf_res_lp)),
+            "baked residual (CAA): vLLM vs iti runtime steering (positions=all)": (_agreement(v_res, runtime_res),
+                                                                                   _max_diff(v_res_lp, runtime_res_lp)),
         }
         data["agreement"] = {k: {"identical_prompts": a[0], "tokens_before_divergence": a[1], "tokens": a[2],
                                  "max_prompt_logprob_diff": d} for k, (a, d) in checks.items()}
         baked_vs_plain = _agreement(v_baked, v_plain)
         plain_vs_baked_lp = _max_diff(v_plain_lp, v_baked_lp)
         data["served_baked_vs_plain"] = {"identical_prompts": baked_vs_plain[0], "max_prompt_logprob_diff": plain_vs_baked_lp}
+        res_vs_plain, plain_vs_res_lp = _agreement(v_res, v_plain), _max_diff(v_plain_lp, v_res_lp)
+        data["served_baked_residual_vs_plain"] = {"identical_prompts": res_vs_plain[0], "max_prompt_logprob_diff": plain_vs_res_lp}
+        _check(res_vs_plain[0] < prompts and plain_vs_res_lp > 100 * max(d for _, d in checks.values()),
+               f"the served residual-steered model answers like the plain one ({res_vs_plain[0]}/{prompts} identical, max "
+               f"|d logprob| {plain_vs_res_lp:.2e}): its MLP bias was dropped")
         for what, ((same, _, _), diff) in checks.items():
             _check(same == prompts and diff < 1e-3, f"{what}: {same}/{prompts} prompts identical, max |d logprob| {diff:.2e}")
         _check(baked_vs_plain[0] < prompts and plain_vs_baked_lp > 100 * max(d for _, d in checks.values()),
@@ -243,6 +279,7 @@ def run(quick: bool = False, prompts: int = 10, new_tokens: int = 40, samples: i
     finally:
         plain.stop()
         served_baked.stop()
+        served_residual.stop()
     data["logs"] = "kept in a temporary directory during the run only"
 
     rows = []
@@ -251,6 +288,9 @@ def run(quick: bool = False, prompts: int = 10, new_tokens: int = 40, samples: i
                         "equal", prefix / total, "all equal", prefix == total))
     rows.append(Row("served baked vs served plain (the bias is used)", f"{prompts - baked_vs_plain[0]}/{prompts} prompts differ; "
                     f"max |d prompt logprob| {plain_vs_baked_lp:.2f}", "differ", (prompts - baked_vs_plain[0]) / prompts, "> 0", True))
+    rows.append(Row("served baked residual (CAA) vs served plain (the MLP bias is used)", f"{prompts - res_vs_plain[0]}/{prompts} "
+                    f"prompts differ; max |d prompt logprob| {plain_vs_res_lp:.2f}", "differ", (prompts - res_vs_plain[0]) / prompts,
+                    "> 0", True))
     stopped = data["stopped_mid_run"]
     rows.append(Row("faithfulness client, server stopped mid-run then resumed",
                     f"{stopped['cached_before_stop']} answers kept, rerun took {stopped['from_cache_on_resume']} from the cache",

@@ -1,43 +1,55 @@
 """iti: read and steer the insides (attention heads, residual stream, attention and MLP outputs) of Hugging Face
-language models in-process."""
+language models in-process.
+
+The public API is what a user needs end to end: load a model, trace or collect what it computes, probe it, fit a
+steering value (ITI's :class:`Intervention` or any :class:`Steering`), apply it, bake it into the weights. Everything
+else lives in its module (``iti.features.FeatureSet``, ``iti.hooks.module_hooks``, ``iti.interop``, ...); the
+plumbing names older code imported from the top still resolve, loaded on first use, but are not advertised."""
 from __future__ import annotations
 
 from ._version import __version__
-from .architectures import HeadGeometry, ModelLayout, model_layout, register_architecture, supported_architectures
-from .collect import HeadActivations, collect_head_activations
-from .directions import ProbeFit, fit_head_probes
-from .features import FeatureSet, PromptSet, load_features, merge_shards, write_features
+from .architectures import model_layout, register_architecture, supported_architectures
+from .bake import bake, save_baked
+from .collect import collect_head_activations
+from .directions import fit_head_probes
+from .features import load_features, write_features
 from .fitting import fit_intervention, fit_steering, steering_from_contrast_pairs
-from .hooks import HeadTrace, module_hooks
+from .hooks import HeadTrace
 from .intervention import Intervention
 from .models import load_model
 from .probes import HeadProbes
 from .steering import Steering
 
-# The experiments' entry points, importable from the top as before but loaded on first use: importing the
-# library never imports a wing (tests/core/test_layering.py checks it).
-_FROM_WINGS = {"build_prompt_set": "iti.truthfulqa.prompt_sets", "load_truthfulqa": "iti.truthfulqa.data"}
+# Loaded on first use: the experiments' entry points (importing the library never imports a wing;
+# tests/core/test_layering.py checks it), and plumbing that older code imported from the top.
+_LAZY = {
+    "build_prompt_set": "iti.truthfulqa.prompt_sets",
+    "load_truthfulqa": "iti.truthfulqa.data",
+    "FeatureSet": "iti.features",
+    "PromptSet": "iti.features",
+    "merge_shards": "iti.features",
+    "HeadActivations": "iti.collect",
+    "HeadGeometry": "iti.architectures",
+    "ModelLayout": "iti.architectures",
+    "ProbeFit": "iti.directions",
+    "module_hooks": "iti.hooks",
+}
 
 
 def __getattr__(name: str):
-    if name in _FROM_WINGS:
+    if name in _LAZY:
         import importlib
 
-        return getattr(importlib.import_module(_FROM_WINGS[name]), name)
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'iti' has no attribute {name!r}")
 
 
 __all__ = [
-    "FeatureSet",
-    "HeadActivations",
-    "HeadGeometry",
     "HeadProbes",
     "HeadTrace",
     "Intervention",
-    "ModelLayout",
-    "ProbeFit",
-    "PromptSet",
     "Steering",
+    "bake",
     "build_prompt_set",
     "collect_head_activations",
     "fit_head_probes",
@@ -46,10 +58,9 @@ __all__ = [
     "load_features",
     "load_model",
     "load_truthfulqa",
-    "merge_shards",
     "model_layout",
-    "module_hooks",
     "register_architecture",
+    "save_baked",
     "steering_from_contrast_pairs",
     "supported_architectures",
     "write_features",

@@ -100,6 +100,15 @@ def _labels_groups(n: int, labels, groups) -> tuple[np.ndarray, np.ndarray]:
     return labels, (np.arange(n) if groups is None else np.asarray(groups))
 
 
+def _selector_argument(selector: Any, head_choice: Any) -> Any:
+    """``selector``, or ``head_choice`` (its older name) when only that was given."""
+    if head_choice is None:
+        return selector
+    if not (isinstance(selector, str) and selector == "probe_accuracy"):
+        raise InvalidOptionError("give selector= or head_choice= (its older name), not both")
+    return head_choice
+
+
 def fit_intervention(
     features: FeatureSet | np.ndarray,
     labels: np.ndarray | None = None,
@@ -107,7 +116,7 @@ def fit_intervention(
     *,
     num_heads: int = 48,
     method: str | DirectionMethod = "mass_mean",
-    head_choice: str | Sequence[tuple[int, int]] | UnitSelector = "probe_accuracy",
+    selector: str | Sequence[tuple[int, int]] | UnitSelector = "probe_accuracy",
     alpha: float = 15.0,
     std_from: FeatureSet | np.ndarray | None = None,
     probes: ProbeFit | None = None,
@@ -117,14 +126,16 @@ def fit_intervention(
     model_name: str | None = None,
     meta: dict[str, Any] | None = None,
     scale: str = "std",
+    head_choice: str | Sequence[tuple[int, int]] | UnitSelector | None = None,
 ) -> Intervention:
     """An intervention from labelled head activations: heads, unit directions, projection stds, alpha.
 
     ``features``: a :class:`FeatureSet` (labels, groups, geometry and model name come with it) or an array
     ``[N, layers, heads, head_dim]`` with ``labels`` (1 = the side to steer toward) and optionally ``groups`` (rows
     of one group, e.g. one question, stay on one side of the probe split; default every row its own group).
-    ``head_choice``: ``"probe_accuracy"`` (the ``num_heads`` heads whose probes score best on held-out groups),
-    ``"random"`` (a seeded draw), an explicit list of (layer, head), or any :mod:`iti.selectors` selector.
+    ``selector``: ``"probe_accuracy"`` (the ``num_heads`` heads whose probes score best on held-out groups),
+    ``"random"`` (a seeded draw), an explicit list of (layer, head), or any :mod:`iti.selectors` selector
+    (``head_choice``: its older name, still accepted).
     ``method``: a name from :mod:`iti.methods` (``"mass_mean"``, ``"probe"``, ``"random"``, ``"mean_diff"``,
     ``"pca_diff"``) or a method instance. The shift of each head is ``alpha x std x direction``, the std measured on
     ``std_from`` (default: the same rows) projected on the direction (``scale="std"``, ITI's; ``"unit"`` makes it
@@ -139,15 +150,16 @@ def fit_intervention(
         geometry = HeadGeometry(num_layers=L, num_heads=H, num_kv_heads=H, head_dim=D, hidden_size=H * D)
     labels, groups = _labels_groups(len(X), labels, groups)
     chosen_method = get_method(method)
-    selector = get_selector(head_choice, num_heads)
-    units, raw, _ = fit_units(X, labels, groups, chosen_method, selector, probes=probes, val_ratio=val_ratio, seed=seed)
+    selector = _selector_argument(selector, head_choice)
+    chosen_selector = get_selector(selector, num_heads)
+    units, raw, _ = fit_units(X, labels, groups, chosen_method, chosen_selector, probes=probes, val_ratio=val_ratio, seed=seed)
     for l, h in units:
         geometry.check_head(l, h)
     tune = X if std_from is None else _site_array(std_from, "head_out")
     directions, stds = scale_directions(raw, scale, tune, units)
     method_name = chosen_method.name
-    choice = head_choice if isinstance(head_choice, str) else selector.name or "explicit"
-    info = {"method": method_name, "head_choice": choice, "seed": seed, "num_heads": len(units)} if meta is None else meta
+    choice = selector if isinstance(selector, str) else chosen_selector.name or "explicit"
+    info = {"method": method_name, "selector": choice, "seed": seed, "num_heads": len(units)} if meta is None else meta
     return Intervention(units, directions, stds, alpha, model_name or "", geometry, info)
 
 
@@ -180,7 +192,7 @@ def fit_steering(
     scale = scale or chosen_method.scale
     if site == "head_out":
         sel = selector if selector is not None else TopByProbeAccuracy(48)
-        inter = fit_intervention(features, labels, groups, method=chosen_method, head_choice=sel,
+        inter = fit_intervention(features, labels, groups, method=chosen_method, selector=sel,
                                  num_heads=getattr(sel, "k", 48), alpha=alpha,
                                  std_from=std_from, probes=probes, val_ratio=val_ratio, seed=seed, geometry=geometry,
                                  model_name=model_name, scale=scale)
@@ -236,13 +248,14 @@ def _model_name(model: torch.nn.Module) -> str:
 
 def intervention_from_contrast_pairs(model: torch.nn.Module, tokenizer: Any, positive_prompts: Sequence[str],
                                      negative_prompts: Sequence[str], *, num_heads: int = 8, method: str = "mass_mean",
-                                     head_choice: str | Sequence[tuple[int, int]] = "probe_accuracy", alpha: float = 5.0,
+                                     selector: str | Sequence[tuple[int, int]] = "probe_accuracy", alpha: float = 5.0,
                                      val_ratio: float = 0.2, seed: int = 0, batch_size: int = 16,
-                                     progress: bool = False) -> Intervention:
+                                     progress: bool = False, head_choice: str | Sequence[tuple[int, int]] | None = None
+                                     ) -> Intervention:
     """:meth:`iti.Intervention.from_contrast_pairs`: probe every head on the pairs' last tokens, shift the best."""
     X, labels, groups = _contrast_activations(model, tokenizer, positive_prompts, negative_prompts, "head_out",
                                               batch_size, progress)
-    return fit_intervention(X, labels, groups, num_heads=num_heads, method=method, head_choice=head_choice, alpha=alpha,
+    return fit_intervention(X, labels, groups, num_heads=num_heads, method=method, selector=_selector_argument(selector, head_choice), alpha=alpha,
                             val_ratio=val_ratio, seed=seed, geometry=model_layout(model).geometry, model_name=_model_name(model),
                             meta={"from": "contrast_pairs", "pairs": int(len(positive_prompts)), "method": method,
                                   "num_heads": num_heads, "seed": seed})

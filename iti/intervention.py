@@ -86,7 +86,7 @@ class Intervention:
         return out
 
     #: ``Intervention.from_contrast_pairs(model, tokenizer, positive_prompts, negative_prompts, *, num_heads=8,
-    #: method="mass_mean", head_choice="probe_accuracy", alpha=5.0, val_ratio=0.2, seed=0, batch_size=16,
+    #: method="mass_mean", selector="probe_accuracy", alpha=5.0, val_ratio=0.2, seed=0, batch_size=16,
     #: progress=False)``: steer toward a concept named by examples (probes on every head's last-token output, the
     #: best ``num_heads``, mass-mean directions). Defined in :mod:`iti.fitting` (the value does not depend on how
     #: values are fitted) and attached there, which importing ``iti`` does.

@@ -113,7 +113,7 @@ def get_selector(selector: str | UnitSelector | Iterable, k: int | None = None) 
         return selector
     if isinstance(selector, str):
         if selector not in ("probe_accuracy", "random"):
-            raise InvalidOptionError(f"--head_choice: one of probe_accuracy, random or a list of units, got {selector!r}")
+            raise InvalidOptionError(f"--selector: one of probe_accuracy, random or a list of units, got {selector!r}")
         if k is None:
             raise InvalidOptionError(f"the {selector} selection needs a number of units")
         return TopByProbeAccuracy(k) if selector == "probe_accuracy" else RandomUnits(k)

@@ -133,7 +133,8 @@ def add_bake_args(p: argparse.ArgumentParser) -> None:
 
 
 #: bake flags that only mean something when the intervention is fitted (not with --intervention)
-_FIT_ONLY = ("num_heads", "use_center_of_mass", "use_random_dir", "seed", "features_dir", "features_from_other_weights")
+_FIT_ONLY = ("num_heads", "use_center_of_mass", "use_random_dir", "method", "selector", "seed", "features_dir",
+             "features_from_other_weights")
 
 
 def run_bake(args: argparse.Namespace) -> None:
@@ -197,7 +198,8 @@ def _fit_bake_intervention(bake_cfg: BakeConfig, name: str):
     check_seed("seed", seed)
     check_existing_path("features_dir", bake_cfg.features_dir)
     cfg = ValidationConfig(model_name=name, features_dir=bake_cfg.features_dir, num_heads=num_heads, alpha=alpha, seed=seed,
-                           use_center_of_mass=bake_cfg.use_center_of_mass, use_random_dir=bake_cfg.use_random_dir)
+                           use_center_of_mass=bake_cfg.use_center_of_mass, use_random_dir=bake_cfg.use_random_dir,
+                           method=bake_cfg.method, selector=bake_cfg.selector)
     check_features(cfg)
     manifest = read_manifest(cfg.features_path(cfg.dataset_name))
     total = HeadGeometry.from_dict(manifest["model"]["geometry"]).num_total_heads
@@ -207,10 +209,12 @@ def _fit_bake_intervention(bake_cfg: BakeConfig, name: str):
     geometry = config_geometry(bake_cfg.model_name)  # features of another model: refused before anything is fitted
     if geometry is not None:
         check_features_geometry(geometry, name, features, tuning)
-    inter = fit_on_all_questions(features, tuning, num_heads=num_heads, alpha=alpha, model_name=name, direction=cfg.direction,
-                                 heads=cfg.heads, seed=seed, val_ratio=cfg.val_ratio)
+    assert cfg.method is not None and cfg.selector is not None
+    inter = fit_on_all_questions(features, tuning, num_heads=num_heads, alpha=alpha, model_name=name, method=cfg.method,
+                                 selector=cfg.selector, seed=seed, val_ratio=cfg.val_ratio)
     print(f"[bake] fitted on {ALL_QUESTIONS} ({inter.meta['questions']} questions; probes on an 80/20 split, seed {seed}; "
-          f"{cfg.heads} heads, {cfg.direction} directions; stds over {inter.meta['tuning_rows']} {cfg.activations_dataset} rows)", flush=True)
+          f"heads by {cfg.selector}, {cfg.method} directions; stds over {inter.meta['tuning_rows']} {cfg.activations_dataset} rows)",
+          flush=True)
     return inter
 
 

@@ -108,7 +108,7 @@ class ConceptDirections:
         dirs, stds = {}, {}
         for j, aspect in enumerate(ASPECTS):
             for c, goal in enumerate(CONCEPT_CLASSES):
-                fitted = fit_intervention(X, (concepts[:, j] == c).astype(int), head_choice=heads[aspect], method="mass_mean",
+                fitted = fit_intervention(X, (concepts[:, j] == c).astype(int), selector=heads[aspect], method="mass_mean",
                                           alpha=1.0)
                 order = [fitted.heads.index((int(l), int(h))) for l, h in heads[aspect]]  # back to the aspect's head order
                 dirs[(aspect, goal)], stds[(aspect, goal)] = fitted.directions[order], fitted.stds[order]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ..errors import InvalidOptionError
 from ..features import read_manifest
@@ -43,6 +44,38 @@ def check_model_dir(option: str, directory: str) -> None:
                                  f"but {d} has no {' and no '.join(missing)}")
 
 
+#: the direction methods and unit selectors a TruthfulQA run takes (iti.methods / iti.selectors names)
+HEAD_METHODS = ("probe", "mass_mean", "random")
+HEAD_SELECTORS = ("probe_accuracy", "random")
+_METHOD_HELP = ("direction method (iti.methods): probe (the probe's weights; honest_llama's default), mass_mean "
+                "(--use_center_of_mass) or random; default probe, or what honest_llama's flags say")
+_SELECTOR_HELP = ("which heads (iti.selectors): probe_accuracy (the top ones by probe accuracy) or random "
+                  "(--use_random_dir); default probe_accuracy, or what honest_llama's flags say")
+
+
+def resolve_method_selector(cfg: Any) -> None:
+    """One vocabulary: ``--method`` / ``--selector`` (the library's names) and honest_llama's ``--use_center_of_mass``
+    / ``--use_random_dir`` (their aliases, with its precedence: mass-mean first, random heads with random directions
+    unless mass-mean) set the same two choices; after this both spellings on ``cfg`` agree. A contradiction, and the
+    two combinations honest_llama's flags cannot say (so no run record could hold them), are refused."""
+    from_flags_method = "mass_mean" if cfg.use_center_of_mass else ("random" if cfg.use_random_dir else None)
+    from_flags_selector = "random" if cfg.use_random_dir else None
+    check_choice("method", cfg.method, HEAD_METHODS, none_ok=True)
+    check_choice("selector", cfg.selector, HEAD_SELECTORS, none_ok=True)
+    for name, given, implied in (("method", cfg.method, from_flags_method), ("selector", cfg.selector, from_flags_selector)):
+        if given is not None and implied is not None and given != implied:
+            raise InvalidOptionError(f"--{name} {given} contradicts --use_center_of_mass / --use_random_dir (honest_llama's "
+                                     f"spelling of --{name} {implied}); give one of the two")
+    method = cfg.method or from_flags_method or "probe"
+    selector = cfg.selector or from_flags_selector or "probe_accuracy"
+    if (method, selector) in (("random", "probe_accuracy"), ("probe", "random")):
+        raise InvalidOptionError(f"--method {method} --selector {selector}: not a run honest_llama's flags can say (random "
+                                 "directions come with random heads; probe weights with the top heads); its controls are "
+                                 "rows of every run already (random heads, random direction)")
+    cfg.method, cfg.selector = method, selector
+    cfg.use_center_of_mass, cfg.use_random_dir = method == "mass_mean", selector == "random"
+
+
 @dataclass
 class ValidationConfig:
     """Settings of one ``iti validate`` run: what to fit on, the controls, sweeps and seeds, and what to evaluate."""
@@ -60,11 +93,13 @@ class ValidationConfig:
     val_ratio: float = field(default=0.2, metadata={"help": "share of the training questions held out to validate the probes"})
     seed: int = field(default=42, metadata={"help": "seed of the fold split, probes and random controls"})
     use_center_of_mass: bool = field(default=False, metadata={
-        "help": "mass-mean directions (without either flag: probe weights on the top heads); with --use_random_dir: "
-                "mass-mean directions on random heads, as honest_llama"})
+        "help": "honest_llama's spelling of --method mass_mean: mass-mean directions (without either flag: probe weights "
+                "on the top heads); with --use_random_dir: mass-mean directions on random heads"})
     use_random_dir: bool = field(default=False, metadata={
-        "help": "random heads instead of the top ones, with random directions; with --use_center_of_mass: random "
-                "heads with mass-mean directions (honest_llama's controls)"})
+        "help": "honest_llama's spelling of --selector random (with --method random unless --use_center_of_mass): "
+                "random heads instead of the top ones, with random directions"})
+    method: str | None = field(default=None, metadata={"help": _METHOD_HELP, "choices": HEAD_METHODS})
+    selector: str | None = field(default=None, metadata={"help": _SELECTOR_HELP, "choices": HEAD_SELECTORS})
     instruction_prompt: str = field(default="default", metadata={
         "help": "instruction before the questions", "choices": ("default", "informative", "none")})
     preset: str = field(default="qa", metadata={
@@ -130,6 +165,7 @@ class ValidationConfig:
     def __post_init__(self) -> None:
         if isinstance(self.judge, bool):  # the Python API's judge=True of old: the endpoint
             self.judge = "endpoint" if self.judge else None
+        resolve_method_selector(self)
 
     def validate(self) -> None:
         """Refuse impossible settings with one :class:`~iti.errors.InvalidOptionError` naming the option, before
@@ -214,25 +250,13 @@ class ValidationConfig:
         return (Path(self.features_dir) if self.features_dir else features_dir()) / f"{self.model_name}_{dataset}"
 
     @property
-    def direction(self) -> str:
-        """The direction method, as honest_llama's get_interventions_dict picks it (mass-mean checked first):
-        "mass_mean" with use_center_of_mass (with or without use_random_dir), else "random" with use_random_dir,
-        else "probe"."""
-        if self.use_center_of_mass:
-            return "mass_mean"
-        return "random" if self.use_random_dir else "probe"
-
-    @property
-    def heads(self) -> str:
-        """The head choice, as honest_llama's get_top_heads: "random" with use_random_dir (whatever the direction),
-        else "top" (by probe accuracy)."""
-        return "random" if self.use_random_dir else "top"
-
-    @property
     def method_label(self) -> str:
         """The direction method, with ``random-heads_`` before it when random heads carry a non-random direction
-        (both flags): names the default output directory, so the four flag combinations never share one."""
-        return f"random-heads_{self.direction}" if self.heads == "random" and self.direction != "random" else self.direction
+        (both honest_llama flags): names the default output directory, so the four flag combinations never share one."""
+        assert self.method is not None and self.selector is not None
+        if self.selector == "random" and self.method != "random":
+            return f"random-heads_{self.method}"
+        return self.method
 
 
 @dataclass(frozen=True)
@@ -243,12 +267,17 @@ class RowSpec:
     alpha: float
     num_heads: int
     seed: int
-    heads: str = "top"
-    direction: str = "mass_mean"
+    heads: str = "top"  # the selector, under the name stored rows keep: "top" (probe_accuracy) or "random"
+    direction: str = "mass_mean"  # the method (iti.methods name), under the name stored rows keep
     generate: bool = False
     budget: float | None = None  # alpha chosen per fold so that the cost meets this budget (alpha: where the search starts)
     budget_metric: str = "KL"
     site: str = "head_out"  # resid_post: one vector on the residual stream after the layer the probes rank first
+
+    @property
+    def selector(self) -> str:
+        """The selector in the library's vocabulary (iti.selectors)."""
+        return "probe_accuracy" if self.heads == "top" else self.heads
 
     @property
     def key(self) -> str:
@@ -266,7 +295,8 @@ RESIDUAL_METHODS = {"CAA": "mean_diff", "RepE": "pca_diff"}
 def plan_rows(cfg: ValidationConfig) -> list[RowSpec]:
     """The rows to evaluate, in order: baseline, then per seed ITI and the random-heads and random-direction
     controls, with the alpha and head-count sweeps after the main seed."""
-    d, heads = cfg.direction, cfg.heads
+    d = str(cfg.method)
+    heads = "random" if cfg.selector == "random" else "top"  # the stored rows' name of the selector
     rows = [RowSpec("baseline", 0.0, 0, cfg.seed, generate=cfg.generate)]
     # the main seed first, then the sweeps, then the other seeds: an interrupted run has the key rows first
     seeds = [cfg.seed] + [s for s in cfg.control_seeds if s != cfg.seed]
@@ -344,6 +374,8 @@ class BakeConfig:
     use_random_dir: bool = field(default=False, metadata={
         "help": "random heads instead of the top ones, with random directions; with --use_center_of_mass: random heads "
                 "with mass-mean directions, as edit_weight.py (fitting only)"})
+    method: str | None = field(default=None, metadata={"help": _METHOD_HELP + " (fitting only)", "choices": HEAD_METHODS})
+    selector: str | None = field(default=None, metadata={"help": _SELECTOR_HELP + " (fitting only)", "choices": HEAD_SELECTORS})
     seed: int | None = field(default=None, metadata={
         "help": "seed of the 80/20 probe split and random draws (default 42; fitting only)"})
     features_dir: str | None = field(default=None, metadata={

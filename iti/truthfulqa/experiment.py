@@ -21,7 +21,7 @@ from ..features import UNRECORDED_WEIGHTS, FeatureSet, check_features_weights, l
 from ..fingerprint import model_fingerprint
 from ..intervention import Intervention
 from ..io import atomic_write_json, atomic_write_text, read_json
-from ..locks import output_lock
+from ..run_directory import RunDirectory
 from ..steering import Steering
 from .budget import BudgetSearch, alpha_for_budget
 from .config import RowSpec, ValidationConfig, plan_rows
@@ -69,43 +69,11 @@ def run_identity(cfg: ValidationConfig, *, manifests: dict[str, dict[str, Any]] 
     return identity
 
 
-def _stale_outputs(out: Path) -> list[Path]:
-    return [*sorted((out / "rows").glob("*.json")), *sorted(out.glob("intervention_fold*")),
-            *[out / n for n in ("summary.json", "summary.md", RUN_RECORD) if (out / n).exists()]]
-
-
-def claim_output(out: Path, identity: dict[str, Any], force: bool = False) -> None:
-    """Make sure ``out`` holds no rows of another run before any is reused: rows stored under other settings (or
-    by an older iti that kept no record of them) are refused with what differs, in words, unless ``force``, which
-    discards them. Keys missing from ``identity`` (the model, before it is loaded) are not compared."""
-    from ..errors import OutputExistsError
-    from ..fingerprint import canonical_json, describe_difference
-
-    record = out / RUN_RECORD
-    rows = list((out / "rows").glob("*.json"))
-    if not rows:
-        return
-    stored = read_json(record, "validation run record") if record.exists() else None
-    if stored is not None:
-        stored_cmp = {k: v for k, v in stored.items() if k in identity}
-        if describe_difference(stored_cmp, identity) == "nothing":
-            return
-        why = f"other settings ({describe_difference(stored_cmp, identity)})"
-        unrecorded = [k for k in identity if k not in stored]  # what an older iti did not record (the compute dtype)
-        if unrecorded and describe_difference(stored_cmp, {k: v for k, v in identity.items() if k in stored}) == "nothing":
-            said = ", ".join(k if k.endswith("_sha256") else f'"{k}": {canonical_json(identity[k])}' for k in unrecorded)
-            why = (f"settings recorded by an older iti that did not record {said} (if its rows were computed so, add that "
-                   f"to {record} to keep them)")
-    else:
-        why = f"unknown settings (no {RUN_RECORD}: written by an older iti)"
-    if not force:
-        raise OutputExistsError(f"{out} holds {len(rows)} rows of a run with {why}; pass --force to discard them, "
-                                "or choose another --output_dir")
-    import shutil
-
-    print(f"[validate] --force: discarding {len(rows)} rows of a run with {why}", flush=True)
-    for path in _stale_outputs(out):
-        shutil.rmtree(path) if path.is_dir() else path.unlink()
+def run_directory(out: str | Path) -> RunDirectory:
+    """The validation output directory: ``run.json`` records the run's identity (:func:`run_identity`); its rows,
+    saved interventions and summaries are the outputs ``--force`` removes. A record beside no row holds no run yet."""
+    return RunDirectory(Path(out), "validation run", record=RUN_RECORD, record_needs_outputs=True,
+                        outputs=("rows/*.json", "intervention_fold*", "summary.json", "summary.md"))
 
 
 def _mc_part(model, tokenizer, tqa, test_q, intervention, cfg, texts) -> dict[str, Any]:
@@ -202,9 +170,8 @@ def check_output(cfg: ValidationConfig, out: str | Path) -> None:
     identity = run_identity(cfg, manifests=manifests, tqa=tqa)
     if not Path(out).is_dir():
         return  # nothing there to refuse (and no directory made before the model loads)
-    with output_lock(out, "validation output directory"):
-        if not cfg.force:
-            claim_output(Path(out), identity)
+    with run_directory(out).locked() as directory:
+        directory.check(identity, force=cfg.force)
 
 
 def check_features(cfg: ValidationConfig) -> None:
@@ -251,12 +218,13 @@ def run_validation(model, tokenizer, cfg: ValidationConfig, out_dir: str | Path,
     :class:`~iti.truthfulqa.judge.JudgeConfig`), used instead of those ``cfg.judge`` names."""
     cfg.validate()
     check_features(cfg)
-    out = Path(out_dir)
-    with output_lock(out, "validation output directory"):
-        return _run_locked(model, tokenizer, cfg, out, judge)
+    directory = run_directory(out_dir)
+    with directory.locked():
+        return _run_locked(model, tokenizer, cfg, directory, judge)
 
 
-def _run_locked(model, tokenizer, cfg: ValidationConfig, out: Path, judge: Judge | None) -> dict[str, Any]:
+def _run_locked(model, tokenizer, cfg: ValidationConfig, directory: RunDirectory, judge: Judge | None) -> dict[str, Any]:
+    out = directory.path
     residual = any(spec.site == "resid_post" for spec in plan_rows(cfg))  # CAA / RepE rows read the residual stream
     features = load_features(cfg.features_path(cfg.dataset_name), mmap=False, layer_wise=residual)
     tuning = load_features(cfg.features_path(cfg.activations_dataset), mmap=False)
@@ -276,10 +244,9 @@ def _run_locked(model, tokenizer, cfg: ValidationConfig, out: Path, judge: Judge
         judge = prepare_judge(cfg)  # before any row runs, not after the first fold's generation
     manifests = {cfg.dataset_name: features.manifest, cfg.activations_dataset: tuning.manifest}
     identity = run_identity(cfg, manifests=manifests, tqa=tqa, model=model, weights=weights)
-    claim_output(out, identity, cfg.force)
+    directory.claim(identity, force=cfg.force, extra={"features_weights": features_weights})  # recorded, not compared
     (out / "rows").mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "config.json", cfg.__dict__)
-    atomic_write_json(out / RUN_RECORD, {**identity, "features_weights": features_weights})  # recorded, not compared
     folds = np.array_split(questions, cfg.num_fold)
     texts = load_neutral_texts(cfg.ce_samples, seed=cfg.seed, corpus=cfg.ce_corpus, data_dir=cfg.data_dir)
     meter: NeutralCost | None = None  # the budget search's texts and the plain model's log-probs on them, made once
@@ -318,7 +285,7 @@ def _run_locked(model, tokenizer, cfg: ValidationConfig, out: Path, judge: Judge
                                                        model_name=cfg.model_name, seed=spec.seed)
             elif spec.name != "baseline" and {"mc", "generate"} & set(todo):
                 intervention = build_intervention(features, tuning, fold_probes(i, spec.seed), num_heads=spec.num_heads, alpha=spec.alpha,
-                                                  model_name=cfg.model_name, direction=spec.direction, heads=spec.heads, seed=spec.seed,
+                                                  model_name=cfg.model_name, method=spec.direction, selector=spec.selector, seed=spec.seed,
                                                   tune_on_all_questions=cfg.tune_on_all_questions)
             if intervention is not None and spec.budget is not None:
                 if "budget_search" not in row:

@@ -32,12 +32,13 @@ def build_intervention(
     num_heads: int,
     alpha: float,
     model_name: str,
-    direction: str = "mass_mean",
-    heads: str = "top",
+    method: str = "mass_mean",
+    selector: str = "probe_accuracy",
     seed: int = 42,
     tune_on_all_questions: bool = False,
 ) -> Intervention:
-    """Heads: "top" (by validation accuracy) or "random"; direction: "mass_mean", "probe" or "random".
+    """selector: "probe_accuracy" (the top heads by validation accuracy) or "random"; method: "mass_mean", "probe"
+    or "random" (:mod:`iti.selectors`, :mod:`iti.methods` names).
 
     Mass-mean directions pool the train and validation questions of the fold (as the original). The std of the
     projections comes from the tuning set (tqa_gen_end_q) restricted to the fold's training questions; the
@@ -47,10 +48,10 @@ def build_intervention(
     rows = np.isin(features.question_ids, train_q)
     tune_rows = slice(None) if tune_on_all_questions else np.isin(tuning.question_ids, train_q)
     std_from = tuning.head_wise[tune_rows]
-    meta = {"heads": heads, "direction": direction, "seed": seed, "num_heads": num_heads,
+    meta = {"selector": selector, "method": method, "seed": seed, "num_heads": num_heads,
             "train_questions": int(len(train_q)), "tuning_rows": int(len(std_from))}
     return fit_intervention(features.head_wise[rows], features.labels[rows], features.question_ids[rows], num_heads=num_heads,
-                            method=direction, head_choice="probe_accuracy" if heads == "top" else "random", alpha=alpha,
+                            method=method, selector=selector, alpha=alpha,
                             std_from=std_from, probes=fold, seed=seed, geometry=features.geometry, model_name=model_name, meta=meta)
 
 
@@ -92,20 +93,20 @@ def fit_on_all_questions(
     num_heads: int,
     alpha: float,
     model_name: str,
-    direction: str = "probe",
-    heads: str = "top",
+    method: str = "probe",
+    selector: str = "probe_accuracy",
     seed: int = 42,
     val_ratio: float = 0.2,
 ) -> Intervention:
     """honest_llama's edit_weight.py: the intervention fitted on every question of the features (817 for the full
-    TruthfulQA), not on a fold. Probes on a seeded 80/20 split of all questions pick the top heads ("top"; "random"
-    draws them), directions from all rows ("mass_mean", "probe" or "random"), stds from every tuning row
+    TruthfulQA), not on a fold. Probes on a seeded 80/20 split of all questions pick the top heads ("probe_accuracy";
+    "random" draws them), directions from all rows ("mass_mean", "probe" or "random"), stds from every tuning row
     (tqa_gen_end_q), as the original. ``meta["fitted_on"]`` is :data:`ALL_QUESTIONS`."""
     questions = int(len(np.unique(features.question_ids)))
-    meta = {"fitted_on": ALL_QUESTIONS, "questions": questions, "heads": heads, "direction": direction, "seed": seed,
+    meta = {"fitted_on": ALL_QUESTIONS, "questions": questions, "selector": selector, "method": method, "seed": seed,
             "num_heads": num_heads, "val_ratio": val_ratio, "tuning_rows": int(len(tuning.question_ids)),
             "features": {fs.manifest["dataset"]["name"]: fs.manifest.get("job_id") for fs in (features, tuning)}}
-    return fit_intervention(features, num_heads=num_heads, method=direction, head_choice="probe_accuracy" if heads == "top" else "random",
+    return fit_intervention(features, num_heads=num_heads, method=method, selector=selector,
                             alpha=alpha, std_from=tuning, val_ratio=val_ratio, seed=seed, model_name=model_name, meta=meta)
 
 

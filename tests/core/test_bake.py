@@ -216,8 +216,8 @@ def test_bake_without_intervention_fits_on_all_questions(tmp_path, capsys):
         assert main([*argv[:-1], str(tmp_path / method), "--num_heads", "2", *flags]) == 0
         got = Intervention.load(tmp_path / method / "iti_intervention")
         seed = 3 if method == "probe" else 42
-        ref = fit_intervention(mc2, num_heads=2, method=method, head_choice=heads, alpha=15.0, std_from=gen, seed=seed, model_name="tinyllama")
-        assert got.heads == ref.heads and got.meta["direction"] == method
+        ref = fit_intervention(mc2, num_heads=2, method=method, selector=heads, alpha=15.0, std_from=gen, seed=seed, model_name="tinyllama")
+        assert got.heads == ref.heads and got.meta["method"] == method
         np.testing.assert_allclose(got.directions, ref.directions, rtol=0, atol=1e-6)
     # a saved intervention says so; fitting flags next to it are refused
     assert main(["bake", "--model_name", str(model_dir), "--intervention", str(out / "iti_intervention"),

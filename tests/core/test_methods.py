@@ -93,9 +93,9 @@ def test_caa_and_repe_need_pairs():
     X = np.random.default_rng(0).normal(size=(6, 2, 1, 4))
     y = np.array([1, 1, 1, 0, 0, 0])
     with pytest.raises(EmptyInputError, match="contrast pairs"):
-        fit_intervention(X, y, np.arange(6), method="mean_diff", head_choice=[(0, 0)])  # every row its own group
+        fit_intervention(X, y, np.arange(6), method="mean_diff", selector=[(0, 0)])  # every row its own group
     with pytest.raises(EmptyInputError, match="two pairs"):
-        fit_intervention(X[[0, 3]], y[[0, 3]], np.array([0, 0]), method="pca_diff", head_choice=[(0, 0)])
+        fit_intervention(X[[0, 3]], y[[0, 3]], np.array([0, 0]), method="pca_diff", selector=[(0, 0)])
 
 
 def test_selectors_choose_as_honest_llama_does():

@@ -34,7 +34,7 @@ def test_same_settings_resume_other_settings_are_refused_with_what_differs(tmp_p
 def test_outputs_without_a_record_are_another_run(tmp_path):
     (tmp_path / "rows").mkdir()
     (tmp_path / "rows" / "r.json").write_text("{}")
-    with pytest.raises(OutputExistsError, match="record no settings"):
+    with pytest.raises(OutputExistsError, match="unknown settings: its outputs record none"):
         _dir(tmp_path).check({"seed": 1})
 
 
@@ -109,3 +109,20 @@ def test_faithfulness_keeps_its_record_and_reads_an_older_one(tmp_path):
     other = FaithfulnessConfig(output_dir=str(tmp_path), seed=cfg.seed + 1)
     with pytest.raises(OutputExistsError, match="faithfulness run with other settings"):
         check_output_dir(tmp_path, other)
+
+
+def test_a_record_beside_no_output_holds_no_run_when_the_directory_says_so(tmp_path):
+    (tmp_path / "run.json").write_text(json.dumps({"seed": 1}))  # a run that recorded itself and stopped before a row
+    RunDirectory(tmp_path, "test run", outputs=("rows/*.json",), record_needs_outputs=True).check({"seed": 2})
+    with pytest.raises(OutputExistsError, match="seed"):
+        _dir(tmp_path).check({"seed": 2})
+
+
+def test_settings_an_older_version_did_not_record_are_named_with_the_remedy(tmp_path):
+    (tmp_path / "rows").mkdir()
+    (tmp_path / "rows" / "r.json").write_text("{}")
+    (tmp_path / "run.json").write_text(json.dumps({"seed": 1}))
+    with pytest.raises(OutputExistsError, match=r'older iti that did not record "compute_dtype": "float32"; .*add that to .*run.json'):
+        _dir(tmp_path).check({"seed": 1, "compute_dtype": "float32"})
+    with pytest.raises(OutputExistsError, match="seed 1 -> 2"):  # a recorded setting that differs is said as such
+        _dir(tmp_path).check({"seed": 2, "compute_dtype": "float32"})

@@ -37,10 +37,10 @@ def test_fit_intervention_is_the_documented_recipe():
     np.testing.assert_allclose(inter.stds, projection_stds(X, inter.heads, expected), rtol=1e-5)
     assert fit_intervention(X, y, groups, num_heads=2, alpha=4.0, seed=3).fingerprint() == inter.fingerprint()  # seeded
     g = inter.geometry
-    rand = fit_intervention(X, y, groups, num_heads=3, method="random", head_choice="random", seed=5)
+    rand = fit_intervention(X, y, groups, num_heads=3, method="random", selector="random", seed=5)
     assert rand.heads == random_heads(g, 3, 5)
     np.testing.assert_allclose(rand.directions, unit(random_directions(3, 8, 5)), atol=1e-6)
-    explicit = fit_intervention(X, y, head_choice=[(0, 1), (2, 3)], std_from=X[:10])
+    explicit = fit_intervention(X, y, selector=[(0, 1), (2, 3)], std_from=X[:10])
     assert explicit.heads == [(0, 1), (2, 3)]
     np.testing.assert_allclose(explicit.stds, projection_stds(X[:10], explicit.heads, explicit.directions), rtol=1e-5)
     with pytest.raises(iti.errors.InvalidOptionError, match="--method"):
@@ -67,7 +67,8 @@ def test_truthfulqa_folds_use_the_same_recipe(tiny, tmp_path):
         X[np.isin(fs.question_ids, va)], fs.labels[np.isin(fs.question_ids, va)])
     np.testing.assert_array_equal(fold.accuracies, acc)
     for direction, heads in (("mass_mean", "top"), ("probe", "top"), ("random", "top"), ("mass_mean", "random")):
-        inter = build_intervention(fs, tune, fold, num_heads=4, alpha=7.0, model_name="tiny", direction=direction, heads=heads, seed=2)
+        inter = build_intervention(fs, tune, fold, num_heads=4, alpha=7.0, model_name="tiny", method=direction,
+                                   selector="probe_accuracy" if heads == "top" else "random", seed=2)
         chosen = top_heads(acc, 4) if heads == "top" else random_heads(fs.geometry, 4, 2)
         rows = np.isin(fs.question_ids, np.r_[tr, va])
         raw = {"mass_mean": lambda: mass_mean_directions(fs.head_wise[rows], fs.labels[rows], chosen),
@@ -77,7 +78,7 @@ def test_truthfulqa_folds_use_the_same_recipe(tiny, tmp_path):
         s = projection_stds(tune.head_wise[np.isin(tune.question_ids, np.r_[tr, va])], chosen, d)
         expected = Intervention(chosen, d, s, 7.0, "tiny", fs.geometry)
         assert inter.fingerprint() == expected.fingerprint(), (direction, heads)
-        assert inter.meta["direction"] == direction and inter.meta["train_questions"] == len(train_q)
+        assert inter.meta["method"] == direction and inter.meta["train_questions"] == len(train_q)
 
 
 def test_from_contrast_pairs_steers_toward_the_examples(tiny):

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from iti.architectures import HeadGeometry
+from iti.errors import InvalidOptionError
 from iti.features import FeatureSet
 from iti.truthfulqa.config import ValidationConfig, plan_rows
 from iti.truthfulqa.fit import build_intervention, train_fold_probes
@@ -61,6 +62,31 @@ def _synthetic(n_questions: int = 30, seed: int = 0) -> tuple[FeatureSet, Featur
 
 
 @pytest.mark.parametrize("com,rand", COMBOS, ids=IDS)
+def test_method_and_selector_are_honest_llamas_flags_by_their_library_names(com, rand):
+    """--method / --selector (iti.methods / iti.selectors names) and honest_llama's two flags set one choice: each
+    spelling gives the same rows and run record; a contradiction or a pair the flags cannot say is refused."""
+    want_heads, want_direction = original_choice(com, rand)
+    want_selector = {"top": "probe_accuracy", "random": "random"}[want_heads]
+    by_flags = ValidationConfig(use_center_of_mass=com, use_random_dir=rand)
+    by_names = ValidationConfig(method=want_direction, selector=want_selector)
+    assert (by_flags.method, by_flags.selector) == (want_direction, want_selector)
+    assert (by_names.use_center_of_mass, by_names.use_random_dir) == (bool(com), bool(rand))
+    assert plan_rows(by_flags) == plan_rows(by_names) and by_flags.method_label == by_names.method_label
+    other = next(m for m in ("probe", "mass_mean", "random") if m != want_direction)
+    if com or rand:
+        with pytest.raises(InvalidOptionError, match="contradicts --use_center_of_mass"):
+            ValidationConfig(use_center_of_mass=com, use_random_dir=rand, method=other)
+
+
+def test_pairs_honest_llamas_flags_cannot_say_are_refused():
+    for method, selector in (("random", "probe_accuracy"), ("probe", "random")):
+        with pytest.raises(InvalidOptionError, match=f"--method {method} --selector {selector}: not a run"):
+            ValidationConfig(method=method, selector=selector)
+    with pytest.raises(InvalidOptionError, match="--method: one of probe, mass_mean, random"):
+        ValidationConfig(method="caa")
+
+
+@pytest.mark.parametrize("com,rand", COMBOS, ids=IDS)
 def test_validate_rows_follow_honest_llama(com, rand):
     """The ITI row of ``iti validate`` uses the original's heads and directions for each flag combination, and the
     intervention built from it has them: random heads are the seeded draw, not the top ones; mass-mean directions
@@ -79,7 +105,7 @@ def test_validate_rows_follow_honest_llama(com, rand):
     fold = train_fold_probes(features, questions[:20], seed=cfg.seed)
     spec = iti_rows[0]
     inter = build_intervention(features, tuning, fold, num_heads=2, alpha=1.0, model_name="synthetic",
-                               direction=spec.direction, heads=spec.heads, seed=spec.seed)
+                               method=spec.direction, selector=spec.selector, seed=spec.seed)
     if want_heads == "top":
         assert inter.heads == SIGNAL
     else:  # a seeded draw of 2 of the 12 flat head indices, without replacement
@@ -144,9 +170,10 @@ def test_bake_fits_what_edit_weight_fits(com, rand, tiny_bake_setup, capsys):
     argv = ["bake", "--model_name", str(model_dir), "--features_dir", str(features), "--output_dir", str(out),
             "--num_heads", "3", "--seed", "3", *flags]
     assert main(argv) == 0, capsys.readouterr().err
-    assert f"{want_heads} heads, {want_direction} directions" in capsys.readouterr().out
+    want_selector = {"top": "probe_accuracy", "random": "random"}[want_heads]
+    assert f"heads by {want_selector}, {want_direction} directions" in capsys.readouterr().out
     got = Intervention.load(out / "iti_intervention")
-    assert (got.meta["heads"], got.meta["direction"]) == (want_heads, want_direction)
+    assert (got.meta["selector"], got.meta["method"]) == (want_selector, want_direction)
     mc2 = load_features(features / "tinyllama_tqa_mc2", mmap=False)
     g = mc2.geometry
     fit = fit_head_probes(mc2.head_wise, mc2.labels, mc2.question_ids, val_ratio=0.2, seed=3)
