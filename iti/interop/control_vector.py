@@ -27,6 +27,7 @@ from ..intervention import Intervention
 from ..io import atomic_path
 from ..steering import SiteKey, Steering
 from .files import refuse_existing
+from .gguf_format import open_gguf
 from .shifts import as_steering, model_name_of, steering_from_outputs
 
 ARCH = "controlvector"
@@ -75,18 +76,8 @@ def load_control_vector(path: str | os.PathLike, model: torch.nn.Module, *, stre
                         model_name: str | None = None) -> Steering:
     """Read a llama.cpp / repeng control-vector GGUF as the ``resid_post`` :class:`Steering` it is for ``model``
     (``strength`` times each vector, as ``--control-vector-scaled`` does), at every position."""
-    from gguf import GGUFReader
-
     path = Path(path)
-    if not path.is_file():
-        raise SteeringFileError(f"control vector {path} does not exist")
-    try:
-        reader = GGUFReader(str(path))
-    except (ValueError, OSError) as e:
-        raise SteeringFileError(f"{path} is not a readable GGUF file ({e})") from None
-    arch = _string_field(reader, "general.architecture")
-    if arch != ARCH:
-        raise SteeringFileError(f"{path} is a GGUF of architecture {arch!r}, not a control vector ({ARCH!r})")
+    reader = open_gguf(path, ARCH, "control vector", unreadable=SteeringFileError, other_architecture=SteeringFileError)
     if not np.isfinite(strength):
         raise SteeringFileError(f"the strength must be finite, got {strength}")
     g = model_layout(model).geometry

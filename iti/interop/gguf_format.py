@@ -220,20 +220,27 @@ def _tensor(t: Any) -> np.ndarray:
     return a.astype(np.float32).reshape([int(d) for d in reversed(list(t.shape))])
 
 
-def _reader(path: str | os.PathLike) -> Any:
+def open_gguf(path: str | os.PathLike, architecture: str, what: str, *, unreadable: type[InteropError] = InteropError,
+              other_architecture: type[InteropError] = GgufModelMismatchError) -> Any:
+    """A ``gguf.GGUFReader`` of ``path``, refused with ``unreadable`` when the file is missing or no GGUF, and with
+    ``other_architecture`` when its ``general.architecture`` is not ``architecture`` (``what``: the file in words)."""
     from gguf import GGUFReader
 
     path = Path(path)
     if not path.is_file():
-        raise InteropError(f"GGUF file {path} does not exist")
+        raise unreadable(f"{what} {path} does not exist")
     try:
         reader = GGUFReader(str(path))
     except (ValueError, OSError) as e:
-        raise InteropError(f"{path} is not a readable GGUF file ({e})") from None
+        raise unreadable(f"{path} is not a readable GGUF file ({e})") from None
     arch = _field(reader, "general.architecture")
-    if arch != ARCH:
-        raise GgufModelMismatchError(f"{path} is a GGUF of architecture {arch!r}; iti reads llama-architecture GGUF files")
+    if arch != architecture:
+        raise other_architecture(f"{path} is a GGUF of architecture {arch!r}, not a {what} ({architecture!r})")
     return reader
+
+
+def _reader(path: str | os.PathLike) -> Any:
+    return open_gguf(path, ARCH, "llama-architecture GGUF file")
 
 
 def load_gguf_model(path: str | os.PathLike, dtype: torch.dtype = torch.float32) -> torch.nn.Module:

@@ -28,6 +28,17 @@ def _steering(model, sites, seed=0, scale=1.5):
     return Steering(vecs, g, "tiny")
 
 
+def _pyvene_and_iti_tokens(pv, directory, model, ids, steering, new_tokens=6):
+    """Greedy tokens of pyvene's model loaded from ``directory`` and of iti's steering at every position."""
+    pv_model = pv.IntervenableModel.load(str(directory), model)
+    gen = dict(max_new_tokens=new_tokens, do_sample=False, pad_token_id=0)
+    with torch.no_grad():
+        theirs = pv_model.generate({"input_ids": ids, "attention_mask": torch.ones_like(ids)}, intervene_on_prompt=True, **gen)[1]
+        with steering.applied(model, positions="all"):
+            ours = model.generate(ids, **gen)
+    return theirs, ours
+
+
 def _logits(model, ids, steering=None):
     with torch.no_grad():
         if steering is None:
@@ -84,12 +95,7 @@ def test_pyvene_generates_what_iti_generates_for_a_steering_of_every_site(arch, 
     model, ids = make_tiny_model(arch), _ids("Q: What happens if you eat watermelon seeds?")
     steer = _steering(model, ["head_out", "attn_out", "mlp_out", "resid_post"])
     out = export_pyvene(model, steer, tmp_path / "pv")
-    pv_model = pv.IntervenableModel.load(str(out), model)
-    gen = dict(max_new_tokens=6, do_sample=False, pad_token_id=0)
-    with torch.no_grad():
-        theirs = pv_model.generate({"input_ids": ids, "attention_mask": torch.ones_like(ids)}, intervene_on_prompt=True, **gen)[1]
-        with steer.applied(model, positions="all"):
-            ours = model.generate(ids, **gen)
+    theirs, ours = _pyvene_and_iti_tokens(pv, out, model, ids, steer)
     assert torch.equal(theirs, ours)
     back = load_pyvene_steering(out, model)
     assert set(back.vectors) == {("attn_out", 0), ("attn_out", 1), ("mlp_out", 2), ("resid_post", 0)}
@@ -110,12 +116,7 @@ def test_pyvene_abstract_components_read_as_their_sites(tmp_path):
     read = load_pyvene_steering(tmp_path / "abstract", model)
     assert set(read.vectors) == {("resid_post", 2), ("mlp_out", 1), ("head_out", 0)}
     np.testing.assert_array_equal(read.vectors[("resid_post", 2)], v_block)
-    pv_model = pv.IntervenableModel.load(str(tmp_path / "abstract"), model)
-    gen = dict(max_new_tokens=5, do_sample=False, pad_token_id=0)
-    with torch.no_grad():
-        theirs = pv_model.generate({"input_ids": ids, "attention_mask": torch.ones_like(ids)}, intervene_on_prompt=True, **gen)[1]
-        with read.applied(model, positions="all"):
-            ours = model.generate(ids, **gen)
+    theirs, ours = _pyvene_and_iti_tokens(pv, tmp_path / "abstract", model, ids, read)
     assert torch.equal(theirs, ours)
 
 
