@@ -1,13 +1,13 @@
-"""Choosing heads and directions, and scaling them (honest_llama's get_top_heads / get_com_directions /
-get_interventions_dict, with explicit seeds): the functions behind :mod:`iti.selectors` and :mod:`iti.methods`,
-which :func:`iti.fitting.fit_intervention` puts together (probes -> heads -> directions -> unit -> stds)."""
+"""honest_llama's steps that the plug-ins share (get_top_heads' order, the random direction, unit length, the
+projection stds, probes per head split by group), with explicit seeds: the functions behind :mod:`iti.selectors`
+and :mod:`iti.methods`, which :func:`iti.fitting.fit_intervention` puts together (probes -> units -> directions ->
+unit -> stds). Random heads and mass-mean directions live only in their plug-ins (``RandomUnits``, ``MassMean``)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import numpy as np
 
-from .architectures import HeadGeometry
 from .errors import EmptyInputError, HeadIndexError
 from .probes import HeadProbes, split_questions
 
@@ -27,40 +27,9 @@ def top_heads(accuracies: np.ndarray, k: int) -> list[tuple[int, int]]:
     return sorted((int(i // acc.shape[1]), int(i % acc.shape[1])) for i in flat)
 
 
-def random_heads(geometry: HeadGeometry, k: int, seed: int) -> list[tuple[int, int]]:
-    """k heads drawn uniformly without replacement (the random-heads control)."""
-    _check_k(k, geometry.num_total_heads)
-    flat = np.random.default_rng(seed).choice(geometry.num_total_heads, size=k, replace=False)
-    return sorted((int(i // geometry.num_heads), int(i % geometry.num_heads)) for i in flat)
-
-
 def _check_k(k: int, total: int) -> None:
     if not 1 <= int(k) <= total:
         raise HeadIndexError(f"number of heads must be between 1 and {total} (the model's layers x heads), got {k}")
-
-
-def _check_rows(X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    y = np.asarray(y).reshape(-1)
-    if len(X) != len(y):
-        raise ValueError(f"{len(X)} feature rows but {len(y)} labels")
-    if not (y == 1).any() or not (y == 0).any():
-        raise EmptyInputError("directions need both true (1) and false (0) examples")
-    return X, y
-
-
-def mass_mean_directions(X: np.ndarray, y: np.ndarray, heads: list[tuple[int, int]]) -> np.ndarray:
-    """mean(true) - mean(false) of each chosen head, ``[K, D]`` (not yet normalised)."""
-    X, y = _check_rows(X, y)
-    li = np.array([l for l, _ in heads])
-    hi = np.array([h for _, h in heads])
-    pos = np.asarray(X[y == 1][:, li, hi], dtype=np.float64).mean(axis=0)
-    neg = np.asarray(X[y == 0][:, li, hi], dtype=np.float64).mean(axis=0)
-    return pos - neg
-
-
-def probe_directions(coef: np.ndarray, heads: list[tuple[int, int]]) -> np.ndarray:
-    """The probes' weight vectors of the chosen heads, ``[K, D]``."""
-    return np.stack([np.asarray(coef[l, h], dtype=np.float64) for l, h in heads])
 
 
 def random_directions(k: int, head_dim: int, seed: int) -> np.ndarray:

@@ -19,6 +19,7 @@ from typing import ClassVar
 
 import numpy as np
 
+from .directions import random_directions
 from .errors import EmptyInputError, InvalidOptionError
 
 
@@ -85,8 +86,7 @@ class RandomDirection(DirectionMethod):
     name = "random"
 
     def directions(self, data: FitData) -> np.ndarray:
-        k, d = data.X.shape[1], data.X.shape[2]
-        return np.random.default_rng(data.seed).normal(size=(k, d))
+        return random_directions(data.X.shape[1], data.X.shape[2], data.seed)
 
 
 def paired_differences(X: np.ndarray, labels: np.ndarray, groups: np.ndarray) -> np.ndarray:

@@ -101,6 +101,22 @@ def make_intervention(model, alpha=20.0, heads=((0, 1), (2, 3), (1, 0)), seed=0)
     return Intervention(list(heads), d / np.linalg.norm(d, axis=1, keepdims=True), np.ones(len(heads)), alpha, "tiny", g)
 
 
+def write_tiny_tqa_features(model, root, name):
+    """tqa_mc2 (2 rows a question, true then false) and tqa_gen_end_q (1 row a question) of 10 questions of the tiny
+    tokenizer's texts, filed under ``name`` as ``iti collect`` files them."""
+    import numpy as np
+
+    from iti import write_features
+    from iti.features import PromptSet
+
+    n = 10
+    texts = [f"{TEXTS[i % len(TEXTS)]} {i}" for i in range(2 * n)]
+    mc2 = PromptSet("tqa_mc2", texts, np.arange(2 * n) % 2 == 0, np.arange(2 * n) // 2, "{t}")
+    gen = PromptSet("tqa_gen_end_q", texts[::2], np.zeros(n, dtype=int), np.arange(n), "{t}")
+    for ps in (mc2, gen):
+        write_features(model, tiny_tokenizer(), ps, root, model_name=name, dtype="float32", layer_wise=False, progress=False)
+
+
 def token_ids(text="the quick brown fox"):
     """One tokenized text of the tiny tokenizer as a [1, seq] tensor."""
     return torch.tensor([tiny_tokenizer()(text)["input_ids"]])

@@ -60,6 +60,27 @@ def test_a_residual_steering_exports_and_imports_as_steering(saved, fmt, out, ca
     assert "has no alpha" in capsys.readouterr().err
 
 
+def test_bake_takes_a_steering_directory(saved, capsys):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from .conftest import token_ids
+
+    tmp, _ = saved
+    model = str(tmp / "model")
+    base = AutoModelForCausalLM.from_pretrained(model).eval()
+    g = model_layout(base).geometry
+    steer = Steering({("resid_post", 1): np.random.default_rng(2).normal(size=g.hidden_size)}, g, model)
+    steer.save(tmp / "steer")
+    assert main(["bake", "--model_name", model, "--intervention", str(tmp / "steer"), "--output_dir", str(tmp / "baked")]) == 0
+    assert "resid_post at layer 1 baked into the biases" in capsys.readouterr().out
+    baked = AutoModelForCausalLM.from_pretrained(tmp / "baked").eval()
+    with torch.no_grad(), steer.applied(base, positions="all"):
+        want = base(token_ids()).logits
+    torch.testing.assert_close(baked(token_ids()).logits, want, rtol=0, atol=1e-5)
+    assert Steering.load(tmp / "baked" / "iti_steering").fingerprint() == steer.fingerprint()
+
+
 def test_bad_inputs_exit_2_with_one_line_and_write_nothing(saved, capsys):
     tmp, _ = saved
     model = str(tmp / "model")

@@ -138,7 +138,7 @@ _FIT_ONLY = ("num_heads", "use_center_of_mass", "use_random_dir", "method", "sel
 
 
 def run_bake(args: argparse.Namespace) -> None:
-    """``iti bake``: the intervention is loaded (``--intervention``, with ``--alpha`` if given) or fitted on every
+    """``iti bake``: the intervention (or a steering) is loaded (``--intervention``, with ``--alpha`` if given) or fitted on every
     question of the features (:func:`iti.truthfulqa.fit.fit_on_all_questions`, as honest_llama's edit_weight.py);
     it is added to the output-projection biases and the model saved with the intervention in ``iti_intervention/``,
     whose meta says what it was fitted on (``fitted_on``). Options, features and intervention files are checked
@@ -146,7 +146,7 @@ def run_bake(args: argparse.Namespace) -> None:
     from ..bake import bake, check_output_dir, save_baked
     from ..intervention import Intervention
     from ..models import check_dtype, load_model, resolve_model
-    from ..options import check_existing_path, check_finite_nonneg, refuse
+    from ..options import check_finite_nonneg, refuse
     from ..truthfulqa.config import BakeConfig
 
     cfg = config_from_args(BakeConfig, args)
@@ -161,15 +161,12 @@ def run_bake(args: argparse.Namespace) -> None:
             if getattr(cfg, option) not in (None, False):
                 raise refuse(option, "only without --intervention (it sets how the intervention is fitted; a saved one "
                              "is already fitted)", getattr(cfg, option))
-        check_existing_path("intervention", cfg.intervention)
-        inter = Intervention.load(cfg.intervention)
+        inter = _load_value(cfg.intervention, cfg.alpha)  # an intervention or a steering directory
         inter.check_made_for(cfg.model_name, cfg.intervention)  # as iti faithfulness: same geometry is not same model
-        if cfg.alpha is not None:
-            inter = inter.with_alpha(cfg.alpha)
         fitted = inter.meta.get("fitted_on")
         if fitted is None:
             n = inter.meta.get("train_questions")
-            fitted = f"a saved intervention ({n} training questions of a fold)" if n else "a saved intervention"
+            fitted = f"a saved intervention ({n} training questions of a fold)" if n else f"a saved {type(inter).__name__.lower()}"
         inter.meta = {**inter.meta, "fitted_on": fitted, "source": str(cfg.intervention)}
     else:
         inter = _fit_bake_intervention(cfg, name)
@@ -178,8 +175,12 @@ def run_bake(args: argparse.Namespace) -> None:
         inter.meta["features_weights"] = _bake_features_weights(cfg, name, model)
     bake(model, inter, add_to_existing=cfg.add_to_existing)  # refuses an intervention made for another geometry
     out = save_baked(model, tokenizer, cfg.output_dir, inter, force=cfg.force)
-    print(f"[bake] {len(inter.heads)} heads, alpha {inter.alpha:g}: o_proj bias = W_o @ shift; saved to {out} "
-          f"(fitted on {inter.meta['fitted_on']}, in iti_intervention/)")
+    if isinstance(inter, Intervention):
+        print(f"[bake] {len(inter.heads)} heads, alpha {inter.alpha:g}: o_proj bias = W_o @ shift; saved to {out} "
+              f"(fitted on {inter.meta['fitted_on']}, in iti_intervention/)")
+    else:
+        print(f"[bake] {_describe_value(inter)} baked into the biases; saved to {out} (from {inter.meta['fitted_on']}, "
+              "in iti_steering/)")
 
 
 def _fit_bake_intervention(bake_cfg: BakeConfig, name: str):
@@ -233,7 +234,7 @@ def _bake_features_weights(bake_cfg: BakeConfig, name: str, model) -> str:
     return status
 
 
-def _interop_value(path: str, alpha: float | None):
+def _load_value(path: str, alpha: float | None):
     """The saved intervention or steering at ``path`` (``steering.json`` tells which), with ``alpha`` replaced."""
     from ..intervention import Intervention
     from ..options import check_existing_path
@@ -276,7 +277,7 @@ def run_export(args: argparse.Namespace) -> Path:
         raise refuse("model_name", f"the model the intervention is for (with --format {cfg.format})", None)
     if cfg.intervention is None and cfg.format != "gguf":
         raise refuse("intervention", f"a saved iti intervention or steering directory (with --format {cfg.format})", None)
-    value = _interop_value(cfg.intervention, cfg.alpha) if cfg.intervention is not None else None
+    value = _load_value(cfg.intervention, cfg.alpha) if cfg.intervention is not None else None
     if value is not None and cfg.format in ("lm-eval", "control-vector"):  # read with whatever model it is given
         value.check_made_for(cfg.model_name, cfg.intervention)
     what = _describe_value(value)
@@ -435,34 +436,27 @@ def build_parser() -> argparse.ArgumentParser:
     """The ``iti`` argument parser; each subcommand stores its ``run_*`` function as ``args.func``."""
     parser = argparse.ArgumentParser(prog="iti", description="Read and steer the insides of Hugging Face LMs (ITI, CAA, RepE).")
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("collect", help="collect per-head activations on a TruthfulQA prompt set (get_activations)")
-    add_collect_args(p)
-    p.set_defaults(func=run_collect)
-    p = sub.add_parser("validate", help="k-fold ITI validation on TruthfulQA (validate_2fold)")
-    add_validate_args(p)
-    p.set_defaults(func=run_validate)
-    p = sub.add_parser("bake", help="bake an intervention into o_proj biases and save the model (edit_weight)")
-    add_bake_args(p)
-    p.set_defaults(func=run_bake)
     from ..interop.config import ExportConfig, ImportConfig
-
-    p = sub.add_parser("export", help="an intervention (or features) in another tool's format: pyvene, lm-eval, gguf, honest-llama")
-    add_config_args(p, ExportConfig)
-    p.set_defaults(func=run_export)
-    p = sub.add_parser("import", help="another tool's intervention file (or honest_llama features) into iti's formats")
-    add_config_args(p, ImportConfig)
-    p.set_defaults(func=run_import)
-    p = sub.add_parser("faithfulness", help="self-explanation faithfulness, plain vs intervened model (introspect)")
-    add_faithfulness_args(p)
-    p.set_defaults(func=run_faithfulness_cmd)
-    p = sub.add_parser("concepts", help="sparse concept bottleneck and concept steering on CEBaB (SparseCBM idea)")
-    add_concepts_args(p)
-    p.set_defaults(func=run_concepts_cmd)
-    p = sub.add_parser("demo", help="the main job end to end on the embedded model, quick preset")
     from ..truthfulqa.config import DemoConfig
 
-    add_config_args(p, DemoConfig)
-    p.set_defaults(func=run_demo)
+    commands = [
+        ("collect", "collect per-head activations on a TruthfulQA prompt set (get_activations)", add_collect_args, run_collect),
+        ("validate", "k-fold ITI validation on TruthfulQA (validate_2fold)", add_validate_args, run_validate),
+        ("bake", "bake an intervention or steering into biases and save the model (edit_weight)", add_bake_args, run_bake),
+        ("export", "an intervention, steering (or features) in another tool's format: pyvene, lm-eval, gguf, control-vector, "
+                   "honest-llama", lambda p: add_config_args(p, ExportConfig), run_export),
+        ("import", "another tool's steering file (or honest_llama features) into iti's formats",
+         lambda p: add_config_args(p, ImportConfig), run_import),
+        ("faithfulness", "self-explanation faithfulness, plain vs intervened model (introspect)", add_faithfulness_args,
+         run_faithfulness_cmd),
+        ("concepts", "sparse concept bottleneck and concept steering on CEBaB (SparseCBM idea)", add_concepts_args,
+         run_concepts_cmd),
+        ("demo", "the main job end to end on the embedded model, quick preset", lambda p: add_config_args(p, DemoConfig), run_demo),
+    ]
+    for name, help_text, add_args, func in commands:
+        p = sub.add_parser(name, help=help_text)
+        add_args(p)
+        p.set_defaults(func=func)
     return parser
 
 

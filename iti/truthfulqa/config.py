@@ -361,7 +361,7 @@ class BakeConfig:
     output_dir: str = field(metadata={"help": "where the baked model is saved (safetensors, loadable by transformers/vLLM/TGI)"})
     model_name: str = field(default="smollm2-135m", metadata={"help": "embedded name, honest_llama short name, hub id or local dir"})
     intervention: str | None = field(default=None, metadata={
-        "help": "a saved intervention directory (e.g. intervention_fold0 of validate_2fold); without it, the intervention "
+        "help": "a saved intervention directory (e.g. intervention_fold0 of validate_2fold) or steering directory (iti.Steering.save); without it, the intervention "
                 "is fitted on ALL questions as edit_weight.py does"})
     alpha: float | None = field(default=None, metadata={
         "help": "strength (default 15 when fitting; with --intervention, its own alpha)"})

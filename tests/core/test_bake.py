@@ -5,7 +5,7 @@ from transformers import AutoModelForCausalLM
 from iti.bake import bake, save_baked
 from iti.errors import UnsupportedArchitectureError
 
-from ..conftest import ARCHS, make_intervention, make_tiny_model, tiny_tokenizer
+from ..conftest import ARCHS, make_intervention, make_tiny_model, tiny_tokenizer, write_tiny_tqa_features
 from ..conftest import token_ids as _ids
 
 BAKEABLE = ARCHS  # every supported architecture; Mistral and Qwen2 are saved as Llama checkpoints
@@ -160,24 +160,6 @@ def test_falcon_bake_switches_config_bias_and_stores_zero_biases_elsewhere(arch)
     assert any(torch.count_nonzero(p) for n, p in model.named_parameters() if n.endswith("self_attention.dense.bias"))
 
 
-def _tiny_tqa_features(model, root, name):
-    """tqa_mc2 (2 rows a question, true then false) and tqa_gen_end_q (1 row a question) of 10 questions, filed
-    under ``name`` as ``iti collect`` files them."""
-    import numpy as np
-
-    from iti import write_features
-    from iti.features import PromptSet
-
-    from ..conftest import TEXTS
-
-    n = 10
-    texts = [f"{TEXTS[i % len(TEXTS)]} {i}" for i in range(2 * n)]
-    mc2 = PromptSet("tqa_mc2", texts, np.arange(2 * n) % 2 == 0, np.arange(2 * n) // 2, "{t}")
-    gen = PromptSet("tqa_gen_end_q", texts[::2], np.zeros(n, dtype=int), np.arange(n), "{t}")
-    for ps in (mc2, gen):
-        write_features(model, tiny_tokenizer(), ps, root, model_name=name, dtype="float32", layer_wise=False, progress=False)
-
-
 def test_bake_without_intervention_fits_on_all_questions(tmp_path, capsys):
     """`iti bake` (edit_weight.py) without --intervention: fit_intervention on every row of the features (probes on
     an 80/20 split of all questions, stds from tqa_gen_end_q), baked, with meta saying it was fitted on all questions."""
@@ -197,7 +179,7 @@ def test_bake_without_intervention_fits_on_all_questions(tmp_path, capsys):
     assert main(argv) == 2  # no features yet: refused before the model loads, with the command that collects them
     err = capsys.readouterr().err
     assert "get_activations.py --model_name tinyllama --dataset_name tqa_mc2" in err and not out.exists()
-    _tiny_tqa_features(model, features, "tinyllama")
+    write_tiny_tqa_features(model, features, "tinyllama")
     assert main([*argv, "--use_center_of_mass", "--num_heads", "3", "--alpha", "5", "--seed", "3"]) == 0
     assert "fitted on all questions (10 questions" in capsys.readouterr().out
     saved = Intervention.load(out / "iti_intervention")

@@ -2,16 +2,12 @@ import numpy as np
 import pytest
 
 from iti.architectures import HeadGeometry
-from iti.directions import (
-    mass_mean_directions,
-    probe_directions,
-    projection_stds,
-    random_directions,
-    random_heads,
-    top_heads,
-    unit,
-)
+from iti.directions import projection_stds, random_directions, top_heads, unit
 from iti.errors import EmptyInputError, HeadIndexError
+from iti.methods import FitData, MassMean, ProbeWeights, RandomDirection
+from iti.selectors import RandomUnits
+
+from ..honest_llama_steps import mass_mean_directions, probe_directions, random_heads
 
 G = HeadGeometry(num_layers=3, num_heads=4, num_kv_heads=2, head_dim=5, hidden_size=20)
 
@@ -36,8 +32,9 @@ def test_top_heads_break_ties_as_the_originals_argsort():
 
 
 def test_random_heads_follow_the_seed():
-    a, b, c = random_heads(G, 5, 1), random_heads(G, 5, 1), random_heads(G, 5, 2)
-    assert a == b and a != c and len(set(a)) == 5
+    grid = (G.num_layers, G.num_heads)
+    a, b, c = (RandomUnits(5).select(grid, None, seed) for seed in (1, 1, 2))
+    assert a == b == random_heads(G, 5, 1) and a != c and len(set(a)) == 5
     assert all(0 <= l < 3 and 0 <= h < 4 for l, h in a)
 
 
@@ -46,17 +43,25 @@ def test_mass_mean_points_from_false_to_true():
     X = rng.normal(size=(200, 3, 4, 5))
     y = np.arange(200) % 2
     X[y == 1, 1, 2, 0] += 3.0
-    d = unit(mass_mean_directions(X, y, [(1, 2), (0, 0)]))
+    heads = [(1, 2), (0, 0)]
+    chosen = X[:, [1, 0], [2, 0]]  # the units' activations, [N, K, D]
+    raw = MassMean().directions(FitData(chosen, y, np.arange(200), 0))
+    np.testing.assert_allclose(raw, mass_mean_directions(X, y, heads), rtol=1e-12)
+    d = unit(raw)
     assert d[0, 0] > 0.9 and np.allclose(np.linalg.norm(d, axis=1), 1)
     with pytest.raises(EmptyInputError):
-        mass_mean_directions(X, np.ones(200), [(1, 2)])
+        MassMean().directions(FitData(chosen, np.ones(200), np.arange(200), 0))
 
 
 def test_probe_and_random_directions_and_stds():
-    coef = np.arange(3 * 4 * 5, dtype=float).reshape(3, 4, 5)
-    assert np.array_equal(probe_directions(coef, [(2, 3)])[0], coef[2, 3])
     r = random_directions(2, 5, seed=7)
     assert r.shape == (2, 5) and np.array_equal(r, random_directions(2, 5, seed=7))
+    chosen = np.zeros((4, 2, 5))
+    assert np.array_equal(RandomDirection().directions(FitData(chosen, np.arange(4) % 2, np.arange(4), 7)), r)
+    coef = np.arange(3 * 4 * 5, dtype=float).reshape(3, 4, 5)
+    heads = [(2, 3), (0, 1)]
+    probe = ProbeWeights().directions(FitData(chosen, np.arange(4) % 2, np.arange(4), 0, coef[[2, 0], [3, 1]]))
+    assert np.array_equal(probe, probe_directions(coef, heads))
     X = np.random.default_rng(1).normal(size=(50, 3, 4, 5))
     u = unit(r)
     stds = projection_stds(X, [(0, 1), (2, 2)], u)

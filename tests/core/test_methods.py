@@ -7,12 +7,12 @@ from sklearn.decomposition import PCA
 
 import iti
 from iti import fit_intervention, fit_steering, model_layout, steering_from_contrast_pairs
-from iti.directions import random_heads
 from iti.errors import EmptyInputError, InvalidOptionError
 from iti.methods import DirectionMethod, get_method, method_names, register_method
 from iti.selectors import ExplicitUnits, Layers, RandomUnits, TopByProbeAccuracy
 
 from ..conftest import make_tiny_model, tiny_tokenizer
+from ..honest_llama_steps import random_heads
 
 POSITIVE = ["Q: Is the sky blue? A: Yes it is", "Q: Do fish swim? A: Yes they do", "the quick fox is quick",
             "Q: Is water wet? A: Yes", "the dog is lazy and brown", "Q: Why do veins appear blue? A: Because of light",

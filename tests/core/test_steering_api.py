@@ -6,11 +6,12 @@ import torch
 
 import iti
 from iti import Intervention, fit_intervention, model_layout
-from iti.directions import mass_mean_directions, projection_stds, random_directions, random_heads, top_heads, unit
+from iti.directions import projection_stds, random_directions, top_heads, unit
 from iti.errors import GeometryMismatchError, HeadIndexError
 
 from ..conftest import TEXTS, make_intervention, make_tiny_model, tiny_tokenizer
 from ..conftest import token_ids as _ids
+from ..honest_llama_steps import mass_mean_directions, random_heads
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from iti.features import FeatureSet
 from iti.truthfulqa.config import ValidationConfig, plan_rows
 from iti.truthfulqa.fit import build_intervention, train_fold_probes
 
-from ..conftest import TEXTS, make_tiny_model, tiny_tokenizer
+from ..conftest import make_tiny_model, tiny_tokenizer, write_tiny_tqa_features
 
 
 def original_choice(use_center_of_mass: bool, use_random_dir: bool) -> tuple[str, str]:
@@ -130,19 +130,6 @@ def test_default_output_directories_differ_for_the_four_combinations():
     assert labels == {"probe", "mass_mean", "random", "random-heads_mass_mean"}
 
 
-def _tiny_features(model, root: Path, name: str) -> None:
-    """tqa_mc2 (a true and a false row for each of 10 questions) and tqa_gen_end_q (a row a question)."""
-    from iti import write_features
-    from iti.features import PromptSet
-
-    n = 10
-    texts = [f"{TEXTS[i % len(TEXTS)]} {i}" for i in range(2 * n)]
-    mc2 = PromptSet("tqa_mc2", texts, np.arange(2 * n) % 2 == 0, np.arange(2 * n) // 2, "{t}")
-    gen = PromptSet("tqa_gen_end_q", texts[::2], np.zeros(n, dtype=int), np.arange(n), "{t}")
-    for ps in (mc2, gen):
-        write_features(model, tiny_tokenizer(), ps, root, model_name=name, dtype="float32", layer_wise=False, progress=False)
-
-
 @pytest.fixture(scope="module")
 def tiny_bake_setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("bake_flags")
@@ -151,7 +138,7 @@ def tiny_bake_setup(tmp_path_factory):
     model.save_pretrained(model_dir)
     tiny_tokenizer().save_pretrained(model_dir)
     features.mkdir()
-    _tiny_features(model, features, "tinyllama")
+    write_tiny_tqa_features(model, features, "tinyllama")
     return root, model_dir, features
 
 
