@@ -1,7 +1,7 @@
 """honest_llama's steps that the plug-ins share (get_top_heads' order, the random direction, unit length, the
 projection stds, probes per head split by group), with explicit seeds: the functions behind :mod:`iti.selectors`
 and :mod:`iti.methods`, which :func:`iti.fitting.fit_intervention` puts together (probes -> units -> directions ->
-unit -> stds). Random heads and mass-mean directions live only in their plug-ins (``RandomUnits``, ``MassMean``)."""
+unit -> stds). Random heads live in their plug-in (``RandomUnits``); the mass-mean direction here (``MassMean`` calls it)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -30,6 +30,23 @@ def top_heads(accuracies: np.ndarray, k: int) -> list[tuple[int, int]]:
 def _check_k(k: int, total: int) -> None:
     if not 1 <= int(k) <= total:
         raise HeadIndexError(f"number of heads must be between 1 and {total} (the model's layers x heads), got {k}")
+
+
+def mass_mean(X_units: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """mean(positive rows) - mean(negative rows) of ``[N, K, D]`` unit activations, ``[K, D]`` (not normalised): the
+    one implementation of the mass-mean direction (:class:`iti.methods.MassMean` calls it)."""
+    y = np.asarray(labels).reshape(-1)
+    if len(X_units) != len(y):
+        raise ValueError(f"{len(X_units)} feature rows but {len(y)} labels")
+    if not (y == 1).any() or not (y == 0).any():
+        raise EmptyInputError("directions need both positive (1) and negative (0) examples")
+    return np.asarray(X_units[y == 1], np.float64).mean(axis=0) - np.asarray(X_units[y == 0], np.float64).mean(axis=0)
+
+
+def mass_mean_directions(X: np.ndarray, y: np.ndarray, heads: list[tuple[int, int]]) -> np.ndarray:
+    """:func:`mass_mean` of the chosen heads of ``[N, layers, heads, D]`` features, ``[K, D]``."""
+    li, hi = np.array([l for l, _ in heads]), np.array([h for _, h in heads])
+    return mass_mean(np.asarray(X)[:, li, hi], y)
 
 
 def random_directions(k: int, head_dim: int, seed: int) -> np.ndarray:

@@ -19,7 +19,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from .directions import random_directions
+from .directions import mass_mean, random_directions
 from .errors import EmptyInputError, InvalidOptionError
 
 
@@ -62,10 +62,7 @@ class MassMean(DirectionMethod):
     name = "mass_mean"
 
     def directions(self, data: FitData) -> np.ndarray:
-        y = _both_sides(data.labels)
-        pos = np.asarray(data.X[y == 1], dtype=np.float64).mean(axis=0)
-        neg = np.asarray(data.X[y == 0], dtype=np.float64).mean(axis=0)
-        return pos - neg
+        return mass_mean(data.X, data.labels)
 
 
 class ProbeWeights(DirectionMethod):
