@@ -60,3 +60,23 @@ def fork_cache(cache: Any) -> Any:
         new.layers = [copy.copy(layer) for layer in layers]
         return new
     return copy.deepcopy(cache)
+
+
+class SharedPrefix:
+    """Tokens every row of a job starts with (an instruction, a few-shot primer), encoded once; each batch continues
+    on a fork of that cache (:func:`fork_cache`), so the prefix is neither recomputed nor written through. Used by
+    MC scoring and greedy generation; each row's own part follows it in ``attention`` order."""
+
+    def __init__(self, model: torch.nn.Module, ids: list[int], device: Any):
+        self.length = len(ids)
+        self.cache = returned_cache(model(input_ids=torch.tensor([list(ids)], device=device), use_cache=True))
+
+    def batch(self, rows: int) -> Any:
+        """A fork of the prefix's cache repeated for ``rows`` rows, to continue on."""
+        past = fork_cache(self.cache)
+        past.batch_repeat_interleave(rows)
+        return past
+
+    def attention(self, mask: torch.Tensor) -> torch.Tensor:
+        """The attention mask of rows continuing the prefix: ones over the prefix, then each row's own ``mask``."""
+        return torch.cat([torch.ones((mask.shape[0], self.length), dtype=torch.long), mask], dim=1)

@@ -11,7 +11,7 @@ from tqdm.auto import tqdm
 from ..architectures import model_device
 from ..batching import eos_token_ids, pad_batch, pad_token_id
 from ..intervention import Intervention
-from ..kv_cache import fork_cache, returned_cache, with_cache
+from ..kv_cache import SharedPrefix, returned_cache, with_cache
 
 #: Where an answer ends for :func:`postprocess_answer`: the model starting the next question of the primer.
 ANSWER_END = "Q:"
@@ -57,8 +57,7 @@ def generate_answers(
     shared = _common_prefix_length(encoded) if share_prefix else 0
     device = model_device(model)
     with torch.inference_mode():
-        prefix_cache = (returned_cache(model(input_ids=torch.tensor([encoded[0][:shared]], device=device), use_cache=True))
-                        if shared else None)
+        prefix_cache = SharedPrefix(model, encoded[0][:shared], device) if shared else None
         for start in tqdm(range(0, len(order), batch_size), desc="generating", unit="batch", disable=not progress):
             idx = order[start : start + batch_size]
             rows = [encoded[i] for i in idx]
@@ -100,16 +99,15 @@ def _generate_full(model: torch.nn.Module, tokenizer: Any, rows: list[list[int]]
 
 
 def _greedy_on_prefix(model: torch.nn.Module, tokenizer: Any, rows: list[list[int]], intervention: Intervention | None,
-                      prefix_cache: Any, shared: int, max_new_tokens: int, eos: set[int],
+                      prefix_cache: SharedPrefix, shared: int, max_new_tokens: int, eos: set[int],
                       stop_at_next_question: bool) -> list[list[int]]:
     """Greedy tokens of each row, decoded on a fork of the shared prefix's cache. Each row's own part is left
     padded (the padding sits between the prefix and the row, masked), so all rows end at the same column, the last
     prompt token, from which on the shift applies (an absolute column: ``positions="last"`` would take the first
     forward on a cache for a continuation); position ids count real tokens only, as if each row ran alone."""
     ids, mask = pad_batch([r[shared:] for r in rows], pad_token_id(tokenizer), padding_side="left")
-    past = fork_cache(prefix_cache)
-    past.batch_repeat_interleave(len(rows))
-    attn = torch.cat([torch.ones((len(rows), shared), dtype=torch.long), mask], 1)
+    past = prefix_cache.batch(len(rows))
+    attn = prefix_cache.attention(mask)
     positions = shared + (mask.cumsum(1) - 1).clamp(min=0)
     last_prompt_column = shared + ids.shape[1] - 1
     with (intervention.applied(model, positions=last_prompt_column) if intervention is not None

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from ..architectures import model_device
 from ..batching import pad_batch, pad_token_id
 from ..intervention import Intervention
-from ..kv_cache import fork_cache, returned_cache, with_cache
+from ..kv_cache import SharedPrefix, fork_cache, returned_cache, with_cache
 from ..oom import AdaptiveBatchSize
 from .prompts import MCQuestion
 
@@ -122,7 +122,7 @@ def score_choices(
                 scores[qi][ci] = _token_logprobs(logits[n - 1 : -1], cont)
                 bar.update(1)
         if shared:
-            prefix_cache = returned_cache(model(torch.tensor([prefix_ids], device=device), use_cache=True))
+            prefix_cache = SharedPrefix(model, prefix_ids, device)
             groups = _groups(shared, [len(conts[qi]) for qi in range(len(questions))], group_answers)
             # Out of memory: answer chunks get smaller first; a question stage that does not fit splits its group.
             answer_sizes = AdaptiveBatchSize(batch_size, what="answer")
@@ -151,15 +151,14 @@ def _groups(questions: list[int], n_answers: list[int], batch_size: int) -> list
     return groups
 
 
-def _score_group(model, group, contexts, conts, scores, prefix_cache, lp, pad, device, shift, sizes: AdaptiveBatchSize,
+def _score_group(model, group, contexts, conts, scores, prefix_cache: SharedPrefix, lp, pad, device, shift, sizes: AdaptiveBatchSize,
                  starts: Sequence[int]) -> None:
     # Stage 1: the question parts of the group, on top of the shared prefix. Only a row whose shift starts at its
     # last context token is shifted here, at that token alone (its logits score the first answer token, and its keys
     # and values are what the answer tokens attend to, as in steered generation); the rest of the context is plain.
     q_ids, q_mask = pad_batch([contexts[qi][lp:] for qi in group], pad)
-    past = fork_cache(prefix_cache)
-    past.batch_repeat_interleave(len(group))
-    attn = torch.cat([torch.ones((len(group), lp), dtype=torch.long), q_mask], dim=1)
+    past = prefix_cache.batch(len(group))
+    attn = prefix_cache.attention(q_mask)
     q_lens = q_mask.sum(1)
     # The first answer token is predicted at the question's last real token: only those logits are computed.
     # Index tensors stay on the CPU: a CPU index works on a tensor of any device, while an index on the input device
