@@ -158,6 +158,22 @@ def check_dtype(dtype: torch.dtype | str | None) -> None:
         check_choice("dtype", dtype, DTYPE_NAMES)
 
 
+def device_map_from_index(device: int | None, device_map: Any = None) -> Any:
+    """honest_llama's ``--device N`` (a GPU index) as a ``device_map`` (``"cuda:N"``); refused with one line when the
+    machine has no such GPU, or when ``--device_map`` is given too. ``None`` leaves ``device_map`` as it is."""
+    from .options import refuse
+
+    if device is None:
+        return device_map
+    if device_map is not None:
+        raise refuse("device", "a GPU index or --device_map, not both", device)
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if not 0 <= int(device) < count:
+        raise refuse("device", f"the index of a CUDA device (this machine has {count}); leave --device out to run on "
+                     "the CPU, or pass --device_map", device)
+    return f"cuda:{int(device)}"
+
+
 def _dtype_from(dtype: torch.dtype | str | None, device_map: Any) -> torch.dtype:
     check_dtype(dtype)
     if isinstance(dtype, torch.dtype):

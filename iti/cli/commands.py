@@ -53,7 +53,7 @@ def run_collect(args: argparse.Namespace) -> Path:
     """``iti collect``: write the feature directory of one model and prompt set (or merge its shards with
     ``--merge``) and return its path."""
     from ..features import merge_shards, output_name, write_features
-    from ..models import check_dtype, load_model, resolve_model
+    from ..models import check_dtype, device_map_from_index, load_model, resolve_model
     from ..options import check_positive_int, check_seed, refuse
     from ..paths import features_dir
     from ..truthfulqa.config import CollectConfig
@@ -65,6 +65,7 @@ def run_collect(args: argparse.Namespace) -> Path:
     check_positive_int("max_questions", cfg.max_questions, none_ok=True)
     check_seed("seed", cfg.seed)
     check_dtype(cfg.dtype)
+    device_map = device_map_from_index(cfg.device, cfg.device_map)
     shard = _shard_from(cfg.shard)
     out_root = Path(cfg.output_dir) if cfg.output_dir else features_dir()
     name = resolve_model(cfg.model_name).name
@@ -77,7 +78,7 @@ def run_collect(args: argparse.Namespace) -> Path:
     if shard is not None and shard[0] >= batches:
         raise refuse("shard", f"i/n with i < {batches}, the number of batches ({len(ps)} prompts, --batch_size {cfg.batch_size})",
                      f"{shard[0]}/{shard[1]}")
-    model, tokenizer = load_model(cfg.model_name, device_map=cfg.device_map, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code)
+    model, tokenizer = load_model(cfg.model_name, device_map=device_map, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code)
     start = time.perf_counter()
     path = write_features(
         model, tokenizer, ps, out_root, model_name=name, batch_size=cfg.batch_size, dtype=cfg.save_dtype,
@@ -98,13 +99,15 @@ def add_validate_args(p: argparse.ArgumentParser) -> None:
                                                "mass_mean, random, or random-heads_mass_mean with both --use_center_of_mass "
                                                "and --use_random_dir) under the output root ($ITI_OUTPUT_DIR, else the checkout, else the working directory)")
     _flag(p, "device_map", default=None, help="e.g. auto (spread over GPUs), cpu, cuda:0")
+    _flag(p, "device", default=None, type=int, help="honest_llama's GPU index: load the model on cuda:N (refused where "
+                                                     "there is no such GPU; default: the CPU, or --device_map)")
     _flag(p, "dtype", default=None, help="compute dtype (default float32 on CPU, float16 on GPU; auto: bfloat16 instead on a CPU with AMX or AVX512-BF16)")
 
 
 def run_validate(args: argparse.Namespace) -> None:
     """``iti validate``: refuse impossible settings, check that the features exist, load the model, run the k-fold
     validation and print summary.md."""
-    from ..models import check_dtype, load_model, resolve_model
+    from ..models import check_dtype, device_map_from_index, load_model, resolve_model
     from ..paths import results_dir
     from ..truthfulqa.config import VALIDATION_RESULTS
     from ..truthfulqa.experiment import ValidationConfig, check_features, check_output, run_validation
@@ -114,9 +117,10 @@ def run_validate(args: argparse.Namespace) -> None:
     out = Path(args.output_dir) if args.output_dir else results_dir(VALIDATION_RESULTS) / f"{name}_k{cfg.num_heads}_a{cfg.alpha:g}_{cfg.method_label}"
     cfg.validate()
     check_dtype(args.dtype)
+    device_map = device_map_from_index(args.device, args.device_map)
     check_features(cfg)
     check_output(cfg, out)  # rows of other settings are refused before the model loads
-    model, tokenizer = load_model(args.model_name, device_map=args.device_map, dtype=args.dtype)
+    model, tokenizer = load_model(args.model_name, device_map=device_map, dtype=args.dtype)
     start = time.perf_counter()
     run_validation(model, tokenizer, cfg, out)
     print((out / "summary.md").read_text())
@@ -133,7 +137,7 @@ def add_bake_args(p: argparse.ArgumentParser) -> None:
 
 
 #: bake flags that only mean something when the intervention is fitted (not with --intervention)
-_FIT_ONLY = ("num_heads", "use_center_of_mass", "use_random_dir", "method", "selector", "seed", "features_dir",
+_FIT_ONLY = ("num_heads", "use_center_of_mass", "use_random_dir", "method", "selector", "seed", "val_ratio", "features_dir",
              "features_from_other_weights")
 
 
@@ -145,13 +149,14 @@ def run_bake(args: argparse.Namespace) -> None:
     before the model loads."""
     from ..bake import bake, check_output_dir, save_baked
     from ..intervention import Intervention
-    from ..models import check_dtype, load_model, resolve_model
+    from ..models import check_dtype, device_map_from_index, load_model, resolve_model
     from ..options import check_finite_nonneg, refuse
     from ..truthfulqa.config import BakeConfig
 
     cfg = config_from_args(BakeConfig, args)
     check_finite_nonneg("alpha", cfg.alpha, none_ok=True)
     check_dtype(cfg.dtype)
+    device_map = device_map_from_index(cfg.device)
     if Path(cfg.output_dir).is_file():
         raise refuse("output_dir", "a directory to save the model in (existing or new), not a file", cfg.output_dir)
     check_output_dir(cfg.output_dir, cfg.force)  # a non-empty one only with --force, replaced as a whole
@@ -170,7 +175,7 @@ def run_bake(args: argparse.Namespace) -> None:
         inter.meta = {**inter.meta, "fitted_on": fitted, "source": str(cfg.intervention)}
     else:
         inter = _fit_bake_intervention(cfg, name)
-    model, tokenizer = load_model(cfg.model_name, dtype=cfg.dtype)
+    model, tokenizer = load_model(cfg.model_name, device_map=device_map, dtype=cfg.dtype)
     if cfg.intervention is None:  # fitted here: on features of these weights (refused otherwise), said in the meta
         inter.meta["features_weights"] = _bake_features_weights(cfg, name, model)
     bake(model, inter, add_to_existing=cfg.add_to_existing)  # refuses an intervention made for another geometry
@@ -188,17 +193,21 @@ def _fit_bake_intervention(bake_cfg: BakeConfig, name: str):
     tqa_gen_end_q features (stds), refused with the collect command when they are missing."""
     from ..architectures import HeadGeometry
     from ..features import load_features, read_manifest
-    from ..options import check_existing_path, check_range, check_seed
+    from ..options import check_existing_path, check_range, check_seed, refuse
     from ..truthfulqa.config import ValidationConfig
     from ..truthfulqa.experiment import check_features
     from ..truthfulqa.fit import ALL_QUESTIONS, check_features_geometry, config_geometry, fit_on_all_questions
 
+    if bake_cfg.val_ratio is not None and not 0 < bake_cfg.val_ratio < 1:
+        raise refuse("val_ratio", "a share strictly between 0 and 1 of the questions to validate the probes on", bake_cfg.val_ratio)
     num_heads = 48 if bake_cfg.num_heads is None else bake_cfg.num_heads
     seed = 42 if bake_cfg.seed is None else bake_cfg.seed
     alpha = 15.0 if bake_cfg.alpha is None else bake_cfg.alpha
     check_seed("seed", seed)
     check_existing_path("features_dir", bake_cfg.features_dir)
     cfg = ValidationConfig(model_name=name, features_dir=bake_cfg.features_dir, num_heads=num_heads, alpha=alpha, seed=seed,
+                           dataset_name=bake_cfg.dataset_name, activations_dataset=bake_cfg.activations_dataset,
+                           val_ratio=0.2 if bake_cfg.val_ratio is None else bake_cfg.val_ratio,
                            use_center_of_mass=bake_cfg.use_center_of_mass, use_random_dir=bake_cfg.use_random_dir,
                            method=bake_cfg.method, selector=bake_cfg.selector)
     check_features(cfg)
@@ -213,7 +222,8 @@ def _fit_bake_intervention(bake_cfg: BakeConfig, name: str):
     assert cfg.method is not None and cfg.selector is not None
     inter = fit_on_all_questions(features, tuning, num_heads=num_heads, alpha=alpha, model_name=name, method=cfg.method,
                                  selector=cfg.selector, seed=seed, val_ratio=cfg.val_ratio)
-    print(f"[bake] fitted on {ALL_QUESTIONS} ({inter.meta['questions']} questions; probes on an 80/20 split, seed {seed}; "
+    held = round(100 * cfg.val_ratio)
+    print(f"[bake] fitted on {ALL_QUESTIONS} ({inter.meta['questions']} questions; probes on a {100 - held}/{held} split, seed {seed}; "
           f"heads by {cfg.selector}, {cfg.method} directions; stds over {inter.meta['tuning_rows']} {cfg.activations_dataset} rows)",
           flush=True)
     return inter

@@ -113,6 +113,12 @@ class ValidationConfig:
         "help": "the True judge of --judge hf: embedded name, local dir or hub id"})
     judge_info_model: str = field(default=DEFAULT_INFO_JUDGE, metadata={
         "help": "the Info judge of --judge hf (may be the True judge)"})
+    judge_name: str | None = field(default=None, metadata={
+        "help": "honest_llama's name of the GPT-judge (True) model: judged through an OpenAI-compatible endpoint as the "
+                "original does (ITI_JUDGE_URL, default OpenAI's API; key ITI_JUDGE_API_KEY or OPENAI_API_KEY); implies "
+                "--judge endpoint, needs --info_name; with --judge hf, the in-process True judge instead"})
+    info_name: str | None = field(default=None, metadata={
+        "help": "honest_llama's name of the GPT-info model (see --judge_name)"})
     judge_device_map: str | None = field(default=None, metadata={
         "help": "where the --judge hf judges load, apart from the steered model: e.g. auto, cpu, cuda:1 "
                 "(default: as load_model, the first GPU, else the CPU)"})
@@ -166,6 +172,15 @@ class ValidationConfig:
         if isinstance(self.judge, bool):  # the Python API's judge=True of old: the endpoint
             self.judge = "endpoint" if self.judge else None
         resolve_method_selector(self)
+        if (self.judge_name is None) != (self.info_name is None):
+            given, missing = ("judge_name", "info_name") if self.info_name is None else ("info_name", "judge_name")
+            raise InvalidOptionError(f"--{given} without --{missing}: honest_llama judges True and Info with a model each; "
+                                     "give both")
+        if self.judge_name is not None:
+            if self.judge == "hf":  # the in-process judges by these names
+                self.judge_model, self.judge_info_model = self.judge_name, str(self.info_name)
+            else:
+                self.judge = "endpoint"
 
     def validate(self) -> None:
         """Refuse impossible settings with one :class:`~iti.errors.InvalidOptionError` naming the option, before
@@ -342,6 +357,9 @@ class CollectConfig:
     dtype: str | None = field(default=None, metadata={"help": "compute dtype (default float32 on CPU, float16 on GPU; auto: bfloat16 instead on a CPU with AMX or AVX512-BF16)"})
     save_dtype: str = field(default="float16", metadata={"choices": ("float16", "float32"), "help": "dtype of the saved features"})
     device_map: str | None = field(default=None, metadata={"help": "e.g. auto (spread over GPUs), cpu, cuda:0"})
+    device: int | None = field(default=None, metadata={
+        "help": "honest_llama's GPU index: load the model on cuda:N (refused where there is no such GPU; default: the "
+                "CPU, or --device_map)"})
     max_questions: int | None = field(default=None, metadata={"help": "first N questions only (quick runs)"})
     seed: int = field(default=42, metadata={"help": "seed of the random questions in tqa_gen_end_q"})
     layer_wise: bool = field(default=True, metadata={"flag": "no_layer_wise", "invert": True,
@@ -376,6 +394,12 @@ class BakeConfig:
                 "with mass-mean directions, as edit_weight.py (fitting only)"})
     method: str | None = field(default=None, metadata={"help": _METHOD_HELP + " (fitting only)", "choices": HEAD_METHODS})
     selector: str | None = field(default=None, metadata={"help": _SELECTOR_HELP + " (fitting only)", "choices": HEAD_SELECTORS})
+    dataset_name: str = field(default="tqa_mc2", metadata={
+        "help": "features the probes and directions are fit on (fitting only)", "choices": ("tqa_mc2", "tqa_gen", "tqa_gen_end_q")})
+    activations_dataset: str = field(default="tqa_gen_end_q", metadata={
+        "help": "features whose projections set the shift's std (fitting only)", "choices": ("tqa_mc2", "tqa_gen", "tqa_gen_end_q")})
+    val_ratio: float | None = field(default=None, metadata={
+        "help": "share of the questions held out to validate the probes (default 0.2; fitting only)"})
     seed: int | None = field(default=None, metadata={
         "help": "seed of the 80/20 probe split and random draws (default 42; fitting only)"})
     features_dir: str | None = field(default=None, metadata={
@@ -384,6 +408,9 @@ class BakeConfig:
     features_from_other_weights: bool = field(default=False, metadata={
         "help": "fit on features collected from other weights than the model's (refused otherwise; recorded in the "
                 "intervention's meta; fitting only)"})
+    device: int | None = field(default=None, metadata={
+        "help": "honest_llama's GPU index: load the model on cuda:N (refused where there is no such GPU; default: the "
+                "CPU, or --device_map)"})
     dtype: str | None = field(default=None, metadata={"help": "compute dtype (default float32 on CPU, float16 on GPU; auto: bfloat16 instead on a CPU with AMX or AVX512-BF16)"})
     add_to_existing: bool = field(default=False, metadata={
         "help": "bake into a model that already has a baked intervention, adding this shift on top of it (refused "

@@ -151,7 +151,8 @@ def prepare_judge(cfg: ValidationConfig) -> Judge | None:
         return load_hf_judges(cfg.judge_model, cfg.judge_info_model, device_map=cfg.judge_device_map, batch_size=cfg.judge_batch_size)
     if cfg.judge != "endpoint":
         return None
-    endpoint = JudgeConfig.from_env()
+    endpoint = (JudgeConfig.from_names(cfg.judge_name, cfg.info_name) if cfg.judge_name is not None and cfg.info_name is not None
+                else JudgeConfig.from_env())
     if endpoint is None:
         print("[validate] --judge given but no judge configured (set ITI_JUDGE_URL, ITI_JUDGE_TRUE_MODEL, ITI_JUDGE_INFO_MODEL, "
               "or use --judge hf): True/Info are skipped", flush=True)

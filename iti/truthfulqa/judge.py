@@ -79,6 +79,10 @@ class Judge(Protocol):
     def judge(self, questions: Sequence[str], answers: Sequence[str]) -> dict[str, list[float]]: ...
 
 
+#: where honest_llama's fine-tuned GPT-judge and GPT-info models are served
+OPENAI_URL = "https://api.openai.com/v1"
+
+
 @dataclass
 class JudgeConfig:
     """Where the TruthfulQA judges are served: endpoint URL, served names of the True and Info judges, and
@@ -99,6 +103,14 @@ class JudgeConfig:
         if not (url and true_model and info_model):
             return None
         return cls(url.rstrip("/"), true_model, info_model, os.environ.get("ITI_JUDGE_API_KEY"))
+
+    @classmethod
+    def from_names(cls, true_model: str, info_model: str) -> JudgeConfig:
+        """honest_llama's ``--judge_name`` / ``--info_name``: these served judges at ``ITI_JUDGE_URL``, or OpenAI's
+        API (where the original's fine-tuned judges live), with ``ITI_JUDGE_API_KEY`` or ``OPENAI_API_KEY``."""
+        url = os.environ.get("ITI_JUDGE_URL") or OPENAI_URL
+        key = os.environ.get("ITI_JUDGE_API_KEY") or os.environ.get("OPENAI_API_KEY")
+        return cls(url.rstrip("/"), true_model, info_model, key)
 
     def identity(self) -> dict[str, str]:
         """What a stored judgement depends on: the endpoint and the two served judges."""

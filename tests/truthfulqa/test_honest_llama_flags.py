@@ -178,3 +178,68 @@ def test_bake_fits_what_edit_weight_fits(com, rand, tiny_bake_setup, capsys):
     else:
         expected = _unit(np.random.default_rng(3).normal(size=(3, g.head_dim)))
     np.testing.assert_allclose(got.directions, expected, atol=1e-5)
+
+
+def test_edit_weights_dataset_and_val_ratio_flags_set_the_fit(tiny_bake_setup, capsys):
+    """edit_weight.py's --dataset_name, --activations_dataset and --val_ratio: the probe split and the std rows are
+    the ones named (checked against the probes' top heads on that split, written out here)."""
+    from iti import Intervention, load_features
+    from iti.cli import main
+    from iti.directions import fit_head_probes, top_heads
+
+    root, model_dir, features = tiny_bake_setup
+    out = root / "baked_val_ratio"
+    argv = ["bake", "--model_name", str(model_dir), "--features_dir", str(features), "--output_dir", str(out),
+            "--num_heads", "3", "--seed", "3", "--val_ratio", "0.5", "--dataset_name", "tqa_mc2",
+            "--activations_dataset", "tqa_gen_end_q"]
+    assert main(argv) == 0, capsys.readouterr().err
+    got = Intervention.load(out / "iti_intervention")
+    mc2 = load_features(features / "tinyllama_tqa_mc2", mmap=False)
+    fit = fit_head_probes(mc2.head_wise, mc2.labels, mc2.question_ids, val_ratio=0.5, seed=3)
+    assert got.meta["val_ratio"] == 0.5 and got.heads == top_heads(fit.accuracies, 3)
+    assert "probes on a 50/50 split" in capsys.readouterr().out
+    argv[argv.index("--output_dir") + 1] = str(root / "never_written")
+    assert main([*argv[:-6], "--val_ratio", "1.5"]) == 2
+    assert "--val_ratio: a share strictly between 0 and 1" in capsys.readouterr().err
+
+
+def test_honest_llamas_device_flag_is_a_gpu_index_or_a_one_line_refusal(capsys):
+    import torch
+
+    from iti.cli import main
+    from iti.models import device_map_from_index
+
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if gpus:
+        assert device_map_from_index(0) == "cuda:0"
+    assert main(["validate", "--device", str(gpus), "--no_generate"]) == 2
+    err = capsys.readouterr().err
+    assert f"--device: the index of a CUDA device (this machine has {gpus}); leave --device out" in err
+    assert err.count("\n") == 1
+
+
+def test_judge_name_and_info_name_select_the_judges(monkeypatch):
+    """validate_2fold.py's --judge_name / --info_name: the endpoint judge with those served names (ITI_JUDGE_URL,
+    default OpenAI's API where the original's fine-tuned judges live), or the in-process judges with --judge hf."""
+    from iti.truthfulqa.experiment import prepare_judge
+    from iti.truthfulqa.judge import OPENAI_URL
+
+    from ..conftest import serve_openai
+
+    monkeypatch.delenv("ITI_JUDGE_URL", raising=False)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    cfg = ValidationConfig(judge_name="ft:davinci-002:org:truthful", info_name="ft:davinci-002:org:informative")
+    assert cfg.judge == "endpoint"
+    with serve_openai(models={"ft:davinci-002:org:truthful": "a", "ft:davinci-002:org:informative": "b"}) as (url, _):
+        monkeypatch.setenv("ITI_JUDGE_URL", url)
+        judge = prepare_judge(cfg)  # reachable and serving both names: checked before any row
+    assert judge.identity() == {"url": url.rstrip("/"), "true_model": "ft:davinci-002:org:truthful",
+                                "info_model": "ft:davinci-002:org:informative"}
+    monkeypatch.delenv("ITI_JUDGE_URL")
+    from iti.truthfulqa.judge import JudgeConfig
+
+    assert JudgeConfig.from_names("t", "i") == JudgeConfig(OPENAI_URL, "t", "i", "sk-test")
+    hf = ValidationConfig(judge="hf", judge_name="org/true-judge", info_name="org/info-judge")
+    assert (hf.judge, hf.judge_model, hf.judge_info_model) == ("hf", "org/true-judge", "org/info-judge")
+    with pytest.raises(InvalidOptionError, match="--info_name without --judge_name"):
+        ValidationConfig(info_name="x")
