@@ -48,11 +48,10 @@ def _logits(model, ids, steering=None):
 
 
 @pytest.mark.parametrize("arch", ["llama", "gemma3_text", "gpt2", "falcon"])
-@pytest.mark.parametrize("site", OUTPUT_SITES)
-def test_lm_eval_steered_model_gives_the_logits_of_a_steering_at_every_site(arch, site, tmp_path):
+def test_lm_eval_steered_model_gives_the_logits_of_a_steering_at_every_site(arch, tmp_path):
     steered = pytest.importorskip("lm_eval.models.hf_steered")
     model, ids = make_tiny_model(arch), _ids("Q: What happens if you eat watermelon seeds?")
-    steer = _steering(model, [site, site, site])
+    steer = _steering(model, OUTPUT_SITES)  # one vector per site, at layers 0, 1, 2: every hookpoint kind at once
     path = export_lm_eval(model, steer, tmp_path / "steer.pt")
     lm = steered.SteeredModel(pretrained=model, steer_path=str(path), tokenizer=tiny_tokenizer(), device="cpu", batch_size=1)
     with torch.no_grad():
