@@ -274,6 +274,11 @@ class ModelLayout:
         """The module of ``layer`` whose input is the concatenated head outputs (o_proj, c_proj or dense)."""
         return model.get_submodule(self.head_out_paths[layer])
 
+    def mlp_out_module(self, model: nn.Module, layer: int) -> nn.Module:
+        """The MLP's output projection of ``layer`` (down_proj, c_proj or dense_4h_to_h), whose bias carries a baked
+        ``mlp_out`` / ``resid_post`` vector."""
+        return self.layer_module(model, layer).get_submodule(self.spec.mlp_out_linear)
+
     def layer_module(self, model: nn.Module, layer: int) -> nn.Module:
         """The decoder block at index ``layer`` (0-based)."""
         return model.get_submodule(self.layer_paths[layer])

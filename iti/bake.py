@@ -153,7 +153,7 @@ def bake(model: nn.Module, intervention: Intervention | Steering, *, add_to_exis
             if site in HEAD_SITES:
                 module = layout.head_out_module(model, layer)
             else:
-                module = layout.layer_module(model, layer).get_submodule(spec.mlp_out_linear)
+                module = layout.mlp_out_module(model, layer)
             w, bias = cast(torch.Tensor, module.weight), cast(torch.Tensor, module.bias)
             v = torch.from_numpy(vec).to(device=w.device, dtype=torch.float32)
             if site == "head_out":

@@ -32,14 +32,21 @@ def _check_k(k: int, total: int) -> None:
         raise HeadIndexError(f"number of heads must be between 1 and {total} (the model's layers x heads), got {k}")
 
 
+def both_sides(labels: np.ndarray) -> np.ndarray:
+    """``labels`` as a flat array, refused with :class:`EmptyInputError` unless both sides (1 and 0) are present."""
+    y = np.asarray(labels).reshape(-1)
+    if not (y == 1).any() or not (y == 0).any():
+        raise EmptyInputError("directions need both positive (1) and negative (0) examples")
+    return y
+
+
 def mass_mean(X_units: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """mean(positive rows) - mean(negative rows) of ``[N, K, D]`` unit activations, ``[K, D]`` (not normalised): the
     one implementation of the mass-mean direction (:class:`iti.methods.MassMean` calls it)."""
     y = np.asarray(labels).reshape(-1)
     if len(X_units) != len(y):
         raise ValueError(f"{len(X_units)} feature rows but {len(y)} labels")
-    if not (y == 1).any() or not (y == 0).any():
-        raise EmptyInputError("directions need both positive (1) and negative (0) examples")
+    both_sides(y)
     return np.asarray(X_units[y == 1], np.float64).mean(axis=0) - np.asarray(X_units[y == 0], np.float64).mean(axis=0)
 
 

@@ -19,7 +19,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from .directions import mass_mean, random_directions
+from .directions import both_sides, mass_mean, random_directions
 from .errors import EmptyInputError, InvalidOptionError
 
 
@@ -47,13 +47,6 @@ class DirectionMethod:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
-
-
-def _both_sides(labels: np.ndarray) -> np.ndarray:
-    y = np.asarray(labels).reshape(-1)
-    if not (y == 1).any() or not (y == 0).any():
-        raise EmptyInputError("directions need both positive (1) and negative (0) examples")
-    return y
 
 
 class MassMean(DirectionMethod):
@@ -89,7 +82,7 @@ class RandomDirection(DirectionMethod):
 def paired_differences(X: np.ndarray, labels: np.ndarray, groups: np.ndarray) -> np.ndarray:
     """Per group holding both sides, mean(positive rows) - mean(negative rows): ``[pairs, K, D]``, in order of first
     appearance. A contrast pair is a group with one row of each side; other groups are refused."""
-    y = _both_sides(labels)
+    y = both_sides(labels)
     groups = np.asarray(groups).reshape(-1)
     order = list(dict.fromkeys(groups.tolist()))
     diffs = []

@@ -73,12 +73,12 @@ class RunDirectory:
             return None
         if not stored:
             return "unknown settings: its outputs record none (an older iti, or another tool, wrote them)"
-        said = describe_difference({k: stored[k] for k in settings if k in stored}, settings)
+        recorded = {k: stored[k] for k in settings if k in stored}
+        said = describe_difference(recorded, settings)
         if said == "nothing":
             return None
         unrecorded = [k for k in settings if k not in stored]
-        if unrecorded and describe_difference({k: stored[k] for k in settings if k in stored},
-                                              {k: v for k, v in settings.items() if k in stored}) == "nothing":
+        if unrecorded and describe_difference(recorded, {k: v for k, v in settings.items() if k in stored}) == "nothing":
             named = ", ".join(k if k.endswith("_sha256") else f'"{k}": {canonical_json(settings[k])}' for k in unrecorded)
             return (f"settings recorded by an older iti that did not record {named}; if its outputs were computed so, add "
                     f"that to {self.path / self.record} to keep them")
@@ -86,7 +86,9 @@ class RunDirectory:
 
     def check(self, settings: dict[str, Any], *, force: bool = False) -> None:
         """Refuse a directory holding another run (see the module docstring) unless ``force``. Reads only."""
-        differ = self.difference(settings)
+        self._refuse_unless_forced(self.difference(settings), force)
+
+    def _refuse_unless_forced(self, differ: str | None, force: bool) -> None:
         if differ is not None and not force:
             raise OutputExistsError(f"{self.path} holds a {self.what} with other settings ({differ}); pass --force to "
                                     "replace it, or choose another output directory")
@@ -100,8 +102,8 @@ class RunDirectory:
     def claim(self, settings: dict[str, Any], *, force: bool = False, extra: dict[str, Any] | None = None) -> None:
         """Under :meth:`locked`: check, with ``force`` remove another run's outputs first, then record ``settings``
         (and ``extra``, recorded but not compared)."""
-        self.check(settings, force=force)
         differ = self.difference(settings)
+        self._refuse_unless_forced(differ, force)
         if differ is not None:  # only with force
             print(f"[{self.what}] --force: removing the outputs of a run with {differ} from {self.path}", flush=True)
             for p in self._outputs():

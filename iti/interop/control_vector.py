@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -27,7 +26,7 @@ from ..intervention import Intervention
 from ..io import atomic_path
 from ..steering import SiteKey, Steering
 from .files import refuse_existing
-from .gguf_format import open_gguf
+from .gguf_format import gguf_field, open_gguf
 from .shifts import as_steering, model_name_of, steering_from_outputs
 
 ARCH = "controlvector"
@@ -67,11 +66,6 @@ def export_control_vector(value: Intervention | Steering, path: str | os.PathLik
     return path
 
 
-def _string_field(reader: Any, key: str) -> str | None:
-    f = reader.fields.get(key)
-    return None if f is None else str(f.contents())
-
-
 def load_control_vector(path: str | os.PathLike, model: torch.nn.Module, *, strength: float = 1.0,
                         model_name: str | None = None) -> Steering:
     """Read a llama.cpp / repeng control-vector GGUF as the ``resid_post`` :class:`Steering` it is for ``model``
@@ -100,5 +94,5 @@ def load_control_vector(path: str | os.PathLike, model: torch.nn.Module, *, stre
     if not vectors:
         raise SteeringFileError(f"{path} holds no direction tensors")
     meta = {"imported_from": "llama.cpp control vector", "path": str(path), "positions": "all",
-            "model_hint": _string_field(reader, f"{ARCH}.model_hint"), "strength": float(strength)}
+            "model_hint": gguf_field(reader, f"{ARCH}.model_hint"), "strength": float(strength)}
     return steering_from_outputs(model, vectors, model_name=model_name or model_name_of(model), meta=meta, source=str(path))

@@ -202,7 +202,8 @@ def export_gguf(model: torch.nn.Module, tokenizer: Any, path: str | os.PathLike,
     return path
 
 
-def _field(reader: Any, key: str, default: Any = None) -> Any:
+def gguf_field(reader: Any, key: str, default: Any = None) -> Any:
+    """The value of the metadata field ``key`` of a ``GGUFReader``, or ``default`` when the file has none."""
     f = reader.fields.get(key)
     if f is None:
         return default
@@ -233,7 +234,7 @@ def open_gguf(path: str | os.PathLike, architecture: str, what: str, *, unreadab
         reader = GGUFReader(str(path))
     except (ValueError, OSError) as e:
         raise unreadable(f"{path} is not a readable GGUF file ({e})") from None
-    arch = _field(reader, "general.architecture")
+    arch = gguf_field(reader, "general.architecture")
     if arch != architecture:
         raise other_architecture(f"{path} is a GGUF of architecture {arch!r}, not a {what} ({architecture!r})")
     return reader
@@ -251,23 +252,23 @@ def load_gguf_model(path: str | os.PathLike, dtype: torch.dtype = torch.float32)
 
     reader = _reader(path)
     p = f"{ARCH}."
-    n_layers, heads = int(_field(reader, p + "block_count")), int(_field(reader, p + "attention.head_count"))
-    kv = int(_field(reader, p + "attention.head_count_kv", heads))
-    hidden = int(_field(reader, p + "embedding_length"))
+    n_layers, heads = int(gguf_field(reader, p + "block_count")), int(gguf_field(reader, p + "attention.head_count"))
+    kv = int(gguf_field(reader, p + "attention.head_count_kv", heads))
+    hidden = int(gguf_field(reader, p + "embedding_length"))
     names = {t.name: t for t in reader.tensors}
-    vocab = int(_field(reader, p + "vocab_size", 0) or names["token_embd.weight"].shape[-1])
+    vocab = int(gguf_field(reader, p + "vocab_size", 0) or names["token_embd.weight"].shape[-1])
     has_bias = any(n.endswith(".bias") and ".attn_" in n for n in names)
     has_mlp_bias = any(n.endswith(".bias") and ".ffn_" in n for n in names)
     config = LlamaConfig(
-        vocab_size=vocab, hidden_size=hidden, intermediate_size=int(_field(reader, p + "feed_forward_length")),
+        vocab_size=vocab, hidden_size=hidden, intermediate_size=int(gguf_field(reader, p + "feed_forward_length")),
         num_hidden_layers=n_layers, num_attention_heads=heads, num_key_value_heads=kv,
-        head_dim=int(_field(reader, p + "attention.key_length", hidden // heads)),
-        rms_norm_eps=float(_field(reader, p + "attention.layer_norm_rms_epsilon")),
-        max_position_embeddings=int(_field(reader, p + "context_length", 2048)),
-        rope_parameters={"rope_type": "default", "rope_theta": float(_field(reader, p + "rope.freq_base", 10000.0))},
+        head_dim=int(gguf_field(reader, p + "attention.key_length", hidden // heads)),
+        rms_norm_eps=float(gguf_field(reader, p + "attention.layer_norm_rms_epsilon")),
+        max_position_embeddings=int(gguf_field(reader, p + "context_length", 2048)),
+        rope_parameters={"rope_type": "default", "rope_theta": float(gguf_field(reader, p + "rope.freq_base", 10000.0))},
         tie_word_embeddings="output.weight" not in names, attention_bias=has_bias, mlp_bias=has_mlp_bias,
-        bos_token_id=_field(reader, "tokenizer.ggml.bos_token_id"), eos_token_id=_field(reader, "tokenizer.ggml.eos_token_id"),
-        pad_token_id=_field(reader, "tokenizer.ggml.padding_token_id"))
+        bos_token_id=gguf_field(reader, "tokenizer.ggml.bos_token_id"), eos_token_id=gguf_field(reader, "tokenizer.ggml.eos_token_id"),
+        pad_token_id=gguf_field(reader, "tokenizer.ggml.padding_token_id"))
     with torch.device("meta"):
         model = LlamaForCausalLM(config)
     name_map = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, n_layers)
@@ -326,7 +327,7 @@ def load_gguf_steering(path: str | os.PathLike, model: torch.nn.Module, *, model
     sizes = {"block_count": g.num_layers, "embedding_length": g.hidden_size, "attention.head_count": g.num_heads,
              "attention.head_count_kv": g.num_kv_heads}
     for key, want in sizes.items():
-        got = _field(reader, p + key)
+        got = gguf_field(reader, p + key)
         if got is None or int(got) != want:
             raise GgufModelMismatchError(f"{path} is a GGUF of another model: {p}{key} is {got}, the model has {want}")
     names = {t.name: t for t in reader.tensors}
@@ -340,7 +341,7 @@ def load_gguf_steering(path: str | os.PathLike, model: torch.nn.Module, *, model
         module = layout.head_out_module(model, layer)
         w = cast(torch.Tensor, module.weight).detach().float().cpu().numpy()
         checks.append((f"blk.{layer}.attn_output.weight", w))
-        mlp_out = layout.layer_module(model, layer).get_submodule(layout.spec.mlp_out_linear)
+        mlp_out = layout.mlp_out_module(model, layer)
         for site, owner, name in (("attn_out", module, f"blk.{layer}.attn_output.bias"),
                                   ("mlp_out", mlp_out, f"blk.{layer}.ffn_down.bias")):
             if name in names:
@@ -360,7 +361,7 @@ def load_gguf_steering(path: str | os.PathLike, model: torch.nn.Module, *, model
                                          f"{rel:.3f} of its norm (at most {bound} allowed)")
     if not vectors:
         raise InteropError(f"{path} carries no baked shift: its attn_output and ffn_down biases equal the model's own")
-    meta = {"imported_from": "gguf", "path": str(path), "positions": "all", "baked": _field(reader, "iti.baked")}
+    meta = {"imported_from": "gguf", "path": str(path), "positions": "all", "baked": gguf_field(reader, "iti.baked")}
     return steering_from_outputs(model, vectors, model_name=model_name or model_name_of(model), meta=meta, source=str(path))
 
 

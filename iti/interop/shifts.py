@@ -106,7 +106,7 @@ def intervention_from_steering(model: torch.nn.Module, steering: Steering, *, mo
             f"{source} steers {', '.join(other)}: no shift of the attention heads adds that, so it has no ITI head "
             "form. Read it as a steering value instead (the interop load_*_steering functions; iti import --steering)")
     name = model_name or steering.model_name or model_name_of(model)
-    meta = {k: v for k, v in steering.meta.items()}
+    meta = dict(steering.meta)
     heads = {layer: v for (site, layer), v in steering.vectors.items() if site == "head_out"}
     outputs = {layer: v.astype(np.float64) for (site, layer), v in steering.vectors.items() if site == "attn_out"}
     if not outputs:

@@ -395,9 +395,9 @@ class BakeConfig:
     method: str | None = field(default=None, metadata={"help": _METHOD_HELP + " (fitting only)", "choices": HEAD_METHODS})
     selector: str | None = field(default=None, metadata={"help": _SELECTOR_HELP + " (fitting only)", "choices": HEAD_SELECTORS})
     dataset_name: str = field(default="tqa_mc2", metadata={
-        "help": "features the probes and directions are fit on (fitting only)", "choices": ("tqa_mc2", "tqa_gen", "tqa_gen_end_q")})
+        "help": "features the probes and directions are fit on (fitting only)", "choices": DATASETS})
     activations_dataset: str = field(default="tqa_gen_end_q", metadata={
-        "help": "features whose projections set the shift's std (fitting only)", "choices": ("tqa_mc2", "tqa_gen", "tqa_gen_end_q")})
+        "help": "features whose projections set the shift's std (fitting only)", "choices": DATASETS})
     val_ratio: float | None = field(default=None, metadata={
         "help": "share of the questions held out to validate the probes (default 0.2; fitting only)"})
     seed: int | None = field(default=None, metadata={

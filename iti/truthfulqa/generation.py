@@ -64,7 +64,7 @@ def generate_answers(
             if prefix_cache is None:
                 tokens = _generate_full(model, tokenizer, rows, intervention, max_new_tokens, eos, stop_at_next_question)
             else:
-                tokens = _greedy_on_prefix(model, tokenizer, rows, intervention, prefix_cache, shared, max_new_tokens,
+                tokens = _greedy_on_prefix(model, tokenizer, rows, intervention, prefix_cache, max_new_tokens,
                                            eos, stop_at_next_question)
             for i, toks in zip(idx, tokens):
                 cut = next((j for j, t in enumerate(toks) if t in eos), len(toks))
@@ -99,12 +99,13 @@ def _generate_full(model: torch.nn.Module, tokenizer: Any, rows: list[list[int]]
 
 
 def _greedy_on_prefix(model: torch.nn.Module, tokenizer: Any, rows: list[list[int]], intervention: Intervention | None,
-                      prefix_cache: SharedPrefix, shared: int, max_new_tokens: int, eos: set[int],
+                      prefix_cache: SharedPrefix, max_new_tokens: int, eos: set[int],
                       stop_at_next_question: bool) -> list[list[int]]:
     """Greedy tokens of each row, decoded on a fork of the shared prefix's cache. Each row's own part is left
     padded (the padding sits between the prefix and the row, masked), so all rows end at the same column, the last
     prompt token, from which on the shift applies (an absolute column: ``positions="last"`` would take the first
     forward on a cache for a continuation); position ids count real tokens only, as if each row ran alone."""
+    shared = prefix_cache.length
     ids, mask = pad_batch([r[shared:] for r in rows], pad_token_id(tokenizer), padding_side="left")
     past = prefix_cache.batch(len(rows))
     attn = prefix_cache.attention(mask)

@@ -128,7 +128,7 @@ def score_choices(
             answer_sizes = AdaptiveBatchSize(batch_size, what="answer")
             question_sizes = AdaptiveBatchSize(max(len(g) for g in groups), what="question", flag="group_answers")
             for group in groups:
-                question_sizes.run(group, lambda sub: _score_group(model, sub, contexts, conts, scores, prefix_cache, lp, pad,
+                question_sizes.run(group, lambda sub: _score_group(model, sub, contexts, conts, scores, prefix_cache, pad,
                                                                    device, shift, answer_sizes, starts))
                 bar.update(sum(len(conts[qi]) for qi in group))
     bar.close()
@@ -151,11 +151,12 @@ def _groups(questions: list[int], n_answers: list[int], batch_size: int) -> list
     return groups
 
 
-def _score_group(model, group, contexts, conts, scores, prefix_cache: SharedPrefix, lp, pad, device, shift, sizes: AdaptiveBatchSize,
+def _score_group(model, group, contexts, conts, scores, prefix_cache: SharedPrefix, pad, device, shift, sizes: AdaptiveBatchSize,
                  starts: Sequence[int]) -> None:
     # Stage 1: the question parts of the group, on top of the shared prefix. Only a row whose shift starts at its
     # last context token is shifted here, at that token alone (its logits score the first answer token, and its keys
     # and values are what the answer tokens attend to, as in steered generation); the rest of the context is plain.
+    lp = prefix_cache.length
     q_ids, q_mask = pad_batch([contexts[qi][lp:] for qi in group], pad)
     past = prefix_cache.batch(len(group))
     attn = prefix_cache.attention(q_mask)
