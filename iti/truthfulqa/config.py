@@ -25,6 +25,9 @@ from .judge import DEFAULT_INFO_JUDGE, DEFAULT_TRUE_JUDGE, JUDGE_KINDS
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "spiece.model")
 
 
+#: the transfer sets of ``--eval_dataset`` (iti.truthfulqa.transfer.TRANSFER_SETS, named here without importing it)
+TRANSFER_SET_NAMES = ("nq_open", "trivia_qa")
+
 #: TruthfulQA's number of questions: the question count assumed when no features manifest says otherwise.
 TRUTHFULQA_QUESTIONS = 817  # data.NUM_QUESTIONS, without importing pandas for the command line's parser
 
@@ -159,6 +162,24 @@ class ValidationConfig:
         "help": "neutral texts the budget search measures on (drawn after, never among, the reported CE/KL texts)"})
     max_questions: int | None = field(default=None, metadata={
         "help": "first N questions of the features only (quick runs)"})
+    eval_dataset: list[str] = field(default_factory=list, metadata={
+        "choices": TRANSFER_SET_NAMES, "nargs": "+",
+        "help": "also score each row's TruthfulQA-fitted steering, unchanged, on the ITI paper's transfer sets (its Table "
+                "4): NQ-open and TriviaQA, the first gold answer against the GPT-4 false answer in honest_llama's MC prompt; "
+                "rows whose false answer is a gold answer are counted apart and left out of the headline"})
+    eval_max_questions: int | None = field(default=None, metadata={
+        "help": "first N questions of each --eval_dataset only (default: all 3,610)"})
+    many_shot: int = field(default=0, metadata={
+        "help": "the paper's few-shot baseline: add a few-shot row and a few-shot + ITI row whose prompts carry K "
+                "TruthfulQA questions of the fold's training questions (never an evaluated one) with their best "
+                "answers, after the instruction and before the QA primer (where honest_llama's many_shot_prefix goes); "
+                "default 0: none"})
+    model_prefix: str = field(default="", metadata={
+        "choices": ("", "honest_", "local_"),
+        "help": "honest_llama's --model_prefix: evaluate the baked model honest_<model_name> (its hub copy) or "
+                "local_<model_name> (edit_weight.py's output directory) with the features, probes and directions of "
+                "<model_name>, a declared use of another checkpoint's features recorded in run.json; its plain row is "
+                "the 'baked-in' row"})
     features_dir: str | None = field(default=None, metadata={
         "help": "where the feature directories are (default: features/ of the output root, see iti.paths)"})
     data_dir: str | None = field(default=None, metadata={
@@ -257,6 +278,21 @@ class ValidationConfig:
         else:
             n, option = available, "max_questions" if manifest is None else "dataset_name"
         check_folds(n, self.num_fold, self.val_ratio, questions_option=option, source=source)
+        check_positive_int("eval_max_questions", self.eval_max_questions, none_ok=True)
+        for name in self.eval_dataset:
+            check_choice("eval_dataset", name, TRANSFER_SET_NAMES)
+        if self.eval_dataset:
+            from .transfer import load_transfer
+
+            for name in self.eval_dataset:  # a missing or broken copy fails here, before the model loads
+                load_transfer(name, self.data_dir)
+        check_range("many_shot", self.many_shot, 0, None, integer=True)
+        smallest_train = n - -(-n // int(self.num_fold))  # the training questions beside the largest test fold
+        if self.many_shot > smallest_train:
+            raise InvalidOptionError(f"--many_shot {self.many_shot}: the shots come from the fold's training questions "
+                                     f"(never an evaluated one), and the smallest fold has {smallest_train} ({n} questions, "
+                                     f"{self.num_fold} folds); ask for at most {smallest_train}")
+        check_choice("model_prefix", self.model_prefix, ("", "honest_", "local_"))
 
     def features_path(self, dataset: str) -> Path:
         """The features directory of ``dataset`` for this model: ``<features_dir>/<model_name>_<dataset>``."""
@@ -288,6 +324,12 @@ class RowSpec:
     budget: float | None = None  # alpha chosen per fold so that the cost meets this budget (alpha: where the search starts)
     budget_metric: str = "KL"
     site: str = "head_out"  # resid_post: one vector on the residual stream after the layer the probes rank first
+    shots: int = 0  # few-shot rows: TruthfulQA questions of the fold's training split in the prompt
+
+    @property
+    def steers(self) -> bool:
+        """Whether the row steers (every row but the plain model's: baseline, baked-in, few-shot)."""
+        return self.name not in PLAIN_ROWS
 
     @property
     def selector(self) -> str:
@@ -300,7 +342,12 @@ class RowSpec:
         rows/fold<i>_<key>.json."""
         strength = f"{self.budget_metric.lower()}{self.budget:g}" if self.budget is not None else f"a{self.alpha:g}"
         units = f"k{self.num_heads}" if self.site == "head_out" else f"l{self.num_heads}"  # heads, or layers
-        return f"{self.name.replace(' ', '-')}_{strength}_{units}_s{self.seed}"
+        shots = f"_fs{self.shots}" if self.shots else ""
+        return f"{self.name.replace(' + ', '+').replace(' ', '-')}_{strength}_{units}_s{self.seed}{shots}"
+
+
+#: the rows that evaluate the model as loaded: the plain model, a baked one (--model_prefix), few-shot prompting
+PLAIN_ROWS = ("baseline", "baked-in", "few-shot")
 
 
 #: the direction method of each residual-stream row kind (iti.methods names)
@@ -312,7 +359,7 @@ def plan_rows(cfg: ValidationConfig) -> list[RowSpec]:
     controls, with the alpha and head-count sweeps after the main seed."""
     d = str(cfg.method)
     heads = "random" if cfg.selector == "random" else "top"  # the stored rows' name of the selector
-    rows = [RowSpec("baseline", 0.0, 0, cfg.seed, generate=cfg.generate)]
+    rows = [RowSpec("baked-in" if cfg.model_prefix else "baseline", 0.0, 0, cfg.seed, generate=cfg.generate)]
     # the main seed first, then the sweeps, then the other seeds: an interrupted run has the key rows first
     seeds = [cfg.seed] + [s for s in cfg.control_seeds if s != cfg.seed]
     k = int(cfg.num_heads)  # resolved from a share by validate()
@@ -332,6 +379,10 @@ def plan_rows(cfg: ValidationConfig) -> list[RowSpec]:
             if residual:
                 rows.append(RowSpec("random residual direction", 1.0, 1, s, "top", "random", budget=b, budget_metric=metric,
                                     site="resid_post"))
+        if i == 0 and cfg.many_shot:  # the paper's few-shot prompting rows, the ITI one as the main ITI row
+            rows.append(RowSpec("few-shot", 0.0, 0, s, generate=cfg.generate, shots=cfg.many_shot))
+            rows.append(RowSpec("few-shot + ITI", cfg.alpha, k, s, heads, d, generate=cfg.generate, budget=strengths[0],
+                                budget_metric=metric, shots=cfg.many_shot))
         if i == 0:
             rows += [RowSpec("ITI", a, k, cfg.seed, heads, d) for a in cfg.sweep_alphas if a != cfg.alpha]
             rows += [RowSpec("ITI", cfg.alpha, n, cfg.seed, heads, d) for n in cfg.sweep_heads if n != k]

@@ -10,6 +10,7 @@ Every evaluated row is stored as it finishes (``rows/*.json``), so an interrupte
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -38,8 +39,9 @@ from .generation import generate_answers
 from .judge import JUDGE_KEYS, Judge, JudgeConfig, check_judge_endpoint
 from .lm_cost import NeutralCost, ce_and_kl, load_neutral_texts
 from .mc_scoring import mc_metrics, score_choices
-from .prompts import generation_prompt, mc_questions, shared_prefix
+from .prompts import few_shot_text, generation_prompt, mc_questions, shared_prefix
 from .report import plot_results, summarize, summary_markdown
+from .transfer import TransferData, load_transfer, transfer_questions
 
 #: ValidationConfig fields that change what a stored row holds; the others choose which rows run (controls,
 #: sweeps), how fast (batch_size) or where from (paths, replaced by the content they point at).
@@ -59,6 +61,8 @@ def run_identity(cfg: ValidationConfig, *, manifests: dict[str, dict[str, Any]] 
     identity: dict[str, Any] = {f: getattr(cfg, f) for f in RESULT_FIELDS}
     if cfg.kl_budget or cfg.ce_budget:
         identity["budget_texts"] = cfg.budget_texts  # what the alpha of a budget row was searched on
+    if cfg.model_prefix:  # the evaluated weights are the baked copy's (their hash below), the features the base model's
+        identity["model_prefix"] = cfg.model_prefix
     for name, manifest in (manifests or {}).items():
         identity[f"{name} features_sha256"] = settings_fingerprint({"job": manifest.get("job_id"), "files": manifest["files"]})
     if tqa is not None:
@@ -76,10 +80,10 @@ def run_directory(out: str | Path) -> RunDirectory:
                         outputs=("rows/*.json", "intervention_fold*", "summary.json", "summary.md"))
 
 
-def _mc_part(model, tokenizer, tqa, test_q, intervention, cfg, texts) -> dict[str, Any]:
-    questions = mc_questions(tqa, test_q, cfg.preset, cfg.instruction_prompt)
+def _mc_part(model, tokenizer, tqa, test_q, intervention, cfg, texts, shots: str = "") -> dict[str, Any]:
+    questions = mc_questions(tqa, test_q, cfg.preset, cfg.instruction_prompt, shots)
     t0 = time.perf_counter()
-    scores = score_choices(model, tokenizer, questions, prefix=shared_prefix(cfg.preset, cfg.instruction_prompt),
+    scores = score_choices(model, tokenizer, questions, prefix=shared_prefix(cfg.preset, cfg.instruction_prompt, shots),
                            intervention=intervention, batch_size=cfg.batch_size, shift_start=cfg.mc_shift_start)
     mc = mc_metrics(questions, scores, cfg.preset)
     out: dict[str, Any] = {"question_ids": [int(q) for q in test_q], "MC1": mc.mc1.tolist(), "MC2": mc.mc2.tolist(), "MC3": mc.mc3.tolist(),
@@ -105,14 +109,42 @@ def search_alpha(meter: NeutralCost, intervention, spec: RowSpec) -> BudgetSearc
     return alpha_for_budget(cost, spec.budget, metric=spec.budget_metric, start=spec.alpha or 1.0)
 
 
-def _generation_part(model, tokenizer, tqa, test_q, intervention, cfg) -> dict[str, Any]:
+def _generation_part(model, tokenizer, tqa, test_q, intervention, cfg, shots: str = "") -> dict[str, Any]:
     from .text_metrics import similarity_scores
 
     t1 = time.perf_counter()
-    prompts = [generation_prompt(tqa.refs[q].question, cfg.preset, cfg.instruction_prompt) for q in test_q]
+    prompts = [generation_prompt(tqa.refs[q].question, cfg.preset, cfg.instruction_prompt, shots) for q in test_q]
     answers = generate_answers(model, tokenizer, prompts, intervention=intervention, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size)
     sim = similarity_scores(answers, [tqa.refs[q] for q in test_q])
     return {"answers": answers, **sim.per_answer(), "gen_seconds": time.perf_counter() - t1}
+
+
+def _transfer_part(model, tokenizer, data: TransferData, intervention, cfg) -> dict[str, Any]:
+    """One transfer set scored under the row's steering (:mod:`iti.truthfulqa.transfer`): per question whether the
+    first gold answer outscores the false one, and the margin between their summed log-probabilities."""
+    t = time.perf_counter()
+    n = min(len(data), cfg.eval_max_questions or len(data))
+    prefix = shared_prefix(cfg.preset, cfg.instruction_prompt)
+    questions = transfer_questions(data, prefix, range(n))
+    scores = score_choices(model, tokenizer, questions, prefix=prefix, intervention=intervention, batch_size=cfg.batch_size,
+                           shift_start=cfg.mc_shift_start)
+    return {"correct": mc_metrics(questions, scores).mc1.tolist(), "margin": [float(s[0] - s[1]) for s in scores],
+            "false_is_gold": [data.items[i].false_is_gold for i in range(n)], "questions": n,
+            "data_sha256": data.sha256, "origin": data.origin, "seconds": time.perf_counter() - t}
+
+
+def _transfer_todo(row: dict[str, Any], spec: RowSpec, transfer: dict[str, TransferData], cfg: ValidationConfig) -> list[str]:
+    """The transfer sets still to score for a row (again when the stored result is of other data or another
+    question count); few-shot rows are TruthfulQA prompting baselines and are not transferred."""
+    if spec.shots:
+        return []
+    todo = []
+    for name, data in transfer.items():
+        done = row.get("transfer", {}).get(name, {})
+        n = min(len(data), cfg.eval_max_questions or len(data))
+        if done.get("data_sha256") != data.sha256 or done.get("questions") != n:
+            todo.append(f"transfer:{name}")
+    return todo
 
 
 def _rescore_part(tqa, test_q, row: dict[str, Any]) -> dict[str, Any]:
@@ -124,7 +156,7 @@ def _rescore_part(tqa, test_q, row: dict[str, Any]) -> dict[str, Any]:
     return similarity_scores(row["answers"], [tqa.refs[q] for q in test_q]).per_answer()
 
 
-def _row_todo(row: dict[str, Any], spec: RowSpec, judge: Judge | None) -> list[str]:
+def _row_todo(row: dict[str, Any], spec: RowSpec, judge: Judge | None, transfer_todo: list[str] = ()) -> list[str]:
     """The parts of a row still to compute: MC + CE/KL, greedy answers, judgements (again when another judge
     made the stored ones). Each part is stored as soon as it finishes, so a failure in a later part (a judge that
     is down) loses nothing before it."""
@@ -135,7 +167,20 @@ def _row_todo(row: dict[str, Any], spec: RowSpec, judge: Judge | None) -> list[s
         todo.append("rescore")  # answers stored by an older iti, without honest_llama's rouge1 acc
     if spec.generate and judge is not None and ("generate" in todo or row.get("judge") != judge.identity()):
         todo.append("judge")
-    return todo
+    return todo + list(transfer_todo)
+
+
+def _copy_plain_transfer(row: dict[str, Any], fold0: Path, part: str, transfer: dict[str, TransferData]) -> bool:
+    """Copy a plain row's transfer result from its fold-0 file (the same model on the same questions, scored just
+    before); whether it was there to copy."""
+    if not part.startswith("transfer:") or not fold0.is_file():
+        return False
+    name = part.split(":", 1)[1]
+    done = read_json(fold0, "validation row").get("transfer", {}).get(name)
+    if done is None or done.get("data_sha256") != transfer[name].sha256:
+        return False
+    row.setdefault("transfer", {})[name] = done
+    return True
 
 
 def prepare_judge(cfg: ValidationConfig) -> Judge | None:
@@ -249,6 +294,7 @@ def _run_locked(model, tokenizer, cfg: ValidationConfig, directory: RunDirectory
     (out / "rows").mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "config.json", cfg.__dict__)
     folds = np.array_split(questions, cfg.num_fold)
+    transfer = {name: load_transfer(name, cfg.data_dir) for name in cfg.eval_dataset}
     texts = load_neutral_texts(cfg.ce_samples, seed=cfg.seed, corpus=cfg.ce_corpus, data_dir=cfg.data_dir)
     meter: NeutralCost | None = None  # the budget search's texts and the plain model's log-probs on them, made once
 
@@ -277,18 +323,31 @@ def _run_locked(model, tokenizer, cfg: ValidationConfig, directory: RunDirectory
             row = read_json(path, "validation row") if path.exists() else {}
             if "budget_search" in row:  # a stored search that missed its budget is no more cost-matched than a new one
                 BudgetSearch.from_dict(row["budget_search"]).check(f"row {spec.key}, fold {i}")
-            todo = _row_todo(row, spec, judge)
+            todo = _row_todo(row, spec, judge, _transfer_todo(row, spec, transfer, cfg))
             if not todo:
                 continue
+            if not spec.steers and i > 0:  # the plain model scores a transfer set the same in every fold: copied
+                copied = [p for p in todo if _copy_plain_transfer(row, out / "rows" / f"fold0_{spec.key}.json", p, transfer)]
+                if copied:
+                    atomic_write_json(path, row)
+                    todo = [p for p in todo if p not in copied]
+                    if not todo:
+                        continue
+            needs_model = {"mc", "generate"} & set(todo) or any(p.startswith("transfer:") for p in todo)
             intervention: Intervention | Steering | None = None
-            if spec.site == "resid_post" and {"mc", "generate"} & set(todo):
+            if spec.site == "resid_post" and needs_model:
                 intervention = build_residual_steering(features, fold_probes(i, spec.seed, layers=True), method=spec.direction,
                                                        model_name=cfg.model_name, seed=spec.seed)
-            elif spec.name != "baseline" and {"mc", "generate"} & set(todo):
+            elif spec.steers and needs_model:
                 intervention = build_intervention(features, tuning, fold_probes(i, spec.seed), num_heads=spec.num_heads, alpha=spec.alpha,
                                                   model_name=cfg.model_name, method=spec.direction, selector=spec.selector, seed=spec.seed,
                                                   tune_on_all_questions=cfg.tune_on_all_questions)
             if intervention is not None and spec.budget is not None:
+                same = out / "rows" / f"fold{i}_{replace(spec, name='ITI', shots=0).key}.json"
+                if spec.shots and "budget_search" not in row and same.is_file():  # few-shot + ITI: the ITI row's alpha
+                    found = read_json(same, "validation row")
+                    if "budget_search" in found:
+                        row.update({"alpha_found": found["alpha_found"], "budget_search": found["budget_search"]})
                 if "budget_search" not in row:
                     search = search_alpha(search_meter(), intervention, spec).check(f"row {spec.key}, fold {i}")
                     row.update({"alpha_found": search.alpha, "budget_search": search.to_dict()})
@@ -298,21 +357,28 @@ def _run_locked(model, tokenizer, cfg: ValidationConfig, directory: RunDirectory
             if intervention is not None and spec == rows[1]:
                 intervention.meta["features_weights"] = features_weights  # fitted on features of the model's weights?
                 intervention.save(out / f"intervention_fold{i}")
-            print(f"[validate] {spec.key}, fold {i}: {' + '.join(todo)} ({len(test_q)} test questions, "
-                  f"{time.perf_counter() - start:.0f} s so far)", flush=True)
+            shots = ""
+            if spec.shots:  # drawn from this fold's training questions only
+                train_q = np.concatenate([f for j, f in enumerate(folds) if j != i])
+                shots = few_shot_text(tqa, train_q, spec.shots, seed=spec.seed)
+            print(f"[validate] {spec.key}, fold {i}: {' + '.join(todo)} ({len(test_q)} "
+                  f"test questions, {time.perf_counter() - start:.0f} s so far)", flush=True)
             for part in todo:
                 t = time.perf_counter()
                 if part == "mc":
-                    row.update(_mc_part(model, tokenizer, tqa, test_q, intervention, cfg, texts))
+                    row.update(_mc_part(model, tokenizer, tqa, test_q, intervention, cfg, texts, shots))
                     row.update({"fold": i, "spec": spec.__dict__, "heads": getattr(intervention, "heads", [])})
                     if isinstance(intervention, Steering):
                         row["layers"] = intervention.layers(spec.site)
                 elif part == "generate":
                     for stale in JUDGE_KEYS:
                         row.pop(stale, None)
-                    row.update(_generation_part(model, tokenizer, tqa, test_q, intervention, cfg))
+                    row.update(_generation_part(model, tokenizer, tqa, test_q, intervention, cfg, shots))
                 elif part == "rescore":
                     row.update(_rescore_part(tqa, test_q, row))
+                elif part.startswith("transfer:"):
+                    name = part.split(":", 1)[1]
+                    row.setdefault("transfer", {})[name] = _transfer_part(model, tokenizer, transfer[name], intervention, cfg)
                 else:
                     assert judge is not None
                     for stale in JUDGE_KEYS:  # another judge's keys (the raw scores) must not survive

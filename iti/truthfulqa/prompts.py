@@ -38,20 +38,35 @@ INSTRUCTIONS = {
 PRESETS = ("qa", "lm-eval")
 
 
-def shared_prefix(preset: str = "qa", instruction: str = "default") -> str:
-    """The question-independent start of every MC and generation prompt."""
+def shared_prefix(preset: str = "qa", instruction: str = "default", shots: str = "") -> str:
+    """The question-independent start of every MC and generation prompt. ``shots`` (:func:`few_shot_text`) goes where
+    honest_llama's ``many_shot_prefix`` goes: after the instruction, then a blank line, then the primer."""
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {PRESETS}")
     if instruction not in INSTRUCTIONS:
         raise ValueError(f"unknown instruction prompt {instruction!r}; choose one of {sorted(INSTRUCTIONS)}")
+    primer = shots + "\n\n" + QA_PRIMER if shots else QA_PRIMER
     if preset == "lm-eval" or not INSTRUCTIONS[instruction]:
-        return QA_PRIMER
-    return INSTRUCTIONS[instruction] + "\n\n" + QA_PRIMER
+        return primer
+    return INSTRUCTIONS[instruction] + "\n\n" + primer
 
 
-def generation_prompt(question: str, preset: str = "qa", instruction: str = "default") -> str:
+def generation_prompt(question: str, preset: str = "qa", instruction: str = "default", shots: str = "") -> str:
     """honest_llama: instruction + primer + "\\n\\nQ: " + question, with no trailing "\\nA:"."""
-    return shared_prefix(preset, instruction) + "\n\nQ: " + question
+    return shared_prefix(preset, instruction, shots) + "\n\nQ: " + question
+
+
+def few_shot_text(tqa: TruthfulQA, train_questions, k: int, seed: int) -> str:
+    """The few-shot baseline's shots: ``k`` questions drawn (seeded, in the drawn order) from ``train_questions``
+    only, each as the QA primer writes its pairs, ``"Q: " + question + "\\nA: " + best answer``, separated by blank
+    lines. Why the training questions: a shot that is also a test question would give its answer away."""
+    import numpy as np
+
+    pool = np.asarray(train_questions)
+    if k > len(pool):
+        raise ValueError(f"{k} shots asked for, but only {len(pool)} training questions")
+    picked = np.random.default_rng(seed).choice(pool, size=k, replace=False)
+    return "\n\n".join(f"Q: {tqa.refs[int(q)].question}\nA: {tqa.refs[int(q)].best}" for q in picked)
 
 
 @dataclass(frozen=True)
@@ -72,10 +87,10 @@ class MCQuestion:
     mc1_idx: tuple[int, ...] = ()
 
 
-def mc_questions(tqa: TruthfulQA, question_ids, preset: str = "qa", instruction: str = "default") -> list[MCQuestion]:
+def mc_questions(tqa: TruthfulQA, question_ids, preset: str = "qa", instruction: str = "default", shots: str = "") -> list[MCQuestion]:
     """The MC questions of the given ids (indices in ``mc`` order): qa preset from honest_llama's reference
     answers, lm-eval preset from the mc1/mc2 targets."""
-    prefix = shared_prefix(preset, instruction)
+    prefix = shared_prefix(preset, instruction, shots)
     out = []
     for qi in question_ids:
         qi = int(qi)

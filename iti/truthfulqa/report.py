@@ -15,6 +15,7 @@ from .config import RowSpec, ValidationConfig, plan_rows
 from .cost_matched import cost_matched_markdown, cost_matched_rows, plot_frontier, seed_spread, seed_spread_markdown
 from .lm_cost import IMDB_FILE, OWT_HUB_ID
 from .text_metrics import SIMILARITY_KEYS
+from .transfer_report import transfer_markdown, transfer_summary
 
 #: The per-question metrics of a row, each pooled over the folds with a bootstrap CI: MC, the similarity
 #: accuracies and, when judged, True, Info and True&Info (the answer is both true and informative).
@@ -146,7 +147,8 @@ def summarize(out: Path, rows: list[RowSpec], cfg: ValidationConfig) -> dict[str
             spread[name]["seeds"] = [r["seed"] for r in same]
             spread[name]["KL"] = {"mean": float(np.mean([r["KL"] for r in same])), "std": float(np.std([r["KL"] for r in same], ddof=1))}
     matched = cost_matched_rows(pooled, plan_rows(cfg)[0].key, cfg.seed)
-    return {"rows": table, "seed_spread": spread, "num_questions": int(len(base["question_ids"])) if base else 0,
+    transfer = transfer_summary(out, rows, cfg) if cfg.eval_dataset else {}
+    return {"rows": table, "transfer": transfer, "seed_spread": spread, "num_questions": int(len(base["question_ids"])) if base else 0,
             "evaluation_seconds": float(sum(r["seconds"] for r in table)),
             "cost_matched": matched, "cost_matched_seed_spread": seed_spread(matched),
             "ce_corpus": cfg.ce_corpus, "ce_kl_texts": ce_corpus_note(cfg), "metric_notes": METRIC_NOTES}
@@ -186,6 +188,7 @@ def summary_markdown(summary: dict[str, Any], cfg: ValidationConfig) -> str:
         cells += [_fmt(r.get(m)) for m in SIMILARITY_KEYS] if has_gen else []
         lines.append("| " + " | ".join(cells) + " |")
     lines += cost_matched_markdown(summary.get("cost_matched", []), texts=ce_corpus_note(cfg))
+    lines += transfer_markdown(summary.get("transfer", {}))
     if summary.get("cost_matched_seed_spread"):
         lines += ["", "Cost-matched, spread over seeds (mean ± std of the per-seed values):", ""]
         lines += seed_spread_markdown(summary["cost_matched_seed_spread"])
