@@ -18,6 +18,10 @@ class ModelLoadError(ItiError, OSError):
     """A model that exists in principle but could not be loaded (offline hub, missing package, ...)."""
 
 
+class DroppedWeightsError(ModelLoadError):
+    """A checkpoint holds tensors (a baked-in bias) that the class transformers loads has no place for."""
+
+
 class UnsupportedArchitectureError(ItiError, ValueError):
     """A model whose head layout this library does not know."""
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from .errors import ModelLoadError, UnknownModelError
+from .errors import DroppedWeightsError, ModelLoadError, UnknownModelError
 from .hardware import auto_cpu_dtype
 from .io import fsync_dir, set_plain_modes
 from .paths import cache_dir
@@ -41,6 +41,27 @@ HF_NAMES: dict[str, str] = {
     "llama3_70B": "meta-llama/Meta-Llama-3-70B",
     "llama3_70B_instruct": "meta-llama/Meta-Llama-3-70B-Instruct",
 }
+
+#: honest_llama's baked-in models on the hub (``--model_prefix honest_``: ITI baked into the o_proj biases).
+HONEST_NAMES: dict[str, str] = {
+    "honest_llama_7B": "jujipotle/honest_llama_7B",
+    "honest_llama2_chat_7B": "jujipotle/honest_llama2_chat_7B",
+    "honest_llama2_chat_13B": "jujipotle/honest_llama2_chat_13B",
+    "honest_llama2_chat_70B": "jujipotle/honest_llama2_chat_70B",
+    "honest_llama3_8B_instruct": "jujipotle/honest_llama3_8B_instruct",
+    "honest_llama3_70B_instruct": "jujipotle/honest_llama3_70B_instruct",
+}
+HF_NAMES.update(HONEST_NAMES)
+#: where honest_llama's edit_weight.py saves a baked model, relative to the working directory; ``--model_prefix local_``
+#: names it (``local_llama2_chat_7B`` -> the llama2_chat_7B model baked with seed 42, 48 heads, alpha 15)
+EDITED_MODELS_DIR = "results_dump/edited_models_dump"
+LOCAL_BASE_NAMES = ("llama_7B", "llama2_chat_7B", "llama2_chat_13B", "llama2_chat_70B", "llama3_8B_instruct", "llama3_70B_instruct")
+
+
+def edited_model_dir(model_name: str, seed: int = 42, num_heads: int = 48, alpha: float = 15) -> str:
+    """edit_weight.py's output directory for a model baked with these settings (relative to the working directory)."""
+    return f"{EDITED_MODELS_DIR}/{model_name}_seed_{seed}_top_{num_heads}_heads_alpha_{int(alpha)}"
+
 
 #: Short names the experiments register (name -> hub id), beside honest_llama's: see :func:`register_model_names`.
 REGISTERED_NAMES: dict[str, str] = {}
@@ -100,8 +121,22 @@ class ModelSource:
 
 
 def known_model_names() -> list[str]:
-    """The short names :func:`resolve_model` accepts: embedded models, honest_llama's names, then the registered ones."""
-    return sorted(EMBEDDED) + sorted(HF_NAMES) + sorted(REGISTERED_NAMES)
+    """The short names :func:`resolve_model` accepts: embedded models, honest_llama's names (its local_ names
+    among them), then the registered ones."""
+    return sorted(EMBEDDED) + sorted(HF_NAMES) + [f"local_{n}" for n in LOCAL_BASE_NAMES] + sorted(REGISTERED_NAMES)
+
+
+def prefixed_model_name(model_name: str, model_prefix: str) -> str:
+    """honest_llama's ``--model_prefix``: the name of the checkpoint to load (``honest_`` + name: its hub copy with ITI
+    baked in; ``local_`` + name: edit_weight.py's output), refused with one line when honest_llama has no such model."""
+    if not model_prefix:
+        return model_name
+    name = model_prefix + model_name
+    known = sorted(HONEST_NAMES) if model_prefix == "honest_" else [f"local_{n}" for n in LOCAL_BASE_NAMES]
+    if name not in known:
+        raise UnknownModelError(f"--model_prefix {model_prefix} --model_name {model_name}: honest_llama has no {name}; its "
+                                f"{model_prefix} models are {', '.join(known)}")
+    return name
 
 
 def resolve_model(name_or_path: str | os.PathLike) -> ModelSource:
@@ -113,6 +148,14 @@ def resolve_model(name_or_path: str | os.PathLike) -> ModelSource:
         return ModelSource(name, "hub", HF_NAMES[name])
     if name in REGISTERED_NAMES:
         return ModelSource(name, "hub", REGISTERED_NAMES[name])
+    if name.startswith("local_") and name[len("local_"):] in LOCAL_BASE_NAMES:
+        local = Path(edited_model_dir(name[len("local_"):]))
+        if not local.is_dir():
+            raise UnknownModelError(
+                f"{name} is honest_llama's baked copy of {name[len('local_'):]} in {local} (relative to the working "
+                f"directory {Path.cwd()}), which does not exist; bake it first: python validation/edit_weight.py --model_name "
+                f"{name[len('local_'):]} (iti bake writes it there), or run from the directory that holds {EDITED_MODELS_DIR}")
+        return ModelSource(name, "local", str(local.resolve()))
     path = Path(name).expanduser()
     if path.is_dir():
         return ModelSource(path.resolve().name, "local", str(path.resolve()))
@@ -333,7 +376,8 @@ def load_model(
     torch_dtype = _dtype_from(dtype, device_map)
     try:
         tokenizer = AutoTokenizer.from_pretrained(location, trust_remote_code=trust_remote_code)
-        model = AutoModelForCausalLM.from_pretrained(location, **_from_pretrained_kwargs(torch_dtype, device_map, trust_remote_code))
+        model, loading = AutoModelForCausalLM.from_pretrained(location, output_loading_info=True,
+                                                              **_from_pretrained_kwargs(torch_dtype, device_map, trust_remote_code))
     except (OSError, ValueError, SafetensorError) as e:
         where = "the Hugging Face hub" if source.kind == "hub" else location
         if source.kind == "embedded":
@@ -344,6 +388,7 @@ def load_model(
         else:
             hint = " (a truncated or corrupt checkpoint file? check the files in that directory)" if isinstance(e, SafetensorError) else ""
         raise ModelLoadError(f"could not load model {str(name_or_path)!r} from {where}: {str(e).splitlines()[0]}{hint}") from e
+    refuse_dropped_biases(str(name_or_path), model, loading.get("unexpected_keys", ()), trust_remote_code)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     # Batched generation needs the prompts to end at the last column: with right padding the next token would be
@@ -352,6 +397,29 @@ def load_model(
     tokenizer.padding_side = "left"
     model.eval()
     return model, tokenizer
+
+
+def refuse_dropped_biases(name: str, model: torch.nn.Module, unexpected: Any, trust_remote_code: bool) -> None:
+    """Refuse a checkpoint whose bias tensors the loaded class has no place for: transformers drops them with a
+    warning, and a model baked in honest_llama's first format (``o_proj.bias`` = the projected shift, switched on by a
+    custom config key its patched Llama reads) would be evaluated as the plain model. The message names the tensors,
+    the config keys that mention a bias and the flag that runs the checkpoint's own code."""
+    dropped = sorted(k for k in unexpected if k.endswith(".bias"))
+    if not dropped:
+        return
+    config = model.config
+    stock = type(config)().to_dict()
+    custom = sorted(k for k, v in config.to_dict().items() if "bias" in k.lower() and k not in stock)
+    keys = f"its config.json says so under {', '.join(custom)}, a key {type(config).__name__} does not know" if custom else         "its config.json has no key the stock class reads for them"
+    remedy = ("with --trust_remote_code the checkpoint's own class loaded and still has no place for them: its auto_map "
+              "must name a class with these biases" if trust_remote_code else
+              "pass --trust_remote_code (trust_remote_code=True) to run the checkpoint's own modeling code, where its "
+              "config.json's auto_map names one")
+    raise DroppedWeightsError(
+        f"{name}: the checkpoint stores {len(dropped)} bias tensors ({', '.join(dropped[:2])}{', ...' if len(dropped) > 2 else ''}) "
+        f"that {type(model).__name__} has no place for, so they would be dropped and the model evaluated without them "
+        f"(a baked-in ITI shift lost); {keys}. {remedy[0].upper() + remedy[1:]}, or bake the intervention again with iti bake, "
+        "which stores the bias where stock transformers reads it.")
 
 
 def load_model_config(name_or_path: str | os.PathLike, *, trust_remote_code: bool = False) -> Any:

@@ -8,7 +8,9 @@ optimum sklearn's lbfgs approximates.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -193,3 +195,48 @@ def split_questions(question_ids: np.ndarray, val_ratio: float = 0.2, seed: int 
     rng = np.random.default_rng(seed)
     train = np.sort(rng.choice(questions, size=int(len(questions) * (1 - val_ratio)), replace=False))
     return train, np.setdiff1d(questions, train)
+
+
+PROBES_TENSORS = "probes.safetensors"
+PROBES_META = "probes.json"
+
+
+def save_probes(probes: HeadProbes, path: str | os.PathLike) -> Path:
+    """Write fitted probes to the directory ``path``: ``probes.safetensors`` (``coef`` ``[L, H, D]``, ``intercept``
+    ``[L, H]``) and ``probes.json`` (settings, convergence, the tensors' sha256). honest_llama's ``save_probes``
+    pickles its list of scikit-learn probes; this is the same content without pickle."""
+    from ._version import __version__
+    from .io import atomic_save_safetensors, atomic_write_json, sha256_file
+
+    if not hasattr(probes, "coef_"):
+        raise ValueError("save_probes: the probes are not fitted (call fit first)")
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    atomic_save_safetensors(path / PROBES_TENSORS, {"coef": np.ascontiguousarray(probes.coef_),
+                                                    "intercept": np.ascontiguousarray(probes.intercept_)})
+    atomic_write_json(path / PROBES_META, {
+        "format": "iti-probes", "format_version": 1, "iti_version": __version__, "shape": list(probes.shape_),
+        "C": probes.C, "max_iter": probes.max_iter, "tol": probes.tol, "dtype": str(probes.dtype).replace("torch.", ""),
+        "fit": {"iterations": probes.fit_.iterations, "max_grad_norm": probes.fit_.max_grad_norm},
+        "tensors_sha256": sha256_file(path / PROBES_TENSORS)})
+    return path
+
+
+def load_probes(path: str | os.PathLike) -> HeadProbes:
+    """Read probes :func:`save_probes` wrote; a missing, partial or altered file is a
+    :class:`~iti.errors.FeatureFileError` naming it."""
+    from .errors import FeatureFileError
+    from .io import read_checked_tensors
+
+    meta, tensors = read_checked_tensors(path, PROBES_META, PROBES_TENSORS, "iti-probes", "probes file")
+    try:
+        shape = tuple(int(x) for x in meta["shape"])
+        probes = HeadProbes(C=meta["C"], max_iter=meta["max_iter"], tol=meta["tol"], dtype=getattr(torch, meta["dtype"]))
+        coef, intercept = tensors["coef"], tensors["intercept"]
+        fit = ProbeFit(int(meta["fit"]["iterations"]), float(meta["fit"]["max_grad_norm"]))
+    except (KeyError, TypeError, AttributeError) as e:
+        raise FeatureFileError(f"{path} holds incomplete probes: missing {e}") from None
+    if coef.shape != shape or intercept.shape != shape[:2]:
+        raise FeatureFileError(f"{path}: coef {coef.shape} and intercept {intercept.shape} do not match the recorded shape {shape}")
+    probes.coef_, probes.intercept_, probes.shape_, probes.fit_ = coef, intercept, shape, fit
+    return probes

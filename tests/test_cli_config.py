@@ -118,6 +118,7 @@ def test_collect_bake_and_demo_round_trip_and_a_required_flag_is_required(capsys
     b = _parse("bake", ["--output_dir", "o", "--num_heads", "4", "--use_center_of_mass", "--alpha", "3"])
     assert (b.output_dir, b.num_heads, b.use_center_of_mass, b.alpha, b.intervention) == ("o", 4, True, 3.0, None)
     assert _parse("demo", ["--max_questions", "8"]).max_questions == 8
+    assert _parse("bake", []).output_dir is None  # edit_weight.py's own directory (as written in honest_llama's README)
     with pytest.raises(SystemExit):
-        _subparser("bake").parse_args([])
-    assert "--output_dir" in capsys.readouterr().err
+        _subparser("export").parse_args([])
+    assert "--format" in capsys.readouterr().err

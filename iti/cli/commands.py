@@ -53,13 +53,14 @@ def run_collect(args: argparse.Namespace) -> Path:
     """``iti collect``: write the feature directory of one model and prompt set (or merge its shards with
     ``--merge``) and return its path."""
     from ..features import merge_shards, output_name, write_features
-    from ..models import check_dtype, device_map_from_index, load_model, resolve_model
+    from ..models import check_dtype, device_map_from_index, load_model, prefixed_model_name, resolve_model
     from ..options import check_positive_int, check_seed, refuse
     from ..paths import features_dir
     from ..truthfulqa.config import CollectConfig
     from ..truthfulqa.prompt_sets import build_prompt_set
 
     cfg = config_from_args(CollectConfig, args)
+    cfg.model_name = prefixed_model_name(cfg.model_name, cfg.model_prefix)  # features filed under the prefixed name
 
     check_positive_int("batch_size", cfg.batch_size)
     check_positive_int("max_questions", cfg.max_questions, none_ok=True)
@@ -102,29 +103,62 @@ def add_validate_args(p: argparse.ArgumentParser) -> None:
     _flag(p, "device", default=None, type=int, help="honest_llama's GPU index: load the model on cuda:N (refused where "
                                                      "there is no such GPU; default: the CPU, or --device_map)")
     _flag(p, "dtype", default=None, help="compute dtype (default float32 on CPU, float16 on GPU; auto: bfloat16 instead on a CPU with AMX or AVX512-BF16)")
+    _flag(p, "trust_remote_code", action="store_true", help="run the model repository's own code (off by default)")
+    # honest_llama's first validate_2fold.py (June-July 2023): the model name as a positional argument, and two flags
+    # it later replaced; the positional is taken as --model_name, the flags refused with what to use instead
+    p.add_argument("positional_model_name", nargs="?", default=None, metavar="MODEL_NAME",
+                   help="honest_llama's first spelling of --model_name")
+    p.add_argument("--use_honest", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--use_prefix", action="store_true", help=argparse.SUPPRESS)
+
+
+def _legacy_validate_args(args: argparse.Namespace) -> None:
+    """honest_llama's first validate_2fold.py: the positional model name is --model_name (refused beside another one);
+    --use_honest and --use_prefix are refused with what replaced them."""
+    from ..options import refuse
+
+    if args.use_honest:
+        raise refuse("use_honest", "gone from honest_llama since August 2024: use --model_prefix honest_ (its hub copy) or "
+                     "local_ (edit_weight.py's output)", True)
+    if args.use_prefix:
+        raise refuse("use_prefix", "honest_llama's former few-shot preset: use --many_shot K (K training questions in the "
+                     "prompt)", True)
+    if args.positional_model_name is not None:
+        from ..truthfulqa.config import ValidationConfig
+
+        if args.model_name != ValidationConfig.model_name:  # --model_name given too (other than its default)
+            raise refuse("model_name", "one model name, positional (honest_llama's first spelling) or --model_name, not both",
+                         f"{args.positional_model_name} and {args.model_name}")
+        args.model_name = args.positional_model_name
 
 
 def run_validate(args: argparse.Namespace) -> None:
     """``iti validate``: refuse impossible settings, check that the features exist, load the model, run the k-fold
     validation and print summary.md."""
-    from ..models import check_dtype, device_map_from_index, load_model, resolve_model
+    from ..models import check_dtype, device_map_from_index, load_model, prefixed_model_name, resolve_model
     from ..paths import results_dir
     from ..truthfulqa.config import VALIDATION_RESULTS
     from ..truthfulqa.experiment import ValidationConfig, check_features, check_output, run_validation
 
+    _legacy_validate_args(args)
     name = resolve_model(args.model_name).name
     cfg = config_from_args(ValidationConfig, args, model_name=name)
-    out = Path(args.output_dir) if args.output_dir else results_dir(VALIDATION_RESULTS) / f"{name}_k{cfg.num_heads}_a{cfg.alpha:g}_{cfg.method_label}"
+    evaluated = prefixed_model_name(args.model_name, cfg.model_prefix)  # honest_llama: HF_NAMES[model_prefix + model_name]
+    if cfg.model_prefix:  # the features, probes and directions are the base model's: a declared use, in run.json
+        resolve_model(evaluated)  # a local_ copy that is not there fails here
+        cfg.features_from_other_weights = True
+    out = Path(args.output_dir) if args.output_dir else \
+        results_dir(VALIDATION_RESULTS) / f"{cfg.model_prefix}{name}_k{cfg.num_heads}_a{cfg.alpha:g}_{cfg.method_label}"
     cfg.validate()
     check_dtype(args.dtype)
     device_map = device_map_from_index(args.device, args.device_map)
     check_features(cfg)
     check_output(cfg, out)  # rows of other settings are refused before the model loads
-    model, tokenizer = load_model(args.model_name, device_map=device_map, dtype=args.dtype)
+    model, tokenizer = load_model(evaluated, device_map=device_map, dtype=args.dtype, trust_remote_code=args.trust_remote_code)
     start = time.perf_counter()
     run_validation(model, tokenizer, cfg, out)
     print((out / "summary.md").read_text())
-    print(f"[validate] wrote {out} (summary.md, summary.json, rows/, intervention_fold*/, probe_accuracy.png, alpha_sweep.png) "
+    print(f"[validate] wrote {out} (summary.md, summary.json, rows/, intervention_fold*/, probes_fold*/, probe_accuracy.png, alpha_sweep.png) "
           f"in {time.perf_counter() - start:.0f} s")
 
 
@@ -149,7 +183,7 @@ def run_bake(args: argparse.Namespace) -> None:
     before the model loads."""
     from ..bake import bake, check_output_dir, save_baked
     from ..intervention import Intervention
-    from ..models import check_dtype, device_map_from_index, load_model, resolve_model
+    from ..models import check_dtype, device_map_from_index, edited_model_dir, load_model, prefixed_model_name, resolve_model
     from ..options import check_finite_nonneg, refuse
     from ..truthfulqa.config import BakeConfig
 
@@ -157,6 +191,16 @@ def run_bake(args: argparse.Namespace) -> None:
     check_finite_nonneg("alpha", cfg.alpha, none_ok=True)
     check_dtype(cfg.dtype)
     device_map = device_map_from_index(cfg.device)
+    evaluated = prefixed_model_name(cfg.model_name, cfg.model_prefix)  # the weights baked into; features: model_name's
+    if cfg.model_prefix:
+        resolve_model(evaluated)  # a local_ copy that is not there fails here
+        cfg.features_from_other_weights = cfg.intervention is None  # fitting on the base model's features, declared
+    if cfg.output_dir is None and cfg.intervention is not None:
+        raise refuse("output_dir", "where to save the baked model (the default, edit_weight.py's own directory, names "
+                     "the settings of a fit, which --intervention does not make)", shown="none")
+    if cfg.output_dir is None:  # edit_weight.py's own output directory
+        cfg.output_dir = edited_model_dir(resolve_model(cfg.model_name).name, 42 if cfg.seed is None else cfg.seed,
+                                          48 if cfg.num_heads is None else cfg.num_heads, 15 if cfg.alpha is None else cfg.alpha)
     if Path(cfg.output_dir).is_file():
         raise refuse("output_dir", "a directory to save the model in (existing or new), not a file", cfg.output_dir)
     check_output_dir(cfg.output_dir, cfg.force)  # a non-empty one only with --force, replaced as a whole
@@ -175,7 +219,7 @@ def run_bake(args: argparse.Namespace) -> None:
         inter.meta = {**inter.meta, "fitted_on": fitted, "source": str(cfg.intervention)}
     else:
         inter = _fit_bake_intervention(cfg, name)
-    model, tokenizer = load_model(cfg.model_name, device_map=device_map, dtype=cfg.dtype)
+    model, tokenizer = load_model(evaluated, device_map=device_map, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code)
     if cfg.intervention is None:  # fitted here: on features of these weights (refused otherwise), said in the meta
         inter.meta["features_weights"] = _bake_features_weights(cfg, name, model)
     bake(model, inter, add_to_existing=cfg.add_to_existing)  # refuses an intervention made for another geometry
@@ -300,7 +344,7 @@ def run_export(args: argparse.Namespace) -> Path:
         print(f"[export] {what} as a llama.cpp control vector in {out}; run llama-cli -m <model.gguf> --control-vector {out}")
         return out
     refuse_existing([out], cfg.force)
-    model, tokenizer = load_model(cfg.model_name, dtype=cfg.dtype)
+    model, tokenizer = load_model(cfg.model_name, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code)
     if cfg.format == "pyvene":
         from ..interop.pyvene_format import export_pyvene
 
@@ -359,7 +403,7 @@ def run_import(args: argparse.Namespace) -> Path:
         from ..models import load_model_config
         from ..truthfulqa.prompt_sets import build_prompt_set
 
-        geometry = geometry_from_config(load_model_config(cfg.geometry_from or cfg.model_name))
+        geometry = geometry_from_config(load_model_config(cfg.geometry_from or cfg.model_name, trust_remote_code=cfg.trust_remote_code))
         ps = build_prompt_set(cfg.dataset_name, data_dir=cfg.data_dir, max_questions=cfg.max_questions, seed=cfg.seed)
         path = import_honest_llama_features(cfg.input, ps, model_name=cfg.model_name, geometry=geometry, dataset=cfg.dataset_name,
                                             out_dir=cfg.output, layer_wise=cfg.layer_wise, force=cfg.force)
@@ -369,7 +413,7 @@ def run_import(args: argparse.Namespace) -> Path:
         raise refuse("output", f"the directory to save the imported intervention in (with --format {cfg.format})", None)
     out = Path(cfg.output)
     refuse_existing([out], cfg.force)
-    model, _ = load_model(cfg.model_name, dtype=cfg.dtype)
+    model, _ = load_model(cfg.model_name, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code)
     name = resolve_model(cfg.model_name).name
     if cfg.format == "pyvene":
         from ..interop.pyvene_format import load_pyvene_steering as read

@@ -33,6 +33,7 @@ class ExportConfig:
     tokenizer_pre: str | None = field(default=None, metadata={
         "help": "gguf: llama.cpp's pre-tokenizer name (default: the embedded model's own GGUF's, else 'default')"})
     dtype: str | None = field(default=None, metadata={"help": "compute dtype the model loads in (default float32 on CPU)"})
+    trust_remote_code: bool = field(default=False, metadata={"help": "run the model repository's own code (off by default)"})
     force: bool = field(default=False, metadata={"help": "replace an existing output"})
 
 
@@ -66,4 +67,5 @@ class ImportConfig:
     layer_wise: bool = field(default=True, metadata={"invert": True, "flag": "no_layer_wise",
                                                      "help": "honest-llama: leave _layer_wise.npy out"})
     dtype: str | None = field(default=None, metadata={"help": "compute dtype the model loads in (default float32 on CPU)"})
+    trust_remote_code: bool = field(default=False, metadata={"help": "run the model repository's own code (off by default)"})
     force: bool = field(default=False, metadata={"help": "replace an existing output"})

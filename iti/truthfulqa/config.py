@@ -398,6 +398,9 @@ class CollectConfig:
     """Settings of one ``iti collect`` run (honest_llama's get_activations options, plus sharding, merging and
     dtypes); the command line is generated from these fields."""
     model_name: str = field(default="smollm2-135m", metadata={"help": "embedded name, honest_llama short name, hub id or local dir"})
+    model_prefix: str = field(default="", metadata={
+        "choices": ("", "honest_", "local_"), "help": "honest_llama's --model_prefix: collect from honest_<model_name> (its "
+        "hub copy with ITI baked in) or local_<model_name> (edit_weight.py's output), filed under that name"})
     dataset_name: str = field(default="tqa_mc2", metadata={"choices": DATASETS, "help": "the prompt set"})
     data_dir: str | None = field(default=None, metadata={
         "help": "data root holding truthfulqa/ (default: $ITI_DATA_DIR, then ../shared/data, then the hub)"})
@@ -427,8 +430,15 @@ class CollectConfig:
 class BakeConfig:
     """Settings of one ``iti bake`` run (honest_llama's edit_weight options): a saved intervention, or the settings
     to fit one on every question; the command line is generated from these fields."""
-    output_dir: str = field(metadata={"help": "where the baked model is saved (safetensors, loadable by transformers/vLLM/TGI)"})
+    output_dir: str | None = field(default=None, metadata={
+        "help": "where the baked model is saved (safetensors, loadable by transformers/vLLM/TGI); default: edit_weight.py's "
+                "results_dump/edited_models_dump/<model>_seed_<seed>_top_<K>_heads_alpha_<alpha> in the working directory, "
+                "which --model_prefix local_ names"})
     model_name: str = field(default="smollm2-135m", metadata={"help": "embedded name, honest_llama short name, hub id or local dir"})
+    model_prefix: str = field(default="", metadata={
+        "choices": ("", "honest_", "local_"), "help": "honest_llama's --model_prefix: bake into honest_<model_name> or "
+        "local_<model_name> (already baked: needs --add_to_existing), fitting on <model_name>'s features"})
+    trust_remote_code: bool = field(default=False, metadata={"help": "run the model repository's own code (off by default)"})
     intervention: str | None = field(default=None, metadata={
         "help": "a saved intervention directory (e.g. intervention_fold0 of validate_2fold) or steering directory (iti.Steering.save); without it, the intervention "
                 "is fitted on ALL questions as edit_weight.py does"})

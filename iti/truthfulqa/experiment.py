@@ -22,6 +22,7 @@ from ..features import UNRECORDED_WEIGHTS, FeatureSet, check_features_weights, l
 from ..fingerprint import model_fingerprint
 from ..intervention import Intervention
 from ..io import atomic_write_json, atomic_write_text, read_json
+from ..probes import save_probes
 from ..run_directory import RunDirectory
 from ..steering import Steering
 from .budget import BudgetSearch, alpha_for_budget
@@ -77,7 +78,7 @@ def run_directory(out: str | Path) -> RunDirectory:
     """The validation output directory: ``run.json`` records the run's identity (:func:`run_identity`); its rows,
     saved interventions and summaries are the outputs ``--force`` removes. A record beside no row holds no run yet."""
     return RunDirectory(Path(out), "validation run", record=RUN_RECORD, record_needs_outputs=True,
-                        outputs=("rows/*.json", "intervention_fold*", "summary.json", "summary.md"))
+                        outputs=("rows/*.json", "intervention_fold*", "probes_fold*", "summary.json", "summary.md"))
 
 
 def _mc_part(model, tokenizer, tqa, test_q, intervention, cfg, texts, shots: str = "") -> dict[str, Any]:
@@ -290,7 +291,10 @@ def _run_locked(model, tokenizer, cfg: ValidationConfig, directory: RunDirectory
         judge = prepare_judge(cfg)  # before any row runs, not after the first fold's generation
     manifests = {cfg.dataset_name: features.manifest, cfg.activations_dataset: tuning.manifest}
     identity = run_identity(cfg, manifests=manifests, tqa=tqa, model=model, weights=weights)
-    directory.claim(identity, force=cfg.force, extra={"features_weights": features_weights})  # recorded, not compared
+    extra = {"features_weights": features_weights}
+    if cfg.model_prefix:  # honest_llama's --model_prefix: these weights, the base model's features
+        extra["evaluated_model"] = f"{cfg.model_prefix}{cfg.model_name} (features, probes and directions of {cfg.model_name})"
+    directory.claim(identity, force=cfg.force, extra=extra)  # recorded, not compared
     (out / "rows").mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "config.json", cfg.__dict__)
     folds = np.array_split(questions, cfg.num_fold)
@@ -388,6 +392,8 @@ def _run_locked(model, tokenizer, cfg: ValidationConfig, directory: RunDirectory
                 row["seconds"] = row.get("seconds", 0.0) + time.perf_counter() - t
                 atomic_write_json(path, row)  # each part as soon as it is done
     accuracies = [fold_probes(i, cfg.seed).accuracies for i in range(len(folds))]
+    for i in range(len(folds)):  # honest_llama's save_probes, as safetensors + JSON (iti.probes.load_probes reads them)
+        save_probes(fold_probes(i, cfg.seed).probes, out / f"probes_fold{i}")
     summary = summarize(out, rows, cfg)
     summary["runtime_seconds_this_invocation"] = time.perf_counter() - start
     np.save(out / "probe_accuracy.npy", np.mean(accuracies, axis=0))
