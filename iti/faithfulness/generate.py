@@ -19,8 +19,8 @@ from tqdm.auto import tqdm
 
 from ..architectures import context_length, model_device
 from ..batching import batch_inputs, eos_token_ids, pad_token_id
+from ..decoding import decode
 from ..intervention import Intervention
-from ..kv_cache import returned_cache, with_cache
 from ..oom import AdaptiveBatchSize
 from ..openai_client import EndpointError, post_completion
 from ..options import check_choice, refuse
@@ -235,40 +235,19 @@ class LocalGenerator:
         seen = ids.clone()  # pad ids count as seen; harmless: they never score well anyway
         for r, row in enumerate(rows):  # ... except where pad is a real token: mark padding with a prompt token
             seen[r, : ids.shape[1] - len(row)] = row[0]
-        tokens: list[list[int]] = [[] for _ in rows]
-        active = list(range(len(rows)))  # batch row -> prompt; a prompt leaves the batch when it ends
-        done = [False] * len(rows)  # ended by the end-of-sequence token or a stop string, not by the limit
         window = max((len(x.encode()) for x in s.stop), default=0) + 2  # tokens that hold any stop string's text
-        past = None
-        step_ids, step_mask = ids, mask
+        eos_ids = set(eos.tolist())
+        def next_tokens(logits: torch.Tensor, active: Sequence[int], tokens: list[list[int]]) -> torch.Tensor:
+            so_far = torch.tensor([tokens[r] for r in active], dtype=seen.dtype).reshape(len(active), -1)  # same lengths
+            return _sample_next(logits, torch.cat([seen[list(active)].cpu(), so_far], 1), s, [gens[r] for r in active])
+
+        def ended(_: int, toks: list[int]) -> bool:
+            return toks[-1] in eos_ids or (bool(s.stop) and self._ends_with_stop(toks, s.stop, window))
+
         ctx = self.intervention.applied(model, positions="last") if self.intervention is not None else contextlib.nullcontext()
         with torch.inference_mode(), ctx:
-            for step in range(budget):
-                pos = position_ids if step == 0 else position_ids[:, -1:] + 1
-                res = model(input_ids=step_ids, attention_mask=step_mask, position_ids=pos, **with_cache(model, past),
-                            use_cache=True, logits_to_keep=1)
-                past = returned_cache(res)
-                nxt = _sample_next(res.logits[:, -1].cpu(), seen.cpu(), s, [gens[r] for r in active]).to(device)
-                for r, t in zip(active, nxt.tolist()):
-                    tokens[r].append(t)
-                ended = torch.isin(nxt, eos)
-                if s.stop:
-                    hit = [self._ends_with_stop(tokens[r], s.stop, window) for r in active]
-                    ended = ended | torch.tensor(hit, dtype=torch.bool, device=ended.device)
-                for r, e in zip(active, ended.tolist()):
-                    done[r] = e
-                if bool(ended.all()):
-                    break
-                seen = torch.cat([seen, nxt[:, None]], 1)
-                position_ids = pos
-                step_ids = nxt[:, None]
-                step_mask = torch.cat([step_mask, torch.ones_like(step_mask[:, :1])], 1)
-                if bool(ended.any()):  # finished prompts leave the batch: no more forwards spent on them
-                    keep = (~ended).nonzero().squeeze(1)
-                    past.batch_select_indices(keep)
-                    active = [active[i] for i in keep.tolist()]
-                    seen, position_ids, step_ids, step_mask = seen[keep], position_ids[keep], step_ids[keep], step_mask[keep]
-        eos_ids, out = set(eos.tolist()), []
+            tokens, done = decode(model, ids, mask, position_ids, None, max_steps=budget, next_tokens=next_tokens, ended=ended)
+        out = []
         for r, toks in enumerate(tokens):
             cut = next((j for j, t in enumerate(toks) if t in eos_ids), len(toks))
             text = cut_stop(self.tokenizer.decode(toks[:cut], skip_special_tokens=True), s.stop)

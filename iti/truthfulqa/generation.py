@@ -10,8 +10,9 @@ from tqdm.auto import tqdm
 
 from ..architectures import model_device
 from ..batching import eos_token_ids, pad_batch, pad_token_id
+from ..decoding import decode
 from ..intervention import Intervention
-from ..kv_cache import SharedPrefix, returned_cache, with_cache
+from ..kv_cache import SharedPrefix
 
 #: Where an answer ends for :func:`postprocess_answer`: the model starting the next question of the primer.
 ANSWER_END = "Q:"
@@ -120,27 +121,9 @@ def _greedy_loop(model: torch.nn.Module, tokenizer: Any, step_ids: torch.Tensor,
                  positions: torch.Tensor, past: Any, max_new_tokens: int, eos: set[int],
                  stop_at_next_question: bool) -> list[list[int]]:
     """Greedy tokens of each row, step by step until every row has ended (EOS, its next "Q:", or ``max_new_tokens``)."""
-    device = model_device(model)
-    tokens: list[list[int]] = [[] for _ in range(step_ids.shape[0])]
-    active = list(range(len(tokens)))  # batch row -> row; a row leaves the batch when it ends
-    for _ in range(max_new_tokens):
-        out = model(input_ids=step_ids.to(device), attention_mask=attn.to(device), position_ids=positions.to(device),
-                    **with_cache(model, past), use_cache=True, logits_to_keep=1)
-        past = returned_cache(out)
-        nxt = out.logits[:, -1].argmax(-1).cpu()
-        going = []  # batch rows that have not ended
-        for b, (r, t) in enumerate(zip(active, nxt.tolist())):
-            tokens[r].append(t)
-            if not (t in eos or (stop_at_next_question and ANSWER_END in tokenizer.decode(tokens[r], skip_special_tokens=True))):
-                going.append(b)
-        if not going:
-            break
-        step_ids, positions = nxt[:, None], positions[:, -1:] + 1
-        attn = torch.cat([attn, torch.ones((len(active), 1), dtype=torch.long)], 1)
-        if len(going) < len(active):  # finished rows leave the batch, their cache rows with them
-            keep = torch.tensor(going)
-            past.batch_select_indices(keep)  # a CPU index: each cache layer lives on its own layer's device
-            active = [active[b] for b in keep.tolist()]
-            step_ids, positions, attn = step_ids[keep], positions[keep], attn[keep]
-    return tokens
+    def ended(_: int, tokens: list[int]) -> bool:
+        return tokens[-1] in eos or (stop_at_next_question and ANSWER_END in tokenizer.decode(tokens, skip_special_tokens=True))
 
+    tokens, _ = decode(model, step_ids, attn, positions, past, max_steps=max_new_tokens,
+                       next_tokens=lambda logits, *_: logits.argmax(-1), ended=ended)
+    return tokens

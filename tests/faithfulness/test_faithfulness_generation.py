@@ -65,6 +65,24 @@ def test_greedy_batched_equals_hf_generate_with_and_without_intervention(arch):
     assert plain != got  # the shift changes the text
 
 
+def test_repetition_penalty_sees_the_prompt_and_the_answer_as_hf_generate_does():
+    """Greedy with a repetition penalty, batched (rows of other lengths, rows leaving the batch): each answer is HF
+    generate's with its RepetitionPenaltyLogitsProcessor over the prompt and every generated token."""
+    model, tok = make_tiny_model("llama"), tiny_tokenizer()
+    s = GenerationSettings(temperature=0.0, repetition_penalty=1.5, max_new_tokens=12)
+    got = [g.response for g in LocalGenerator(model, tok, model_id="tiny", batch_size=3).generate(PROMPTS, s, progress=False)]
+    want = []
+    with torch.inference_mode():
+        for p in PROMPTS:
+            ids = tok(p, return_tensors="pt", add_special_tokens=False)
+            out = model.generate(**ids, max_new_tokens=12, do_sample=False, repetition_penalty=1.5, pad_token_id=tok.pad_token_id)
+            cut = out[0, ids["input_ids"].shape[1]:].tolist()
+            cut = cut[: cut.index(tok.eos_token_id)] if tok.eos_token_id in cut else cut
+            want.append(tok.decode(cut, skip_special_tokens=True).strip())
+    assert got == want
+    assert got != [g.response for g in LocalGenerator(model, tok, model_id="tiny").generate(PROMPTS, GREEDY, progress=False)]
+
+
 def test_prompts_that_end_early_leave_the_batch_and_the_rest_is_unchanged():
     """Finished prompts are dropped from the batch (and their KV cache rows with them); the others must generate
     what they generate alone."""

@@ -231,3 +231,66 @@ def test_model_prefix_local_evaluates_edit_weights_output_with_the_base_models_f
     assert (out / "rows" / "fold0_baked-in_a0_k0_s42.json").is_file()
     assert "| baked-in | 0 | 0 | 42 |" in (out / "summary.md").read_text()
     assert load_probes(out / "probes_fold0").shape_ == (6, 8, 8)
+
+
+# Every flag of honest_llama's three argument parsers (HEAD), with a value of the original's type.
+ORIGINAL_FLAGS = {
+    "get_activations.py": "--model_name llama_7B --model_prefix '' --dataset_name tqa_gen_end_q --device 0",
+    "validate_2fold.py": "--model_name llama_7B --model_prefix honest_ --dataset_name tqa_mc2 --activations_dataset tqa_gen_end_q "
+                         "--num_heads 48 --alpha 15 --num_fold 2 --val_ratio 0.2 --use_center_of_mass --use_random_dir "
+                         "--device 0 --seed 42 --judge_name t --info_name i --instruction_prompt informative",
+    "edit_weight.py": "--model_name llama_7B --model_prefix local_ --dataset_name tqa_mc2 --activations_dataset tqa_gen_end_q "
+                      "--num_heads 48 --alpha 15.0 --val_ratio 0.2 --use_center_of_mass --use_random_dir --device 0 --seed 42",
+}
+
+
+@pytest.mark.parametrize("script", sorted(ORIGINAL_FLAGS))
+def test_every_flag_of_the_original_parsers_is_accepted(script):
+    args, cfg = _parse(f"{script} {ORIGINAL_FLAGS[script]}")
+    assert cfg.model_name == "llama_7B" and args.device == 0
+    if script != "get_activations.py":
+        assert (cfg.num_heads, cfg.alpha, cfg.val_ratio, cfg.seed) == (48, 15.0, 0.2, 42)
+        assert cfg.use_center_of_mass and cfg.use_random_dir
+    if script == "validate_2fold.py":
+        assert (cfg.method, cfg.selector) == ("mass_mean", "random")  # both flags: mass-mean directions on random heads
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(3600)
+def test_readme_and_script_command_lines_run_end_to_end_on_a_tiny_model(tmp_path, monkeypatch, capsys):
+    """get_activations.sh and edit_weight.py as written (all 817 questions), and the README's validate_2fold.py command
+    (its judges served on a loopback endpoint; without --device on a machine without a GPU; on the first 40 questions,
+    --max_questions 40, to keep the run short), a tiny Llama with 48 heads standing in for the named models."""
+    import transformers
+
+    from ..conftest import serve_json
+
+    def judge(body):  # a judge that says yes, with honest_llama's top-2 log-probs
+        return 200, {"choices": [{"text": " yes", "logprobs": {"top_logprobs": [{" yes": -0.1, " no": -2.5}]}}]}
+
+    config = transformers.LlamaConfig(vocab_size=len(tiny_tokenizer()), num_hidden_layers=6, num_attention_heads=8,
+                                      num_key_value_heads=8, hidden_size=64, intermediate_size=64, max_position_embeddings=4096,
+                                      pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    torch.manual_seed(0)
+    _tiny_checkpoint(tmp_path / "tiny", transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval())
+    for name in ("llama3_8B_instruct", "llama_7B", "llama2_chat_7B"):
+        monkeypatch.setitem(HF_NAMES, name, str(tmp_path / "tiny"))
+    monkeypatch.setenv("ITI_OUTPUT_DIR", str(tmp_path / "out"))
+    monkeypatch.chdir(tmp_path)
+    for line in GET_ACTIVATIONS:
+        assert main(["collect", *shlex.split(line)[1:]]) == 0, capsys.readouterr().err
+    for name in ("tqa_mc2", "tqa_gen_end_q"):  # the README's validate names llama_7B: the same tiny model's features
+        (tmp_path / "out/features" / f"llama_7B_{name}").symlink_to(tmp_path / "out/features" / f"llama3_8B_instruct_{name}")
+    validate = [a for a in shlex.split(README_VALIDATE)[1:] if a not in ("--device", "0")] if not torch.cuda.is_available() \
+        else shlex.split(README_VALIDATE)[1:]
+    with serve_json(judge) as (url, _):
+        monkeypatch.setenv("ITI_JUDGE_URL", url)
+        assert main(["validate", *validate, "--features_from_other_weights", "--max_questions", "40"]) == 0, capsys.readouterr().err
+    summary = json.loads(next((tmp_path / "out/validation/results").glob("llama_7B_k48_a15_mass_mean/summary.json")).read_text())
+    assert summary["num_questions"] == 40 and {r["name"] for r in summary["rows"]} >= {"baseline", "ITI"}
+    assert all("True*Info" in r for r in summary["rows"] if r["name"] in ("baseline", "ITI"))
+    monkeypatch.setitem(HF_NAMES, "llama2_chat_7B", str(tmp_path / "tiny"))
+    for name in ("tqa_mc2", "tqa_gen_end_q"):
+        (tmp_path / "out/features" / f"llama2_chat_7B_{name}").symlink_to(tmp_path / "out/features" / f"llama3_8B_instruct_{name}")
+    assert main(shlex.split(README_EDIT.replace("edit_weight.py", "bake"))) == 0, capsys.readouterr().err
+    assert (tmp_path / "results_dump/edited_models_dump/llama2_chat_7B_seed_42_top_48_heads_alpha_15/iti_intervention").is_dir()
