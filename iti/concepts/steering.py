@@ -24,7 +24,7 @@ from ..directions import random_directions, unit
 from ..fitting import fit_intervention
 from ..hooks import HeadTrace
 from ..intervention import Intervention
-from ..kv_cache import returned_cache, with_cache
+from ..kv_cache import fork_cache, returned_cache, with_cache
 from ..oom import AdaptiveBatchSize
 from .bottleneck import SparseConceptBottleneck, review_prompt
 from .cebab import ASPECTS, CONCEPT_CLASSES, EditPair
@@ -83,12 +83,11 @@ class LastTokenReader:
         ids, past = state
         n = ids.shape[1] - 1
         ctx = intervention.applied(self.model, positions="all") if intervention is not None else contextlib.nullcontext()
-        try:
-            with torch.inference_mode(), ctx, HeadTrace(self.model, positions="all", layout=self.layout) as trace:
-                out = self.model(input_ids=ids[:, n:], **with_cache(self.model, past), use_cache=True)
-                heads = trace.stacked_heads()[0, -1].float().cpu().numpy()
-        finally:
-            past.crop(-1)  # drop the re-run token so the prefix cache is reusable
+        with torch.inference_mode(), ctx, HeadTrace(self.model, positions="all", layout=self.layout) as trace:
+            # on a fork of the prefix's cache (iti.kv_cache, as MC scoring and greedy answers): the prefix stays as
+            # encoded for the next read, whatever happens in this one
+            out = self.model(input_ids=ids[:, n:], **with_cache(self.model, fork_cache(past)), use_cache=True)
+            heads = trace.stacked_heads()[0, -1].float().cpu().numpy()
         probs = out.logits[0, -1].float().cpu()[self.digits].softmax(-1).numpy()
         return heads, probs
 
