@@ -62,9 +62,12 @@ class PromptOptions:
 
 
 def _canonical_flags(flags) -> set[str]:
-    """The flags in introspect's spelling; unknown flags and excluding pairs are refused."""
+    """The flags in introspect's spelling; unknown flags and excluding pairs are refused. An empty flag is none
+    (introspect's README writes ``--task-config ''`` for the default configuration)."""
     out = set()
     for flag in flags or ():
+        if not flag.strip():
+            continue
         f = _FLAG_ALIASES.get(flag, flag)
         if f not in CONFIG_FLAGS:
             raise TaskConfigError(f"unknown task config {flag!r}; choose from {', '.join(CONFIG_FLAGS)}")

@@ -142,6 +142,15 @@ def test_task_configs_are_validated():
     with pytest.raises(TaskConfigError, match="unknown task config 'e-typo'"):
         normalize_config("redacted", ["e-typo"])
     assert normalize_config("redacted", ["e-implcit-target", "m-removed"]) == ("m-removed",)  # applied where it means something
+    assert task_configs(["counterfactual"], [""]) == ({"counterfactual": ()}, {})  # introspect's README: --task-config ''
+    from iti.cli import build_parser
+
+    args = build_parser().parse_args(["faithfulness", "--task-config", "", "--model", "llama2-13b"])
+    assert list(args.task_config) == [""]
+    from iti.models import resolve_model
+
+    assert resolve_model("llama2-13b").location == "meta-llama/Llama-2-13b-chat-hf"
+    assert resolve_model("mistral-v2-7b").location == "mistralai/Mistral-7B-Instruct-v0.2"
     with pytest.raises(TaskConfigError, match="does not apply to task 'redacted'"):
         task_configs(["redacted"], ["e-implcit-target"])
     with pytest.raises(TaskConfigError, match="does not apply to tasks 'classify', 'importance'"):
