@@ -143,6 +143,9 @@ class FaithfulnessConfig:
     force: bool = field(default=False, metadata={
         "help": "write into an output directory that holds a run with other settings"})
     progress: bool = field(default=True, metadata={"help": "no progress bar", "flag": "quiet", "invert": True})
+    dry: bool = field(default=False, metadata={
+        "help": "plan only: check every option, read the data sets and print, per data set, task and arm, the samples "
+                "and the prompts the run would send; load no model, write nothing"})
 
     def validate(self) -> None:
         """Refuse impossible settings (one error naming the option) before any model loads or file is written:
@@ -158,7 +161,7 @@ RESULTS_DIR: Path | None = None
 
 #: Fields that do not change a run's outputs (speed, placement, where things go, how failures are retried).
 _NOT_SETTINGS = {"batch_size", "device_map", "output_dir", "cache", "progress", "remote_timeout", "retry_errors", "force",
-                 "original_prompts"}  # original_prompts: no effect any more
+                 "original_prompts", "dry"}  # original_prompts: no effect any more
 _OUTPUT_FILES = ("summary.json", "summary.md", "comparison.md", "faithfulness.png")
 
 
@@ -430,6 +433,8 @@ def run_faithfulness(cfg: FaithfulnessConfig) -> dict[str, Any]:
     flags = _check_inputs(cfg)
     for line in ignored_config_notes(cfg):
         print(line, file=sys.stderr, flush=True)
+    if cfg.dry:
+        return dry_run(cfg)
     out = Path(cfg.output_dir) if cfg.output_dir else default_output_dir(cfg)
     check_output_dir(out, cfg)  # before the model loads
     cache = GenerationCache(cfg.cache or default_cache_path())
@@ -438,6 +443,27 @@ def run_faithfulness(cfg: FaithfulnessConfig) -> dict[str, Any]:
     settings = run_settings(cfg)
     with run_directory(out).claimed(settings, force=cfg.force, extra={"settings_fingerprint": settings_fingerprint(settings)}):
         return _run_claimed(cfg, out, flags, cache, arms, tokenizer, t0)
+
+
+def dry_run(cfg: FaithfulnessConfig) -> dict[str, Any]:
+    """The run's plan, printed and returned, with nothing loaded but the data sets and nothing written: per data set,
+    task and arm, the samples and the prompts (classify: one a sample; an explanation task: the classification, the
+    explanation, and at most one classification of the explanation's text, sent only for an explanation that parses)."""
+    arms = ["plain"] + (["intervened"] if cfg.intervention or cfg.baked or cfg.remote_intervened_model else [])
+    plan, known, at_most = [], 0, 0
+    for name in cfg.datasets:
+        ds = load_faithfulness_dataset(name, cfg.data_dir, seed=cfg.seed)
+        n = min(len(ds.samples), cfg.max_samples or len(ds.samples))
+        for task in cfg.tasks:
+            first = n if task == "classify" else 2 * n
+            follow = 0 if task == "classify" else n
+            plan.append({"dataset": ds.name, "task": task, "arms": arms, "samples": n, "prompts": first,
+                         "follow_up_prompts_at_most": follow})
+            known, at_most = known + first * len(arms), at_most + follow * len(arms)
+            print(f"[faithfulness] dry: {ds.name} / {task} / {', '.join(arms)}: {n} samples, {first} prompts"
+                  + (f" + at most {follow} follow-ups" if follow else "") + " per arm", flush=True)
+    print(f"[faithfulness] dry: {known} prompts + at most {at_most} follow-ups in all; nothing loaded or written", flush=True)
+    return {"dry": True, "plan": plan, "prompts": known, "follow_up_prompts_at_most": at_most}
 
 
 def _run_claimed(cfg: FaithfulnessConfig, out: Path, flags, cache: GenerationCache, arms: dict[str, CachedGenerator],

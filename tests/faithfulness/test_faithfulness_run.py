@@ -225,3 +225,18 @@ def test_each_run_writes_to_its_own_directory_and_another_runs_directory_is_refu
     assert len(str(e.value).splitlines()) == 1
     forced = run_faithfulness(config(tmp_path, ckpt, max_samples=3, force=True))
     assert forced["config"]["max_samples"] == 3
+
+
+def test_dry_plans_the_prompts_a_run_sends_and_writes_nothing(tmp_path):
+    ckpt = save_checkpoint(tmp_path / "ckpt")
+    baked = save_baked(tmp_path / "baked", ckpt)
+    kw = dict(datasets=("rte", "imdb"), tasks=("classify", "redacted"), max_samples=3, baked=str(baked))
+    plan = run_faithfulness(config(tmp_path, ckpt, dry=True, **kw))
+    assert not (tmp_path / "out").exists() and not (tmp_path / "c.sqlite").exists()
+    assert [(p["dataset"], p["task"], p["prompts"]) for p in plan["plan"]] == [
+        ("rte", "classify", 3), ("rte", "redacted", 6), ("imdb", "classify", 3), ("imdb", "redacted", 6)]
+    summary = run_faithfulness(config(tmp_path, ckpt, **kw))
+    sent = sum(arm["generated"] + arm["cache_hits"] for arm in summary["arms"].values())
+    # the classify prompts of the redacted task are the classify task's (served from the cache); every known prompt
+    # is asked, and the follow-ups at most as often as the plan says
+    assert plan["prompts"] <= sent <= plan["prompts"] + plan["follow_up_prompts_at_most"]
