@@ -376,8 +376,9 @@ def load_model(
     torch_dtype = _dtype_from(dtype, device_map)
     try:
         tokenizer = AutoTokenizer.from_pretrained(location, trust_remote_code=trust_remote_code)
-        model, loading = AutoModelForCausalLM.from_pretrained(location, output_loading_info=True,
-                                                              **_from_pretrained_kwargs(torch_dtype, device_map, trust_remote_code))
+        loaded: Any = AutoModelForCausalLM.from_pretrained(location, output_loading_info=True,
+                                                           **_from_pretrained_kwargs(torch_dtype, device_map, trust_remote_code))
+        model, loading = loaded  # (model, what loaded and what did not)
     except (OSError, ValueError, SafetensorError) as e:
         where = "the Hugging Face hub" if source.kind == "hub" else location
         if source.kind == "embedded":
@@ -407,7 +408,7 @@ def refuse_dropped_biases(name: str, model: torch.nn.Module, unexpected: Any, tr
     dropped = sorted(k for k in unexpected if k.endswith(".bias"))
     if not dropped:
         return
-    config = model.config
+    config: Any = model.config
     stock = type(config)().to_dict()
     custom = sorted(k for k, v in config.to_dict().items() if "bias" in k.lower() and k not in stock)
     keys = f"its config.json says so under {', '.join(custom)}, a key {type(config).__name__} does not know" if custom else         "its config.json has no key the stock class reads for them"

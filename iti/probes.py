@@ -236,7 +236,8 @@ def load_probes(path: str | os.PathLike) -> HeadProbes:
         fit = ProbeFit(int(meta["fit"]["iterations"]), float(meta["fit"]["max_grad_norm"]))
     except (KeyError, TypeError, AttributeError) as e:
         raise FeatureFileError(f"{path} holds incomplete probes: missing {e}") from None
-    if coef.shape != shape or intercept.shape != shape[:2]:
+    if len(shape) != 3 or coef.shape != shape or intercept.shape != shape[:2]:
         raise FeatureFileError(f"{path}: coef {coef.shape} and intercept {intercept.shape} do not match the recorded shape {shape}")
-    probes.coef_, probes.intercept_, probes.shape_, probes.fit_ = coef, intercept, shape, fit
+    probes.coef_, probes.intercept_, probes.fit_ = coef, intercept, fit
+    probes.shape_ = (shape[0], shape[1], shape[2])
     return probes

@@ -10,6 +10,7 @@ Every evaluated row is stored as it finishes (``rows/*.json``), so an interrupte
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -157,7 +158,7 @@ def _rescore_part(tqa, test_q, row: dict[str, Any]) -> dict[str, Any]:
     return similarity_scores(row["answers"], [tqa.refs[q] for q in test_q]).per_answer()
 
 
-def _row_todo(row: dict[str, Any], spec: RowSpec, judge: Judge | None, transfer_todo: list[str] = ()) -> list[str]:
+def _row_todo(row: dict[str, Any], spec: RowSpec, judge: Judge | None, transfer_todo: Sequence[str] = ()) -> list[str]:
     """The parts of a row still to compute: MC + CE/KL, greedy answers, judgements (again when another judge
     made the stored ones). Each part is stored as soon as it finishes, so a failure in a later part (a judge that
     is down) loses nothing before it."""
