@@ -314,6 +314,24 @@ class GenerationCache:
                     db.execute("ROLLBACK")
                 raise
 
+    def delete_many(self, keys: Sequence[GenerationKey]) -> int:
+        """Remove the outcomes of ``keys`` in one transaction; returns how many there were."""
+        digests = list(dict.fromkeys(k.digest() for k in keys))
+        removed = 0
+        with self._lock:
+            db = self._db
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                for start in range(0, len(digests), _CHUNK):
+                    chunk = digests[start:start + _CHUNK]
+                    removed += db.execute(f"DELETE FROM {_TABLE} WHERE key IN ({','.join('?' * len(chunk))})", chunk).rowcount
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+        return removed
+
     def __len__(self) -> int:
         with self._lock:
             return self._db.execute(f"SELECT COUNT(*) FROM {_TABLE}").fetchone()[0]

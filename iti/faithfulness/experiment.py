@@ -44,6 +44,7 @@ from .generate import (
     INTROSPECT_MAX_NEW_TOKENS,
     STOP_STRINGS,
     CachedGenerator,
+    CacheWalk,
     GenerationSettings,
     LocalGenerator,
     RemoteGenerator,
@@ -143,6 +144,9 @@ class FaithfulnessConfig:
     force: bool = field(default=False, metadata={
         "help": "write into an output directory that holds a run with other settings"})
     progress: bool = field(default=True, metadata={"help": "no progress bar", "flag": "quiet", "invert": True})
+    clean_cache: bool = field(default=False, metadata={
+        "help": "drop this run's rows from the generation cache first (introspect's --clean-cache): every prompt the "
+                "run's tasks would read for the reported samples, in each arm, so that they are generated again"})
     dry: bool = field(default=False, metadata={
         "help": "plan only: check every option, read the data sets and print, per data set, task and arm, the samples "
                 "and the prompts the run would send; load no model, write nothing"})
@@ -161,7 +165,7 @@ RESULTS_DIR: Path | None = None
 
 #: Fields that do not change a run's outputs (speed, placement, where things go, how failures are retried).
 _NOT_SETTINGS = {"batch_size", "device_map", "output_dir", "cache", "progress", "remote_timeout", "retry_errors", "force",
-                 "original_prompts", "dry"}  # original_prompts: no effect any more
+                 "original_prompts", "dry", "clean_cache"}  # original_prompts: no effect any more
 _OUTPUT_FILES = ("summary.json", "summary.md", "comparison.md", "faithfulness.png")
 
 
@@ -466,12 +470,32 @@ def dry_run(cfg: FaithfulnessConfig) -> dict[str, Any]:
     return {"dry": True, "plan": plan, "prompts": known, "follow_up_prompts_at_most": at_most}
 
 
+def drop_cached_rows(cfg: FaithfulnessConfig, flags, cache: GenerationCache, arms: dict[str, CachedGenerator], datasets,
+                     render, classify_settings: GenerationSettings, explain_settings: GenerationSettings) -> int:
+    """Remove from ``cache`` every row the run would read for its reported samples: each task walked through each arm
+    on the cache alone (:class:`~iti.faithfulness.generate.CacheWalk`), so the follow-up prompts of cached
+    explanations are found too. Returns how many rows went."""
+    keys = []
+    for ds in datasets:
+        samples = ds.samples[: cfg.max_samples] if cfg.max_samples else ds.samples
+        for task in cfg.tasks:
+            opts = prompt_options(flags[task], fix_typos=cfg.fix_prompt_typos)
+            for gen in arms.values():
+                walk = CacheWalk(gen)
+                run_task(task, samples, walk, render, opts, classify_settings, explain_settings, False)  # type: ignore[arg-type]
+                keys += walk.keys
+    return cache.delete_many(keys)
+
+
 def _run_claimed(cfg: FaithfulnessConfig, out: Path, flags, cache: GenerationCache, arms: dict[str, CachedGenerator],
                  tokenizer, t0: float) -> dict[str, Any]:
     render = prompt_renderer(cfg, tokenizer)
     classify_settings = GenerationSettings(max_new_tokens=cfg.classify_max_new_tokens, seed=cfg.seed, stop=stop_strings(cfg))
     explain_settings = GenerationSettings(max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, stop=stop_strings(cfg))
     datasets = [load_faithfulness_dataset(name, cfg.data_dir, seed=cfg.seed) for name in cfg.datasets]
+    if cfg.clean_cache:
+        dropped = drop_cached_rows(cfg, flags, cache, arms, datasets, render, classify_settings, explain_settings)
+        print(f"[faithfulness] --clean_cache: dropped {dropped} cached rows of this run", flush=True)
     calibration = None
     if cfg.calibrate_alphas:
         calibration = _calibrate(cfg, arms, cache, datasets, render,

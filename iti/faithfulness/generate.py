@@ -321,6 +321,23 @@ class RemoteGenerator:
         return "check --remote_url and the served model name (--remote_plain_model / --remote_intervened_model)"
 
 
+class CacheWalk:
+    """A generator that answers from the cache alone and records every key it is asked for: run a task through it
+    to learn which cached rows a run reads (the follow-up prompts come from the cached explanations), e.g. to drop
+    them (``iti faithfulness --clean_cache``). A prompt the cache lacks gets an error, so nothing follows from it."""
+
+    def __init__(self, arm: CachedGenerator):
+        self.arm = arm
+        self.keys: list[GenerationKey] = []
+        self.model_id, self.intervention_id = arm.model_id, arm.intervention_id
+
+    def generate(self, prompts: Sequence[str], settings: GenerationSettings, progress: bool = True) -> list[CachedGeneration]:
+        keys = [self.arm.key(p, settings) for p in prompts]
+        self.keys += keys
+        found = self.arm.cache.get_many(keys) if self.arm.cache is not None else [None] * len(keys)
+        return [hit if hit is not None else CachedGeneration(None, "not cached", 0.0) for hit in found]
+
+
 class CachedGenerator:
     """A generator behind a :class:`GenerationCache`: only prompts never answered before reach the model."""
 

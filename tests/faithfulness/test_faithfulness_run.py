@@ -240,3 +240,19 @@ def test_dry_plans_the_prompts_a_run_sends_and_writes_nothing(tmp_path):
     # the classify prompts of the redacted task are the classify task's (served from the cache); every known prompt
     # is asked, and the follow-ups at most as often as the plan says
     assert plan["prompts"] <= sent <= plan["prompts"] + plan["follow_up_prompts_at_most"]
+
+
+def test_clean_cache_drops_exactly_this_runs_rows_and_they_are_generated_again(tmp_path):
+    ckpt = save_checkpoint(tmp_path / "ckpt")
+    other = run_faithfulness(config(tmp_path, ckpt, datasets=("imdb",), output_dir=str(tmp_path / "other")))
+    cfg = config(tmp_path, ckpt, tasks=("classify", "counterfactual"), max_samples=3)
+    first = run_faithfulness(cfg)
+    made = first["arms"]["plain"]["generated"]
+    cache = GenerationCache(tmp_path / "c.sqlite")
+    before = len(cache)
+    cache.close()
+    assert before == made + other["arms"]["plain"]["generated"]  # every prompt of both runs, once
+    again = run_faithfulness(config(tmp_path, ckpt, tasks=("classify", "counterfactual"), max_samples=3, clean_cache=True))
+    assert again["arms"]["plain"]["generated"] == made and again["arms"]["plain"]["cache_hits"] == first["arms"]["plain"]["cache_hits"]
+    assert run_faithfulness(config(tmp_path, ckpt, datasets=("imdb",), output_dir=str(tmp_path / "other")))["arms"]["plain"]["cache_hits"] \
+        == other["arms"]["plain"]["generated"]  # the other run's rows stayed
