@@ -16,8 +16,8 @@ from .kv_cache import returned_cache, with_cache
 #: the next token of each active row: (logits [rows, vocab] on the CPU, the active rows' ids, every row's tokens so
 #: far) -> tokens [rows]
 NextTokens = Callable[[torch.Tensor, Sequence[int], list[list[int]]], torch.Tensor]
-#: whether a row has ended after its latest token: (row id, its tokens so far) -> bool
-Ended = Callable[[int, list[int]], bool]
+#: whether a row has ended after its latest token: its tokens so far -> bool
+Ended = Callable[[list[int]], bool]
 
 
 def decode(model: torch.nn.Module, step_ids: torch.Tensor, attn: torch.Tensor, positions: torch.Tensor, past: Any, *,
@@ -38,7 +38,7 @@ def decode(model: torch.nn.Module, step_ids: torch.Tensor, attn: torch.Tensor, p
         going = []  # batch rows that have not ended
         for b, (r, t) in enumerate(zip(active, nxt.tolist())):
             tokens[r].append(t)
-            done[r] = ended(r, tokens[r])
+            done[r] = ended(tokens[r])
             if not done[r]:
                 going.append(b)
         if not going:

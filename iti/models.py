@@ -128,7 +128,8 @@ def known_model_names() -> list[str]:
 
 def prefixed_model_name(model_name: str, model_prefix: str) -> str:
     """honest_llama's ``--model_prefix``: the name of the checkpoint to load (``honest_`` + name: its hub copy with ITI
-    baked in; ``local_`` + name: edit_weight.py's output), refused with one line when honest_llama has no such model."""
+    baked in; ``local_`` + name: edit_weight.py's output), refused with one line when honest_llama has no such model or
+    a ``local_`` copy is not there (:func:`resolve_model`), before anything loads."""
     if not model_prefix:
         return model_name
     name = model_prefix + model_name
@@ -136,6 +137,7 @@ def prefixed_model_name(model_name: str, model_prefix: str) -> str:
     if name not in known:
         raise UnknownModelError(f"--model_prefix {model_prefix} --model_name {model_name}: honest_llama has no {name}; its "
                                 f"{model_prefix} models are {', '.join(known)}")
+    resolve_model(name)
     return name
 
 
@@ -410,7 +412,7 @@ def refuse_dropped_biases(name: str, model: torch.nn.Module, unexpected: Any, tr
         return
     config: Any = model.config
     stock = type(config)().to_dict()
-    custom = sorted(k for k, v in config.to_dict().items() if "bias" in k.lower() and k not in stock)
+    custom = sorted(k for k in config.to_dict() if "bias" in k.lower() and k not in stock)
     keys = f"its config.json says so under {', '.join(custom)}, a key {type(config).__name__} does not know" if custom else         "its config.json has no key the stock class reads for them"
     remedy = ("with --trust_remote_code the checkpoint's own class loaded and still has no place for them: its auto_map "
               "must name a class with these biases" if trust_remote_code else

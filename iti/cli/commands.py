@@ -145,7 +145,6 @@ def run_validate(args: argparse.Namespace) -> None:
     cfg = config_from_args(ValidationConfig, args, model_name=name)
     evaluated = prefixed_model_name(args.model_name, cfg.model_prefix)  # honest_llama: HF_NAMES[model_prefix + model_name]
     if cfg.model_prefix:  # the features, probes and directions are the base model's: a declared use, in run.json
-        resolve_model(evaluated)  # a local_ copy that is not there fails here
         cfg.features_from_other_weights = True
     out = Path(args.output_dir) if args.output_dir else \
         results_dir(VALIDATION_RESULTS) / f"{cfg.model_prefix}{name}_k{cfg.num_heads}_a{cfg.alpha:g}_{cfg.method_label}"
@@ -193,7 +192,6 @@ def run_bake(args: argparse.Namespace) -> None:
     device_map = device_map_from_index(cfg.device)
     evaluated = prefixed_model_name(cfg.model_name, cfg.model_prefix)  # the weights baked into; features: model_name's
     if cfg.model_prefix:
-        resolve_model(evaluated)  # a local_ copy that is not there fails here
         cfg.features_from_other_weights = cfg.intervention is None  # fitting on the base model's features, declared
     if cfg.output_dir is None and cfg.intervention is not None:
         raise refuse("output_dir", "where to save the baked model (the default, edit_weight.py's own directory, names "

@@ -36,7 +36,7 @@ from ..options import check_choice, check_existing_path, check_finite_nonneg, ch
 from ..paths import cache_dir, results_dir
 from ..run_directory import RunDirectory
 from .cache import GenerationCache
-from .datasets import ALIASES, FaithfulnessDataset, UnknownDatasetError, dataset_names, load_faithfulness_dataset
+from .datasets import ALIASES, FaithfulnessDataset, Sample, UnknownDatasetError, dataset_names, load_faithfulness_dataset
 from .errors import RemoteModelError
 from .generate import (
     DEFAULT_SYSTEM_MESSAGES,
@@ -449,6 +449,11 @@ def run_faithfulness(cfg: FaithfulnessConfig) -> dict[str, Any]:
         return _run_claimed(cfg, out, flags, cache, arms, tokenizer, t0)
 
 
+def reported_samples(cfg: FaithfulnessConfig, ds: FaithfulnessDataset) -> tuple[Sample, ...]:
+    """The samples a run reports for a data set: the first ``--max_samples`` after the seeded shuffle, or all."""
+    return ds.samples[: cfg.max_samples] if cfg.max_samples else ds.samples
+
+
 def dry_run(cfg: FaithfulnessConfig) -> dict[str, Any]:
     """The run's plan, printed and returned, with nothing loaded but the data sets and nothing written: per data set,
     task and arm, the samples and the prompts (classify: one a sample; an explanation task: the classification, the
@@ -457,7 +462,7 @@ def dry_run(cfg: FaithfulnessConfig) -> dict[str, Any]:
     plan, known, at_most = [], 0, 0
     for name in cfg.datasets:
         ds = load_faithfulness_dataset(name, cfg.data_dir, seed=cfg.seed)
-        n = min(len(ds.samples), cfg.max_samples or len(ds.samples))
+        n = len(reported_samples(cfg, ds))
         for task in cfg.tasks:
             first = n if task == "classify" else 2 * n
             follow = 0 if task == "classify" else n
@@ -477,7 +482,7 @@ def drop_cached_rows(cfg: FaithfulnessConfig, flags, cache: GenerationCache, arm
     explanations are found too. Returns how many rows went."""
     keys = []
     for ds in datasets:
-        samples = ds.samples[: cfg.max_samples] if cfg.max_samples else ds.samples
+        samples = reported_samples(cfg, ds)
         for task in cfg.tasks:
             opts = prompt_options(flags[task], fix_typos=cfg.fix_prompt_typos)
             for gen in arms.values():
@@ -502,7 +507,7 @@ def _run_claimed(cfg: FaithfulnessConfig, out: Path, flags, cache: GenerationCac
                                  prompt_options(flags[cfg.tasks[0]], fix_typos=cfg.fix_prompt_typos), classify_settings, out)
     rows: list[dict[str, Any]] = []
     for ds in datasets:
-        samples = ds.samples[: cfg.max_samples] if cfg.max_samples else ds.samples
+        samples = reported_samples(cfg, ds)
         for task in cfg.tasks:
             opts = prompt_options(flags[task], fix_typos=cfg.fix_prompt_typos)
             per_arm = {}

@@ -227,21 +227,21 @@ class LocalGenerator:
         token limit (``truncated``: ``max_new_tokens`` or the end of the model's context reached)."""
         model, device = self.model, model_device(self.model)
         pad = pad_token_id(self.tokenizer)
-        eos = torch.tensor(sorted(eos_token_ids(model, self.tokenizer)) or [-1], device=device)
+        eos_ids = eos_token_ids(model, self.tokenizer)
         inputs = batch_inputs(rows, pad, device, padding_side="left")  # position_ids count real tokens only
         ids, mask, position_ids = inputs["input_ids"], inputs["attention_mask"], inputs["position_ids"]
         gens = [torch.Generator().manual_seed(prompt_seed(s.seed, p)) for p in prompts]
         budget = s.max_new_tokens if self.context is None else min(s.max_new_tokens, self.context - ids.shape[1])
-        seen = ids.clone()  # pad ids count as seen; harmless: they never score well anyway
+        seen = ids.to("cpu", copy=True)  # pad ids count as seen; harmless: they never score well anyway
         for r, row in enumerate(rows):  # ... except where pad is a real token: mark padding with a prompt token
             seen[r, : ids.shape[1] - len(row)] = row[0]
         window = max((len(x.encode()) for x in s.stop), default=0) + 2  # tokens that hold any stop string's text
-        eos_ids = set(eos.tolist())
+
         def next_tokens(logits: torch.Tensor, active: Sequence[int], tokens: list[list[int]]) -> torch.Tensor:
             so_far = torch.tensor([tokens[r] for r in active], dtype=seen.dtype).reshape(len(active), -1)  # same lengths
-            return _sample_next(logits, torch.cat([seen[list(active)].cpu(), so_far], 1), s, [gens[r] for r in active])
+            return _sample_next(logits, torch.cat([seen[list(active)], so_far], 1), s, [gens[r] for r in active])
 
-        def ended(_: int, toks: list[int]) -> bool:
+        def ended(toks: list[int]) -> bool:
             return toks[-1] in eos_ids or (bool(s.stop) and self._ends_with_stop(toks, s.stop, window))
 
         ctx = self.intervention.applied(model, positions="last") if self.intervention is not None else contextlib.nullcontext()

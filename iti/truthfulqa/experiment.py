@@ -121,11 +121,21 @@ def _generation_part(model, tokenizer, tqa, test_q, intervention, cfg, shots: st
     return {"answers": answers, **sim.per_answer(), "gen_seconds": time.perf_counter() - t1}
 
 
+def _transfer_questions(data: TransferData, cfg: ValidationConfig) -> int:
+    """How many questions of a transfer set a run scores: the first ``--eval_max_questions``, else all."""
+    return min(len(data), cfg.eval_max_questions or len(data))
+
+
+def _transfer_current(done: dict[str, Any] | None, data: TransferData, cfg: ValidationConfig) -> bool:
+    """Whether a stored transfer result is of this data and this question count (else it is scored again)."""
+    return done is not None and done.get("data_sha256") == data.sha256 and done.get("questions") == _transfer_questions(data, cfg)
+
+
 def _transfer_part(model, tokenizer, data: TransferData, intervention, cfg) -> dict[str, Any]:
     """One transfer set scored under the row's steering (:mod:`iti.truthfulqa.transfer`): per question whether the
     first gold answer outscores the false one, and the margin between their summed log-probabilities."""
     t = time.perf_counter()
-    n = min(len(data), cfg.eval_max_questions or len(data))
+    n = _transfer_questions(data, cfg)
     prefix = shared_prefix(cfg.preset, cfg.instruction_prompt)
     questions = transfer_questions(data, prefix, range(n))
     scores = score_choices(model, tokenizer, questions, prefix=prefix, intervention=intervention, batch_size=cfg.batch_size,
@@ -140,13 +150,7 @@ def _transfer_todo(row: dict[str, Any], spec: RowSpec, transfer: dict[str, Trans
     question count); few-shot rows are TruthfulQA prompting baselines and are not transferred."""
     if spec.shots:
         return []
-    todo = []
-    for name, data in transfer.items():
-        done = row.get("transfer", {}).get(name, {})
-        n = min(len(data), cfg.eval_max_questions or len(data))
-        if done.get("data_sha256") != data.sha256 or done.get("questions") != n:
-            todo.append(f"transfer:{name}")
-    return todo
+    return [f"transfer:{name}" for name, data in transfer.items() if not _transfer_current(row.get("transfer", {}).get(name), data, cfg)]
 
 
 def _rescore_part(tqa, test_q, row: dict[str, Any]) -> dict[str, Any]:
@@ -172,14 +176,15 @@ def _row_todo(row: dict[str, Any], spec: RowSpec, judge: Judge | None, transfer_
     return todo + list(transfer_todo)
 
 
-def _copy_plain_transfer(row: dict[str, Any], fold0: Path, part: str, transfer: dict[str, TransferData]) -> bool:
+def _copy_plain_transfer(row: dict[str, Any], fold0: Path, part: str, transfer: dict[str, TransferData],
+                         cfg: ValidationConfig) -> bool:
     """Copy a plain row's transfer result from its fold-0 file (the same model on the same questions, scored just
     before); whether it was there to copy."""
     if not part.startswith("transfer:") or not fold0.is_file():
         return False
     name = part.split(":", 1)[1]
     done = read_json(fold0, "validation row").get("transfer", {}).get(name)
-    if done is None or done.get("data_sha256") != transfer[name].sha256:
+    if not _transfer_current(done, transfer[name], cfg):
         return False
     row.setdefault("transfer", {})[name] = done
     return True
@@ -332,7 +337,7 @@ def _run_locked(model, tokenizer, cfg: ValidationConfig, directory: RunDirectory
             if not todo:
                 continue
             if not spec.steers and i > 0:  # the plain model scores a transfer set the same in every fold: copied
-                copied = [p for p in todo if _copy_plain_transfer(row, out / "rows" / f"fold0_{spec.key}.json", p, transfer)]
+                copied = [p for p in todo if _copy_plain_transfer(row, out / "rows" / f"fold0_{spec.key}.json", p, transfer, cfg)]
                 if copied:
                     atomic_write_json(path, row)
                     todo = [p for p in todo if p not in copied]
@@ -348,8 +353,8 @@ def _run_locked(model, tokenizer, cfg: ValidationConfig, directory: RunDirectory
                                                   model_name=cfg.model_name, method=spec.direction, selector=spec.selector, seed=spec.seed,
                                                   tune_on_all_questions=cfg.tune_on_all_questions)
             if intervention is not None and spec.budget is not None:
-                same = out / "rows" / f"fold{i}_{replace(spec, name='ITI', shots=0).key}.json"
-                if spec.shots and "budget_search" not in row and same.is_file():  # few-shot + ITI: the ITI row's alpha
+                same = out / "rows" / f"fold{i}_{replace(spec, name='ITI', shots=0).key}.json" if spec.shots else None
+                if same is not None and "budget_search" not in row and same.is_file():  # few-shot + ITI: the ITI row's alpha
                     found = read_json(same, "validation row")
                     if "budget_search" in found:
                         row.update({"alpha_found": found["alpha_found"], "budget_search": found["budget_search"]})

@@ -121,7 +121,7 @@ def _greedy_loop(model: torch.nn.Module, tokenizer: Any, step_ids: torch.Tensor,
                  positions: torch.Tensor, past: Any, max_new_tokens: int, eos: set[int],
                  stop_at_next_question: bool) -> list[list[int]]:
     """Greedy tokens of each row, step by step until every row has ended (EOS, its next "Q:", or ``max_new_tokens``)."""
-    def ended(_: int, tokens: list[int]) -> bool:
+    def ended(tokens: list[int]) -> bool:
         return tokens[-1] in eos or (stop_at_next_question and ANSWER_END in tokenizer.decode(tokens, skip_special_tokens=True))
 
     tokens, _ = decode(model, step_ids, attn, positions, past, max_steps=max_new_tokens,
