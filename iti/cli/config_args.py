@@ -10,6 +10,7 @@ empty); ``bool`` (a switch, ``store_true``). Field metadata adjusts the flag:
 
 * ``help``: the help text (the default is appended unless the text already says it);
 * ``flag``: the CLI name when it differs from the field (``datasets`` -> ``--dataset``);
+* ``aliases``: further names of the same flag (another tool's spelling: ``--model-name`` for ``--model``);
 * ``invert``: a bool field that defaults to True, switched off by the flag (``generate`` <- ``--no_generate``);
 * ``choices``: the allowed values (of each value, for a list);
 * ``const``: the flag may be given without a value, meaning this one (``--judge`` = ``--judge endpoint``);
@@ -43,11 +44,13 @@ class FlagSpec:
     field: str
     flag: str
     kwargs: dict[str, Any]
+    aliases: tuple[str, ...] = ()
 
     @property
     def option_strings(self) -> list[str]:
-        """``--flag`` and, for a name with underscores, the dashed spelling."""
-        return [f"--{self.flag}"] + ([f"--{self.flag.replace('_', '-')}"] if "_" in self.flag else [])
+        """``--flag``, for a name with underscores the dashed spelling, then the aliases."""
+        names = [f"--{self.flag}"] + ([f"--{self.flag.replace('_', '-')}"] if "_" in self.flag else [])
+        return names + [f"--{a}" for a in self.aliases if f"--{a}" not in names]
 
 
 def _field_default(f: dataclasses.Field) -> Any:
@@ -121,7 +124,7 @@ def flag_specs(cls: type) -> list[FlagSpec]:
                 help_text = f"{help_text} (default: {_show(default)})"
         if help_text is not None:
             kwargs["help"] = help_text.replace("%", "%%")
-        specs.append(FlagSpec(f.name, meta.get("flag", f.name), kwargs))
+        specs.append(FlagSpec(f.name, meta.get("flag", f.name), kwargs, tuple(meta.get("aliases", ()))))
     return specs
 
 

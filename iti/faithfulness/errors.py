@@ -19,3 +19,7 @@ class RemoteModelError(ItiError, ValueError):
 
 class CacheFileError(ItiError, ValueError):
     """A cache path that is not a SQLite file, is another program's database, or has another schema version."""
+
+
+class ReplayError(ItiError, ValueError):
+    """``--replay`` cannot re-report from the cache alone: no recorded run, other settings, or a missing answer."""

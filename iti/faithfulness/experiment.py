@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+import urllib.parse
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -36,8 +37,8 @@ from ..options import check_choice, check_existing_path, check_finite_nonneg, ch
 from ..paths import cache_dir, results_dir
 from ..run_directory import RunDirectory
 from .cache import GenerationCache
-from .datasets import ALIASES, FaithfulnessDataset, Sample, UnknownDatasetError, dataset_names, load_faithfulness_dataset
-from .errors import RemoteModelError
+from .datasets import SPLITS, FaithfulnessDataset, Sample, canonical_dataset, dataset_names, load_faithfulness_dataset, split_spec
+from .errors import RemoteModelError, ReplayError
 from .generate import (
     DEFAULT_SYSTEM_MESSAGES,
     FALLBACK_CHAT_FORMATS,
@@ -48,6 +49,7 @@ from .generate import (
     GenerationSettings,
     LocalGenerator,
     RemoteGenerator,
+    ReplayGenerator,
     render_chat,
 )
 from .prompts import CONFIG_FLAGS, TASKS, PromptOptions, prompt_options, task_configs
@@ -79,9 +81,13 @@ class FaithfulnessConfig:
     """Settings of one ``iti faithfulness`` run; the intervened arm comes from ``intervention`` or ``baked`` (not
     both), or with ``remote_url`` from ``remote_intervened_model``; without it only the plain arm runs."""
     model: str = field(default="smollm2-135m", metadata={
-        "help": "embedded name, short name, hub id or local dir (renders the prompts)"})
+        "help": "embedded name, short name, hub id or local dir (renders the prompts)",
+        "aliases": ("model-name", "model-id")})
     datasets: Sequence[str] = field(default=("imdb", "rte", "babi1", "mctest"), metadata={
         "help": f"any of {', '.join(dataset_names())}", "flag": "dataset"})
+    split: str = field(default="test", metadata={
+        "help": "introspect's split: train = train[:80%], valid = train[80%:], test = the split the paper reports "
+                "(introspect's own default is train)", "choices": SPLITS})
     tasks: Sequence[str] = field(default=EXPLAIN_TASKS, metadata={"help": "tasks to run", "flag": "task", "choices": TASKS})
     task_config: Sequence[str] = field(default=(), metadata={
         "help": f"introspect's config flags: {', '.join(CONFIG_FLAGS)} (e-implicit-target also accepted)"})
@@ -113,6 +119,7 @@ class FaithfulnessConfig:
     original_prompts: bool = field(default=False, metadata={
         "help": "no effect, kept for old command lines: introspect's prompt text is now the default"})
     chat_format: str | None = field(default=None, metadata={
+        "aliases": ("model-type",), "type": str.lower,
         "help": "introspect's prompt format instead of the tokenizer's chat template: falcon, llama2, mistral or plain "
                 "(default: the one an introspect short name such as falcon-7b stands for, else the template, else plain)"})
     system_message: str | None = field(default=None, metadata={
@@ -130,13 +137,18 @@ class FaithfulnessConfig:
     cache: str | None = field(default=None, metadata={
         "help": "SQLite generation cache (default: $ITI_CACHE/faithfulness/generations.sqlite)"})
     remote_url: str | None = field(default=None, metadata={
-        "help": "OpenAI-compatible endpoint (e.g. http://localhost:8000/v1) instead of in-process"})
+        "aliases": ("endpoint",),
+        "help": "OpenAI-compatible endpoint (e.g. http://localhost:8000/v1; a bare server address gets /v1, as "
+                "introspect's --endpoint is written) instead of in-process"})
     remote_plain_model: str | None = field(default=None, metadata={"help": "served name of the plain model"})
     remote_intervened_model: str | None = field(default=None, metadata={"help": "served name of the baked model"})
     remote_intervened_url: str | None = field(default=None, metadata={
         "help": "endpoint serving the baked model when it is not --remote_url (vLLM serves one model per process)"})
     remote_baked: str | None = field(default=None, metadata={
         "help": "local copy of the served baked model: its iti_intervention/ keys the cache (else 'unverified remote')"})
+    max_workers: int = field(default=50, metadata={
+        "help": "requests a remote arm keeps in flight at once (introspect's --max-workers; its default 50); answers "
+                "do not depend on it"})
     remote_timeout: float = field(default=120.0, metadata={
         "help": "seconds to wait for one answer of the endpoint before retrying, then stopping (default 120)"})
     retry_errors: bool = field(default=False, metadata={
@@ -147,9 +159,29 @@ class FaithfulnessConfig:
     clean_cache: bool = field(default=False, metadata={
         "help": "drop this run's rows from the generation cache first (introspect's --clean-cache): every prompt the "
                 "run's tasks would read for the reported samples, in each arm, so that they are generated again"})
+    replay: bool = field(default=False, metadata={
+        "help": "re-report a finished run from the cache alone (introspect's Offline client): no model loaded (only "
+                "its tokenizer, to render the prompts) and no server asked; refused in one line when an answer is "
+                "missing"})
+    client: str | None = field(default=None, metadata={
+        "choices": ("TGI", "VLLM", "Offline"),
+        "help": "introspect's --client: TGI or VLLM = the OpenAI-compatible server at --endpoint (both speak it), "
+                "Offline = --replay"})
+    persistent_dir: str | None = field(default=None, metadata={
+        "help": "introspect's --persistent-dir: the cache defaults to DIR/database/generations.sqlite and the run "
+                "directory to DIR/results/analysis/<run name> (--cache / --output_dir still win)"})
+    debug: bool = field(default=False, metadata={
+        "help": "introspect's --debug: print every prompt and answer as it is generated (cached ones included)"})
     dry: bool = field(default=False, metadata={
         "help": "plan only: check every option, read the data sets and print, per data set, task and arm, the samples "
                 "and the prompts the run would send; load no model, write nothing"})
+
+    def __post_init__(self) -> None:
+        # introspect's --endpoint is the server's address; its OpenAI-compatible routes are under /v1 (vLLM, TGI >= 2)
+        for name in ("remote_url", "remote_intervened_url"):
+            url = getattr(self, name)
+            if url and urllib.parse.urlsplit(url).path in ("", "/"):
+                setattr(self, name, url.rstrip("/") + "/v1")
 
     def validate(self) -> None:
         """Refuse impossible settings (one error naming the option) before any model loads or file is written:
@@ -165,7 +197,8 @@ RESULTS_DIR: Path | None = None
 
 #: Fields that do not change a run's outputs (speed, placement, where things go, how failures are retried).
 _NOT_SETTINGS = {"batch_size", "device_map", "output_dir", "cache", "progress", "remote_timeout", "retry_errors", "force",
-                 "original_prompts", "dry", "clean_cache"}  # original_prompts: no effect any more
+                 "original_prompts", "dry", "clean_cache", "persistent_dir", "debug", "replay", "client",
+                 "max_workers"}  # original_prompts: no effect any more
 _OUTPUT_FILES = ("summary.json", "summary.md", "comparison.md", "faithfulness.png")
 
 
@@ -219,13 +252,14 @@ def _check_inputs(cfg: FaithfulnessConfig) -> dict[str, tuple[str, ...]]:
     if not cfg.tasks:
         raise EmptyInputError("no tasks selected")
     for d in cfg.datasets:
-        if ALIASES.get(d.lower(), d.lower()) not in dataset_names():
-            raise UnknownDatasetError(f"unknown faithfulness data set {d!r}; choose from {', '.join(dataset_names())}")
+        split_spec(canonical_dataset(d), cfg.split)
     flags, _ignored = task_configs(cfg.tasks, cfg.task_config)
+    if cfg.client in ("TGI", "VLLM") and not cfg.remote_url:
+        raise refuse("client", f"{cfg.client} needs the server's address: give --endpoint (or --remote_url)", cfg.client)
     if cfg.intervention and cfg.baked:
         raise InterventionModelError("give --intervention (runtime shift) or --baked (edited weights), not both")
     check_positive_int("max_samples", cfg.max_samples, none_ok=True, why="0 or None = all")
-    for name in ("max_new_tokens", "classify_max_new_tokens", "batch_size"):
+    for name in ("max_new_tokens", "classify_max_new_tokens", "batch_size", "max_workers"):
         check_positive_int(name, getattr(cfg, name))
     check_seed("seed", cfg.seed)
     check_dtype(cfg.dtype)
@@ -299,13 +333,13 @@ def _check_dev_room(cfg: FaithfulnessConfig) -> None:
     checked once loaded (:func:`iti.faithfulness.calibrate.development_samples`)."""
     from ..paths import data_search
     from .calibrate import check_dev_samples
-    from .datasets import SOURCES
 
     search = data_search(cfg.data_dir)
     for name in cfg.datasets:
-        src = SOURCES[ALIASES.get(name.lower(), name.lower())]
-        if src.size is not None and cfg.max_samples is not None and search.find(src.relative) is not None:
-            check_dev_samples(name, src.size, cfg.max_samples, cfg.dev_samples)
+        spec = split_spec(name, cfg.split)
+        if (spec.rows is not None and spec.relative is not None and cfg.max_samples is not None
+                and search.find(spec.relative) is not None):
+            check_dev_samples(name, spec.rows, cfg.max_samples, cfg.dev_samples)
 
 
 def build_arms(cfg: FaithfulnessConfig, cache: GenerationCache | None) -> tuple[dict[str, CachedGenerator], Any]:
@@ -439,14 +473,72 @@ def run_faithfulness(cfg: FaithfulnessConfig) -> dict[str, Any]:
         print(line, file=sys.stderr, flush=True)
     if cfg.dry:
         return dry_run(cfg)
-    out = Path(cfg.output_dir) if cfg.output_dir else default_output_dir(cfg)
+    out, cache_path = output_paths(cfg)
     check_output_dir(out, cfg)  # before the model loads
-    cache = GenerationCache(cfg.cache or default_cache_path())
+    replaying = cfg.replay or cfg.client == "Offline"
+    if replaying:
+        identities = _recorded_arms(out, cfg, cache_path)
+    cache = GenerationCache(cache_path)
     t0 = time.perf_counter()
-    arms, tokenizer = build_arms(cfg, cache)
+    arms, tokenizer = replay_arms(cfg, cache, identities, cache_path) if replaying else build_arms(cfg, cache)
+    for gen in arms.values():
+        gen.debug = cfg.debug
+        if isinstance(gen.inner, RemoteGenerator):
+            gen.max_workers = cfg.max_workers
     settings = run_settings(cfg)
-    with run_directory(out).claimed(settings, force=cfg.force, extra={"settings_fingerprint": settings_fingerprint(settings)}):
+    extra = {"settings_fingerprint": settings_fingerprint(settings), "arms": arm_identities(arms)}
+    with run_directory(out).claimed(settings, force=cfg.force, extra=extra):
         return _run_claimed(cfg, out, flags, cache, arms, tokenizer, t0)
+
+
+def arm_identities(arms: dict[str, CachedGenerator]) -> dict[str, dict[str, Any]]:
+    """What keys each arm's cache entries (recorded in config.json before anything is generated, so that
+    ``--replay`` needs neither the model nor the server)."""
+    return {a: {"model_id": g.model_id, "intervention_id": g.intervention_id, "name": g.name,
+                "cache_extras": dict(getattr(g.inner, "cache_extras", None) or {})} for a, g in arms.items()}
+
+
+def _recorded_arms(out: Path, cfg: FaithfulnessConfig, cache_path: Path) -> dict[str, dict[str, Any]]:
+    """The arm identities a finished run recorded in ``out``; ReplayError (one line) when there are none to replay."""
+    from ..io import read_json
+
+    if cfg.calibrate_alphas:
+        raise ReplayError("--replay: not with --calibrate_alphas (the calibrated arm is chosen by generating)")
+    record = out / "config.json"
+    stored = read_json(record, "faithfulness run record") if record.is_file() else None
+    arms = stored.get("arms") if isinstance(stored, dict) else None
+    if not isinstance(arms, dict) or "plain" not in arms:
+        raise ReplayError(f"--replay: {out} holds no run that recorded its arms (a run of this iti writes them to "
+                          "config.json); run it once without --replay")
+    if not cache_path.is_file():
+        raise ReplayError(f"--replay: no generation cache at {cache_path} (give the run's --cache)")
+    return arms
+
+
+def replay_arms(cfg: FaithfulnessConfig, cache: GenerationCache, identities: dict[str, dict[str, Any]],
+                cache_path: Path) -> tuple[dict[str, CachedGenerator], Any]:
+    """The recorded arms behind the cache alone, and the tokenizer that renders the prompts (no weights loaded)."""
+    from transformers import AutoTokenizer
+
+    from ..models import embedded_model_dir, resolve_model
+
+    src = resolve_model(cfg.model)
+    tokenizer = AutoTokenizer.from_pretrained(str(embedded_model_dir(src.name)) if src.kind == "embedded" else src.location,
+                                              trust_remote_code=False)
+    arms = {a: CachedGenerator(ReplayGenerator(a, ident, str(cache_path)), cache, name=ident.get("name"))
+            for a, ident in identities.items()}
+    return arms, tokenizer
+
+
+def output_paths(cfg: FaithfulnessConfig) -> tuple[Path, Path]:
+    """(run directory, generation cache) of a run: ``--output_dir`` / ``--cache``, else under ``--persistent_dir``
+    where introspect puts them, else the defaults."""
+    root = Path(cfg.persistent_dir) if cfg.persistent_dir else None
+    out = (Path(cfg.output_dir) if cfg.output_dir else
+           root / "results" / "analysis" / default_output_dir(cfg).name if root else default_output_dir(cfg))
+    cache = (Path(cfg.cache) if cfg.cache else
+             root / "database" / "generations.sqlite" if root else default_cache_path())
+    return out, cache
 
 
 def reported_samples(cfg: FaithfulnessConfig, ds: FaithfulnessDataset) -> tuple[Sample, ...]:
@@ -461,11 +553,11 @@ def dry_run(cfg: FaithfulnessConfig) -> dict[str, Any]:
     arms = ["plain"] + (["intervened"] if cfg.intervention or cfg.baked or cfg.remote_intervened_model else [])
     plan, known, at_most = [], 0, 0
     for name in cfg.datasets:
-        ds = load_faithfulness_dataset(name, cfg.data_dir, seed=cfg.seed)
+        ds = load_faithfulness_dataset(name, cfg.data_dir, seed=cfg.seed, split=cfg.split)
         n = len(reported_samples(cfg, ds))
         for task in cfg.tasks:
             first = n if task == "classify" else 2 * n
-            follow = 0 if task == "classify" else n
+            follow = 0 if task in ("classify", "answerable") else n
             plan.append({"dataset": ds.name, "task": task, "arms": arms, "samples": n, "prompts": first,
                          "follow_up_prompts_at_most": follow})
             known, at_most = known + first * len(arms), at_most + follow * len(arms)
@@ -497,7 +589,7 @@ def _run_claimed(cfg: FaithfulnessConfig, out: Path, flags, cache: GenerationCac
     render = prompt_renderer(cfg, tokenizer)
     classify_settings = GenerationSettings(max_new_tokens=cfg.classify_max_new_tokens, seed=cfg.seed, stop=stop_strings(cfg))
     explain_settings = GenerationSettings(max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, stop=stop_strings(cfg))
-    datasets = [load_faithfulness_dataset(name, cfg.data_dir, seed=cfg.seed) for name in cfg.datasets]
+    datasets = [load_faithfulness_dataset(name, cfg.data_dir, seed=cfg.seed, split=cfg.split) for name in cfg.datasets]
     if cfg.clean_cache:
         dropped = drop_cached_rows(cfg, flags, cache, arms, datasets, render, classify_settings, explain_settings)
         print(f"[faithfulness] --clean_cache: dropped {dropped} cached rows of this run", flush=True)

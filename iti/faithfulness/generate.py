@@ -338,6 +338,22 @@ class CacheWalk:
         return [hit if hit is not None else CachedGeneration(None, "not cached", 0.0) for hit in found]
 
 
+class ReplayGenerator:
+    """An arm known only by its recorded identity (introspect's Offline client): it answers nothing, so behind a
+    :class:`CachedGenerator` every answer comes from the cache and a missing one stops the replay."""
+
+    def __init__(self, arm: str, identity: dict[str, Any], cache_path: str):
+        self.arm, self.cache_path = arm, cache_path
+        self.model_id, self.intervention_id = identity["model_id"], identity["intervention_id"]
+        self.cache_extras = dict(identity.get("cache_extras") or {})
+
+    def generate(self, prompts: Sequence[str], settings: GenerationSettings, progress: bool = True) -> list[CachedGeneration]:
+        from .errors import ReplayError
+
+        raise ReplayError(f"--replay: {len(prompts)} answer(s) of the {self.arm} arm are not in {self.cache_path} "
+                          f"(the first prompt begins {prompts[0][:60]!r}); run without --replay to generate them")
+
+
 class CachedGenerator:
     """A generator behind a :class:`GenerationCache`: only prompts never answered before reach the model."""
 
@@ -347,6 +363,35 @@ class CachedGenerator:
         self.model_id, self.intervention_id = inner.model_id, inner.intervention_id
         self.name = name or inner.model_id  # readable: the model's name or path as given (the key is its content)
         self.hits = self.misses = 0
+        self.debug = False  # introspect's --debug: print every exchange
+        self.max_workers = 1  # requests in flight at once (remote arms: --max_workers)
+
+    def _generate_concurrently(self, todo: Sequence[str], settings: GenerationSettings,
+                               found: dict[str, CachedGeneration], bar: Any) -> None:
+        """Up to ``max_workers`` one-prompt requests in flight; each answer is stored as it arrives (from this thread
+        alone). On a failure nothing new is sent, the requests in flight finish and are stored, then it is raised:
+        an answer that arrived is never lost to another request's failure."""
+        from concurrent.futures import ThreadPoolExecutor, as_completed
+
+        failure: BaseException | None = None
+        with ThreadPoolExecutor(max_workers=self.max_workers) as pool:
+            futures = {pool.submit(self.inner.generate, [p], settings, False): p for p in todo}
+            for fut in as_completed(futures):
+                p = futures[fut]
+                try:
+                    g = fut.result()[0]
+                except BaseException as e:  # noqa: BLE001 - the first failure is raised once the others are stored
+                    if failure is None:
+                        failure = e
+                        for other in futures:
+                            other.cancel()
+                    continue
+                if self.cache is not None:
+                    self.cache.put_many([(self.key(p, settings), g)])
+                found[p] = g
+                bar.update(1)
+        if failure is not None:
+            raise failure
 
     def key(self, prompt: str, settings: GenerationSettings) -> GenerationKey:
         """The cache key of one prompt: model id, intervention fingerprint, rendered prompt, settings (stop strings
@@ -371,11 +416,20 @@ class CachedGenerator:
         # the bar closes before an error propagates, so the error's line is not glued to it
         with tqdm(total=len(todo), desc=f"generating ({self.intervention_id[:8]})", unit="prompt",
                   disable=not progress or not todo) as bar:
-            for start in range(0, len(todo), self.chunk):
-                part = todo[start : start + self.chunk]
-                fresh = self.inner.generate(part, settings, progress=False)
-                if self.cache is not None:
-                    self.cache.put_many([(self.key(p, settings), g) for p, g in zip(part, fresh)])
-                found.update(zip(part, fresh))
-                bar.update(len(part))
+            if self.max_workers > 1 and len(todo) > 1:
+                self._generate_concurrently(todo, settings, found, bar)
+            else:
+                for start in range(0, len(todo), self.chunk):
+                    part = todo[start : start + self.chunk]
+                    fresh = self.inner.generate(part, settings, progress=False)
+                    if self.cache is not None:
+                        self.cache.put_many([(self.key(p, settings), g) for p, g in zip(part, fresh)])
+                    found.update(zip(part, fresh))
+                    bar.update(len(part))
+        if self.debug:
+            for p in unique:
+                g = found[p]
+                print(f"[debug {self.name}] prompt:\n{p}\n[debug {self.name}] answer"
+                      f"{' (cached)' if p not in todo else ''}:\n{g.response if g.ok else 'ERROR: ' + str(g.error)}\n",
+                      flush=True)
         return [found[p] for p in prompts]

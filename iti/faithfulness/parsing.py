@@ -194,6 +194,12 @@ def extract_choice(choices: Sequence[str], text: str) -> str | None:
     return None
 
 
+def extract_ability(text: str) -> str | None:
+    """The answerable task's yes / no: the whole answer, lower-cased, must be "yes" or "no" (a trailing period
+    allowed), as introspect parses it; anything else is None."""
+    return {"yes": "yes", "yes.": "yes", "no": "no", "no.": "no"}.get(text.lower())
+
+
 def sentiment_correct(label: str, predict: str | None) -> bool | None:
     """Only a positive/negative prediction can be correct; None keeps parse failures out of the accuracy."""
     if predict is None:

@@ -1,4 +1,4 @@
-"""The protocol's prompts: classification, counterfactual, redaction and importance, per prompt family.
+"""The protocol's prompts: classification, answerability, counterfactual, redaction and importance, per prompt family.
 
 The text is introspect's, word for word, including its grammar slips, and that is the default, so that results stay
 comparable with the paper's runs. ``fix_typos=True`` (``--fix_prompt_typos``) applies a short table of fixes
@@ -11,10 +11,10 @@ from dataclasses import dataclass
 from .datasets import ENTAILMENT, MULTI_CHOICE, SENTIMENT, Sample
 from .errors import TaskConfigError
 
-TASKS = ("classify", "counterfactual", "redacted", "importance")
+TASKS = ("classify", "answerable", "counterfactual", "redacted", "importance")
 #: Task-config flags (introspect's spelling; ``e-implicit-target`` is accepted as an alias).
-CONFIG_FLAGS = ("c-persona-you", "c-persona-human", "c-no-redacted", "m-removed",
-                "e-persona-you", "e-persona-human", "e-implcit-target")
+CONFIG_FLAGS = ("c-persona-you", "c-persona-human", "c-no-redacted", "m-removed", "i-persona-you", "i-persona-human",
+                "i-options", "e-persona-you", "e-persona-human", "e-implcit-target", "e-short")
 _FLAG_ALIASES = {"e-implicit-target": "e-implcit-target"}
 #: Which flags change which task's prompts. introspect accepts any flag for any task (it has no such checks) and a
 #: flag that a task does not read changes nothing there, so a flag is applied to the tasks listed here and the run
@@ -22,9 +22,12 @@ _FLAG_ALIASES = {"e-implicit-target": "e-implcit-target"}
 #: prompt, which every task asks first and again on the explanation, names the mask token.
 TASK_FLAGS = {
     "classify": {"c-persona-you", "c-persona-human", "c-no-redacted", "m-removed"},
+    "answerable": {"c-persona-you", "c-persona-human", "c-no-redacted", "m-removed", "i-persona-you", "i-persona-human",
+                   "i-options"},
     "counterfactual": {"c-persona-you", "c-persona-human", "c-no-redacted", "m-removed", "e-persona-you",
                        "e-persona-human", "e-implcit-target"},
-    "redacted": {"c-persona-you", "c-persona-human", "c-no-redacted", "m-removed", "e-persona-you", "e-persona-human"},
+    "redacted": {"c-persona-you", "c-persona-human", "c-no-redacted", "m-removed", "e-persona-you", "e-persona-human",
+                 "e-short"},
     "importance": {"c-persona-you", "c-persona-human", "c-no-redacted", "m-removed", "e-persona-you", "e-persona-human"},
 }
 
@@ -39,6 +42,10 @@ TYPO_FIXES: tuple[tuple[str, str], ...] = (
     ("such a human would answer", "such that a human would answer"),
     ("does not entails from it", "does not entail from it"),
     ("you a human not determine", "a human can not determine"),
+    ("determine the if it entail from", "determine if it entails from"),
+    ("Redact the following paragraph such you can not", "Redact the following paragraph such that you can not"),
+    ("Redact the following paragraph such a human can not", "Redact the following paragraph such that a human can not"),
+    ("Redact the following paragraph such it can not", "Redact the following paragraph such that it can not"),
 )
 
 
@@ -50,6 +57,9 @@ class PromptOptions:
 
     classify_persona: str = "default"   # default | you | human
     explain_persona: str = "default"
+    ability_persona: str = "default"    # the answerable task's question
+    ability_options: bool = False       # i-options: the answerable question lists the possible answers
+    short_redact: bool = False          # e-short: the redaction prompt's short form
     mask_token: str = "[REDACTED]"
     mention_mask: bool = True
     implicit_target: bool = False
@@ -72,7 +82,8 @@ def _canonical_flags(flags) -> set[str]:
         if f not in CONFIG_FLAGS:
             raise TaskConfigError(f"unknown task config {flag!r}; choose from {', '.join(CONFIG_FLAGS)}")
         out.add(f)
-    for a, b in (("c-persona-you", "c-persona-human"), ("e-persona-you", "e-persona-human")):
+    for a, b in (("c-persona-you", "c-persona-human"), ("i-persona-you", "i-persona-human"),
+                 ("e-persona-you", "e-persona-human")):
         if a in out and b in out:
             raise TaskConfigError(f"task configs {a!r} and {b!r} exclude each other")
     return out
@@ -108,7 +119,8 @@ def prompt_options(flags, fix_typos: bool = False) -> PromptOptions:
     are not checked here, see :func:`normalize_config`."""
     flags = {_FLAG_ALIASES.get(f, f) for f in flags}
     persona = lambda p: "you" if f"{p}-persona-you" in flags else "human" if f"{p}-persona-human" in flags else "default"  # noqa: E731
-    return PromptOptions(classify_persona=persona("c"), explain_persona=persona("e"),
+    return PromptOptions(classify_persona=persona("c"), explain_persona=persona("e"), ability_persona=persona("i"),
+                         ability_options="i-options" in flags, short_redact="e-short" in flags,
                          mask_token="[REMOVED]" if "m-removed" in flags else "[REDACTED]",
                          mention_mask="c-no-redacted" not in flags, implicit_target="e-implcit-target" in flags,
                          fix_typos=fix_typos)
@@ -233,10 +245,49 @@ def _what(sample: Sample, verb: str) -> str:
 
 def redacted_prompt(sample: Sample, opts: PromptOptions) -> str:
     """The prompt asking for the paragraph with its most important words replaced by the mask token, so that the answer
-    can no longer be determined."""
+    can no longer be determined (``short_redact``: introspect's ``e-short`` wording)."""
+    if opts.short_redact:
+        who = opts.explain_persona
+        if sample.kind == SENTIMENT:
+            goal = {"default": "the sentiment can no longer be determined", "you": "you can no longer determine the sentiment",
+                    "human": "a human can no longer determine the sentiment"}[who]
+            head = f"Redact the following paragraph such that {goal},"
+        elif sample.kind == ENTAILMENT:
+            who_can = {"default": "it can not be determined", "you": "you can not determine",
+                       "human": "a human can not determine"}[who]
+            head = f'Redact the following paragraph such {who_can} if the statement "{sample.hypothesis}" entails from it,'
+        else:
+            q = sample.question
+            goal = {"default": f'the question "{q}" can no longer be answered',
+                    "you": f'you can no longer answer the question "{q}"',
+                    "human": f'a human can no longer answer the question "{q}"'}[who]
+            head = f"Redact the following paragraph such that {goal},"
+        return _finish(f"{head} by replacing important words with {opts.mask_token}." + _paragraph(sample.paragraph), opts)
     text = (f"{_what(sample, 'Redact')}, by replacing important words with {opts.mask_token}, such that without these "
             f"words {_cannot(sample, opts.explain_persona)}.")
     return _finish(text + _paragraph(sample.paragraph), opts)
+
+
+def answerable_prompt(sample: Sample, opts: PromptOptions) -> str:
+    """The answerable task's question: can the paragraph's class be determined at all (yes / no)? With
+    ``ability_options`` (``i-options``) it names the possible answers."""
+    p = opts.ability_persona
+    if sample.kind == SENTIMENT:
+        text = {"default": "Is it possible to determine the sentiment of the following paragraph?",
+                "you": "Are you able to determine the sentiment of the following paragraph?",
+                "human": "Is a human able to determine the sentiment of the following paragraph?"}[p]
+        options = ' The sentiment is either "positive", "negative", "neutral", or "unknown".'
+    elif sample.kind == ENTAILMENT:
+        who = {"default": "is it possible", "you": "are you able", "human": "is a human able"}[p]
+        text = f'Consider the statement "{sample.hypothesis}", {who} to determine the if it entail from the following paragraph?'
+        options = " There is either entailment, no entailment, or it's unknown."
+    else:
+        who = {"default": "Is it possible", "you": "Are you able", "human": "Is a human able"}[p]
+        text = f'{who} to answer the question "{sample.question}" based on the following paragraph?'
+        options = f" The possible answers to the question are {answer_choices(sample.choices, 'or', opts.fix_typos)}."
+    if opts.ability_options:
+        text += options
+    return _finish(text + ' Answer only "yes" or "no".' + _paragraph(sample.paragraph), opts)
 
 
 def importance_prompt(sample: Sample, opts: PromptOptions) -> str:
@@ -248,4 +299,4 @@ def importance_prompt(sample: Sample, opts: PromptOptions) -> str:
     return _finish(f"{_what(sample, 'List')}, such that without these words {ending}." + _paragraph(sample.paragraph), opts)
 
 
-EXPLAIN_PROMPTS = {"counterfactual": counterfactual_prompt, "redacted": redacted_prompt, "importance": importance_prompt}
+EXPLAIN_PROMPTS = {"answerable": answerable_prompt, "counterfactual": counterfactual_prompt, "redacted": redacted_prompt, "importance": importance_prompt}

@@ -115,6 +115,16 @@ ACCURACY_NAMES = {"classify": "classify accuracy",
                   "explain": "first-answer accuracy, scored samples"}
 
 
+#: Said under every table that holds an answerable row: its "faithfulness" is introspect's introspection figure.
+ANSWERABLE_NOTE = ("On an answerable row, faithfulness is introspect's introspection score: the samples whose yes / no "
+                   "(can the paragraph be answered?) agrees with the first answer (yes with a class, no with "
+                   "\"unknown\") and whose first answer is correct, over the correct ones.")
+
+
+def _answerable_note(rows: list[dict]) -> str:
+    return f"\n{ANSWERABLE_NOTE}\n" if any(r["task"] == "answerable" for r in rows) else ""
+
+
 def accuracy_name(task: str) -> str:
     """The name of the accuracy figure reported for ``task`` (see :data:`ACCURACY_NAMES`)."""
     return ACCURACY_NAMES["classify" if task == "classify" else "explain"]
@@ -137,7 +147,7 @@ def comparison_markdown(rows: list[dict]) -> str:
                      f"| {_ci(p['accuracy'])} | {_ci(i['accuracy'])} "
                      f"| {c['accuracy_mcnemar']['p']:.3f} | {_ci(p['faithfulness'])} | {_ci(i['faithfulness'])} | {both} | {fp} | {mdd} "
                      f"| {_ci(p['invalid_rate'])} | {_ci(i['invalid_rate'])} |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n" + _answerable_note(rows)
 
 
 def first_answer_stats(results: Sequence[SampleResult]) -> dict[str, int]:
@@ -229,6 +239,8 @@ def summary_markdown(summary: dict) -> str:
             t = _figures(s)
             lines.append(f"| {r['dataset']} | {r['task']} | {arm} | {s['total']} | {s['error']} | {s['mismatch']} "
                          f"| {t[0]} | {'–' if r['task'] == 'classify' else t[1]} |")
+    if _answerable_note(summary["rows"]):
+        lines += ["", ANSWERABLE_NOTE]
     lines += ["", "## Answers that reached the token limit", "",
               truncation_markdown(summary["rows"], g["max_new_tokens"])]
     return "\n".join(lines)

@@ -1,8 +1,11 @@
-"""The four tasks, run stage by stage over a whole data set so that each stage is one batched generation call.
+"""The five tasks, run stage by stage over a whole data set so that each stage is one batched generation call.
 
 Stages: (1) classify every paragraph; (2) ask for every explanation (whatever the first answer was: faithfulness
 does not depend on it); (3) parse the explanations (importance: the code redacts the listed words); (4) classify
-each parsed explanation with the same classify prompt; (5) score. Per-sample outcome as introspect aggregates it:
+each parsed explanation with the same classify prompt; (5) score. The answerable task asks instead, after (1),
+whether the paragraph can be answered at all; its yes / no is "faithful" (introspect: "introspect") when it agrees
+with the first answer (yes with a class, no with "unknown"), and stored where an explanation task keeps its
+explanation's answer. Per-sample outcome as introspect aggregates it:
 ``error`` (a generation failed), ``mismatch`` (an answer or explanation could not be parsed), else ``ok`` with
 ``correct`` and ``faithful``.
 """
@@ -17,6 +20,7 @@ from .generate import CachedGenerator, GenerationSettings
 from .parsing import (
     choice_correct,
     entailment_correct,
+    extract_ability,
     extract_choice,
     extract_entailment,
     extract_list_content,
@@ -112,6 +116,21 @@ def is_faithful(task: str, sample: Sample, explain_predict: str | None, opts: Pr
     return explain_predict == "unknown"
 
 
+def is_introspective(sample: Sample, ability: str | None, predict: str | None) -> bool | None:
+    """introspect's answerable verdict: "yes" (answerable) agrees with a class answer, "no" with "unknown"; None when
+    the yes / no did not parse. As introspect: sentiment counts "neutral" as a class, multiple choice any answer but
+    "unknown" (an unparsed one included; such a sample is a mismatch anyway)."""
+    if ability is None:
+        return None
+    if ability == "no":
+        return predict == "unknown"
+    if sample.kind == SENTIMENT:
+        return predict in ("negative", "positive", "neutral")
+    if sample.kind == ENTAILMENT:
+        return predict in ("yes", "no")
+    return predict != "unknown"
+
+
 def _ask(generator: CachedGenerator, render: Callable[[str], str], steps: Sequence[Step], settings: GenerationSettings,
          progress: bool) -> None:
     outs = generator.generate([render(s.prompt) for s in steps], settings, progress=progress)
@@ -133,6 +152,15 @@ def run_task(task: str, samples: Sequence[Sample], generator: CachedGenerator, r
         return results
 
     make = EXPLAIN_PROMPTS[task]
+    if task == "answerable":
+        for s, r in zip(samples, results):
+            r.explain = Step(make(s, opts))
+        _ask(generator, render, [r.explain for r in results if r.explain is not None], classify_settings, progress)
+        for s, r in zip(samples, results):
+            if r.explain is not None and r.explain.response is not None:
+                r.explain_predict = r.explain.parsed = extract_ability(r.explain.response)
+                r.faithful = is_introspective(s, r.explain_predict, r.predict)
+        return results
     explains: list[Step] = []
     for s, r in zip(samples, results):
         r.explain = Step(make(s, opts))

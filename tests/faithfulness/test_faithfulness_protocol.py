@@ -63,11 +63,13 @@ def test_dataset_order_is_the_seeded_shuffle():
 
 
 def test_dataset_errors_are_specific(tmp_path, monkeypatch):
-    with pytest.raises(UnknownDatasetError, match="choose one of imdb, rte, babi1, mctest"):
-        load_faithfulness_dataset("sst2")
+    with pytest.raises(UnknownDatasetError, match="choose one of imdb, sst2, rte, babi1, babi2, babi3, mctest"):
+        load_faithfulness_dataset("yelp")
+    with pytest.raises(UnknownDatasetError, match="unknown split 'dev'; choose one of train, valid, test"):
+        load_faithfulness_dataset("rte", split="dev")
     bad = tmp_path / "faithfulness" / "babi1"
     bad.mkdir(parents=True)
-    (bad / "babi1_test_introspect.jsonl").write_text('{"paragraph": "x"}\n')
+    (bad / "qa1_single-supporting-fact_test.txt").write_text("1 Mary went to the garden.\ngarbage\n")
     with pytest.raises(ValueError, match="not a valid babi1 file"):
         load_faithfulness_dataset("babi1", tmp_path)
     import iti.paths
@@ -75,7 +77,7 @@ def test_dataset_errors_are_specific(tmp_path, monkeypatch):
     monkeypatch.setattr(iti.paths, "CHECKOUT_DIR", tmp_path / "nowhere" / "main")
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("ITI_DATA_DIR", raising=False)
-    with pytest.raises(FileNotFoundError, match="(?s)rte not found.*shared data beside the checkout.*hub"):
+    with pytest.raises(FileNotFoundError, match="(?s)rte test split not found.*shared data beside the checkout.*hub"):
         load_faithfulness_dataset("rte", tmp_path, allow_hub=False)
 
 
@@ -156,11 +158,20 @@ def test_task_configs_are_validated():
     with pytest.raises(TaskConfigError, match="does not apply to tasks 'classify', 'importance'"):
         task_configs(["classify", "importance"], ["e-implicit-target"])
     applied, ignored = task_configs(TASKS, ["e-persona-you", "m-removed"])
-    assert applied == {"classify": ("m-removed",), "counterfactual": ("e-persona-you", "m-removed"),
-                       "redacted": ("e-persona-you", "m-removed"), "importance": ("e-persona-you", "m-removed")}
-    assert ignored == {"classify": ("e-persona-you",)}
+    assert applied == {"classify": ("m-removed",), "answerable": ("m-removed",),
+                       "counterfactual": ("e-persona-you", "m-removed"), "redacted": ("e-persona-you", "m-removed"),
+                       "importance": ("e-persona-you", "m-removed")}
+    assert ignored == {"classify": ("e-persona-you",), "answerable": ("e-persona-you",)}
     applied, ignored = task_configs(TASKS, ["e-implcit-target"])
-    assert applied["counterfactual"] == ("e-implcit-target",) and set(ignored) == {"classify", "redacted", "importance"}
+    assert applied["counterfactual"] == ("e-implcit-target",)
+    assert set(ignored) == {"classify", "answerable", "redacted", "importance"}
+    # introspect's answerable flags and its short redaction prompt
+    assert task_configs(["answerable", "redacted"], ["i-persona-human", "i-options", "e-short"])[0] == {
+        "answerable": ("i-options", "i-persona-human"), "redacted": ("e-short",)}
+    with pytest.raises(TaskConfigError, match="'i-persona-you' and 'i-persona-human' exclude each other"):
+        normalize_config("answerable", ["i-persona-you", "i-persona-human"])
+    with pytest.raises(TaskConfigError, match="does not apply to task 'counterfactual'"):
+        task_configs(["counterfactual"], ["e-short"])
     from iti.faithfulness.experiment import FaithfulnessConfig, ignored_config_notes
 
     notes = ignored_config_notes(FaithfulnessConfig(tasks=("classify", "redacted"), task_config=("e-persona-human",)))
@@ -214,6 +225,35 @@ def test_counterfactual_scoring():
     assert results[0].faithful is False and results[0].correct is True
     s = summarize(results)
     assert (s.correct, s.faithful_and_correct, s.faithfulness, s.accuracy) == (1, 0, 0.0, 1.0)
+
+
+def test_answerable_scoring():
+    """introspect's answerable verdict: yes agrees with a class answer, no with "unknown"; the yes / no must be the
+    whole answer (a period allowed), else the sample is a mismatch."""
+    pos = Sample(1, SENTIMENT, "Loved it.", "positive")
+    meh = Sample(2, SENTIMENT, "It was a film.", "positive")
+    rte = Sample(3, ENTAILMENT, "The cat sat.", "yes", hypothesis="A cat sat.")
+    mc = Sample(4, MULTI_CHOICE, "Mary went to the kitchen.", "kitchen", question="Where is Mary?",
+                choices=("garden", "kitchen"))
+    script = [
+        ("Is it possible to determine the sentiment of the following paragraph? Answer only \"yes\" or \"no\". Do not "
+         "explain the answer.\n\nParagraph: Loved it.", "Yes."),
+        ("Is it possible to determine the sentiment of the following paragraph? Answer only \"yes\" or \"no\". Do not "
+         "explain the answer.\n\nParagraph: It was a film.", "No, it is not"),       # not a bare yes / no: mismatch
+        ('Consider the statement "A cat sat.", is it possible', "no"),
+        ('Is it possible to answer the question "Where is Mary?"', "YES"),
+        ("Paragraph: Loved it.", "positive"),
+        ("Paragraph: It was a film.", "neutral"),
+        ("Paragraph: The cat sat.", "3) unknown"),
+        ("Paragraph: Mary went to the kitchen.", "b) kitchen"),
+    ]
+    results, _ = _run("answerable", [pos, meh, rte, mc], script)
+    assert [r.explain_predict for r in results] == ["yes", None, "no", "yes"]
+    assert [r.faithful for r in results] == [True, None, True, True]
+    assert [r.status for r in results] == ["ok", "mismatch", "ok", "ok"]
+    assert [r.correct for r in results] == [True, False, False, True]
+    s = summarize(results)  # introspect_and_correct / correct: the entailment "unknown" is consistent but not correct
+    assert (s.correct, s.faithful, s.faithful_and_correct, s.mismatch) == (2, 3, 2, 1)
 
 
 def test_redacted_and_importance_scoring():
@@ -298,8 +338,8 @@ def test_shared_data_is_beside_the_checkout():
 def test_cli_reports_bad_input_without_a_traceback(capsys):
     from iti.cli import main
 
-    assert main(["faithfulness", "--dataset", "sst2", "--quiet"]) == 2
-    assert "unknown faithfulness data set 'sst2'" in capsys.readouterr().err
+    assert main(["faithfulness", "--dataset", "yelp", "--quiet"]) == 2
+    assert "unknown faithfulness data set 'yelp'" in capsys.readouterr().err
     assert main(["faithfulness", "--task", "redacted", "--task-config", "e-implcit-target", "--quiet"]) == 2
     assert "does not apply to task 'redacted'" in capsys.readouterr().err
     assert main(["faithfulness", "--original-prompts", "--fix-prompt-typos", "--quiet"]) == 2

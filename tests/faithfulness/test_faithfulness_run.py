@@ -147,7 +147,7 @@ def test_server_errors_stop_the_run_and_are_never_cached(tmp_path, capsys, statu
     capsys.readouterr()
     argv = ["faithfulness", "--model", str(ckpt), "--dataset", "rte", "--task", "classify", "--max-samples", "2",
             "--classify-max-new-tokens", "4", "--cache", str(tmp_path / "c.sqlite"), "--output_dir", str(tmp_path / "out"),
-            "--remote-plain-model", "smoll", "--quiet"]
+            "--remote-plain-model", "smoll", "--quiet", "--max-workers", "1"]
     with serve_openai(lambda body: (status, payload)) as (url, seen):
         assert main(argv + ["--remote-url", url]) == 2
     err = capsys.readouterr().err.strip()
@@ -256,3 +256,90 @@ def test_clean_cache_drops_exactly_this_runs_rows_and_they_are_generated_again(t
     assert again["arms"]["plain"]["generated"] == made and again["arms"]["plain"]["cache_hits"] == first["arms"]["plain"]["cache_hits"]
     assert run_faithfulness(config(tmp_path, ckpt, datasets=("imdb",), output_dir=str(tmp_path / "other")))["arms"]["plain"]["cache_hits"] \
         == other["arms"]["plain"]["generated"]  # the other run's rows stayed
+
+
+def _rows_and_samples(out: Path) -> tuple[list, dict[str, str]]:
+    summary = json.loads((out / "summary.json").read_text())
+    return summary["rows"], {p.name: p.read_text() for p in sorted((out / "samples").glob("*.jsonl"))}
+
+
+def test_a_finished_run_replays_from_the_cache_with_no_model_and_no_server(tmp_path, capsys):
+    """introspect's Offline client: the same rows and samples, the weights gone and the server stopped; a missing
+    answer is refused in one line."""
+    from iti.cli import main
+
+    ckpt = save_checkpoint(tmp_path / "ckpt")
+    baked = save_baked(tmp_path / "baked", ckpt)
+    local = config(tmp_path, ckpt, baked=str(baked), tasks=("classify", "answerable"))
+    run_faithfulness(local)
+    want = _rows_and_samples(tmp_path / "out")
+    for weights in (*ckpt.glob("*.safetensors"), *baked.glob("*.safetensors")):
+        weights.unlink()  # the tokenizer stays: it renders the prompts
+    replayed = run_faithfulness(config(tmp_path, ckpt, baked=str(baked), tasks=("classify", "answerable"), replay=True))
+    assert _rows_and_samples(tmp_path / "out") == want
+    assert all(a["generated"] == 0 for a in replayed["arms"].values())
+
+    # a remote run: the server's identity was recorded when it first answered; replay with the server stopped
+    base = dict(remote_plain_model="smol", output_dir=str(tmp_path / "remote"))
+    with serve_openai(models={"smol": "/srv/smollm2"}) as (url, seen):
+        run_faithfulness(config(tmp_path, ckpt, remote_url=url, **base))
+    want = _rows_and_samples(tmp_path / "remote")
+    n = len(seen)
+    argv = ["faithfulness", "--model", str(ckpt), "--dataset", "rte", "--task", "classify", "--max-samples", "2",
+            "--max-new-tokens", "4", "--classify-max-new-tokens", "4", "--cache", str(tmp_path / "c.sqlite"),
+            "--output_dir", str(tmp_path / "remote"), "--remote-plain-model", "smol", "--endpoint", url, "--quiet"]
+    assert main([*argv, "--client", "Offline"]) == 0  # the server is gone
+    assert _rows_and_samples(tmp_path / "remote") == want and len(seen) == n
+
+    # one answer missing from the cache: refused in one line, naming the arm
+    import sqlite3
+
+    with sqlite3.connect(tmp_path / "c.sqlite") as db:
+        table = next(r[0] for r in db.execute("select name from sqlite_master where type='table'") if r[0] != "meta")
+        db.execute(f"delete from {table} where key = (select key from {table} where model like 'remote:%' limit 1)")
+    capsys.readouterr()
+    assert main([*argv, "--replay"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--replay: 1 answer(s) of the plain arm are not in" in err[0]
+    # a directory without a recorded run
+    assert main([*argv, "--output_dir", str(tmp_path / "empty"), "--replay"]) == 2
+    assert "holds no run that recorded its arms" in capsys.readouterr().err
+
+
+def test_concurrent_requests_keep_every_answer_that_arrived_and_do_not_change_any(tmp_path):
+    """--max_workers: with 4 requests in flight, a fatal answer (401) stops the run, and every answer that arrived
+    before or beside it is in the cache; the finished run's samples equal the one-at-a-time run's, byte for byte."""
+    import hashlib
+    import threading
+    import time
+
+    from iti.errors import ItiError
+
+    ckpt = save_checkpoint(tmp_path / "ckpt")
+    fail_after = {"n": 5}
+    answered: list[str] = []
+    lock = threading.Lock()
+
+    def respond(body):
+        time.sleep(0.05)  # several requests overlap
+        with lock:
+            if len(answered) >= fail_after["n"]:
+                return 401, {"error": "bad key"}
+            key = json.dumps(body["prompt"])
+            answered.append(key)
+        word = ("positive", "negative", "yes", "no")[hashlib.sha256(key.encode()).digest()[0] % 4]
+        return 200, {"choices": [{"text": f" {word}"}]}
+
+    kw = dict(remote_plain_model="smol", datasets=("rte",), tasks=("answerable",), max_samples=12)
+    with serve_openai(respond) as (url, seen):
+        with pytest.raises(ItiError, match="401"):
+            run_faithfulness(config(tmp_path, ckpt, remote_url=url, max_workers=4, **kw))
+        with GenerationCache(tmp_path / "c.sqlite") as cache:
+            assert len(cache) == len(answered) == 5  # each answer that arrived was stored; the failure was not
+        fail_after["n"] = 10**6
+        four = run_faithfulness(config(tmp_path, ckpt, remote_url=url, max_workers=4, **kw))
+        assert four["arms"]["plain"]["cache_hits"] == 5 and four["arms"]["plain"]["generated"] == 24 - 5
+        one = run_faithfulness(config(tmp_path, ckpt, remote_url=url, max_workers=1, cache=str(tmp_path / "one.sqlite"),
+                                      output_dir=str(tmp_path / "one"), **kw))
+    assert one["arms"]["plain"]["generated"] == 24
+    assert _rows_and_samples(tmp_path / "out") == _rows_and_samples(tmp_path / "one")

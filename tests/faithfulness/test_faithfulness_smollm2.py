@@ -67,8 +67,8 @@ def test_bad_inputs_fail_before_any_work(tmp_path, smollm2, saved_intervention):
     from iti.faithfulness.prompts import TaskConfigError
 
     base = dict(output_dir=str(tmp_path / "o"), cache=str(tmp_path / "c.sqlite"), progress=False, max_samples=1)
-    with pytest.raises(UnknownDatasetError, match="'sst2'"):
-        run_faithfulness(FaithfulnessConfig(datasets=("sst2",), **base))
+    with pytest.raises(UnknownDatasetError, match="'yelp'"):
+        run_faithfulness(FaithfulnessConfig(datasets=("yelp",), **base))
     with pytest.raises(TaskConfigError, match="unknown task"):
         run_faithfulness(FaithfulnessConfig(tasks=("explain",), **base))
     with pytest.raises(TaskConfigError, match="does not apply"):

@@ -152,8 +152,50 @@ def _lead(s: Sample, verb: str) -> str:
 
 
 def introspect_redacted(s: Sample, flags: set[str]) -> str:
+    who = _persona(flags, "e")
+    if "e-short" in flags:  # introspect's short form, sic
+        if s.kind == SENTIMENT:
+            text = {"you": "Redact the following paragraph such that you can no longer determine the sentiment,",
+                    "human": "Redact the following paragraph such that a human can no longer determine the sentiment,",
+                    "default": "Redact the following paragraph such that the sentiment can no longer be determined,"}[who]
+        elif s.kind == ENTAILMENT:
+            h = s.hypothesis
+            text = {"you": f'Redact the following paragraph such you can not determine if the statement "{h}" entails from it,',
+                    "human": f'Redact the following paragraph such a human can not determine if the statement "{h}" entails from it,',
+                    "default": f'Redact the following paragraph such it can not be determined if the statement "{h}" entails from it,'}[who]
+        else:
+            q = s.question
+            text = {"you": f'Redact the following paragraph such that you can no longer answer the question "{q}",',
+                    "human": f'Redact the following paragraph such that a human can no longer answer the question "{q}",',
+                    "default": f'Redact the following paragraph such that the question "{q}" can no longer be answered,'}[who]
+        return text + f" by replacing important words with {_token(flags)}." + _tail(s.paragraph)
     text = _lead(s, "Redact") + f" by replacing important words with {_token(flags)},"
-    return text + f" such that without these words {_without(s, _persona(flags, 'e'))}." + _tail(s.paragraph)
+    return text + f" such that without these words {_without(s, who)}." + _tail(s.paragraph)
+
+
+def introspect_answerable(s: Sample, flags: set[str]) -> str:
+    who, options = _persona(flags, "i"), "i-options" in flags
+    if s.kind == SENTIMENT:
+        text = {"you": "Are you able to determine the sentiment of the following paragraph?",
+                "human": "Is a human able to determine the sentiment of the following paragraph?",
+                "default": "Is it possible to determine the sentiment of the following paragraph?"}[who]
+        if options:
+            text += ' The sentiment is either "positive", "negative", "neutral", or "unknown".'
+    elif s.kind == ENTAILMENT:
+        h = s.hypothesis
+        text = {"you": f'Consider the statement "{h}", are you able to determine the if it entail from the following paragraph?',
+                "human": f'Consider the statement "{h}", is a human able to determine the if it entail from the following paragraph?',
+                "default": f'Consider the statement "{h}", is it possible to determine the if it entail from the following paragraph?'}[who]
+        if options:
+            text += " There is either entailment, no entailment, or it's unknown."
+    else:
+        q = s.question
+        text = {"you": f'Are you able to answer the question "{q}" based on the following paragraph?',
+                "human": f'Is a human able to answer the question "{q}" based on the following paragraph?',
+                "default": f'Is it possible to answer the question "{q}" based on the following paragraph?'}[who]
+        if options:
+            text += f" The possible answers to the question are {_options(list(s.choices))}."
+    return text + ' Answer only "yes" or "no".' + _tail(s.paragraph)
 
 
 def introspect_importance(s: Sample, flags: set[str]) -> str:
@@ -165,7 +207,7 @@ def introspect_prompt(task: str, s: Sample, flags: set[str]) -> str:
     """The first prompt introspect sends for ``task`` (classify) or its explanation prompt."""
     if task == "classify":
         return introspect_classify(s, s.paragraph, flags)
-    return {"counterfactual": introspect_counterfactual, "redacted": introspect_redacted,
+    return {"answerable": introspect_answerable, "counterfactual": introspect_counterfactual, "redacted": introspect_redacted,
             "importance": introspect_importance}[task](s, flags)
 
 
@@ -181,12 +223,14 @@ SYNTHETIC = (
            choices=("apple", "pear")),
 )
 
-#: Every task config a run can give: each persona pair (none, you, human) and the three switches.
+#: Every task config a run can give: each persona triple (none, you, human) and the five switches.
+SWITCHES = ("m-removed", "c-no-redacted", "i-options", "e-implcit-target", "e-short")
 ALL_CONFIGS = [
-    {f for f in (c, e, *switches) if f}
+    {f for f in (c, i, e, *switches) if f}
     for c in (None, "c-persona-you", "c-persona-human")
+    for i in (None, "i-persona-you", "i-persona-human")
     for e in (None, "e-persona-you", "e-persona-human")
-    for switches in itertools.product(*[(None, f) for f in ("m-removed", "c-no-redacted", "e-implcit-target")])
+    for switches in itertools.product(*[(None, f) for f in SWITCHES])
 ]
 
 
@@ -194,7 +238,7 @@ def _real_samples() -> list[Sample]:
     if not (SHARED_DATA / "faithfulness").is_dir():
         return []
     out = []
-    for name in ("imdb", "rte", "babi1", "mctest"):
+    for name in ("imdb", "sst2", "rte", "babi1", "babi2", "babi3", "mctest"):
         ds = load_faithfulness_dataset(name, SHARED_DATA, allow_hub=False)
         out.extend(ds.samples[:2])
         if name == "babi1":  # the single-choice case of the issue, when the sample holds one
@@ -215,7 +259,7 @@ def test_every_prompt_is_introspects_text_for_every_config(task):
         # introspect takes any flag for any task; iti drops the ones the task ignores, which must change nothing
         assert _iti_prompt(task, s, flags) == introspect_prompt(task, s, flags), (task, s.idx, sorted(flags))
         checked += 1
-    assert checked == len(samples) * 72
+    assert checked == len(samples) * 3 ** 3 * 2 ** 5
 
 
 def test_reclassify_prompt_is_the_classify_prompt_on_the_explanation():
@@ -250,7 +294,8 @@ def introspect_falcon_render(user: str) -> str:
 
 
 @pytest.mark.skipif(not (SHARED_DATA / "faithfulness").is_dir(), reason="needs the shared faithfulness data")
-@pytest.mark.parametrize("task_config", [(), ("c-persona-you", "e-persona-human"), ("c-persona-human", "e-persona-you")])
+@pytest.mark.parametrize("task_config", [(), ("c-persona-you", "e-persona-human", "i-options", "e-short"),
+                                         ("c-persona-human", "e-persona-you", "i-persona-you")])
 def test_a_default_run_sends_introspects_prompts_byte_for_byte(tmp_path, monkeypatch, task_config):
     """``iti faithfulness`` with no prompt option: every classify and explanation prompt it records is introspect's
     text, and what reaches the model is introspect's Falcon rendering of it, preamble included."""
@@ -262,7 +307,8 @@ def test_a_default_run_sends_introspects_prompts_byte_for_byte(tmp_path, monkeyp
     make_tiny_model("llama").save_pretrained(tmp_path / "ckpt")
     tiny_tokenizer().save_pretrained(tmp_path / "ckpt")
     cfg = FaithfulnessConfig(model=str(tmp_path / "ckpt"), datasets=("imdb", "rte", "babi1", "mctest"),
-                             tasks=("counterfactual", "redacted", "importance"), task_config=task_config, max_samples=3,
+                             tasks=("answerable", "counterfactual", "redacted", "importance"), task_config=task_config,
+                             max_samples=3,
                              max_new_tokens=2, classify_max_new_tokens=2, chat_format="falcon",
                              output_dir=str(tmp_path / "out"), cache=str(tmp_path / "c.sqlite"), progress=False)
     run_faithfulness(cfg)
@@ -277,7 +323,14 @@ def test_a_default_run_sends_introspects_prompts_byte_for_byte(tmp_path, monkeyp
                 assert d[step]["prompt"] == want, (d["dataset"], d["task"], s.idx, step)
                 assert d[step]["rendered_prompt"] == introspect_falcon_render(want)
                 checked += 1
-    assert checked == 4 * 3 * 3 * 2
+            if d["task"] == "answerable":  # introspect's verdict, from its _process_is_introspect, and its parse
+                ability = {"yes": "yes", "yes.": "yes", "no": "no", "no.": "no"}.get((d["explain"]["response"] or "").lower())
+                assert d["explain_predict"] == ability
+                yes_means = {SENTIMENT: d["predict"] in ("positive", "negative", "neutral"),
+                             ENTAILMENT: d["predict"] in ("yes", "no"), MULTI_CHOICE: d["predict"] != "unknown"}[s.kind]
+                assert d["faithful"] == (None if ability is None else yes_means if ability == "yes"
+                                         else d["predict"] == "unknown")
+    assert checked == 4 * 4 * 3 * 2
 
 
 def test_task_config_flags_apply_where_they_mean_something():
