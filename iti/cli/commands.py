@@ -456,6 +456,19 @@ def add_faithfulness_args(p: argparse.ArgumentParser) -> None:
     add_config_args(p, FaithfulnessConfig)
 
 
+def _report_config() -> type:
+    from ..faithfulness.aggregate import ReportConfig
+
+    return ReportConfig
+
+
+def run_faithfulness_report_cmd(args: argparse.Namespace) -> None:
+    """``iti faithfulness-report``: the figures and tables of a set of finished runs."""
+    from ..faithfulness.aggregate import ReportConfig, write_report
+
+    write_report(config_from_args(ReportConfig, args))
+
+
 def run_faithfulness_cmd(args: argparse.Namespace) -> None:
     """``iti faithfulness``: build a :class:`FaithfulnessConfig` from the flags and run it
     (``--max_samples 0`` means every sample)."""
@@ -501,6 +514,8 @@ def build_parser() -> argparse.ArgumentParser:
          lambda p: add_config_args(p, ImportConfig), run_import),
         ("faithfulness", "self-explanation faithfulness, plain vs intervened model (introspect)", add_faithfulness_args,
          run_faithfulness_cmd),
+        ("faithfulness-report", "introspect's figures and tables from finished faithfulness runs",
+         lambda p: add_config_args(p, _report_config()), run_faithfulness_report_cmd),
         ("concepts", "sparse concept bottleneck and concept steering on CEBaB (SparseCBM idea)", add_concepts_args,
          run_concepts_cmd),
         ("demo", "the main job end to end on the embedded model, quick preset", lambda p: add_config_args(p, DemoConfig), run_demo),

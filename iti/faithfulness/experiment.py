@@ -515,16 +515,21 @@ def _recorded_arms(out: Path, cfg: FaithfulnessConfig, cache_path: Path) -> dict
     return arms
 
 
-def replay_arms(cfg: FaithfulnessConfig, cache: GenerationCache, identities: dict[str, dict[str, Any]],
-                cache_path: Path) -> tuple[dict[str, CachedGenerator], Any]:
-    """The recorded arms behind the cache alone, and the tokenizer that renders the prompts (no weights loaded)."""
+def load_prompt_tokenizer(model: str) -> Any:
+    """The tokenizer that renders a run's prompts, loaded without the weights (replay, token counts)."""
     from transformers import AutoTokenizer
 
     from ..models import embedded_model_dir, resolve_model
 
-    src = resolve_model(cfg.model)
-    tokenizer = AutoTokenizer.from_pretrained(str(embedded_model_dir(src.name)) if src.kind == "embedded" else src.location,
-                                              trust_remote_code=False)
+    src = resolve_model(model)
+    return AutoTokenizer.from_pretrained(str(embedded_model_dir(src.name)) if src.kind == "embedded" else src.location,
+                                         trust_remote_code=False)
+
+
+def replay_arms(cfg: FaithfulnessConfig, cache: GenerationCache, identities: dict[str, dict[str, Any]],
+                cache_path: Path) -> tuple[dict[str, CachedGenerator], Any]:
+    """The recorded arms behind the cache alone, and the tokenizer that renders the prompts (no weights loaded)."""
+    tokenizer = load_prompt_tokenizer(cfg.model)
     arms = {a: CachedGenerator(ReplayGenerator(a, ident, str(cache_path)), cache, name=ident.get("name"))
             for a, ident in identities.items()}
     return arms, tokenizer
