@@ -15,7 +15,7 @@ import numpy as np
 
 from ..errors import EmptyInputError, ItiError
 from ..io import atomic_write_text, read_json
-from .report import ANSWERABLE_NOTE, bootstrap_ratio
+from .report import ANSWERABLE_NOTE, bootstrap_ratio, save_figure
 
 
 class ReportInputError(ItiError, ValueError):
@@ -218,7 +218,7 @@ def plot_report(rows: Sequence[ReportRow], out: Path) -> list[Path]:
             ax.legend(fontsize=7, loc="upper right")
         fig.suptitle(f"{metric} with 95% bootstrap CIs (default task config)", fontsize=10)
         fig.tight_layout()
-        written.append(_save(fig, out / f"{metric}.png", plt))
+        written.append(save_figure(fig, out / f"{metric}.png"))
     variants = [r for r in rows if r.task != "classify"]
     cells = {(r.model, r.arm, r.dataset, r.task) for r in variants}
     persona = [c for c in sorted(cells) if len({r.config for r in variants if (r.model, r.arm, r.dataset, r.task) == c}) > 1]
@@ -231,17 +231,8 @@ def plot_report(rows: Sequence[ReportRow], out: Path) -> list[Path]:
             ax.set_ylabel("faithfulness", fontsize=8)
         fig.suptitle("task config (persona) variants side by side, 95% bootstrap CIs", fontsize=10)
         fig.tight_layout()
-        written.append(_save(fig, out / "persona.png", plt))
+        written.append(save_figure(fig, out / "persona.png"))
     return written
-
-
-def _save(fig, path: Path, plt) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
 
 
 def write_report(cfg: ReportConfig) -> dict[str, Any]:
