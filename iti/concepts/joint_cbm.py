@@ -1,0 +1,70 @@
+"""SparseCBM's joint concept bottleneck on a decoder backbone: backbone -> pooled hidden state -> one Linear per
+concept (3 classes: Negative, Positive, unknown) -> a label head on the concatenated concept logits (5 ratings), all
+trained end to end; with :class:`ConceptMasks`, concept ``c``'s logits come from the backbone run through its own
+subnetwork (the released code ran every concept through the food mask; see docs/architecture.md)."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from .concept_masks import ConceptMaskError, ConceptMasks
+
+POOLINGS = ("mean", "last")
+
+
+def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, how: str) -> torch.Tensor:
+    """(B, T, d) -> (B, d): the mean over the real tokens, or the last real token (right padding assumed)."""
+    keep = attention_mask.to(hidden.dtype).unsqueeze(-1)
+    if how == "mean":
+        return (hidden * keep).sum(1) / keep.sum(1).clamp_min(1.0)
+    if how == "last":
+        last = attention_mask.long().sum(1) - 1
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), last.clamp_min(0)]
+    raise ConceptMaskError(f"unknown pooling {how!r}; choose one of {', '.join(POOLINGS)}")
+
+
+class JointCBM(nn.Module):
+    """``backbone`` (a transformers base model, e.g. ``AutoModelForCausalLM(...).model``) with concept heads and a
+    label head. ``masks`` None: the dense joint CBM (one backbone pass serves every concept)."""
+
+    def __init__(self, backbone: nn.Module, n_concepts: int = 4, concept_classes: int = 3, n_labels: int = 5,
+                 pooling: str = "mean", masks: ConceptMasks | None = None):
+        super().__init__()
+        if pooling not in POOLINGS:
+            raise ConceptMaskError(f"unknown pooling {pooling!r}; choose one of {', '.join(POOLINGS)}")
+        if masks is not None and masks.n_concepts != n_concepts:
+            raise ConceptMaskError(f"{masks.n_concepts} masks for {n_concepts} concepts")
+        config: Any = backbone.config
+        hidden = int(config.hidden_size)
+        self.backbone, self.masks, self.pooling = backbone, masks, pooling
+        self.concept_heads = nn.ModuleList(nn.Linear(hidden, concept_classes) for _ in range(n_concepts))
+        self.label_head = nn.Linear(n_concepts * concept_classes, n_labels)
+
+    def pooled(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, concept: int | None = None) -> torch.Tensor:
+        """The pooled last hidden state, through ``concept``'s subnetwork when there are masks."""
+        inputs: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if self.masks is None or concept is None:
+            hidden = self.backbone(**inputs).last_hidden_state
+        else:
+            hidden = functional_call(self.backbone, self.masks.masked_weights(self.backbone, concept), args=(),
+                                     kwargs=inputs, strict=False).last_hidden_state
+        return pool(hidden, attention_mask, self.pooling)
+
+    def concept_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, concept: int) -> torch.Tensor:
+        """(B, concept_classes): concept ``concept``'s logits, from its own subnetwork."""
+        if not 0 <= concept < len(self.concept_heads):
+            raise ConceptMaskError(f"concept {concept} out of range 0..{len(self.concept_heads) - 1}")
+        return self.concept_heads[concept](self.pooled(input_ids, attention_mask, concept))
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(concept logits (n_concepts, B, classes), label logits (B, n_labels)); the label head reads every concept's
+        logits, each from its own subnetwork."""
+        if self.masks is None:
+            shared = self.pooled(input_ids, attention_mask)
+            concepts = torch.stack([head(shared) for head in self.concept_heads])
+        else:
+            concepts = torch.stack([self.concept_logits(input_ids, attention_mask, c) for c in range(len(self.concept_heads))])
+        return concepts, self.label_head(concepts.permute(1, 0, 2).flatten(1))

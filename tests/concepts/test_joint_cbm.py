@@ -1,0 +1,84 @@
+"""SparseCBM's per-concept subnetworks on a tiny random decoder: each concept's logits depend on its own mask and on
+no other (the released code's bug, every pass through the food mask, cannot come back), all-ones masks equal the
+plain backbone pooled by hand, and the masks are saved with the model."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from iti.concepts.concept_masks import ConceptMaskError, ConceptMasks, masked_linear_names
+from iti.concepts.joint_cbm import JointCBM
+
+from ..conftest import make_tiny_model
+
+
+@pytest.fixture()
+def cbm():
+    torch.manual_seed(0)
+    backbone = make_tiny_model("llama").model
+    masks = ConceptMasks(backbone, 4, masked_linear_names(backbone, r"layers\.\d+\.(self_attn|mlp)\."))
+    model = JointCBM(backbone, masks=masks).eval()
+    ids = torch.randint(3, 100, (3, 7))
+    attn = torch.ones_like(ids)
+    attn[1, 5:] = 0  # a right-padded row
+    return model, ids, attn
+
+
+def _prune(model: JointCBM, concept: int, share: float = 0.5, seed: int = 1) -> None:
+    g = torch.Generator().manual_seed(seed)
+    for i in range(len(model.masks.names)):
+        m = model.masks.mask(i)
+        m[concept] &= torch.rand(m.shape[1:], generator=g) >= share
+
+
+def test_each_concept_reads_its_own_mask_and_no_other(cbm):
+    model, ids, attn = cbm
+    with torch.no_grad():
+        before = torch.stack([model.concept_logits(ids, attn, c) for c in range(4)])
+        _prune(model, 1)
+        after = torch.stack([model.concept_logits(ids, attn, c) for c in range(4)])
+    assert not torch.allclose(after[1], before[1])  # its own mask changed: its logits move
+    for c in (0, 2, 3):
+        assert torch.equal(after[c], before[c])  # another concept's mask changed: nothing moves
+    assert model.masks.sparsity(1)[model.masks.names[0]] == pytest.approx(0.5, abs=0.1)
+    assert model.masks.sparsity(0)[model.masks.names[0]] == 0.0
+    assert 0.3 < model.masks.overlap(0, 1) < 0.7 and model.masks.overlap(2, 3) == 1.0
+
+
+def test_full_masks_equal_the_plain_backbone_pooled_by_hand(cbm):
+    model, ids, attn = cbm
+    with torch.no_grad():
+        hidden = model.backbone(input_ids=ids, attention_mask=attn).last_hidden_state
+        keep = attn.unsqueeze(-1).float()
+        pooled = (hidden * keep).sum(1) / keep.sum(1)  # the mean over the real tokens, written out
+        concepts, labels = model(ids, attn)
+        for c in range(4):
+            want = pooled @ model.concept_heads[c].weight.T + model.concept_heads[c].bias
+            assert torch.allclose(concepts[c], want, atol=1e-5)
+        flat = torch.cat([concepts[c] for c in range(4)], dim=1)  # concept 0's three logits, then concept 1's...
+        assert torch.allclose(labels, flat @ model.label_head.weight.T + model.label_head.bias, atol=1e-5)
+
+
+def test_gradients_reach_only_the_kept_weights_and_the_module_weights_stay_dense(cbm):
+    model, ids, attn = cbm
+    _prune(model, 2, share=0.9)
+    name = model.masks.names[0]
+    weight = dict(model.backbone.named_parameters())[name]
+    dense = weight.detach().clone()
+    model.concept_logits(ids, attn, 2).sum().backward()
+    assert weight.grad is not None
+    assert torch.all(weight.grad[~model.masks.mask(0)[2]] == 0)  # a pruned entry gets no gradient from concept 2
+    assert torch.equal(weight.detach(), dense)  # masking never writes into the shared weights
+
+
+def test_masks_are_saved_with_the_model_and_bad_layouts_are_refused(cbm):
+    model, _, _ = cbm
+    _prune(model, 3)
+    state = model.state_dict()
+    assert torch.equal(state["masks.mask_0"][3], model.masks.mask(0)[3]) and state["masks.mask_0"].dtype == torch.bool
+    with pytest.raises(ConceptMaskError, match="no nn.Linear layer of the backbone matches"):
+        masked_linear_names(model.backbone, "no_such_layer")
+    with pytest.raises(ConceptMaskError, match="concept 4 out of range 0..3"):
+        model.concept_logits(torch.ones(1, 2, dtype=torch.long), torch.ones(1, 2, dtype=torch.long), 4)
+    with pytest.raises(ConceptMaskError, match="3 masks for 4 concepts"):
+        JointCBM(model.backbone, masks=ConceptMasks(model.backbone, 3, model.masks.names))
