@@ -68,3 +68,47 @@ class JointCBM(nn.Module):
         else:
             concepts = torch.stack([self.concept_logits(input_ids, attention_mask, c) for c in range(len(self.concept_heads))])
         return concepts, self.label_head(concepts.permute(1, 0, 2).flatten(1))
+
+
+def joint_loss(model: JointCBM, input_ids: torch.Tensor, attention_mask: torch.Tensor, concepts: torch.Tensor,
+               labels: torch.Tensor, concept_weight: float = 5.0, only: int | None = None) -> torch.Tensor:
+    """SparseCBM's joint loss, ``concept_weight`` x concept cross-entropy + task cross-entropy (its LAMBD_XtoC = 5;
+    the cross-entropy is taken on the logits, not, as the release does, on their sigmoid). ``concepts`` is
+    (B, n_concepts) class ids; ``only``: one concept's term (its pruning gradient) instead of their mean."""
+    concept_logits, label_logits = model(input_ids, attention_mask)
+    ce = nn.functional.cross_entropy
+    terms = [ce(concept_logits[c], concepts[:, c]) for c in range(concept_logits.shape[0])]
+    concept_term = terms[only] if only is not None else torch.stack(terms).mean()
+    return concept_weight * concept_term + ce(label_logits, labels)
+
+
+def masked_weight_gradients(model: JointCBM, batches: list[tuple[torch.Tensor, ...]], concept: int,
+                            concept_weight: float = 5.0) -> dict[str, torch.Tensor]:
+    """One flattened gradient per mini-batch (rows) of concept ``concept``'s loss plus the task loss, for each masked
+    weight: the samples of the empirical Fisher (SparseCBM: 20 mini-batches)."""
+    if model.masks is None:
+        raise ConceptMaskError("a dense JointCBM has no masks to prune")
+    params = dict(model.backbone.named_parameters())
+    rows: dict[str, list[torch.Tensor]] = {n: [] for n in model.masks.names}
+    for input_ids, attention_mask, concepts, labels in batches:
+        model.zero_grad(set_to_none=True)
+        joint_loss(model, input_ids, attention_mask, concepts, labels, concept_weight, only=concept).backward()
+        for n in model.masks.names:
+            grad = params[n].grad
+            rows[n].append(torch.zeros(params[n].numel()) if grad is None else grad.detach().reshape(-1).clone())
+    model.zero_grad(set_to_none=True)
+    return {n: torch.stack(r) for n, r in rows.items()}
+
+
+def prune_concept(model: JointCBM, concept: int, grads: dict[str, torch.Tensor], sparsity: float, block: int = 20,
+                  damp: float = 1e-7) -> None:
+    """Set concept ``concept``'s masks anew from the OBS saliency of every masked weight (recomputed from scratch at
+    each step, ``sparsity`` per matrix, the weights themselves untouched), as SparseCBM does after each epoch."""
+    from .obs_pruning import keep_mask, obs_saliency
+
+    if model.masks is None:
+        raise ConceptMaskError("a dense JointCBM has no masks to prune")
+    params = dict(model.backbone.named_parameters())
+    for i, n in enumerate(model.masks.names):
+        saliency = obs_saliency(params[n], grads[n], block=block, damp=damp)
+        model.masks.mask(i)[concept] = keep_mask(saliency, sparsity)

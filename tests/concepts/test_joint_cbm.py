@@ -82,3 +82,25 @@ def test_masks_are_saved_with_the_model_and_bad_layouts_are_refused(cbm):
         model.concept_logits(torch.ones(1, 2, dtype=torch.long), torch.ones(1, 2, dtype=torch.long), 4)
     with pytest.raises(ConceptMaskError, match="3 masks for 4 concepts"):
         JointCBM(model.backbone, masks=ConceptMasks(model.backbone, 3, model.masks.names))
+
+
+def test_pruning_one_concept_sets_its_masks_from_the_obs_saliency_and_leaves_the_others(cbm):
+    from iti.concepts.joint_cbm import joint_loss, masked_weight_gradients, prune_concept
+    from iti.concepts.obs_pruning import keep_mask, obs_saliency
+
+    model, ids, attn = cbm
+    model.train()
+    g = torch.Generator().manual_seed(0)
+    batches = [(ids, attn, torch.randint(0, 3, (3, 4), generator=g), torch.randint(0, 5, (3,), generator=g)) for _ in range(4)]
+    grads = masked_weight_gradients(model, batches, concept=2)
+    name = model.masks.names[0]
+    weight = dict(model.backbone.named_parameters())[name]
+    # the first row is the gradient of concept 2's loss + the task loss on the first batch, taken here by hand
+    model.zero_grad()
+    joint_loss(model, *batches[0], only=2).backward()
+    assert torch.allclose(grads[name][0], weight.grad.reshape(-1)) and grads[name].shape == (4, weight.numel())
+    others = [model.masks.mask(0)[c].clone() for c in (0, 1, 3)]
+    prune_concept(model, 2, grads, sparsity=0.5, block=8, damp=1e-4)
+    want = keep_mask(obs_saliency(weight, grads[name], block=8, damp=1e-4), 0.5)
+    assert torch.equal(model.masks.mask(0)[2], want) and model.masks.sparsity(2)[name] == pytest.approx(0.5, abs=1e-3)
+    assert all(torch.equal(model.masks.mask(0)[c], o) for c, o in zip((0, 1, 3), others))
