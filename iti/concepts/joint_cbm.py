@@ -112,3 +112,45 @@ def prune_concept(model: JointCBM, concept: int, grads: dict[str, torch.Tensor],
     for i, n in enumerate(model.masks.names):
         saliency = obs_saliency(params[n], grads[n], block=block, damp=damp)
         model.masks.mask(i)[concept] = keep_mask(saliency, sparsity)
+
+
+def regrow_concept_mask(model: JointCBM, concept: int, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                        gold: torch.Tensor, portion: float = 0.3) -> list[torch.Tensor]:
+    """SparseCBM's inference-time intervention on one concept's subnetwork: back-propagate the concept's loss
+    against its gold labels to its mask, drop the kept weights with the smallest |m * dL/dm * w| (``portion`` of the
+    matrix), then regrow as many pruned weights with the largest |dL/dm * w| (RigL-style, constant sparsity, per
+    matrix). Returns the masks it replaced, for :func:`restore_concept_mask`."""
+    if model.masks is None:
+        raise ConceptMaskError("a dense JointCBM has no masks to intervene on")
+    if not 0.0 <= portion <= 1.0:
+        raise ConceptMaskError(f"portion must be in [0, 1], got {portion}")
+    masks = model.masks
+    params = dict(model.backbone.named_parameters())
+    soft = [masks.mask(i)[concept].to(params[n].dtype).requires_grad_() for i, n in enumerate(masks.names)]
+    weights = {n: params[n].detach() * m for n, m in zip(masks.names, soft)}
+    inputs: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask}
+    hidden = functional_call(model.backbone, weights, args=(), kwargs=inputs, strict=False).last_hidden_state
+    logits = model.concept_heads[concept](pool(hidden, attention_mask, model.pooling))
+    nn.functional.cross_entropy(logits, gold).backward()
+    saved = []
+    for i, (n, m) in enumerate(zip(masks.names, soft)):
+        grad, w = m.grad.detach(), params[n].detach()  # type: ignore[union-attr]
+        flat_mask = m.detach().reshape(-1)
+        pruned, change = int((flat_mask == 0).sum()), int(portion * flat_mask.numel())
+        new = torch.ones_like(flat_mask)
+        new[torch.argsort((m.detach() * grad * w).abs().reshape(-1), stable=True)[:pruned + change]] = 0
+        grow_score = ((1 - new) * (grad * w).reshape(-1)).abs() + 1e10 * new
+        regrown = torch.ones_like(flat_mask)
+        regrown[torch.argsort(grow_score, stable=True)[:pruned]] = 0
+        saved.append(masks.mask(i)[concept].clone())
+        masks.mask(i)[concept] = regrown.reshape(m.shape).bool()
+    model.zero_grad(set_to_none=True)
+    return saved
+
+
+def restore_concept_mask(model: JointCBM, concept: int, saved: list[torch.Tensor]) -> None:
+    """Put back the masks :func:`regrow_concept_mask` replaced (the intervention is per example)."""
+    if model.masks is None:
+        raise ConceptMaskError("a dense JointCBM has no masks")
+    for i, m in enumerate(saved):
+        model.masks.mask(i)[concept] = m

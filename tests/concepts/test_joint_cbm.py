@@ -3,6 +3,7 @@ no other (the released code's bug, every pass through the food mask, cannot come
 plain backbone pooled by hand, and the masks are saved with the model."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -104,3 +105,46 @@ def test_pruning_one_concept_sets_its_masks_from_the_obs_saliency_and_leaves_the
     want = keep_mask(obs_saliency(weight, grads[name], block=8, damp=1e-4), 0.5)
     assert torch.equal(model.masks.mask(0)[2], want) and model.masks.sparsity(2)[name] == pytest.approx(0.5, abs=1e-3)
     assert all(torch.equal(model.masks.mask(0)[c], o) for c, o in zip((0, 1, 3), others))
+
+
+def _original_modify_mask(mask: np.ndarray, grad: np.ndarray, w: np.ndarray, ratio: float) -> np.ndarray:
+    """SparseCBM's SubnetLinear_Mask.modify_mask, written out in numpy (stable sorts for ties)."""
+    change, pruned = int(ratio * w.size), int((mask == 0).sum())
+    new = mask.copy().reshape(-1)
+    order = np.argsort(np.abs(mask * grad * w).reshape(-1), kind="stable")
+    new[order[:pruned + change]] = 0
+    new[order[pruned + change:]] = 1
+    grow = np.abs((1 - new) * (grad * w).reshape(-1) + 1e10 * new)
+    order = np.argsort(grow, kind="stable")
+    new[order[:pruned]] = 0
+    new[order[pruned:]] = 1
+    return new.reshape(mask.shape)
+
+
+def test_the_mask_intervention_is_the_originals_prune_and_regrow_and_is_undone(cbm):
+    from iti.concepts.joint_cbm import regrow_concept_mask, restore_concept_mask
+
+    model, ids, attn = cbm
+    _prune(model, 1, share=0.4)
+    gold = torch.tensor([0, 2, 1])
+    # the gradient of concept 1's loss with respect to its (float) masks, taken here through the model's own modules
+    from torch.func import functional_call
+
+    params = dict(model.backbone.named_parameters())
+    soft = {n: model.masks.mask(i)[1].float().requires_grad_() for i, n in enumerate(model.masks.names)}
+    hidden = functional_call(model.backbone, {n: params[n].detach() * soft[n] for n in soft}, args=(),
+                             kwargs={"input_ids": ids, "attention_mask": attn}, strict=False).last_hidden_state
+    keep = attn.unsqueeze(-1).float()
+    logits = model.concept_heads[1]((hidden * keep).sum(1) / keep.sum(1))
+    torch.nn.functional.cross_entropy(logits, gold).backward()
+    before = [model.masks.mask(i).clone() for i in range(len(model.masks.names))]
+    saved = regrow_concept_mask(model, 1, ids, attn, gold, portion=0.3)
+    for i, n in enumerate(model.masks.names):
+        want = _original_modify_mask(before[i][1].numpy().astype(np.float64), soft[n].grad.numpy(),
+                                     params[n].detach().numpy(), 0.3)
+        assert np.array_equal(model.masks.mask(i)[1].numpy(), want.astype(bool)), n
+        assert int(model.masks.mask(i)[1].sum()) == int(before[i][1].sum())  # constant sparsity
+        assert torch.equal(model.masks.mask(i)[[0, 2, 3]], before[i][[0, 2, 3]])  # the other concepts untouched
+    assert any(not torch.equal(model.masks.mask(i)[1], before[i][1]) for i in range(len(before)))
+    restore_concept_mask(model, 1, saved)
+    assert all(torch.equal(model.masks.mask(i), before[i]) for i in range(len(before)))
