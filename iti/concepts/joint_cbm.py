@@ -15,6 +15,12 @@ from .concept_masks import ConceptMaskError, ConceptMasks
 POOLINGS = ("mean", "last")
 
 
+def backbone_inputs(inputs: torch.Tensor, attention_mask: torch.Tensor) -> dict[str, Any]:
+    """Token ids (B, T), or hidden states (B, T, d) entering a top-layers backbone (:func:`split_backbone`)."""
+    key = "inputs_embeds" if inputs.is_floating_point() else "input_ids"
+    return {key: inputs, "attention_mask": attention_mask}
+
+
 def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, how: str) -> torch.Tensor:
     """(B, T, d) -> (B, d): the mean over the real tokens, or the last real token (right padding assumed)."""
     keep = attention_mask.to(hidden.dtype).unsqueeze(-1)
@@ -43,39 +49,39 @@ class JointCBM(nn.Module):
         self.concept_heads = nn.ModuleList(nn.Linear(hidden, concept_classes) for _ in range(n_concepts))
         self.label_head = nn.Linear(n_concepts * concept_classes, n_labels)
 
-    def pooled(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, concept: int | None = None) -> torch.Tensor:
+    def pooled(self, inputs: torch.Tensor, attention_mask: torch.Tensor, concept: int | None = None) -> torch.Tensor:
         """The pooled last hidden state, through ``concept``'s subnetwork when there are masks."""
-        inputs: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask}
+        kwargs = backbone_inputs(inputs, attention_mask)
         if self.masks is None or concept is None:
-            hidden = self.backbone(**inputs).last_hidden_state
+            hidden = self.backbone(**kwargs).last_hidden_state
         else:
             hidden = functional_call(self.backbone, self.masks.masked_weights(self.backbone, concept), args=(),
-                                     kwargs=inputs, strict=False).last_hidden_state
+                                     kwargs=kwargs, strict=False).last_hidden_state
         return pool(hidden, attention_mask, self.pooling)
 
-    def concept_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, concept: int) -> torch.Tensor:
+    def concept_logits(self, inputs: torch.Tensor, attention_mask: torch.Tensor, concept: int) -> torch.Tensor:
         """(B, concept_classes): concept ``concept``'s logits, from its own subnetwork."""
         if not 0 <= concept < len(self.concept_heads):
             raise ConceptMaskError(f"concept {concept} out of range 0..{len(self.concept_heads) - 1}")
-        return self.concept_heads[concept](self.pooled(input_ids, attention_mask, concept))
+        return self.concept_heads[concept](self.pooled(inputs, attention_mask, concept))
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, inputs: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(concept logits (n_concepts, B, classes), label logits (B, n_labels)); the label head reads every concept's
         logits, each from its own subnetwork."""
         if self.masks is None:
-            shared = self.pooled(input_ids, attention_mask)
+            shared = self.pooled(inputs, attention_mask)
             concepts = torch.stack([head(shared) for head in self.concept_heads])
         else:
-            concepts = torch.stack([self.concept_logits(input_ids, attention_mask, c) for c in range(len(self.concept_heads))])
+            concepts = torch.stack([self.concept_logits(inputs, attention_mask, c) for c in range(len(self.concept_heads))])
         return concepts, self.label_head(concepts.permute(1, 0, 2).flatten(1))
 
 
-def joint_loss(model: JointCBM, input_ids: torch.Tensor, attention_mask: torch.Tensor, concepts: torch.Tensor,
+def joint_loss(model: JointCBM, inputs: torch.Tensor, attention_mask: torch.Tensor, concepts: torch.Tensor,
                labels: torch.Tensor, concept_weight: float = 5.0, only: int | None = None) -> torch.Tensor:
     """SparseCBM's joint loss, ``concept_weight`` x concept cross-entropy + task cross-entropy (its LAMBD_XtoC = 5;
     the cross-entropy is taken on the logits, not, as the release does, on their sigmoid). ``concepts`` is
     (B, n_concepts) class ids; ``only``: one concept's term (its pruning gradient) instead of their mean."""
-    concept_logits, label_logits = model(input_ids, attention_mask)
+    concept_logits, label_logits = model(inputs, attention_mask)
     ce = nn.functional.cross_entropy
     terms = [ce(concept_logits[c], concepts[:, c]) for c in range(concept_logits.shape[0])]
     concept_term = terms[only] if only is not None else torch.stack(terms).mean()
@@ -90,9 +96,9 @@ def masked_weight_gradients(model: JointCBM, batches: list[tuple[torch.Tensor, .
         raise ConceptMaskError("a dense JointCBM has no masks to prune")
     params = dict(model.backbone.named_parameters())
     rows: dict[str, list[torch.Tensor]] = {n: [] for n in model.masks.names}
-    for input_ids, attention_mask, concepts, labels in batches:
+    for inputs, attention_mask, concepts, labels in batches:
         model.zero_grad(set_to_none=True)
-        joint_loss(model, input_ids, attention_mask, concepts, labels, concept_weight, only=concept).backward()
+        joint_loss(model, inputs, attention_mask, concepts, labels, concept_weight, only=concept).backward()
         for n in model.masks.names:
             grad = params[n].grad
             rows[n].append(torch.zeros(params[n].numel()) if grad is None else grad.detach().reshape(-1).clone())
@@ -114,7 +120,7 @@ def prune_concept(model: JointCBM, concept: int, grads: dict[str, torch.Tensor],
         model.masks.mask(i)[concept] = keep_mask(saliency, sparsity)
 
 
-def regrow_concept_mask(model: JointCBM, concept: int, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+def regrow_concept_mask(model: JointCBM, concept: int, inputs: torch.Tensor, attention_mask: torch.Tensor,
                         gold: torch.Tensor, portion: float = 0.3) -> list[torch.Tensor]:
     """SparseCBM's inference-time intervention on one concept's subnetwork: back-propagate the concept's loss
     against its gold labels to its mask, drop the kept weights with the smallest |m * dL/dm * w| (``portion`` of the
@@ -128,8 +134,8 @@ def regrow_concept_mask(model: JointCBM, concept: int, input_ids: torch.Tensor, 
     params = dict(model.backbone.named_parameters())
     soft = [masks.mask(i)[concept].to(params[n].dtype).requires_grad_() for i, n in enumerate(masks.names)]
     weights = {n: params[n].detach() * m for n, m in zip(masks.names, soft)}
-    inputs: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask}
-    hidden = functional_call(model.backbone, weights, args=(), kwargs=inputs, strict=False).last_hidden_state
+    hidden = functional_call(model.backbone, weights, args=(), kwargs=backbone_inputs(inputs, attention_mask),
+                             strict=False).last_hidden_state
     logits = model.concept_heads[concept](pool(hidden, attention_mask, model.pooling))
     nn.functional.cross_entropy(logits, gold).backward()
     saved = []
@@ -154,3 +160,45 @@ def restore_concept_mask(model: JointCBM, concept: int, saved: list[torch.Tensor
         raise ConceptMaskError("a dense JointCBM has no masks")
     for i, m in enumerate(saved):
         model.masks.mask(i)[concept] = m
+
+
+def split_backbone(backbone: nn.Module, trainable_layers: int) -> nn.Module:
+    """A backbone of the last ``trainable_layers`` decoder layers (and the final norm) of ``backbone``, fed with the
+    hidden states that enter them (:func:`lower_hidden_states`): the frozen lower layers then run once per review
+    instead of once per concept and epoch, which is what makes SparseCBM's joint training fit a CPU. The weights
+    are copies; the output equals the full backbone's (tested)."""
+    import copy
+
+    from transformers import AutoModel
+
+    config: Any = copy.deepcopy(backbone.config)
+    total = int(config.num_hidden_layers)
+    if not 1 <= trainable_layers <= total:
+        raise ConceptMaskError(f"trainable_layers must be in 1..{total}, got {trainable_layers}")
+    first = total - trainable_layers
+    config.num_hidden_layers = trainable_layers
+    if getattr(config, "layer_types", None):
+        config.layer_types = list(config.layer_types)[first:]
+    top = AutoModel.from_config(config, dtype=next(backbone.parameters()).dtype)
+    state = {}
+    for name, tensor in backbone.state_dict().items():
+        if name.startswith("layers."):
+            index = int(name.split(".")[1])
+            if index >= first:
+                state[name.replace(f"layers.{index}.", f"layers.{index - first}.", 1)] = tensor.clone()
+        else:
+            state[name] = tensor.clone()
+    missing, unexpected = top.load_state_dict(state, strict=False)
+    if unexpected or [m for m in missing if not m.startswith("embed_tokens")]:
+        raise ConceptMaskError(f"cannot split {type(backbone).__name__}: missing {missing}, unexpected {unexpected}")
+    return top
+
+
+@torch.no_grad()
+def lower_hidden_states(backbone: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                        trainable_layers: int) -> torch.Tensor:
+    """The hidden states entering the last ``trainable_layers`` layers (computed once, frozen)."""
+    config: Any = backbone.config
+    total = int(config.num_hidden_layers)
+    out = backbone(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
+    return out.hidden_states[total - trainable_layers]

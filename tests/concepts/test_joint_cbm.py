@@ -148,3 +148,22 @@ def test_the_mask_intervention_is_the_originals_prune_and_regrow_and_is_undone(c
     assert any(not torch.equal(model.masks.mask(i)[1], before[i][1]) for i in range(len(before)))
     restore_concept_mask(model, 1, saved)
     assert all(torch.equal(model.masks.mask(i), before[i]) for i in range(len(before)))
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3_text"])
+def test_a_top_layers_backbone_fed_the_frozen_states_equals_the_full_backbone(arch):
+    from iti.concepts.joint_cbm import lower_hidden_states, split_backbone
+
+    backbone = make_tiny_model(arch).model
+    ids = torch.randint(3, 100, (2, 6))
+    attn = torch.ones_like(ids)
+    attn[1, 4:] = 0
+    with torch.no_grad():
+        full = backbone(input_ids=ids, attention_mask=attn).last_hidden_state
+        for n in (1, backbone.config.num_hidden_layers):
+            top = split_backbone(backbone, n)
+            got = top(inputs_embeds=lower_hidden_states(backbone, ids, attn, n), attention_mask=attn).last_hidden_state
+            assert torch.allclose(got[attn.bool()], full[attn.bool()], atol=1e-5), (arch, n)
+    model = JointCBM(split_backbone(backbone, 1))  # the bottleneck takes hidden states as its inputs
+    concepts, labels = model(lower_hidden_states(backbone, ids, attn, 1), attn)
+    assert concepts.shape == (4, 2, 3) and labels.shape == (2, 5)
