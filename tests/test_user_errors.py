@@ -37,7 +37,7 @@ def test_a_cut_rte_file_is_refused_with_the_counts(tmp_path):
     from iti.faithfulness.datasets import load_faithfulness_dataset
 
     root = _data_copy(tmp_path, "faithfulness/rte/glue_rte_validation.tsv", keep_lines=101)
-    with pytest.raises(DataFileError, match="holds 100 rte samples; the data set has 277"):
+    with pytest.raises(DataFileError, match="holds 100 rte samples; the file has 277"):
         load_faithfulness_dataset("rte", root, allow_hub=False)
 
 
