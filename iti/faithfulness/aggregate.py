@@ -15,7 +15,7 @@ import numpy as np
 
 from ..errors import EmptyInputError, ItiError
 from ..io import atomic_write_text, read_json
-from .report import ANSWERABLE_NOTE, bootstrap_ratio, save_figure
+from .report import ANSWERABLE_NOTE, format_ci, outcome_indicators, save_figure, stats_from_indicators
 
 
 class ReportInputError(ItiError, ValueError):
@@ -73,6 +73,7 @@ def collect_rows(runs: Sequence[str | Path], *, tokens: bool = True, seed: int =
     if not runs:
         raise EmptyInputError("no runs given")
     rows = []
+    counters: dict[str, Any] = {}  # one tokenizer per model, however many runs use it
     for run in map(Path, runs):
         summary_path = run / "summary.json"
         if not summary_path.is_file():
@@ -80,14 +81,15 @@ def collect_rows(runs: Sequence[str | Path], *, tokens: bool = True, seed: int =
         summary = read_json(summary_path, "faithfulness summary")
         cfg = summary.get("config", {})
         model, split = cfg.get("model", "?"), cfg.get("split", "test")
-        count = _token_counter(model) if tokens else None
+        if tokens and model not in counters:
+            counters[model] = _token_counter(model)
+        count = counters.get(model)
         for r in summary["rows"]:
             for arm in r["summaries"]:
                 samples = _samples(run, r["dataset"], r["task"], arm)
-                status = np.array([s["status"] for s in samples])
-                ok, valid = status == "ok", status != "mismatch"
-                correct = ok & np.array([bool(s["correct"]) for s in samples])
-                fc = correct & np.array([bool(s["faithful"]) for s in samples])
+                stats = stats_from_indicators(outcome_indicators(
+                    [s["status"] for s in samples], [s["correct"] for s in samples], [s["faithful"] for s in samples]),
+                    explain=r["task"] != "classify", seed=seed)
                 steps = [s[k] for s in samples for k in ("classify", "explain", "reclassify") if s.get(k)]
                 n_tokens = None
                 if count is not None:
@@ -95,18 +97,10 @@ def collect_rows(runs: Sequence[str | Path], *, tokens: bool = True, seed: int =
                 rows.append(ReportRow(
                     model=model, split=split, dataset=r["dataset"], task=r["task"],
                     config=" ".join(r.get("task_config") or []) or "default", arm=arm, n=len(samples),
-                    accuracy=bootstrap_ratio(correct, valid, seed=seed),
-                    faithfulness=bootstrap_ratio(fc, correct, seed=seed) if r["task"] != "classify" else None,
-                    invalid=bootstrap_ratio(~ok, np.ones(len(samples)), seed=seed),
+                    accuracy=stats.accuracy, faithfulness=stats.faithfulness, invalid=stats.invalid_rate,
                     classes=Counter((s["label"], s["predict"], s.get("explain_predict")) for s in samples),
                     requests=len(steps), tokens=n_tokens, run_seconds=summary.get("seconds"), run=str(run)))
     return rows
-
-
-def _ci(v: tuple[float, float, float] | None, digits: int = 3) -> str:
-    if v is None or not np.isfinite(v[0]):
-        return "–"
-    return f"{v[0]:.{digits}f} [{v[1]:.2f}, {v[2]:.2f}]"
 
 
 _HEAD = ("model", "split", "data set", "task", "task config", "arm", "n", "accuracy [95% CI]", "faithfulness [95% CI]",
@@ -114,8 +108,8 @@ _HEAD = ("model", "split", "data set", "task", "task config", "arm", "n", "accur
 
 
 def _figure_cells(r: ReportRow) -> list[str]:
-    return [r.model, r.split, r.dataset, r.task, r.config, r.arm, str(r.n), _ci(r.accuracy), _ci(r.faithfulness),
-            _ci(r.invalid, 2)]
+    return [r.model, r.split, r.dataset, r.task, r.config, r.arm, str(r.n), format_ci(r.accuracy), format_ci(r.faithfulness),
+            format_ci(r.invalid, 2)]
 
 
 def _compute(rows: Sequence[ReportRow]) -> list[list[str]]:

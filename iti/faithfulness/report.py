@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from ..stats import mcnemar_detectable_difference, mcnemar_exact, mcnemar_min_pairs
-from .tasks import SampleResult, summarize
+from .tasks import SampleResult
 
 
 def bootstrap_ratio(num: np.ndarray, den: np.ndarray, *, n_boot: int = 2000, seed: int = 0) -> tuple[float, float, float]:
@@ -26,12 +26,19 @@ def bootstrap_ratio(num: np.ndarray, den: np.ndarray, *, n_boot: int = 2000, see
 
 
 def _indicators(results: Sequence[SampleResult]) -> dict[str, np.ndarray]:
-    ok = np.array([r.status == "ok" for r in results])
-    valid = np.array([r.status != "mismatch" for r in results])
-    correct = np.array([bool(r.correct) for r in results]) & ok
-    fc = correct & np.array([bool(r.faithful) for r in results])
-    invalid = np.array([r.status != "ok" for r in results])
-    return {"ok": ok, "valid": valid, "correct": correct, "faithful_and_correct": fc, "invalid": invalid}
+    return outcome_indicators([r.status for r in results], [r.correct for r in results], [r.faithful for r in results])
+
+
+def outcome_indicators(status: Sequence[str], correct: Sequence[bool | None],
+                       faithful: Sequence[bool | None]) -> dict[str, np.ndarray]:
+    """Per-sample indicators from each sample's status, correct and faithful (a run's objects or its samples files):
+    correct and faithful count only where the status is ok, as introspect aggregates."""
+    st = np.asarray(status)
+    ok = st == "ok"
+    right = np.array([bool(c) for c in correct], dtype=bool) & ok
+    fc = right & np.array([bool(f) for f in faithful], dtype=bool)
+    return {"ok": ok, "valid": st != "mismatch", "correct": right, "faithful_and_correct": fc, "invalid": ~ok,
+            "error": st == "error", "mismatch": st == "mismatch"}
 
 
 @dataclass
@@ -46,15 +53,20 @@ class ArmStats:
 
 def arm_stats(results: Sequence[SampleResult], explain: bool, seed: int = 0) -> ArmStats:
     """Bootstrap :class:`ArmStats` for one arm; ``explain`` says whether the task has explanations to score."""
-    ind = _indicators(results)
-    s = summarize(results)
-    ones = np.ones(len(results))
+    return stats_from_indicators(_indicators(results), explain, seed)
+
+
+def stats_from_indicators(ind: dict[str, np.ndarray], explain: bool, seed: int = 0) -> ArmStats:
+    """:class:`ArmStats` of :func:`outcome_indicators`: accuracy = correct / (total - mismatch), faithfulness =
+    faithful-and-correct / correct, the invalid rate, each with its bootstrap CI, and the counts
+    (:func:`~iti.faithfulness.tasks.summarize`'s)."""
+    ones = np.ones(len(ind["ok"]))
     return ArmStats(
         accuracy=bootstrap_ratio(ind["correct"], ind["valid"], seed=seed),
         faithfulness=bootstrap_ratio(ind["faithful_and_correct"], ind["correct"], seed=seed) if explain else None,
         invalid_rate=bootstrap_ratio(ind["invalid"], ones, seed=seed),
-        counts={"total": s.total, "error": s.error, "mismatch": s.mismatch, "correct": s.correct,
-                "faithful_and_correct": s.faithful_and_correct},
+        counts={"total": len(ones), "error": int(ind["error"].sum()), "mismatch": int(ind["mismatch"].sum()),
+                "correct": int(ind["correct"].sum()), "faithful_and_correct": int(ind["faithful_and_correct"].sum())},
     )
 
 
@@ -102,10 +114,11 @@ def _detectable(test: dict) -> str:
     return f"{d:.2f} (≥ {best:.2f})"
 
 
-def _ci(v) -> str:
+def format_ci(v, digits: int = 3) -> str:
+    """``value [low, high]``, or "–" where the figure is undefined."""
     if v is None or not np.isfinite(v[0]):
         return "–"
-    return f"{v[0]:.3f} [{v[1]:.2f}, {v[2]:.2f}]"
+    return f"{v[0]:.{digits}f} [{v[1]:.2f}, {v[2]:.2f}]"
 
 
 #: What the accuracy column holds per row. Only the classify row's figure is introspect's classify accuracy; on an
@@ -144,9 +157,9 @@ def comparison_markdown(rows: list[dict]) -> str:
         fm = c.get("faithfulness_mcnemar")
         both, fp, mdd = (str(fm["n"]), f"{fm['p']:.3f}", _detectable(fm)) if fm else ("–", "–", "–")
         lines.append(f"| {r['dataset']} | {r['task']} | {p['counts']['total']} | {accuracy_name(r['task'])} "
-                     f"| {_ci(p['accuracy'])} | {_ci(i['accuracy'])} "
-                     f"| {c['accuracy_mcnemar']['p']:.3f} | {_ci(p['faithfulness'])} | {_ci(i['faithfulness'])} | {both} | {fp} | {mdd} "
-                     f"| {_ci(p['invalid_rate'])} | {_ci(i['invalid_rate'])} |")
+                     f"| {format_ci(p['accuracy'])} | {format_ci(i['accuracy'])} "
+                     f"| {c['accuracy_mcnemar']['p']:.3f} | {format_ci(p['faithfulness'])} | {format_ci(i['faithfulness'])} | {both} | {fp} | {mdd} "
+                     f"| {format_ci(p['invalid_rate'])} | {format_ci(i['invalid_rate'])} |")
     return "\n".join(lines) + "\n" + _answerable_note(rows)
 
 
