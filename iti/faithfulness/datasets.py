@@ -13,6 +13,7 @@ introspect's run starts with whenever the split matches.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 from collections.abc import Callable
@@ -46,14 +47,13 @@ class Sample:
 
 @dataclass(frozen=True)
 class FaithfulnessDataset:
-    """One loaded data set: prompt family, the split evaluated (``train`` / ``valid`` / ``test``) and what it is
-    made of, where it was read from (a path or ``hub:...``), and the samples in seeded-shuffle order."""
+    """One loaded data set: prompt family, the split evaluated (``train`` / ``valid`` / ``test``), where it was read
+    from (a path or ``hub:...``), and the samples in seeded-shuffle order."""
     name: str
     kind: str
     split: str
     origin: str
     samples: tuple[Sample, ...] = field(repr=False)
-    split_source: str = ""
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -195,7 +195,6 @@ class _Split:
     size: int | None
     hub_split: str | None
     part: tuple[int, int] = (0, 100)
-    describe: str = ""
 
     @property
     def rows(self) -> int | None:
@@ -222,40 +221,40 @@ def _percent_of(pct: int, n: int) -> int:
 def _babi(task: int, name: str, train_rows: int = 10000) -> _Source:
     folder = f"faithfulness/babi{task}/qa{task}_{name}"
     return _Source(MULTI_CHOICE, {
-        "train": _Split(f"{folder}_train.txt", _babi_local, train_rows, None, (0, 80), "en-10k train[:80%]"),
-        "valid": _Split(f"{folder}_train.txt", _babi_local, train_rows, None, (80, 100), "en-10k train[80%:]"),
-        "test": _Split(f"{folder}_test.txt", _babi_local, 1000, None, describe="en-10k test"),
+        "train": _Split(f"{folder}_train.txt", _babi_local, train_rows, None, (0, 80)),
+        "valid": _Split(f"{folder}_train.txt", _babi_local, train_rows, None, (80, 100)),
+        "test": _Split(f"{folder}_test.txt", _babi_local, 1000, None),
     }, None, None)
 
 
-def _sliced(relative: str, read: Callable[[Path], list[Sample]], size: int, hub: str, what: str) -> dict[str, _Split]:
-    return {"train": _Split(relative, read, size, f"{hub}[:80%]", (0, 80), f"{what}[:80%]"),
-            "valid": _Split(relative, read, size, f"{hub}[80%:]", (80, 100), f"{what}[80%:]")}
+def _sliced(relative: str, read: Callable[[Path], list[Sample]], size: int) -> dict[str, _Split]:
+    """introspect's train and valid: the first 80% and the rest of the public train split."""
+    return {"train": _Split(relative, read, size, "train[:80%]", (0, 80)),
+            "valid": _Split(relative, read, size, "train[80%:]", (80, 100))}
 
 
 #: name -> its splits. ``test`` is the split introspect's paper reports.
 SOURCES: dict[str, _Source] = {
     "imdb": _Source(SENTIMENT, {
-        "train": _Split(None, None, None, "train[:80%]", (0, 80), "train[:80%]"),
-        "valid": _Split(None, None, None, "train[80%:]", (80, 100), "train[80%:]"),
-        "test": _Split("faithfulness/imdb/imdb_test_sample_1000.csv", _imdb_local, 1000, "test",
-                       describe="test (the local copy: a 1,000-review sample)"),
+        "train": _Split(None, None, None, "train[:80%]", (0, 80)),
+        "valid": _Split(None, None, None, "train[80%:]", (80, 100)),
+        "test": _Split("faithfulness/imdb/imdb_test_sample_1000.csv", _imdb_local, 1000, "test"),  # a 1,000-review sample
     }, _imdb_hub, "stanfordnlp/imdb"),
     "sst2": _Source(SENTIMENT, {
-        **_sliced("faithfulness/sst2/sst2_train_awake020_modified.tsv", _sst2_train, 67349, "train", "train"),
-        "test": _Split("faithfulness/sst2/dev.tsv", _sst2_dev, 872, "validation", describe="validation"),
+        **_sliced("faithfulness/sst2/sst2_train_awake020_modified.tsv", _sst2_train, 67349),
+        "test": _Split("faithfulness/sst2/dev.tsv", _sst2_dev, 872, "validation"),
     }, _sst2_hub, "nyu-mll/glue sst2"),
     "rte": _Source(ENTAILMENT, {
-        **_sliced("faithfulness/rte/glue_rte_train.tsv", _rte_local, 2490, "train", "train"),
-        "test": _Split("faithfulness/rte/glue_rte_validation.tsv", _rte_local, 277, "validation", describe="validation"),
+        **_sliced("faithfulness/rte/glue_rte_train.tsv", _rte_local, 2490),
+        "test": _Split("faithfulness/rte/glue_rte_validation.tsv", _rte_local, 277, "validation"),
     }, _rte_hub, "nyu-mll/glue rte"),
     "babi1": _babi(1, "single-supporting-fact"),
     "babi2": _babi(2, "two-supporting-facts"),
     "babi3": _babi(3, "three-supporting-facts"),
     "mctest": _Source(MULTI_CHOICE, {
-        "train": _Split("faithfulness/mctest/mc500.train.tsv", _mctest_local, 1200, "train", describe="mc500 train"),
-        "valid": _Split("faithfulness/mctest/mc500.dev.tsv", _mctest_local, 200, "validation", describe="mc500 dev"),
-        "test": _Split("faithfulness/mctest/mc500.test.tsv", _mctest_local, 600, "test", describe="mc500 test"),
+        "train": _Split("faithfulness/mctest/mc500.train.tsv", _mctest_local, 1200, "train"),
+        "valid": _Split("faithfulness/mctest/mc500.dev.tsv", _mctest_local, 200, "validation"),
+        "test": _Split("faithfulness/mctest/mc500.test.tsv", _mctest_local, 600, "test"),
     }, _mctest_hub, "sagnikrayc/mctest"),
 }
 #: Other spellings, introspect's data set names among them (``--dataset bAbI-1`` as its README writes it).
@@ -303,8 +302,7 @@ def load_faithfulness_dataset(name: str, data_dir: str | os.PathLike | None = No
             raise DataFileError(f"{path} holds {len(rows)} {key} samples; the file has {spec.size} (truncated or "
                                 "another file?): restore it from its SOURCE.md")
         lo, hi = (_percent_of(p, len(rows)) for p in spec.part)
-        samples = [Sample(i, s.kind, s.paragraph, s.label, s.hypothesis, s.question, s.choices)
-                   for i, s in enumerate(rows[lo:hi])]
+        samples = [dataclasses.replace(s, idx=i) for i, s in enumerate(rows[lo:hi])]
     else:
         hub_error = "not tried (allow_hub=False)" if not allow_hub else "no hub copy of this data set"
         if allow_hub and src.read_hub is not None and spec.hub_split is not None:
@@ -322,4 +320,4 @@ def load_faithfulness_dataset(name: str, data_dir: str | os.PathLike | None = No
     if not samples:
         raise EmptyInputError(f"{origin} holds no {split} samples")
     order = np.random.default_rng(seed).permutation(len(samples))
-    return FaithfulnessDataset(key, src.kind, split, origin, tuple(samples[int(i)] for i in order), spec.describe)
+    return FaithfulnessDataset(key, src.kind, split, origin, tuple(samples[int(i)] for i in order))

@@ -354,12 +354,7 @@ def build_arms(cfg: FaithfulnessConfig, cache: GenerationCache | None) -> tuple[
 
     arms: dict[str, CachedGenerator] = {}
     if cfg.remote_url:
-        from transformers import AutoTokenizer
-
-        from ..models import embedded_model_dir, resolve_model
-
-        src = resolve_model(cfg.model)
-        tokenizer = AutoTokenizer.from_pretrained(str(embedded_model_dir(src.name)) if src.kind == "embedded" else src.location)
+        tokenizer = load_prompt_tokenizer(cfg.model)
         plain = cfg.remote_plain_model or cfg.model
         served = _served_models(cfg.remote_url, plain, "remote_plain_model", cfg.remote_timeout)
         # one answer per request, each stored as it arrives: a failure loses nothing that was finished
