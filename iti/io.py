@@ -131,10 +131,18 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             tmp_path.unlink()
 
 
-def atomic_save_safetensors(path: str | os.PathLike, tensors: Mapping[str, np.ndarray],
+def atomic_save_safetensors(path: str | os.PathLike, tensors: Mapping[str, Any],
                             metadata: Mapping[str, str] | None = None) -> None:
-    """Write numpy arrays as one safetensors file, atomically and with the mode of a plain write: the one place
-    the library calls safetensors' ``save_file``."""
+    """Write numpy arrays, or torch tensors (kept in their dtype, bfloat16 included), as one safetensors file,
+    atomically and with the mode of a plain write: the one place the library calls safetensors' ``save_file``."""
+    values = list(tensors.values())
+    if values and not isinstance(values[0], np.ndarray):
+        from safetensors.torch import save_file as save_torch
+
+        payload = {k: v.detach().contiguous() for k, v in tensors.items()}
+        with atomic_path(path) as tmp:
+            save_torch(payload, str(tmp), metadata=dict(metadata) if metadata else None)
+        return
     from safetensors.numpy import save_file
 
     with atomic_path(path) as tmp:

@@ -51,12 +51,17 @@ class JointCBM(nn.Module):
 
     def pooled(self, inputs: torch.Tensor, attention_mask: torch.Tensor, concept: int | None = None) -> torch.Tensor:
         """The pooled last hidden state, through ``concept``'s subnetwork when there are masks."""
+        masked = None if self.masks is None or concept is None else self.masks.masked_weights(self.backbone, concept)
+        return self.pooled_with(masked, inputs, attention_mask)
+
+    def pooled_with(self, weights: dict[str, torch.Tensor] | None, inputs: torch.Tensor,
+                    attention_mask: torch.Tensor) -> torch.Tensor:
+        """The pooled last hidden state with ``weights`` standing in for the backbone's own (None: its own)."""
         kwargs = backbone_inputs(inputs, attention_mask)
-        if self.masks is None or concept is None:
+        if weights is None:
             hidden = self.backbone(**kwargs).last_hidden_state
         else:
-            hidden = functional_call(self.backbone, self.masks.masked_weights(self.backbone, concept), args=(),
-                                     kwargs=kwargs, strict=False).last_hidden_state
+            hidden = functional_call(self.backbone, weights, args=(), kwargs=kwargs, strict=False).last_hidden_state
         return pool(hidden, attention_mask, self.pooling)
 
     def concept_logits(self, inputs: torch.Tensor, attention_mask: torch.Tensor, concept: int) -> torch.Tensor:
@@ -134,9 +139,7 @@ def regrow_concept_mask(model: JointCBM, concept: int, inputs: torch.Tensor, att
     params = dict(model.backbone.named_parameters())
     soft = [masks.mask(i)[concept].to(params[n].dtype).requires_grad_() for i, n in enumerate(masks.names)]
     weights = {n: params[n].detach() * m for n, m in zip(masks.names, soft)}
-    hidden = functional_call(model.backbone, weights, args=(), kwargs=backbone_inputs(inputs, attention_mask),
-                             strict=False).last_hidden_state
-    logits = model.concept_heads[concept](pool(hidden, attention_mask, model.pooling))
+    logits = model.concept_heads[concept](model.pooled_with(weights, inputs, attention_mask))
     nn.functional.cross_entropy(logits, gold).backward()
     saved = []
     for i, (n, m) in enumerate(zip(masks.names, soft)):

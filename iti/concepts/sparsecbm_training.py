@@ -16,9 +16,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from sklearn.metrics import accuracy_score, f1_score
+from sklearn.metrics import f1_score
 
-from ..io import atomic_write_json
+from ..io import atomic_save_safetensors, atomic_write_json
+from .bottleneck import task_and_concept_metrics
 from .joint_cbm import JointCBM, joint_loss, masked_weight_gradients, prune_concept, regrow_concept_mask, restore_concept_mask
 from .obs_pruning import scheduled_sparsity
 
@@ -49,16 +50,12 @@ def original_macro_f1(true: np.ndarray, pred: np.ndarray) -> float:
 
 
 def metrics(pred_labels: np.ndarray, labels: np.ndarray, pred_concepts: np.ndarray, concepts: np.ndarray) -> dict[str, float]:
-    """Task and concept accuracy, scikit-learn's macro-F1 and SparseCBM's (concepts: per concept, then the mean)."""
-    out = {"task_accuracy": float(accuracy_score(labels, pred_labels)),
-           "task_macro_f1": float(f1_score(labels, pred_labels, average="macro")),
-           "task_macro_f1_sparsecbm": original_macro_f1(labels, pred_labels)}
-    c = concepts.shape[1]
-    out["concept_accuracy"] = float(np.mean([accuracy_score(concepts[:, j], pred_concepts[:, j]) for j in range(c)]))
-    out["concept_macro_f1"] = float(np.mean([f1_score(concepts[:, j], pred_concepts[:, j], average="macro")
-                                             for j in range(c)]))
+    """The concepts wing's figures (:func:`~iti.concepts.bottleneck.task_and_concept_metrics`: accuracy and
+    scikit-learn's macro-F1, per aspect and their mean) plus SparseCBM's own macro-F1, named apart."""
+    out = task_and_concept_metrics(pred_labels, labels, pred_concepts, concepts)
+    out["task_macro_f1_sparsecbm"] = original_macro_f1(labels, pred_labels)
     out["concept_macro_f1_sparsecbm"] = float(np.mean([original_macro_f1(concepts[:, j], pred_concepts[:, j])
-                                                       for j in range(c)]))
+                                                       for j in range(concepts.shape[1])]))
     return out
 
 
@@ -125,14 +122,9 @@ def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torc
 def _save_epoch(model: JointCBM, optimizer: torch.optim.Optimizer, out: Path, record: dict[str, Any], name: str) -> None:
     """``name``.safetensors (model, masks included), ``name``.optimizer.safetensors and ``name``.json, each atomic; the
     JSON last, so a record always has its tensors."""
-    from safetensors.torch import save_file
-
     tensors, groups = _optimizer_tensors(optimizer)
-    for suffix, payload in ((".safetensors", {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}),
-                            (".optimizer.safetensors", tensors)):
-        tmp = out / f".{name}{suffix}.tmp"
-        save_file(payload, str(tmp))
-        tmp.replace(out / f"{name}{suffix}")
+    atomic_save_safetensors(out / f"{name}.safetensors", model.state_dict())
+    atomic_save_safetensors(out / f"{name}.optimizer.safetensors", tensors)
     atomic_write_json(out / f"{name}.json", {**record, "optimizer": groups})
 
 
