@@ -31,6 +31,7 @@ stopped at the token limit (``truncated``; unknown, None, for entries a version-
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -38,7 +39,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
@@ -181,6 +182,20 @@ class CachedGeneration:
             raise ValueError(f"CachedGeneration.truncated must be None or, for a response, a bool; got {self.truncated!r}")
 
 
+@contextlib.contextmanager
+def _immediate(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """One write transaction (``BEGIN IMMEDIATE``): committed when the block ends, rolled back on any error, so a
+    crash never leaves half a batch."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+
+
 class GenerationCache:
     """A generation cache in one SQLite file, safe to share between threads (one lock) and processes (WAL)."""
 
@@ -231,8 +246,7 @@ class GenerationCache:
 
     def _init_schema(self, conn: sqlite3.Connection) -> None:
         """Create the table on a new file, or check that an existing file is a cache of this schema version."""
-        conn.execute("BEGIN IMMEDIATE")  # two processes creating the same file must not race
-        try:
+        with _immediate(conn):  # two processes creating the same file must not race
             version = conn.execute("PRAGMA user_version").fetchone()[0]
             tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
             if version == 0 and not tables:
@@ -249,11 +263,6 @@ class GenerationCache:
                                        f"{SCHEMA_VERSION}")
             elif _TABLE not in tables:
                 raise self._file_error(f"it has schema version {version} but no {_TABLE!r} table")
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
 
     @property
     def _db(self) -> sqlite3.Connection:
@@ -303,33 +312,17 @@ class GenerationCache:
                          None if value.truncated is None else int(value.truncated)))
         if not rows:
             return
-        with self._lock:
-            db = self._db
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                db.executemany(_INSERT, rows)
-                db.execute("COMMIT")
-            except BaseException:
-                if db.in_transaction:
-                    db.execute("ROLLBACK")
-                raise
+        with self._lock, _immediate(self._db) as db:
+            db.executemany(_INSERT, rows)
 
     def delete_many(self, keys: Sequence[GenerationKey]) -> int:
         """Remove the outcomes of ``keys`` in one transaction; returns how many there were."""
         digests = list(dict.fromkeys(k.digest() for k in keys))
         removed = 0
-        with self._lock:
-            db = self._db
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                for start in range(0, len(digests), _CHUNK):
-                    chunk = digests[start:start + _CHUNK]
-                    removed += db.execute(f"DELETE FROM {_TABLE} WHERE key IN ({','.join('?' * len(chunk))})", chunk).rowcount
-                db.execute("COMMIT")
-            except BaseException:
-                if db.in_transaction:
-                    db.execute("ROLLBACK")
-                raise
+        with self._lock, _immediate(self._db) as db:
+            for start in range(0, len(digests), _CHUNK):
+                chunk = digests[start:start + _CHUNK]
+                removed += db.execute(f"DELETE FROM {_TABLE} WHERE key IN ({','.join('?' * len(chunk))})", chunk).rowcount
         return removed
 
     def __len__(self) -> int:
