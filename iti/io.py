@@ -160,6 +160,18 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=1, sort_keys=False) + "\n")
 
 
+def atomic_save_figure(fig: Any, path: str | os.PathLike, dpi: int = 120) -> Path:
+    """Write a matplotlib ``fig`` as a PNG atomically (a half-written figure never replaces a good one) and close it."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=dpi, format="png")
+    plt.close(fig)
+    return path
+
+
 def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
     """Read JSON, turning a missing or corrupt file into an error that names it."""
     from .errors import FeatureFileError

@@ -497,6 +497,24 @@ def run_concepts_cmd(args: argparse.Namespace) -> None:
           f"wrote {cfg.output_dir}")
 
 
+def _sparsecbm_config() -> type:
+    from ..concepts.sparsecbm_experiment import SparseCBMConfig
+
+    return SparseCBMConfig
+
+
+def run_sparsecbm_cmd(args: argparse.Namespace) -> None:
+    """``iti sparsecbm``: train, prune, evaluate and intervene (SparseCBM on CEBaB) and print the headline numbers."""
+    from ..concepts.sparsecbm_experiment import SparseCBMConfig, run_sparsecbm
+
+    cfg = config_from_args(SparseCBMConfig, args)
+    r = run_sparsecbm(cfg)
+    main = next(m for m in r["models"] if m["model"] == r["main"])["test"]
+    after = r["mask_intervention_test"]["after"]
+    print(f"[sparsecbm] test task accuracy {main['task_accuracy']:.3f} (after mask intervention {after['task_accuracy']:.3f}), "
+          f"concept accuracy {main['concept_accuracy']:.3f} ({after['concept_accuracy']:.3f}); wrote {cfg.output_dir}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``iti`` argument parser; each subcommand stores its ``run_*`` function as ``args.func``."""
     parser = argparse.ArgumentParser(prog="iti", description="Read and steer the insides of Hugging Face LMs (ITI, CAA, RepE).")
@@ -518,6 +536,8 @@ def build_parser() -> argparse.ArgumentParser:
          lambda p: add_config_args(p, _report_config()), run_faithfulness_report_cmd),
         ("concepts", "sparse concept bottleneck and concept steering on CEBaB (SparseCBM idea)", add_concepts_args,
          run_concepts_cmd),
+        ("sparsecbm", "SparseCBM on CEBaB: joint concept bottleneck, a pruned subnetwork per concept, mask intervention",
+         lambda p: add_config_args(p, _sparsecbm_config()), run_sparsecbm_cmd),
         ("demo", "the main job end to end on the embedded model, quick preset", lambda p: add_config_args(p, DemoConfig), run_demo),
     ]
     for name, help_text, add_args, func in commands:

@@ -152,15 +152,29 @@ class SparseConceptBottleneck:
         return self.rating_probabilities(X, concept_probs) @ np.arange(1, 6)
 
 
-def task_and_concept_metrics(pred_ratings, ratings, pred_concepts, concepts) -> dict[str, float]:
-    """Accuracy and sklearn's macro-F1 for the rating and per aspect (SparseCBM's own "macro F1" is not sklearn's)."""
+def original_macro_f1(true: np.ndarray, pred: np.ndarray) -> float:
+    """SparseCBM's "macro F1": for each class present in ``true``, the macro-F1 of the binary one-vs-rest problem,
+    then their mean (higher than scikit-learn's multi-class macro-F1)."""
+    classes = np.unique(true)
+    return float(np.mean([f1_score(true == c, pred == c, average="macro") for c in classes]))
+
+
+def task_and_concept_metrics(pred_ratings, ratings, pred_concepts=None, concepts=None) -> dict[str, float]:
+    """Accuracy and two macro-F1s for the rating and per aspect: scikit-learn's (``*_macro_f1``) and SparseCBM's own
+    (``*_macro_f1_sparsecbm``, :func:`original_macro_f1`), named apart. Without concepts (a model with no bottleneck),
+    the rating's only."""
     out = {"task_accuracy": float(accuracy_score(ratings, pred_ratings)),
-           "task_macro_f1": float(f1_score(ratings, pred_ratings, average="macro"))}
+           "task_macro_f1": float(f1_score(ratings, pred_ratings, average="macro")),
+           "task_macro_f1_sparsecbm": original_macro_f1(np.asarray(ratings), np.asarray(pred_ratings))}
+    if concepts is None or pred_concepts is None or np.asarray(pred_concepts).shape[-1] == 0:
+        return out
     for j, aspect in enumerate(ASPECTS):
         out[f"{aspect}_accuracy"] = float(accuracy_score(concepts[:, j], pred_concepts[:, j]))
-        out[f"{aspect}_macro_f1"] = float(f1_score(concepts[:, j], pred_concepts[:, j], average="macro", labels=[0, 1, 2]))
-    out["concept_accuracy"] = float(np.mean([out[f"{a}_accuracy"] for a in ASPECTS]))
-    out["concept_macro_f1"] = float(np.mean([out[f"{a}_macro_f1"] for a in ASPECTS]))
+        out[f"{aspect}_macro_f1"] = float(f1_score(concepts[:, j], pred_concepts[:, j], average="macro", labels=[0, 1, 2],
+                                                     zero_division=0))
+        out[f"{aspect}_macro_f1_sparsecbm"] = original_macro_f1(concepts[:, j], pred_concepts[:, j])
+    for name in ("accuracy", "macro_f1", "macro_f1_sparsecbm"):
+        out[f"concept_{name}"] = float(np.mean([out[f"{a}_{name}"] for a in ASPECTS]))
     return out
 
 

@@ -151,6 +151,28 @@ def run_directory(out: str | Path) -> RunDirectory:
                         older_records=(("summary.json", "config"),))
 
 
+def head_bottleneck_sweep(X: dict[str, np.ndarray], C: dict[str, np.ndarray], y: dict[str, np.ndarray],
+                          groups: list[str], ks: Sequence[int], seed: int, label_folds: int
+                          ) -> tuple[dict[str, np.ndarray], list[dict[str, Any]], int, SparseConceptBottleneck]:
+    """The frozen-head bottleneck over ``ks`` (top-k heads per aspect, ranked by dev accuracy), scored on dev and
+    test; k is chosen by dev concept accuracy, then dev task accuracy. Returns (per-aspect head accuracies, the sweep
+    rows, the chosen k, its fitted bottleneck)."""
+    tr, dv, te = "train_exclusive", "dev", "test"
+    head_acc = {a: head_concept_accuracy(X[tr], C[tr][:, j], X[dv], C[dv][:, j]) for j, a in enumerate(ASPECTS)}
+    sweep: list[dict[str, Any]] = []
+    fitted: dict[int, SparseConceptBottleneck] = {}
+    for k in ks:
+        bn = SparseConceptBottleneck(k=k, seed=seed, label_folds=label_folds, head_accuracy=dict(head_acc))
+        bn.heads = {a: _top(head_acc[a], k) for a in ASPECTS}
+        fitted[k] = bn.fit(X[tr], C[tr], y[tr], groups)
+        for s in (dv, te):
+            m = task_and_concept_metrics(bn.predict(X[s]), y[s], bn.predict_concepts(X[s]), C[s])
+            sweep.append({"k": k, "split": s, **m})
+    dev_rows = [r for r in sweep if r["split"] == dv]
+    best_k = max(dev_rows, key=lambda r: (r["concept_accuracy"], r["task_accuracy"]))["k"]
+    return head_acc, sweep, best_k, fitted[best_k]
+
+
 def run_concepts(cfg: ConceptConfig) -> dict[str, Any]:
     """Run the concept experiment, write summary.json, results.md, steering_{dev,test}.jsonl and the plots
     into ``output_dir``, and return the summary. A directory holding a run with other settings is refused before
@@ -180,19 +202,7 @@ def _run_claimed(cfg: ConceptConfig, model, tok, t0: float) -> dict[str, Any]:
     y = {s: v.ratings for s, v in used.items()}
     tr, dv, te = "train_exclusive", "dev", "test"
 
-    head_acc = {a: head_concept_accuracy(X[tr], C[tr][:, j], X[dv], C[dv][:, j]) for j, a in enumerate(ASPECTS)}
-    sweep: list[dict[str, Any]] = []
-    fitted: dict[int, SparseConceptBottleneck] = {}
-    for k in cfg.ks:
-        bn = SparseConceptBottleneck(k=k, seed=cfg.seed, label_folds=cfg.label_folds, head_accuracy=dict(head_acc))
-        bn.heads = {a: _top(head_acc[a], k) for a in ASPECTS}
-        fitted[k] = bn.fit(X[tr], C[tr], y[tr], groups)
-        for s in (dv, te):
-            m = task_and_concept_metrics(bn.predict(X[s]), y[s], bn.predict_concepts(X[s]), C[s])
-            sweep.append({"k": k, "split": s, **m})
-    dev_rows = [r for r in sweep if r["split"] == dv]
-    best_k = max(dev_rows, key=lambda r: (r["concept_accuracy"], r["task_accuracy"]))["k"]
-    bn = fitted[best_k]  # the sweep already fitted and scored it
+    head_acc, sweep, best_k, bn = head_bottleneck_sweep(X, C, y, groups, cfg.ks, cfg.seed, cfg.label_folds)
     test_metrics = {k: v for k, v in next(r for r in sweep if r["k"] == best_k and r["split"] == te).items()
                     if k not in ("k", "split")}
     oracle = float((oracle_correction(bn, X[te], C[te]) == y[te]).mean())

@@ -81,6 +81,27 @@ class JointCBM(nn.Module):
         return concepts, self.label_head(concepts.permute(1, 0, 2).flatten(1))
 
 
+class PooledClassifier(nn.Module):
+    """Standard fine-tuning, the no-bottleneck baseline: ``backbone`` -> pooled hidden state -> a Linear to the
+    labels. Its forward returns an empty concept tensor (0, B, classes) so the JointCBM loops train and score it."""
+
+    masks = None
+
+    def __init__(self, backbone: nn.Module, n_labels: int = 5, concept_classes: int = 3, pooling: str = "mean"):
+        super().__init__()
+        if pooling not in POOLINGS:
+            raise ConceptMaskError(f"unknown pooling {pooling!r}; choose one of {', '.join(POOLINGS)}")
+        config: Any = backbone.config
+        self.backbone, self.pooling, self.concept_classes = backbone, pooling, concept_classes
+        self.label_head = nn.Linear(int(config.hidden_size), n_labels)
+
+    def forward(self, inputs: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(an empty (0, B, classes) concept tensor, label logits (B, n_labels))."""
+        hidden = self.backbone(**backbone_inputs(inputs, attention_mask)).last_hidden_state
+        pooled = pool(hidden, attention_mask, self.pooling)
+        return pooled.new_zeros(0, pooled.shape[0], self.concept_classes), self.label_head(pooled)
+
+
 def joint_loss(model: JointCBM, inputs: torch.Tensor, attention_mask: torch.Tensor, concepts: torch.Tensor,
                labels: torch.Tensor, concept_weight: float = 5.0, only: int | None = None) -> torch.Tensor:
     """SparseCBM's joint loss, ``concept_weight`` x concept cross-entropy + task cross-entropy (its LAMBD_XtoC = 5;
@@ -89,6 +110,8 @@ def joint_loss(model: JointCBM, inputs: torch.Tensor, attention_mask: torch.Tens
     concept_logits, label_logits = model(inputs, attention_mask)
     ce = nn.functional.cross_entropy
     terms = [ce(concept_logits[c], concepts[:, c]) for c in range(concept_logits.shape[0])]
+    if not terms:  # a PooledClassifier: no bottleneck, the task loss alone
+        return ce(label_logits, labels)
     concept_term = terms[only] if only is not None else torch.stack(terms).mean()
     return concept_weight * concept_term + ce(label_logits, labels)
 
@@ -111,17 +134,25 @@ def masked_weight_gradients(model: JointCBM, batches: list[tuple[torch.Tensor, .
     return {n: torch.stack(r) for n, r in rows.items()}
 
 
+FISHERS = ("block", "diagonal")
+
+
 def prune_concept(model: JointCBM, concept: int, grads: dict[str, torch.Tensor], sparsity: float, block: int = 20,
-                  damp: float = 1e-7) -> None:
+                  damp: float = 1e-7, fisher: str = "block") -> None:
     """Set concept ``concept``'s masks anew from the OBS saliency of every masked weight (recomputed from scratch at
-    each step, ``sparsity`` per matrix, the weights themselves untouched), as SparseCBM does after each epoch."""
-    from .obs_pruning import keep_mask, obs_saliency
+    each step, ``sparsity`` per matrix, the weights themselves untouched), as SparseCBM does after each epoch.
+    ``fisher="diagonal"``: the diagonal-Fisher fallback instead of the ``block``-sized blocks."""
+    from .obs_pruning import diagonal_saliency, keep_mask, obs_saliency
+
+    if fisher not in FISHERS:
+        raise ConceptMaskError(f"unknown fisher {fisher!r}; choose one of {', '.join(FISHERS)}")
 
     if model.masks is None:
         raise ConceptMaskError("a dense JointCBM has no masks to prune")
     params = dict(model.backbone.named_parameters())
     for i, n in enumerate(model.masks.names):
-        saliency = obs_saliency(params[n], grads[n], block=block, damp=damp)
+        saliency = (obs_saliency(params[n], grads[n], block=block, damp=damp) if fisher == "block"
+                    else diagonal_saliency(params[n], grads[n], damp=damp))
         model.masks.mask(i)[concept] = keep_mask(saliency, sparsity)
 
 

@@ -2,10 +2,12 @@
 
 Training (``train_sparse_cbm``): Adam on the top layers and the heads, SparseCBM's joint loss, and after each epoch of
 the pruning schedule every concept's masks set anew from OBS saliencies of ``fisher_batches`` mini-batch gradients;
-the checkpoint with the best dev task accuracy is kept (the released script tests the last epoch). Each epoch is
+the checkpoint with the best dev task accuracy among the epochs at the final sparsity is kept (the released script
+tests the last epoch). Each epoch is
 saved (safetensors + JSON), so a killed run resumes from its last finished epoch with the same result.
 Evaluation reports accuracy and both macro-F1s: scikit-learn's and SparseCBM's own (the mean over classes of a
-one-vs-rest macro-F1), named apart."""
+one-vs-rest macro-F1), named apart. The same loop trains the baselines: a dense JointCBM (no masks) and a
+:class:`~iti.concepts.joint_cbm.PooledClassifier` (plain fine-tuning, no bottleneck)."""
 from __future__ import annotations
 
 import json
@@ -16,7 +18,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from sklearn.metrics import f1_score
 
 from ..io import atomic_save_safetensors, atomic_write_json
 from .bottleneck import task_and_concept_metrics
@@ -39,24 +40,8 @@ class TrainingSchedule:
     fisher_batches: int = 20
     block: int = 20
     damp: float = 1e-7
+    fisher: str = "block"
     seed: int = 0
-
-
-def original_macro_f1(true: np.ndarray, pred: np.ndarray) -> float:
-    """SparseCBM's "macro F1": for each class present in ``true``, the macro-F1 of the binary one-vs-rest problem,
-    then their mean (higher than scikit-learn's multi-class macro-F1)."""
-    classes = np.unique(true)
-    return float(np.mean([f1_score(true == c, pred == c, average="macro") for c in classes]))
-
-
-def metrics(pred_labels: np.ndarray, labels: np.ndarray, pred_concepts: np.ndarray, concepts: np.ndarray) -> dict[str, float]:
-    """The concepts wing's figures (:func:`~iti.concepts.bottleneck.task_and_concept_metrics`: accuracy and
-    scikit-learn's macro-F1, per aspect and their mean) plus SparseCBM's own macro-F1, named apart."""
-    out = task_and_concept_metrics(pred_labels, labels, pred_concepts, concepts)
-    out["task_macro_f1_sparsecbm"] = original_macro_f1(labels, pred_labels)
-    out["concept_macro_f1_sparsecbm"] = float(np.mean([original_macro_f1(concepts[:, j], pred_concepts[:, j])
-                                                       for j in range(concepts.shape[1])]))
-    return out
 
 
 @torch.no_grad()
@@ -72,11 +57,11 @@ def predict(model: JointCBM, batches: Sequence[Batch]) -> tuple[np.ndarray, np.n
 
 
 def evaluate(model: JointCBM, batches: Sequence[Batch]) -> dict[str, float]:
-    """:func:`metrics` of the model's predictions on ``batches``."""
+    """:func:`~iti.concepts.bottleneck.task_and_concept_metrics` of the model's predictions on ``batches``."""
     pred_labels, pred_concepts = predict(model, batches)
     labels = torch.cat([b[3] for b in batches]).numpy()
     concepts = torch.cat([b[2] for b in batches]).numpy()
-    return metrics(pred_labels, labels, pred_concepts, concepts)
+    return task_and_concept_metrics(pred_labels, labels, pred_concepts, concepts)
 
 
 def mask_intervention(model: JointCBM, batches: Sequence[Batch], portion: float = 0.3) -> dict[str, Any]:
@@ -107,8 +92,47 @@ def mask_intervention(model: JointCBM, batches: Sequence[Batch], portion: float 
             gold_l.append(int(labels[i]))
             gold_c.append(gold.tolist())
     gl, gc = np.array(gold_l), np.array(gold_c)
-    return {"before": metrics(np.array(before_l), gl, np.array(before_c), gc),
-            "after": metrics(np.array(after_l), gl, np.array(after_c), gc), "concepts_intervened": changed}
+    return {"before": task_and_concept_metrics(np.array(before_l), gl, np.array(before_c), gc),
+            "after": task_and_concept_metrics(np.array(after_l), gl, np.array(after_c), gc),
+            "concepts_intervened": changed}
+
+
+@torch.no_grad()
+def typical_concept_logits(model: JointCBM, batches: Sequence[Batch]) -> torch.Tensor:
+    """(n_concepts, classes, classes): for each concept and gold class, the mean concept-logit vector over the
+    reviews of ``batches`` (train) of that class; what the standard CBM intervention writes in for a concept set to
+    gold (Koh et al. set a concept to a typical value of its training distribution)."""
+    model.eval()
+    logits, gold = [], []
+    for inputs, attn, concepts, _ in batches:
+        logits.append(model(inputs, attn)[0])
+        gold.append(concepts)
+    every, labels = torch.cat(logits, 1), torch.cat(gold)  # (C, N, K), (N, C)
+    C, _, K = every.shape
+    out = torch.zeros(C, K, K, dtype=every.dtype)
+    for c in range(C):
+        for k in range(K):
+            chosen = every[c, labels[:, c] == k]
+            out[c, k] = chosen.mean(0) if len(chosen) else torch.nn.functional.one_hot(torch.tensor(k), K).to(every.dtype) * 10
+    return out
+
+
+@torch.no_grad()
+def gold_concept_intervention(model: JointCBM, batches: Sequence[Batch], typical: torch.Tensor) -> dict[str, Any]:
+    """The standard CBM test-time intervention beside SparseCBM's: every mispredicted concept's logits replaced by the
+    typical logits of its gold class (:func:`typical_concept_logits`), then the label head reads them. Returns the task
+    metrics after it and how many concepts were set."""
+    model.eval()
+    after, gold_labels, changed = [], [], 0
+    for inputs, attn, concepts, labels in batches:
+        logits, _ = model(inputs, attn)
+        wrong = logits.argmax(-1) != concepts.T  # (C, B)
+        fixed = torch.where(wrong[..., None], typical[torch.arange(len(logits))[:, None], concepts.T], logits)
+        changed += int(wrong.sum())
+        after.append(model.label_head(fixed.permute(1, 0, 2).flatten(1)).argmax(-1))
+        gold_labels.append(labels)
+    pred, gold = torch.cat(after).numpy(), torch.cat(gold_labels).numpy()
+    return {"after": task_and_concept_metrics(pred, gold), "concepts_set": changed}
 
 
 def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -169,17 +193,18 @@ def train_sparse_cbm(model: JointCBM, train: Sequence[Batch], dev: Sequence[Batc
             loss.backward()
             optimizer.step()
             losses.append(float(loss.detach()))
-        sparsity = scheduled_sparsity(epoch, schedule.prune_start, schedule.prune_end, schedule.initial_sparsity,
-                                      schedule.final_sparsity)
+        sparsity = None if model.masks is None else scheduled_sparsity(
+            epoch, schedule.prune_start, schedule.prune_end, schedule.initial_sparsity, schedule.final_sparsity)
         if sparsity is not None and model.masks is not None:
             fisher = [train[k] for k in order[: schedule.fisher_batches]]
             for c in range(model.masks.n_concepts):
                 grads = masked_weight_gradients(model, fisher, c, schedule.concept_weight)
-                prune_concept(model, c, grads, sparsity, schedule.block, schedule.damp)
+                prune_concept(model, c, grads, sparsity, schedule.block, schedule.damp, schedule.fisher)
         dev_metrics = evaluate(model, dev)
         record["history"].append({"epoch": epoch, "train_loss": float(np.mean(losses)), "sparsity": sparsity, **dev_metrics})
         record["epoch"] = epoch
-        if dev_metrics["task_accuracy"] > record["best_dev_task_accuracy"]:
+        pruned_to_final = model.masks is None or epoch >= schedule.prune_end  # the kept model has the sparsity it claims
+        if pruned_to_final and dev_metrics["task_accuracy"] > record["best_dev_task_accuracy"]:
             record["best_epoch"], record["best_dev_task_accuracy"] = epoch, dev_metrics["task_accuracy"]
             _save_epoch(model, optimizer, out, record, "best")
         _save_epoch(model, optimizer, out, record, "last")

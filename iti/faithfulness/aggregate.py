@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import EmptyInputError, ItiError
-from ..io import atomic_write_text, read_json
-from .report import ANSWERABLE_NOTE, format_ci, outcome_indicators, save_figure, stats_from_indicators
+from ..io import atomic_save_figure, atomic_write_text, read_json
+from .report import ANSWERABLE_NOTE, format_ci, outcome_indicators, stats_from_indicators
 
 
 class ReportInputError(ItiError, ValueError):
@@ -212,7 +212,7 @@ def plot_report(rows: Sequence[ReportRow], out: Path) -> list[Path]:
             ax.legend(fontsize=7, loc="upper right")
         fig.suptitle(f"{metric} with 95% bootstrap CIs (default task config)", fontsize=10)
         fig.tight_layout()
-        written.append(save_figure(fig, out / f"{metric}.png"))
+        written.append(atomic_save_figure(fig, out / f"{metric}.png"))
     variants = [r for r in rows if r.task != "classify"]
     cells = {(r.model, r.arm, r.dataset, r.task) for r in variants}
     persona = [c for c in sorted(cells) if len({r.config for r in variants if (r.model, r.arm, r.dataset, r.task) == c}) > 1]
@@ -225,7 +225,7 @@ def plot_report(rows: Sequence[ReportRow], out: Path) -> list[Path]:
             ax.set_ylabel("faithfulness", fontsize=8)
         fig.suptitle("task config (persona) variants side by side, 95% bootstrap CIs", fontsize=10)
         fig.tight_layout()
-        written.append(save_figure(fig, out / "persona.png"))
+        written.append(atomic_save_figure(fig, out / "persona.png"))
     return written
 
 

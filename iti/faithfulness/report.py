@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..io import atomic_save_figure
 from ..stats import mcnemar_detectable_difference, mcnemar_exact, mcnemar_min_pairs
 from .tasks import SampleResult
 
@@ -290,16 +291,4 @@ def plot_comparison(rows: list[dict], path: Path) -> Path:
         ax.set_ylabel(metric)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    return save_figure(fig, path)
-
-
-def save_figure(fig, path: Path) -> Path:
-    """Write ``fig`` as a PNG atomically (a half-written figure never replaces a good one) and close it."""
-    import matplotlib.pyplot as plt
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return atomic_save_figure(fig, path)

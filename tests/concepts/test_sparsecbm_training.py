@@ -8,9 +8,10 @@ import pytest
 import torch
 
 import iti.concepts.sparsecbm_training as training
+from iti.concepts.bottleneck import original_macro_f1
 from iti.concepts.concept_masks import ConceptMasks, masked_linear_names
 from iti.concepts.joint_cbm import JointCBM, lower_hidden_states, split_backbone
-from iti.concepts.sparsecbm_training import TrainingSchedule, evaluate, mask_intervention, original_macro_f1, train_sparse_cbm
+from iti.concepts.sparsecbm_training import TrainingSchedule, evaluate, mask_intervention, train_sparse_cbm
 
 from ..conftest import make_tiny_model
 
