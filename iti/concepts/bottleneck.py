@@ -160,8 +160,9 @@ def original_macro_f1(true: np.ndarray, pred: np.ndarray) -> float:
 
 
 def task_and_concept_metrics(pred_ratings, ratings, pred_concepts=None, concepts=None) -> dict[str, float]:
-    """Accuracy and two macro-F1s for the rating and per aspect: scikit-learn's (``*_macro_f1``) and SparseCBM's own
-    (``*_macro_f1_sparsecbm``, :func:`original_macro_f1`), named apart. Without concepts (a model with no bottleneck),
+    """Accuracy and two macro-F1s for the rating and per aspect: scikit-learn's (``*_macro_f1``; the concepts' is the
+    mean over aspects) and SparseCBM's own (``*_macro_f1_sparsecbm``, :func:`original_macro_f1`; the concepts' pools
+    every (review, aspect) pair, as SparseCBM computes it), named apart. Without concepts (a model with no bottleneck),
     the rating's only."""
     out = {"task_accuracy": float(accuracy_score(ratings, pred_ratings)),
            "task_macro_f1": float(f1_score(ratings, pred_ratings, average="macro")),
@@ -173,8 +174,10 @@ def task_and_concept_metrics(pred_ratings, ratings, pred_concepts=None, concepts
         out[f"{aspect}_macro_f1"] = float(f1_score(concepts[:, j], pred_concepts[:, j], average="macro", labels=[0, 1, 2],
                                                      zero_division=0))
         out[f"{aspect}_macro_f1_sparsecbm"] = original_macro_f1(concepts[:, j], pred_concepts[:, j])
-    for name in ("accuracy", "macro_f1", "macro_f1_sparsecbm"):
+    for name in ("accuracy", "macro_f1"):
         out[f"concept_{name}"] = float(np.mean([out[f"{a}_{name}"] for a in ASPECTS]))
+    # SparseCBM's concept macro-F1 pools the (review, aspect) pairs of all four aspects, as its code does
+    out["concept_macro_f1_sparsecbm"] = original_macro_f1(np.asarray(concepts).ravel(), np.asarray(pred_concepts).ravel())
     return out
 
 

@@ -69,7 +69,7 @@ class SparseCBMConfig:
         "help": "empirical Fisher of the OBS saliency: block-diagonal, or its diagonal (the low-memory fallback)",
         "choices": FISHERS})
     fisher_batches: int = field(default=20, metadata={"help": "mini-batch gradients in the empirical Fisher (oBERT: 20)"})
-    block: int = field(default=20, metadata={"help": "Fisher block size (oBERT: 50; 20 fits a CPU)"})
+    block: int = field(default=20, metadata={"help": "Fisher block size (SparseCBM: 20)"})
     damp: float = field(default=1e-7, metadata={"help": "Fisher dampening"})
     mask_portion: float = field(default=0.3, metadata={
         "help": "share of a mask pruned and regrown by the intervention (SparseCBM's MASK_PORTION)"})

@@ -102,3 +102,23 @@ def test_both_macro_f1_definitions():
     assert original_macro_f1(true, pred) == pytest.approx(want)
     sk = np.mean([f1(true == c, pred == c) for c in (0, 1, 2)])
     assert original_macro_f1(true, pred) > sk  # the original's figure comes out higher
+
+
+def test_sparsecbm_concept_macro_f1_pools_the_four_aspects_as_its_code_does():
+    from iti.concepts.bottleneck import task_and_concept_metrics
+
+    rng = np.random.default_rng(0)
+    concepts, pred = rng.integers(0, 3, (30, 4)), rng.integers(0, 3, (30, 4))
+    pred[:, 0] = concepts[:, 0]  # one aspect right: pooling and averaging over aspects then differ
+    t, p = concepts.ravel(), pred.ravel()
+
+    def f1(a, b):
+        tp, fp, fn = np.sum(a & b), np.sum(~a & b), np.sum(a & ~b)
+        return 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0
+
+    pooled = np.mean([(f1(t == c, p == c) + f1(t != c, p != c)) / 2 for c in (0, 1, 2)])
+    m = task_and_concept_metrics(np.zeros(30, int), np.zeros(30, int), pred, concepts)
+    assert m["concept_macro_f1_sparsecbm"] == pytest.approx(pooled)
+    assert m["concept_macro_f1_sparsecbm"] != pytest.approx(np.mean([m[f"{a}_macro_f1_sparsecbm"] for a in
+                                                                     ("food", "service", "ambiance", "noise")]))
+    assert m["concept_accuracy"] == pytest.approx(float((concepts == pred).mean()))
