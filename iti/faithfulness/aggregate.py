@@ -58,7 +58,8 @@ def _samples(run: Path, dataset: str, task: str, arm: str) -> list[dict[str, Any
     path = run / "samples" / f"{dataset}_{task}_{arm}.jsonl"
     if not path.is_file():
         raise ReportInputError(f"{path} is missing: the run is not finished (or was moved without its samples/)")
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    # split on "\n" only: an answer may hold U+2028 or U+0085, which JSON keeps raw and splitlines() would cut at
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").split("\n") if line.strip()]
 
 
 def _token_counter(model: str):

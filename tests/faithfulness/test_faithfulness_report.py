@@ -28,7 +28,7 @@ def two_runs(tmp_path_factory) -> tuple[Path, Path, Path]:
 def _samples(run: Path) -> dict[tuple[str, str, str], list[dict]]:
     out = {}
     for path in (run / "samples").glob("*.jsonl"):
-        lines = [json.loads(x) for x in path.read_text().splitlines()]
+        lines = [json.loads(x) for x in path.read_text().split("\n") if x.strip()]
         out[(lines[0]["dataset"], lines[0]["task"], lines[0]["arm"])] = lines
     return out
 
@@ -85,3 +85,18 @@ def test_what_is_not_a_finished_run_is_refused(two_runs, tmp_path):
     (broken / "summary.json").write_text((a / "summary.json").read_text())
     with pytest.raises(ReportInputError, match="rte_classify_plain.jsonl is missing"):
         collect_rows([broken], tokens=False)
+
+
+def test_an_answer_holding_a_unicode_line_separator_is_read_whole(two_runs, tmp_path):
+    import shutil
+
+    _, a, _ = two_runs
+    run = tmp_path / "run"
+    shutil.copytree(a, run)
+    path = run / "samples" / "rte_classify_plain.jsonl"
+    rows = [json.loads(x) for x in path.read_text().split("\n") if x.strip()]
+    rows[0]["classify"]["response"] = "Yes\u2028and\x85more"  # raw in the file (ensure_ascii=False), as the runner writes
+    path.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n", encoding="utf-8")
+    assert "\u2028" in path.read_text(encoding="utf-8")
+    got = [r for r in collect_rows([str(run)], tokens=False) if r.dataset == "rte" and r.task == "classify"]
+    assert got and got[0].n == len(rows)
