@@ -212,7 +212,7 @@ def train_sparse_cbm(model: JointCBM, train: Sequence[Batch], dev: Sequence[Batc
             _save_epoch(model, optimizer, out, record, "best")
         _save_epoch(model, optimizer, out, record, "last")
         if progress:
-            shown = "none (dense)" if sparsity is None else f"{sparsity:.3f}"
+            shown = "none" if sparsity is None else f"{sparsity:.3f}"
             print(f"[sparsecbm] epoch {epoch}: loss {np.mean(losses):.3f}, sparsity {shown}, dev task accuracy "
                   f"{dev_metrics['task_accuracy']:.3f}", flush=True)
     _load_epoch(model, None, out, "best")
