@@ -136,21 +136,34 @@ def _numbers(summary: dict) -> dict:
     return summary
 
 
-def test_a_small_cebab_run_trains_prunes_intervenes_and_a_rerun_with_the_same_seed_gives_the_same_numbers(tmp_path, smollm2):
-    settings = dict(max_reviews=16, epochs=3, prune_start=1, prune_end=2, sparsity_curve=(), fisher_batches=1, block=8,
-                    batch_size=8, head_ks=(1,), attribution_reviews=1, progress=False)
-    first = run_sparsecbm(SparseCBMConfig(output_dir=str(tmp_path / "a"), **settings))
+SMALL = dict(max_reviews=16, epochs=3, prune_start=1, prune_end=2, sparsity_curve=(), fisher_batches=1, block=8,
+             batch_size=8, head_ks=(1,), attribution_reviews=1, progress=False)
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory, smollm2):
+    out = tmp_path_factory.mktemp("sparsecbm") / "a"
+    return out, run_sparsecbm(SparseCBMConfig(output_dir=str(out), **SMALL))
+
+
+def test_a_small_cebab_run_trains_prunes_intervenes_and_resumes_to_the_same_numbers(small_run):
+    out, first = small_run
     main = next(m for m in first["models"] if m["model"] == first["main"])
     assert main["best_epoch"] == 2 and first["masks"]["mean_sparsity"]["food"] == pytest.approx(0.7, abs=1e-3)
     assert {m["kind"] for m in first["models"]} == {"sparsecbm", "dense", "finetune"}
     assert first["mask_intervention_test"]["concepts_intervened"] > 0
     for name in ("results.md", "predictions_test.jsonl", "attributions.json", "masks.png", "sparsity_accuracy.png",
                  "attributions.png"):
-        assert (tmp_path / "a" / name).is_file(), name
-    y = [json.loads(line)["rating"] for line in (tmp_path / "a" / "predictions_test.jsonl").read_text().splitlines()]
+        assert (out / name).is_file(), name
+    y = [json.loads(line)["rating"] for line in (out / "predictions_test.jsonl").read_text().splitlines()]
     majority = first["majority_test"]["task_accuracy"]
     assert any(majority == pytest.approx(np.mean(np.array(y) == k)) for k in range(1, 6))  # one rating's share
-    second = run_sparsecbm(SparseCBMConfig(output_dir=str(tmp_path / "b"), **settings))
-    assert _numbers(second) == _numbers(first)
-    again = run_sparsecbm(SparseCBMConfig(output_dir=str(tmp_path / "a"), **settings))  # finished: resumes to the same
+    again = run_sparsecbm(SparseCBMConfig(output_dir=str(out), **SMALL))  # finished: read back, scored again
     assert _numbers(again) == _numbers(first)
+
+
+@pytest.mark.slow  # a second run from scratch (about a minute on 2 cores)
+def test_a_rerun_from_scratch_with_the_same_seed_gives_the_same_numbers(small_run, tmp_path):
+    _, first = small_run
+    second = run_sparsecbm(SparseCBMConfig(output_dir=str(tmp_path / "b"), **SMALL))
+    assert _numbers(second) == _numbers(first)
