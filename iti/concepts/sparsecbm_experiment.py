@@ -150,12 +150,6 @@ def run_directory(out: str | Path) -> RunDirectory:
                                                              "attributions.json", "*.png"))
 
 
-def _sample(split: CebabSplit, n: int | None, seed: int) -> CebabSplit:
-    from .experiment import _sample as sample
-
-    return sample(split, n, seed)
-
-
 def review_batches(backbone: torch.nn.Module, tok: Any, split: CebabSplit, batch_size: int, max_length: int,
                    trainable_layers: int, order: np.ndarray, progress: bool = False) -> list[Batch]:
     """Mini-batches of (hidden states entering the top layers (B, T, d), attention mask, concepts (B, 4), ratings (B,))
@@ -239,9 +233,10 @@ def mask_summary(cbm: JointCBM, first_layer: int = 0) -> dict[str, Any]:
     for i, n in enumerate(masks.names):
         counts = masks.mask(i).reshape(masks.n_concepts, -1).sum(0)
         kept_by[full_name(n)] = (torch.bincount(counts, minlength=masks.n_concepts + 1).double() / counts.numel()).tolist()
+    sparsity = {a: masks.sparsity(c) for c, a in enumerate(ASPECTS)}
     return {"names": [full_name(n) for n in masks.names],
-            "sparsity": {a: {full_name(n): v for n, v in masks.sparsity(c).items()} for c, a in enumerate(ASPECTS)},
-            "mean_sparsity": {a: float(np.mean(list(masks.sparsity(c).values()))) for c, a in enumerate(ASPECTS)},
+            "sparsity": {a: {full_name(n): v for n, v in per.items()} for a, per in sparsity.items()},
+            "mean_sparsity": {a: float(np.mean(list(per.values()))) for a, per in sparsity.items()},
             "kept_by_concepts": kept_by,
             "overlap": [[masks.overlap(a, b) for b in range(len(ASPECTS))] for a in range(len(ASPECTS))]}
 
@@ -291,6 +286,7 @@ def run_sparsecbm(cfg: SparseCBMConfig) -> dict[str, Any]:
 
 def _run_claimed(cfg: SparseCBMConfig, model: Any, tok: Any, t0: float) -> dict[str, Any]:
     from .cebab import majority_baseline
+    from .experiment import _sample
 
     out = Path(cfg.output_dir)
     used = {s: _sample(load_cebab(s, cfg.data_dir), cfg.max_reviews, cfg.seed) for s in SPLIT_NAMES}
