@@ -156,6 +156,23 @@ def prune_concept(model: JointCBM, concept: int, grads: dict[str, torch.Tensor],
         model.masks.mask(i)[concept] = keep_mask(saliency, sparsity)
 
 
+def smallest_first(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """A boolean mask of the ``k`` smallest entries of the flat ``scores``, ties going to the lower index: the first
+    ``k`` of a stable argsort, found with one selection (``kthvalue``) instead of a sort, which made the mask
+    intervention ~6x slower on SmolLM2's MLP matrices."""
+    flat = scores.detach().reshape(-1).float()
+    chosen = torch.zeros(flat.numel(), dtype=torch.bool, device=flat.device)
+    if k <= 0:
+        return chosen
+    if k >= flat.numel():
+        return ~chosen
+    threshold = torch.kthvalue(flat, k).values
+    chosen |= flat < threshold
+    ties = (flat == threshold).nonzero().flatten()[: k - int(chosen.sum())]
+    chosen[ties] = True
+    return chosen
+
+
 def regrow_concept_mask(model: JointCBM, concept: int, inputs: torch.Tensor, attention_mask: torch.Tensor,
                         gold: torch.Tensor, portion: float = 0.3) -> list[torch.Tensor]:
     """SparseCBM's inference-time intervention on one concept's subnetwork: back-propagate the concept's loss
@@ -177,13 +194,11 @@ def regrow_concept_mask(model: JointCBM, concept: int, inputs: torch.Tensor, att
         grad, w = m.grad.detach(), params[n].detach()  # type: ignore[union-attr]
         flat_mask = m.detach().reshape(-1)
         pruned, change = int((flat_mask == 0).sum()), int(portion * flat_mask.numel())
-        new = torch.ones_like(flat_mask)
-        new[torch.argsort((m.detach() * grad * w).abs().reshape(-1), stable=True)[:pruned + change]] = 0
+        new = (~smallest_first((m.detach() * grad * w).abs().reshape(-1), pruned + change)).to(flat_mask.dtype)
         grow_score = ((1 - new) * (grad * w).reshape(-1)).abs() + 1e10 * new
-        regrown = torch.ones_like(flat_mask)
-        regrown[torch.argsort(grow_score, stable=True)[:pruned]] = 0
+        regrown = ~smallest_first(grow_score, pruned)
         saved.append(masks.mask(i)[concept].clone())
-        masks.mask(i)[concept] = regrown.reshape(m.shape).bool()
+        masks.mask(i)[concept] = regrown.reshape(m.shape)
     model.zero_grad(set_to_none=True)
     return saved
 

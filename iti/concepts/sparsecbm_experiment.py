@@ -318,7 +318,8 @@ def _run_claimed(cfg: SparseCBMConfig, model: Any, tok: Any, t0: float) -> dict[
         "sizes": {s: len(v) for s, v in used.items()},
         "masked_weights": main.masks.names if main.masks is not None else [],
         "models": rows, "main": main_name,
-        "mask_intervention_test": mask_intervention(main, batches["test"], cfg.mask_portion, cfg.progress),
+        "mask_intervention_test": mask_intervention(main, batches["test"], cfg.mask_portion, cfg.progress,
+                                                    out / "mask_intervention_test.json"),
         "gold_concept_intervention_test": gold_concept_intervention(main, batches["test"], typical),
         "masks": mask_summary(main, int(model.config.num_hidden_layers) - cfg.trainable_layers),
     }
@@ -355,10 +356,10 @@ def _frozen_head_baseline(cfg: SparseCBMConfig, model, tok, used: dict[str, Ceba
     """``iti concepts``' bottleneck on the frozen model's last-token head outputs (k chosen on dev), with its oracle
     correction, on the same reviews."""
     from ..models import resolve_model
-    from .experiment import _features, head_bottleneck_sweep
+    from .experiment import ConceptConfig, _features, head_bottleneck_sweep
 
     groups = [r.original_id for r in used["train_exclusive"].reviews]
-    label_folds = 5
+    label_folds = int(ConceptConfig.__dataclass_fields__["label_folds"].default)  # type: ignore[arg-type]  # the same folds as `iti concepts`
     grouped_folds(groups, label_folds, cfg.seed)
     name = resolve_model(cfg.model).name
     X = {s: _features(model, tok, name, v, out, cfg.batch_size, cfg.progress) for s, v in used.items()}

@@ -21,6 +21,7 @@ import torch
 
 from ..io import atomic_save_safetensors, atomic_write_json
 from .bottleneck import task_and_concept_metrics
+from .concept_masks import ConceptMaskError
 from .joint_cbm import JointCBM, joint_loss, masked_weight_gradients, prune_concept, regrow_concept_mask, restore_concept_mask
 from .obs_pruning import scheduled_sparsity
 
@@ -65,22 +66,30 @@ def evaluate(model: JointCBM, batches: Sequence[Batch]) -> dict[str, float]:
 
 
 def mask_intervention(model: JointCBM, batches: Sequence[Batch], portion: float = 0.3,
-                      progress: bool = False) -> dict[str, Any]:
+                      progress: bool = False, checkpoint: Path | None = None) -> dict[str, Any]:
     """SparseCBM's test-time intervention, one review at a time: for each concept the model gets wrong, prune and
     regrow that concept's mask toward the gold label, read the concept again, restore the mask; the label head then
-    reads the concept logits as they are after the interventions. Returns metrics before and after."""
-    model.eval()
-    before_l, before_c, after_l, after_c, gold_l, gold_c = [], [], [], [], [], []
+    reads the concept logits as they are after the interventions. Returns metrics before and after. With
+    ``checkpoint`` (a JSON path) each finished batch is recorded there atomically, and a rerun resumes after it."""
     from tqdm.auto import tqdm
 
-    changed = 0
-    for inputs, attn, concepts, labels in tqdm(batches, desc="mask intervention", unit="batch", disable=not progress):
+    model.eval()
+    done: list[dict[str, Any]] = []
+    if checkpoint is not None and checkpoint.is_file():
+        stored = json.loads(checkpoint.read_text())
+        if stored.get("portion") != portion or stored.get("batches") != len(batches):
+            raise ConceptMaskError(f"{checkpoint} holds a mask intervention with portion {stored.get('portion')} over "
+                                   f"{stored.get('batches')} batches, not {portion} over {len(batches)}; remove it")
+        done = stored["records"]
+    for inputs, attn, concepts, _labels in tqdm(batches[len(done):], desc="mask intervention", unit="batch",
+                                               initial=len(done), total=len(batches), disable=not progress):
+        record: dict[str, Any] = {"before_l": [], "before_c": [], "after_l": [], "after_c": [], "changed": 0}
         for i in range(inputs.shape[0]):
             x, a, gold = inputs[i : i + 1], attn[i : i + 1], concepts[i]
             with torch.no_grad():
                 logits, label_logits = model(x, a)
-            before_l.append(int(label_logits.argmax()))
-            before_c.append(logits.argmax(-1)[:, 0].tolist())
+            record["before_l"].append(int(label_logits.argmax()))
+            record["before_c"].append(logits.argmax(-1)[:, 0].tolist())
             fixed = logits.clone()
             for c in range(logits.shape[0]):
                 if int(logits[c, 0].argmax()) != int(gold[c]):
@@ -88,16 +97,22 @@ def mask_intervention(model: JointCBM, batches: Sequence[Batch], portion: float 
                     with torch.no_grad():
                         fixed[c] = model.concept_logits(x, a, c)
                     restore_concept_mask(model, c, saved)
-                    changed += 1
+                    record["changed"] += 1
             with torch.no_grad():
-                after_l.append(int(model.label_head(fixed.permute(1, 0, 2).flatten(1)).argmax()))
-            after_c.append(fixed.argmax(-1)[:, 0].tolist())
-            gold_l.append(int(labels[i]))
-            gold_c.append(gold.tolist())
-    gl, gc = np.array(gold_l), np.array(gold_c)
-    return {"before": task_and_concept_metrics(np.array(before_l), gl, np.array(before_c), gc),
-            "after": task_and_concept_metrics(np.array(after_l), gl, np.array(after_c), gc),
-            "concepts_intervened": changed}
+                record["after_l"].append(int(model.label_head(fixed.permute(1, 0, 2).flatten(1)).argmax()))
+            record["after_c"].append(fixed.argmax(-1)[:, 0].tolist())
+        done.append(record)
+        if checkpoint is not None:
+            atomic_write_json(checkpoint, {"portion": portion, "batches": len(batches), "records": done})
+    gl = torch.cat([b[3] for b in batches]).numpy()
+    gc = torch.cat([b[2] for b in batches]).numpy()
+
+    def joined(key: str) -> np.ndarray:
+        return np.array([v for r in done for v in r[key]])
+
+    return {"before": task_and_concept_metrics(joined("before_l"), gl, joined("before_c"), gc),
+            "after": task_and_concept_metrics(joined("after_l"), gl, joined("after_c"), gc),
+            "concepts_intervened": sum(r["changed"] for r in done)}
 
 
 @torch.no_grad()

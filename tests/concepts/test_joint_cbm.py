@@ -167,3 +167,15 @@ def test_a_top_layers_backbone_fed_the_frozen_states_equals_the_full_backbone(ar
     model = JointCBM(split_backbone(backbone, 1))  # the bottleneck takes hidden states as its inputs
     concepts, labels = model(lower_hidden_states(backbone, ids, attn, 1), attn)
     assert concepts.shape == (4, 2, 3) and labels.shape == (2, 5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_smallest_first_is_the_head_of_a_stable_argsort_ties_included(dtype):
+    from iti.concepts.joint_cbm import smallest_first
+
+    g = torch.Generator().manual_seed(0)
+    scores = torch.randint(0, 6, (5000,), generator=g).to(dtype)  # heavy ties, as a mask's zeros give
+    for k in (0, 1, 777, 2500, 4999, 5000):
+        want = torch.zeros(5000, dtype=torch.bool)
+        want[torch.argsort(scores.float(), stable=True)[:k]] = True
+        assert torch.equal(smallest_first(scores, k), want)

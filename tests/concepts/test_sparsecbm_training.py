@@ -122,3 +122,42 @@ def test_sparsecbm_concept_macro_f1_pools_the_four_aspects_as_its_code_does():
     assert m["concept_macro_f1_sparsecbm"] != pytest.approx(np.mean([m[f"{a}_macro_f1_sparsecbm"] for a in
                                                                      ("food", "service", "ambiance", "noise")]))
     assert m["concept_accuracy"] == pytest.approx(float((concepts == pred).mean()))
+
+
+def test_a_killed_intervention_resumes_from_its_checkpoint_to_the_same_numbers(tmp_path, monkeypatch):
+    import iti.concepts.joint_cbm as joint_cbm
+    from iti.concepts.concept_masks import ConceptMaskError
+
+    backbone, model = _model()
+    data = _data(backbone, 12, 3)
+    for i in range(len(model.masks.names)):
+        m = model.masks.mask(i)
+        m &= torch.rand(m.shape, generator=torch.Generator().manual_seed(i)) > 0.3
+    whole = mask_intervention(model, data, portion=0.3)
+    real, calls = joint_cbm.regrow_concept_mask, {"n": 0}
+
+    def dies_late(*a, **k):  # killed in the last batch, after the first two were recorded
+        calls["n"] += 1
+        if calls["n"] > whole["concepts_intervened"] - 2:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(training, "regrow_concept_mask", dies_late)
+    with pytest.raises(KeyboardInterrupt):
+        mask_intervention(model, data, portion=0.3, checkpoint=tmp_path / "mi.json")
+    import json
+
+    assert 1 <= len(json.loads((tmp_path / "mi.json").read_text())["records"]) < len(data)
+    recorded = json.loads((tmp_path / "mi.json").read_text())["records"]
+    counted = {"n": 0}
+
+    def counts(*a, **k):
+        counted["n"] += 1
+        return real(*a, **k)
+
+    monkeypatch.setattr(training, "regrow_concept_mask", counts)
+    assert mask_intervention(model, data, portion=0.3, checkpoint=tmp_path / "mi.json") == whole
+    # only the unrecorded batches ran again
+    assert counted["n"] == whole["concepts_intervened"] - sum(r["changed"] for r in recorded)
+    with pytest.raises(ConceptMaskError, match="portion 0.3"):
+        mask_intervention(model, data, portion=0.5, checkpoint=tmp_path / "mi.json")
