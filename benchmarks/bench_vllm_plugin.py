@@ -14,6 +14,10 @@ Every check raises :class:`~benchmarks.bench_serving.ServeCheckError` when it fa
 5. the prefix cache: each prompt followed by its steered continuation, sent as a plain prompt after the steered
    request filled the cache, equal to the in-process plain tokens (steered K/V never reused by a plain request);
 6. bad requests (unknown name, non-finite strength, unknown positions) get a 400 with one line, the server keeps serving;
+6b. TruthfulQA answers (honest_llama's prompts, ``iti.truthfulqa.remote_generation``) from the plugin, plain and at each
+   strength, equal to iti's in-process ``generate_answers``; ``iti faithfulness --remote_steering`` calibrates the
+   strength over the same strengths against this one server (parse rates per strength), and its intervened answers
+   at the chosen strength equal the in-process run's;
 7. cost: output tokens/s at 1 and 16 concurrent requests, stock vLLM against the plugin unused, every request steered,
    and half steered, interleaved in one run.
 """
@@ -77,6 +81,66 @@ def _bad_request(url: str, xargs: dict[str, Any]) -> tuple[int, str]:
     except urllib.error.HTTPError as e:
         return e.code, str(json.loads(e.read())["error"]["message"])
     return 200, ""
+
+
+def _truthfulqa_answers(url: str, model: Any, tok: Any, inter: Any, n: int, strengths: tuple[float, ...]) -> dict[str, Any]:
+    """honest_llama's generation prompts (instruction + QA primer + question) for the first ``n`` questions: the
+    plugin's answers, plain and at each strength, against iti's in-process ``generate_answers``."""
+    from iti.openai_client import plugin_steering_args
+    from iti.truthfulqa.data import load_truthfulqa
+    from iti.truthfulqa.generation import generate_answers
+    from iti.truthfulqa.prompts import generation_prompt
+    from iti.truthfulqa.remote_generation import remote_answers
+
+    questions = [item.question for item in load_truthfulqa(max_questions=n).mc[:n]]
+    prompts = [generation_prompt(q) for q in questions]
+    out: dict[str, Any] = {"questions": questions, "settings": {}}
+    for strength in (None, *strengths):
+        label = "plain" if strength is None else f"alpha {strength:g}"
+        local = generate_answers(model, tok, prompts, intervention=None if strength is None else inter.with_alpha(strength),
+                                 progress=False)
+        remote = remote_answers(url, "smollm2", tok, prompts, progress=False,
+                                steering=None if strength is None else plugin_steering_args(NAME, strength, "last"))
+        out["settings"][label] = {"questions": len(prompts), "equal": sum(a == b for a, b in zip(local, remote)),
+                                  "answers": remote}
+    return out
+
+
+def _faithfulness_calibration(url: str, model: Any, tok: Any, work: Path, n: int,
+                              strengths: tuple[float, ...]) -> dict[str, Any]:
+    """``iti faithfulness --remote_steering`` against the one plugin server: a strength calibration over
+    ``strengths`` (RTE classify, ``n`` development and ``n`` reported samples), then the intervened arm at the
+    chosen alpha in process, answer for answer."""
+    from iti.errors import InvalidOptionError
+    from iti.faithfulness.experiment import FaithfulnessConfig, run_faithfulness
+
+    base = dict(model="smollm2-135m", datasets=("rte",), tasks=("classify",), max_samples=n, max_new_tokens=24,
+                classify_max_new_tokens=24, cache=str(work / "faithfulness.sqlite"), progress=False)
+    remote = FaithfulnessConfig(**base, remote_url=url, remote_plain_model="smollm2",  # type: ignore[arg-type]
+                                intervention=str(work / "library" / NAME), remote_steering=NAME,
+                                calibrate_alphas=strengths, dev_samples=n, max_workers=8,
+                                output_dir=str(work / "faithfulness" / "remote"))
+    t0 = time.perf_counter()
+    try:
+        run_faithfulness(remote)
+    except InvalidOptionError:
+        pass  # no strength qualified: calibration.json still says why; the in-process comparison uses the smallest
+    seconds = time.perf_counter() - t0
+    cal = json.loads((work / "faithfulness" / "remote" / "calibration.json").read_text())
+    chosen = cal["chosen"] if cal["chosen"] is not None else min(strengths)
+    local = FaithfulnessConfig(**base, intervention=str(work / "library" / NAME), alpha=chosen, batch_size=1,  # type: ignore[arg-type]
+                               output_dir=str(work / "faithfulness" / "local"))
+    run_faithfulness(local)
+
+    def answers(run: str) -> list[str]:
+        path = work / "faithfulness" / run / "samples" / "rte_classify_intervened.jsonl"
+        return [json.loads(line)["classify"]["response"] for line in path.read_text().split("\n") if line.strip()]
+
+    remote_answers, local_answers = answers("remote"), answers("local")
+    return {"alphas": list(strengths), "chosen": chosen, "plain_parsed": cal["plain"], "dev_samples": cal["total"],
+            "parsed_per_alpha": {f"{t['alpha']:g}": t["parsed"] for t in cal["trials"]},
+            "seconds_remote_calibration_and_run": round(seconds, 1), "samples": len(remote_answers),
+            "local_equal": sum(a == b for a, b in zip(remote_answers, local_answers))}
 
 
 def run(quick: bool = False, prompts: int = 10, new_tokens: int = 40, strengths: tuple[float, ...] = (5.0, 15.0, 30.0),
@@ -171,6 +235,15 @@ def run(quick: bool = False, prompts: int = 10, new_tokens: int = 40, strengths:
             _check(code == 400 and "\n" not in message, f"{what}: HTTP {code} {message!r}")
         _check(_request(plugin.url, ids[0], 4, None)["tokens"] == plain_tokens[0][:4], "the server stopped serving")
 
+        data["truthfulqa_answers"] = _truthfulqa_answers(plugin.url, model, tok, inter, prompts, strengths)
+        for label, v in data["truthfulqa_answers"]["settings"].items():
+            _check(v["equal"] == v["questions"], f"TruthfulQA answers {label}: {v['equal']}/{v['questions']} from the plugin "
+                   "equal iti's in-process generate_answers")
+        data["faithfulness_calibration"] = _faithfulness_calibration(plugin.url, model, tok, work, prompts, strengths)
+        fc = data["faithfulness_calibration"]
+        _check(fc["local_equal"] == fc["samples"], f"faithfulness intervened arm at alpha {fc['chosen']}: "
+               f"{fc['local_equal']}/{fc['samples']} plugin answers equal the in-process ones")
+
         tp_ids = (ids * (throughput_prompts // len(ids) + 1))[:throughput_prompts]
         cases = {"stock vLLM": (stock.url, [None] * len(tp_ids)),
                  "plugin, unused": (plugin.url, [None] * len(tp_ids)),
@@ -203,6 +276,14 @@ def run(quick: bool = False, prompts: int = 10, new_tokens: int = 40, strengths:
                       f"{len(ids)}", 1.0, "all equal", True))
     r.rows.append(Row("prefix cache: plain requests over steered continuations equal plain", f"{cache_same}/{len(cache_rows)}",
                       f"{len(cache_rows)}", 1.0, "all equal", True))
+    tqa = data["truthfulqa_answers"]["settings"]
+    r.rows.append(Row("TruthfulQA answers (honest_llama prompts) equal iti's generate_answers, plain + each alpha",
+                      f"{sum(v['equal'] for v in tqa.values())}/{sum(v['questions'] for v in tqa.values())}",
+                      f"{sum(v['questions'] for v in tqa.values())}", 1.0, "all equal", True))
+    fc = data["faithfulness_calibration"]
+    r.rows.append(Row(f"faithfulness --remote_steering: calibration over alphas {', '.join(f'{a:g}' for a in fc['alphas'])} on "
+                      f"one server (chosen {fc['chosen']:g}); intervened answers equal in process",
+                      f"{fc['local_equal']}/{fc['samples']}", f"{fc['samples']}", 1.0, "all equal", True))
     for concurrency, t in data["tokens_per_s"].items():
         base = t["stock vLLM"]
         for name in ("plugin, unused", "plugin, every request steered", "plugin, half steered"):

@@ -185,7 +185,15 @@ def same_model(recorded: str, target: str | os.PathLike) -> bool:
         made_for = resolve_model(recorded)
     except UnknownModelError:
         return recorded == wanted.name
-    return made_for.location == wanted.location
+    return _checkpoint_location(made_for) == _checkpoint_location(wanted)
+
+
+def _checkpoint_location(source: ModelSource) -> str:
+    """Where a source's weights are read from: an embedded model's de-quantized cache directory (where a model
+    loaded by its short name records itself), else its location."""
+    if source.kind == "embedded":
+        return os.path.realpath(cache_dir() / "models" / source.name)
+    return os.path.realpath(source.location) if source.kind == "local" else source.location
 
 
 #: The compute dtypes :func:`load_model` accepts by name (``auto``: float16 on a GPU; on the CPU bfloat16 where the CPU

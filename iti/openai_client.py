@@ -116,3 +116,16 @@ def list_models(url: str, *, api_key: str | None = None, timeout: float = 10.0) 
         raise EndpointError(f"{endpoint} answered HTTP {e.code}", status=e.code) from None
     except (urllib.error.URLError, OSError, ValueError, KeyError, TypeError) as e:
         raise EndpointError(f"{endpoint}: {type(e).__name__}: {e}") from None
+
+
+#: iti's vLLM plugin (``plugins/vllm``) reads a request's steering from these ``vllm_xargs`` keys
+PLUGIN_NAME_ARG, PLUGIN_STRENGTH_ARG, PLUGIN_POSITIONS_ARG = "iti", "iti_strength", "iti_positions"
+
+
+def plugin_steering_args(name: str, strength: float, positions: str = "last") -> dict[str, Any]:
+    """The ``vllm_xargs`` asking iti's vLLM plugin for the saved value ``name`` at ``strength`` (an intervention's
+    alpha; a steering value's multiplier) and ``positions`` (``last``: ITI's rule, the last prompt token and every
+    generated one; ``all``: every token, as a baked checkpoint)."""
+    if positions not in ("last", "all"):
+        raise ValueError(f"positions must be 'last' or 'all', got {positions!r}")
+    return {PLUGIN_NAME_ARG: name, PLUGIN_STRENGTH_ARG: float(strength), PLUGIN_POSITIONS_ARG: positions}

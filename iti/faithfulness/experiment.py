@@ -50,6 +50,7 @@ from .generate import (
     LocalGenerator,
     RemoteGenerator,
     ReplayGenerator,
+    plugin_steering,
     render_chat,
 )
 from .prompts import CONFIG_FLAGS, TASKS, PromptOptions, prompt_options, task_configs
@@ -146,6 +147,11 @@ class FaithfulnessConfig:
         "help": "endpoint serving the baked model when it is not --remote_url (vLLM serves one model per process)"})
     remote_baked: str | None = field(default=None, metadata={
         "help": "local copy of the served baked model: its iti_intervention/ keys the cache (else 'unverified remote')"})
+    remote_steering: str | None = field(default=None, metadata={
+        "help": "with --remote_url and --intervention: the intervened arm is the same server asked, per request, for "
+                "the iti vLLM plugin's steering of this name (its $ITI_VLLM_STEERING library holds --intervention's "
+                "files under it) at --alpha (default: the intervention's) and ITI's positions; --calibrate_alphas "
+                "then sweeps strengths against that one server. --intervention's local copy keys the cache"})
     max_workers: int = field(default=50, metadata={
         "help": "requests a remote arm keeps in flight at once (introspect's --max-workers; its default 50); answers "
                 "do not depend on it"})
@@ -215,7 +221,7 @@ def default_output_dir(cfg: FaithfulnessConfig) -> Path:
 
     from ..models import resolve_model
 
-    arm = ("iti" if cfg.intervention else "baked" if cfg.baked else
+    arm = ("remote-iti" if cfg.remote_steering else "iti" if cfg.intervention else "baked" if cfg.baked else
            "remote" if cfg.remote_url and cfg.remote_intervened_model else "remote-plain" if cfg.remote_url else "plain")
     parts = [resolve_model(cfg.model).name, arm, "-".join(cfg.datasets), "-".join(cfg.tasks),
              settings_fingerprint(run_settings(cfg))[:10]]
@@ -274,10 +280,10 @@ def _check_inputs(cfg: FaithfulnessConfig) -> dict[str, tuple[str, ...]]:
     check_existing_path("baked", cfg.baked)
     check_finite_nonneg("alpha", cfg.alpha, none_ok=True)
     if cfg.alpha is not None and not cfg.intervention:
-        raise refuse("alpha", "only with --intervention (a baked or served model's shift is fixed)", cfg.alpha)
+        raise refuse("alpha", "only with --intervention (a baked model's shift is fixed; a served one's too, unless --remote_steering)", cfg.alpha)
     if cfg.calibrate_alphas:
         if not cfg.intervention:
-            raise refuse("calibrate_alphas", "only with --intervention (a baked or served model's shift is fixed)",
+            raise refuse("calibrate_alphas", "only with --intervention (a baked model's shift is fixed; a served one's too, unless --remote_steering)",
                          list(cfg.calibrate_alphas))
         if cfg.alpha is not None:
             raise refuse("alpha", "not with --calibrate_alphas, which chooses it", cfg.alpha)
@@ -291,10 +297,17 @@ def _check_inputs(cfg: FaithfulnessConfig) -> dict[str, tuple[str, ...]]:
         _check_dev_room(cfg)  # before anything loads: --dev_samples within what the data sets keep
     check_range("max_parse_gap", cfg.max_parse_gap, 0.0, 1.0, why="a share of samples")
     if cfg.remote_url:
-        for name in ("intervention", "baked"):
-            if getattr(cfg, name):
-                raise refuse(name, "not with --remote_url (serve the baked model and pass --remote_intervened_model)",
-                             getattr(cfg, name))
+        if cfg.baked:
+            raise refuse("baked", "not with --remote_url (serve the baked model and pass --remote_intervened_model)",
+                         cfg.baked)
+        if cfg.intervention and not cfg.remote_steering:
+            raise refuse("intervention", "with --remote_url only beside --remote_steering (the plugin's name for it); "
+                                         "or serve the baked model and pass --remote_intervened_model", cfg.intervention)
+        if cfg.remote_steering and not cfg.intervention:
+            raise refuse("remote_steering", "needs --intervention: the local copy of the served steering, whose "
+                                            "fingerprint keys the cache (a served name is not an identity)", cfg.remote_steering)
+        if cfg.remote_steering and cfg.remote_intervened_model:
+            raise refuse("remote_steering", "or --remote_intervened_model, not both (one intervened arm)", cfg.remote_steering)
         if cfg.remote_baked and not cfg.remote_intervened_model:
             raise refuse("remote_baked", "only with --remote_intervened_model (the local copy of that served model)",
                          cfg.remote_baked)
@@ -306,7 +319,8 @@ def _check_inputs(cfg: FaithfulnessConfig) -> dict[str, tuple[str, ...]]:
                                          "model, whose iti_intervention/ keys the cache (a served name is not an identity)",
                          None)
     else:
-        for name in ("remote_plain_model", "remote_intervened_model", "remote_intervened_url", "remote_baked"):
+        for name in ("remote_plain_model", "remote_intervened_model", "remote_intervened_url", "remote_baked",
+                     "remote_steering"):
             if getattr(cfg, name):
                 raise refuse(name, "only with --remote_url", getattr(cfg, name))
     check_existing_path("remote_baked", cfg.remote_baked)
@@ -360,6 +374,14 @@ def build_arms(cfg: FaithfulnessConfig, cache: GenerationCache | None) -> tuple[
         # one answer per request, each stored as it arrives: a failure loses nothing that was finished
         arms["plain"] = CachedGenerator(RemoteGenerator(cfg.remote_url, plain, model_id=remote_model_id(cfg.remote_url, plain, served),
                                                         timeout=cfg.remote_timeout, tokenizer=tokenizer), cache, chunk=1, retry_errors=cfg.retry_errors, name=plain)
+        if cfg.remote_steering:
+            assert cfg.intervention is not None  # required with remote_steering (validate)
+            inter = Intervention.load(cfg.intervention)  # made for cfg.model: checked by validate()
+            steering, steering_id = plugin_steering(cfg.remote_steering, inter, inter.alpha if cfg.alpha is None else cfg.alpha)
+            plain_gen = arms["plain"].inner
+            assert isinstance(plain_gen, RemoteGenerator)
+            arms["intervened"] = CachedGenerator(plain_gen.steered(steering, steering_id), cache, chunk=1,
+                                                 retry_errors=cfg.retry_errors, name=f"{plain}+{cfg.remote_steering}")
         if cfg.remote_intervened_model:
             assert cfg.remote_baked is not None  # required with remote_intervened_model (validate)
             url = cfg.remote_intervened_url or cfg.remote_url
@@ -639,19 +661,26 @@ def _calibrate(cfg: FaithfulnessConfig, arms: dict[str, CachedGenerator], cache:
                settings: GenerationSettings, out: Path) -> dict[str, Any]:
     """Choose the intervened arm's alpha on the development samples (see :mod:`iti.faithfulness.calibrate`), put it
     into ``arms["intervened"]`` and write calibration.json / calibration.md; refuse when no candidate qualifies."""
+    from ..intervention import Intervention
     from .calibrate import calibrate_strength, calibration_markdown, development_samples
 
     inner = arms["intervened"].inner
-    assert isinstance(inner, LocalGenerator) and inner.intervention is not None  # --calibrate_alphas needs --intervention
-
     built: dict[float, CachedGenerator] = {}
 
     def at(alpha: float) -> CachedGenerator:
         if alpha not in built:  # the chosen one is reused for the reported run
-            assert inner.intervention is not None
-            gen = LocalGenerator(inner.model, inner.tokenizer, model_id=inner.model_id,
-                                 intervention=inner.intervention.with_alpha(alpha), batch_size=cfg.batch_size)
-            built[alpha] = CachedGenerator(gen, cache, chunk=cfg.batch_size, retry_errors=cfg.retry_errors, name=cfg.model)
+            if isinstance(inner, RemoteGenerator):  # --remote_steering: one server, the strength per request
+                assert cfg.intervention is not None and cfg.remote_steering is not None
+                steering, steering_id = plugin_steering(cfg.remote_steering, Intervention.load(cfg.intervention), alpha)
+                built[alpha] = CachedGenerator(inner.steered(steering, steering_id), cache, chunk=1,
+                                               retry_errors=cfg.retry_errors, name=arms["intervened"].name)
+                built[alpha].max_workers = cfg.max_workers
+            else:
+                assert isinstance(inner, LocalGenerator) and inner.intervention is not None  # needs --intervention
+                gen = LocalGenerator(inner.model, inner.tokenizer, model_id=inner.model_id,
+                                     intervention=inner.intervention.with_alpha(alpha), batch_size=cfg.batch_size)
+                built[alpha] = CachedGenerator(gen, cache, chunk=cfg.batch_size, retry_errors=cfg.retry_errors, name=cfg.model)
+            built[alpha].debug = cfg.debug
         return built[alpha]
 
     dev, ranges = {}, {}

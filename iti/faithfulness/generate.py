@@ -264,11 +264,16 @@ class RemoteGenerator:
     ``[2, 2, ...]``). Without it the text goes with vLLM's ``add_special_tokens: false``."""
 
     def __init__(self, url: str, served_model: str, *, model_id: str | None = None, intervention_id: str = "none",
-                 api_key: str | None = None, timeout: float = 120.0, retries: int = 4, tokenizer: Any = None):
+                 api_key: str | None = None, timeout: float = 120.0, retries: int = 4, tokenizer: Any = None,
+                 steering: dict[str, Any] | None = None):
+        """``steering``: the iti vLLM plugin's per-request extra arguments (``{"iti": name, "iti_strength": alpha,
+        "iti_positions": "last"}``), sent as ``vllm_xargs`` with every prompt; ``intervention_id`` must then name
+        that shift (see :func:`plugin_steering`)."""
         self.url, self.served_model, self.api_key, self.timeout, self.retries = url, served_model, api_key, timeout, retries
         self.model_id = model_id or f"remote:{served_model}"
         self.intervention_id = intervention_id
         self.tokenizer = tokenizer
+        self.steering = dict(steering) if steering else None
 
     def request_body(self, prompt: str, settings: GenerationSettings) -> dict[str, Any]:
         """The JSON body of one completion request: the prompt (token ids, or text without added special
@@ -283,7 +288,15 @@ class RemoteGenerator:
                      "top_k": settings.top_k, "repetition_penalty": settings.repetition_penalty, "seed": settings.seed})
         if settings.stop:
             body["stop"] = list(settings.stop)
+        if self.steering:
+            body["vllm_xargs"] = dict(self.steering)
         return body
+
+    def steered(self, steering: dict[str, Any], intervention_id: str) -> RemoteGenerator:
+        """The same endpoint and served model with another per-request steering (a strength sweep on one server)."""
+        return RemoteGenerator(self.url, self.served_model, model_id=self.model_id, intervention_id=intervention_id,
+                               api_key=self.api_key, timeout=self.timeout, retries=self.retries, tokenizer=self.tokenizer,
+                               steering=steering)
 
     def generate(self, prompts: Sequence[str], settings: GenerationSettings, progress: bool = True) -> list[CachedGeneration]:
         """One request per prompt. Only a failure that is the prompt's own (HTTP 400/413/422: over the server's
@@ -336,6 +349,16 @@ class CacheWalk:
         self.keys += keys
         found = self.arm.cache.get_many(keys) if self.arm.cache is not None else [None] * len(keys)
         return [hit if hit is not None else CachedGeneration(None, "not cached", 0.0) for hit in found]
+
+
+def plugin_steering(name: str, intervention: Any, alpha: float) -> tuple[dict[str, Any], str]:
+    """The iti vLLM plugin's request arguments for ``intervention`` served under ``name`` at ``alpha`` with ITI's
+    positions (the last prompt token and every generated one, as :class:`LocalGenerator` applies it), and the cache
+    identity of that shift: the name, the fingerprint of the local copy at that alpha, and the positions."""
+    from ..openai_client import plugin_steering_args
+
+    shift = intervention.with_alpha(alpha)
+    return plugin_steering_args(name, alpha, "last"), f"vllm-plugin:{name}|{shift.fingerprint()}|positions=last"
 
 
 class ReplayGenerator:

@@ -60,3 +60,17 @@ def test_same_model_compares_where_names_resolve(tmp_path):
     assert same_model("llama2_chat_7B", "meta-llama/Llama-2-7b-chat-hf")  # a short name and its hub id
     assert same_model("Llama-2-7b-chat-hf", "meta-llama/Llama-2-7b-chat-hf")  # a hub id recorded by its name
     assert not same_model("smollm2-135m", "gemma3-270m")
+
+
+def test_an_embedded_model_is_the_same_model_as_its_cached_checkpoint(tmp_path, monkeypatch):
+    """A model loaded by its short name records its de-quantized cache directory (``name_or_path``); both spellings
+    name one model, and another model's directory is still another model."""
+    from iti.models import same_model
+
+    monkeypatch.setenv("ITI_CACHE", str(tmp_path))
+    for name in ("smollm2-135m", "gemma3-270m"):
+        (tmp_path / "models" / name).mkdir(parents=True)
+    cached = str(tmp_path / "models" / "smollm2-135m")
+    assert same_model(cached, "smollm2-135m") and same_model("smollm2-135m", cached)
+    assert not same_model(str(tmp_path / "models" / "gemma3-270m"), "smollm2-135m")
+    assert not same_model(cached, "gemma3-270m")

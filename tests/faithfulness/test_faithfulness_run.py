@@ -128,6 +128,43 @@ def test_remote_arms_are_keyed_by_url_and_what_the_server_serves_not_the_name_al
         run_faithfulness(config(tmp_path, ckpt, remote_url=url2, remote_plain_model="smol", remote_intervened_model="smol-iti"))
 
 
+def test_a_plugin_steered_arm_asks_one_server_per_request_and_is_keyed_by_the_shift_it_asks_for(tmp_path):
+    """--remote_steering: the intervened arm is the plain arm's server with the iti vLLM plugin's vllm_xargs on every
+    request; --calibrate_alphas sends each candidate strength to that one server, each keyed apart."""
+    ckpt = save_checkpoint(tmp_path / "ckpt")
+    inter_dir = save_baked(tmp_path / "baked", ckpt) / "iti_intervention"
+    inter = Intervention.load(inter_dir)
+    base = dict(remote_plain_model="smol", intervention=str(inter_dir), remote_steering="truthful")
+    with serve_openai(models={"smol": "/srv/smollm2"}) as (url, seen):
+        first = run_faithfulness(config(tmp_path, ckpt, remote_url=url, alpha=7.0, **base))
+        steered = [b["vllm_xargs"] for b in seen if "vllm_xargs" in b]
+        assert len(steered) == 2 and len(seen) == 4  # 2 samples per arm, one server
+        assert steered == [{"iti": "truthful", "iti_strength": 7.0, "iti_positions": "last"}] * 2
+        # the cache identity is the local copy's shift at that alpha, written out here
+        assert first["arms"]["intervened"]["intervention"] == \
+            f"vllm-plugin:truthful|{inter.with_alpha(7.0).fingerprint()}|positions=last"
+        assert first["arms"]["intervened"]["model"] == first["arms"]["plain"]["model"]
+        seen.clear()
+        cal = run_faithfulness(config(tmp_path, ckpt, remote_url=url, calibrate_alphas=(3.0, 7.0, 12.0), dev_samples=2,
+                                      output_dir=str(tmp_path / "cal"), **base))
+    strengths = sorted({b["vllm_xargs"]["iti_strength"] for b in seen if "vllm_xargs" in b})
+    assert strengths == [3.0, 7.0, 12.0] and {b["model"] for b in seen} == {"smol"}
+    assert [t["alpha"] for t in cal["calibration"]["trials"]] == [3.0, 7.0, 12.0]
+    # no parse-rate gap on this server's answers: the largest strength is chosen and reported, keyed by its shift
+    assert cal["calibration"]["chosen"] == 12.0
+    assert cal["arms"]["intervened"]["intervention"] == f"vllm-plugin:truthful|{inter.with_alpha(12.0).fingerprint()}|positions=last"
+    from iti.errors import InvalidOptionError
+
+    for bad, match in ((dict(remote_steering="truthful"), "--remote_steering: needs --intervention"),
+                       (dict(intervention=str(inter_dir)), "--intervention: with --remote_url only beside --remote_steering"),
+                       (dict(remote_steering="truthful", intervention=str(inter_dir), remote_intervened_model="smol",
+                             remote_baked=str(tmp_path / "baked")), "not both")):
+        with pytest.raises(InvalidOptionError, match=match):
+            config(tmp_path, ckpt, remote_url="http://127.0.0.1:9/v1", **bad).validate()
+    with pytest.raises(InvalidOptionError, match="--remote_steering: only with --remote_url"):
+        config(tmp_path, ckpt, intervention=str(inter_dir), remote_steering="truthful").validate()
+
+
 def _cached_errors(path: Path) -> int:
     with GenerationCache(path) as cache:
         return cache.stats()["errors"]
