@@ -25,7 +25,7 @@ lint: install
 	$(PYTHON) -m mypy
 
 test: lint
-	$(PYTHON) -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(PYTHON) -m pytest -m "not slow" --durations=15 $(PYTEST_ARGS)  # the slowest 15 printed: the suite's 15-minute budget
 
 test-fast: install  # the unit tier: tiny in-process models, no real model, no notebooks
 	$(PYTHON) -m pytest -m "not slow and not real" -p no:cacheprovider $(PYTEST_ARGS)

@@ -419,12 +419,12 @@ def results_markdown(r: dict[str, Any]) -> str:
               f"regrown ({r['config']['mask_portion']:g} of each mask); concept accuracy {f(mi['before']['concept_accuracy'])}"
               f" -> {f(mi['after']['concept_accuracy'])}, task accuracy {f(mi['before']['task_accuracy'])} -> "
               f"{f(mi['after']['task_accuracy'])}.", "",
-              "Sparsity curve (test):", "", "| final sparsity | best epoch | task acc | concept acc | concept macro-F1 |",
+              "Sparsity curve (test):", "", "| final sparsity | checkpoint kept: epoch (of all) | task acc | concept acc | concept macro-F1 |",
               "|---|---|---|---|---|"]
     for row in r["models"]:
         if row["kind"] == "sparsecbm":
             t = row["test"]
-            lines.append(f"| {row['sparsity']:g} | {row['best_epoch']} | {f(t['task_accuracy'])} | {f(t['concept_accuracy'])} | "
+            lines.append(f"| {row['sparsity']:g} | {row['best_epoch'] + 1} of {len(row['history'])} | {f(t['task_accuracy'])} | {f(t['concept_accuracy'])} | "
                          f"{f(t['concept_macro_f1'])} |")
     ov = r["masks"]["overlap"]
     lines += ["", "Jaccard overlap of the concepts' kept weights:", "", "| | " + " | ".join(ASPECTS) + " |",
