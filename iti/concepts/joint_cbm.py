@@ -158,8 +158,8 @@ def prune_concept(model: JointCBM, concept: int, grads: dict[str, torch.Tensor],
 
 def smallest_first(scores: torch.Tensor, k: int) -> torch.Tensor:
     """A boolean mask of the ``k`` smallest entries of the flat ``scores``, ties going to the lower index: the first
-    ``k`` of a stable argsort, found with one selection (``kthvalue``) instead of a sort, which made the mask
-    intervention ~6x slower on SmolLM2's MLP matrices."""
+    ``k`` of a stable argsort, found with one selection (``kthvalue``) instead of a sort: one regrow on SmolLM2's
+    last layer took 4.6x less time (1.06 s -> 0.23 s, one thread)."""
     flat = scores.detach().reshape(-1).float()
     chosen = torch.zeros(flat.numel(), dtype=torch.bool, device=flat.device)
     if k <= 0:
