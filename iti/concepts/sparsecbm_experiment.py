@@ -359,7 +359,7 @@ def _frozen_head_baseline(cfg: SparseCBMConfig, model, tok, used: dict[str, Ceba
     from .experiment import ConceptConfig, _features, head_bottleneck_sweep
 
     groups = [r.original_id for r in used["train_exclusive"].reviews]
-    label_folds = int(ConceptConfig.__dataclass_fields__["label_folds"].default)  # type: ignore[arg-type]  # the same folds as `iti concepts`
+    label_folds = ConceptConfig().label_folds  # the same folds as `iti concepts`
     grouped_folds(groups, label_folds, cfg.seed)
     name = resolve_model(cfg.model).name
     X = {s: _features(model, tok, name, v, out, cfg.batch_size, cfg.progress) for s, v in used.items()}

@@ -377,11 +377,9 @@ def build_arms(cfg: FaithfulnessConfig, cache: GenerationCache | None) -> tuple[
         if cfg.remote_steering:
             assert cfg.intervention is not None  # required with remote_steering (validate)
             inter = Intervention.load(cfg.intervention)  # made for cfg.model: checked by validate()
-            steering, steering_id = plugin_steering(cfg.remote_steering, inter, inter.alpha if cfg.alpha is None else cfg.alpha)
             plain_gen = arms["plain"].inner
             assert isinstance(plain_gen, RemoteGenerator)
-            arms["intervened"] = CachedGenerator(plain_gen.steered(steering, steering_id), cache, chunk=1,
-                                                 retry_errors=cfg.retry_errors, name=f"{plain}+{cfg.remote_steering}")
+            arms["intervened"] = plugin_arm(cfg, plain_gen, inter, inter.alpha if cfg.alpha is None else cfg.alpha, cache)
         if cfg.remote_intervened_model:
             assert cfg.remote_baked is not None  # required with remote_intervened_model (validate)
             url = cfg.remote_intervened_url or cfg.remote_url
@@ -410,6 +408,18 @@ def build_arms(cfg: FaithfulnessConfig, cache: GenerationCache | None) -> tuple[
                                    intervention_id=f"baked:{inter.fingerprint()}", batch_size=cfg.batch_size)
         arms["intervened"] = CachedGenerator(baked_gen, cache, chunk=cfg.batch_size, retry_errors=cfg.retry_errors, name=cfg.baked)
     return arms, tokenizer
+
+
+def plugin_arm(cfg: FaithfulnessConfig, server: RemoteGenerator, intervention: Any, alpha: float,
+               cache: GenerationCache | None) -> CachedGenerator:
+    """The intervened arm of ``--remote_steering``: ``server`` asked for the plugin's steering at ``alpha``, keyed by
+    the local copy's shift at that alpha (:func:`~iti.faithfulness.generate.plugin_steering`)."""
+    assert cfg.remote_steering is not None
+    steering, steering_id = plugin_steering(cfg.remote_steering, intervention, alpha)
+    arm = CachedGenerator(server.steered(steering, steering_id), cache, chunk=1, retry_errors=cfg.retry_errors,
+                          name=f"{server.served_model}+{cfg.remote_steering}")
+    arm.max_workers = cfg.max_workers
+    return arm
 
 
 def _served_models(url: str, name: str, option: str, timeout: float) -> dict[str, dict[str, Any]] | None:
@@ -666,15 +676,15 @@ def _calibrate(cfg: FaithfulnessConfig, arms: dict[str, CachedGenerator], cache:
 
     inner = arms["intervened"].inner
     built: dict[float, CachedGenerator] = {}
+    served = None
+    if isinstance(inner, RemoteGenerator):  # --remote_steering: one server, the strength per request
+        assert cfg.intervention is not None
+        served = Intervention.load(cfg.intervention)  # read once, not once per candidate
 
     def at(alpha: float) -> CachedGenerator:
         if alpha not in built:  # the chosen one is reused for the reported run
-            if isinstance(inner, RemoteGenerator):  # --remote_steering: one server, the strength per request
-                assert cfg.intervention is not None and cfg.remote_steering is not None
-                steering, steering_id = plugin_steering(cfg.remote_steering, Intervention.load(cfg.intervention), alpha)
-                built[alpha] = CachedGenerator(inner.steered(steering, steering_id), cache, chunk=1,
-                                               retry_errors=cfg.retry_errors, name=arms["intervened"].name)
-                built[alpha].max_workers = cfg.max_workers
+            if isinstance(inner, RemoteGenerator):
+                built[alpha] = plugin_arm(cfg, inner, served, alpha, cache)
             else:
                 assert isinstance(inner, LocalGenerator) and inner.intervention is not None  # needs --intervention
                 gen = LocalGenerator(inner.model, inner.tokenizer, model_id=inner.model_id,
