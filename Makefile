@@ -56,9 +56,10 @@ serve-check: install
 gpu-check: install
 	@# on a CUDA machine (install a CUDA torch: `make install TORCH_SPEC=torch`): fp32/fp16/bf16 on cuda, a device_map split
 	@# over cuda:0 + cpu and an offloaded one, each against CPU fp32; writes benchmarks/results/gpu_check.{json,md}, exits 1 on
-	@# a failed check. Without CUDA: a one-minute CPU smoke run (fp32 and bf16 on the CPU) into a temporary directory.
+	@# a failed check; then iti's vLLM plugin against stock vLLM on the GPU (needs a CUDA vllm==0.32.0: VLLM_PYTHON=...).
+	@# Without CUDA: a one-minute CPU smoke run (fp32 and bf16 on the CPU) into a temporary directory.
 	$(PIP) install -q -e ".[bench]"
-	$(PYTHON) -m benchmarks.gpu_check
+	$(PYTHON) -m benchmarks.gpu_check $(if $(VLLM_PYTHON),--vllm-python $(VLLM_PYTHON))
 
 clean:
 	rm -rf .make .pytest_cache

@@ -81,9 +81,10 @@ def _fit_residual_steering(model: Any, tokenizer: Any, pairs: int) -> Any:
 
 def _hf_greedy(model: Any, ids: list[list[int]], new_tokens: int) -> list[list[int]]:
     out = []
+    device = next(model.parameters()).device
     with torch.no_grad():
         for row in ids:
-            x = torch.tensor([row])
+            x = torch.tensor([row], device=device)
             y = model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=new_tokens, do_sample=False,
                                min_new_tokens=new_tokens, pad_token_id=0)
             out.append(y[0, len(row):].tolist())

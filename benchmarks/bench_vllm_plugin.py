@@ -75,6 +75,53 @@ def _throughput(url: str, ids: list[list[int]], new_tokens: int, concurrency: in
     return sum(len(d["tokens"]) for d in done) / (time.perf_counter() - t)
 
 
+def measure_throughput(stock_url: str, plugin_url: str, ids: list[list[int]], new_tokens: int, strength: float,
+                       prompts: int, repeats: int = 3, concurrencies: tuple[int, ...] = (1, 16)) -> dict[str, Any]:
+    """Output tokens/s of stock vLLM and of the plugin unused, every request steered (``strength``, ``last``) and half
+    steered, at each concurrency: ``prompts`` requests (the ``ids`` repeated), ``repeats`` interleaved runs per case
+    after a warm-up. ``tokens_per_s`` keeps each case's best run; ``stock_spread`` is stock vLLM's own best/worst - 1
+    per concurrency, the noise the "unused" goal is read against."""
+    tp_ids = (ids * (prompts // len(ids) + 1))[:prompts]
+    cases = {"stock vLLM": (stock_url, [None] * len(tp_ids)),
+             "plugin, unused": (plugin_url, [None] * len(tp_ids)),
+             "plugin, every request steered": (plugin_url, [_steering(strength, "last")] * len(tp_ids)),
+             "plugin, half steered": (plugin_url, [_steering(strength, "last") if k % 2 else None for k in range(len(tp_ids))])}
+    best: dict[str, dict[str, float]] = {}
+    runs: dict[str, dict[str, list[float]]] = {}
+    for concurrency in concurrencies:
+        for url, steer in cases.values():  # warm-up, not timed
+            _throughput(url, tp_ids[:4], 8, concurrency, steer[:4])
+        samples: dict[str, list[float]] = {name: [] for name in cases}
+        for _ in range(repeats):  # interleaved, so a slow spell of the machine hits every case
+            for name, (url, steer) in cases.items():
+                samples[name].append(_throughput(url, tp_ids, new_tokens, concurrency, steer))
+        best[str(concurrency)] = {name: round(max(v), 2) for name, v in samples.items()}
+        runs[str(concurrency)] = {name: [round(x, 2) for x in v] for name, v in samples.items()}
+    spread = {c: round(max(v["stock vLLM"]) / min(v["stock vLLM"]) - 1, 4) for c, v in runs.items()}
+    return {"tokens_per_s": best, "tokens_per_s_runs": runs, "stock_spread": spread, "throughput_prompts": len(tp_ids)}
+
+
+#: the plugin loaded but unused must be within noise of stock vLLM: within stock's own spread, and at least this close
+UNUSED_TOLERANCE = 0.05
+STEERED_GOAL = 0.85
+
+
+def throughput_rows(data: dict[str, Any], where: str = "") -> list[Row]:
+    """One row per (concurrency, plugin case) of :func:`measure_throughput`'s result, against stock vLLM."""
+    rows = []
+    for concurrency, t in data["tokens_per_s"].items():
+        base, noise = t["stock vLLM"], max(UNUSED_TOLERANCE, data.get("stock_spread", {}).get(concurrency, 0.0))
+        for name in ("plugin, unused", "plugin, every request steered", "plugin, half steered"):
+            if name == "plugin, unused":
+                floor = 1 / (1 + noise)
+                goal = f"within noise (> {floor:.2f}x; stock's own runs {data.get('stock_spread', {}).get(concurrency, 0):.0%} apart)"
+            else:
+                floor, goal = STEERED_GOAL, f"> {STEERED_GOAL}x"
+            rows.append(Row(f"{name} vs stock vLLM{where}, {concurrency} concurrent: output tokens/s", f"{t[name]:.1f}/s",
+                            f"{base:.1f}/s", t[name] / base, goal, t[name] / base > floor))
+    return rows
+
+
 def _bad_request(url: str, xargs: dict[str, Any]) -> tuple[int, str]:
     try:
         post_json(f"{url}/completions", {"model": "smollm2", "prompt": "Hello", "max_tokens": 2, "vllm_xargs": xargs})
@@ -245,22 +292,8 @@ def run(quick: bool = False, prompts: int = 10, new_tokens: int = 40, strengths:
         _check(fc["reported_answers_differing_from_plain"] > 0, "faithfulness: every answer of the plugin-steered arm "
                "equals the plain arm's: the steering did nothing")
 
-        tp_ids = (ids * (throughput_prompts // len(ids) + 1))[:throughput_prompts]
-        cases = {"stock vLLM": (stock.url, [None] * len(tp_ids)),
-                 "plugin, unused": (plugin.url, [None] * len(tp_ids)),
-                 "plugin, every request steered": (plugin.url, [_steering(baked_strength, "last")] * len(tp_ids)),
-                 "plugin, half steered": (plugin.url, [_steering(baked_strength, "last") if k % 2 else None
-                                                       for k in range(len(tp_ids))])}
-        throughput: dict[str, dict[str, float]] = {}
-        for concurrency in (1, 16):
-            for url, steer in cases.values():  # warm-up, not timed
-                _throughput(url, tp_ids[:4], 8, concurrency, steer[:4])
-            samples: dict[str, list[float]] = {name: [] for name in cases}
-            for _ in range(2 if not quick else 1):  # interleaved repeats
-                for name, (url, steer) in cases.items():
-                    samples[name].append(_throughput(url, tp_ids, new_tokens, concurrency, steer))
-            throughput[str(concurrency)] = {name: round(max(v), 2) for name, v in samples.items()}
-        data["tokens_per_s"] = throughput
+        data.update(measure_throughput(stock.url, plugin.url, ids, new_tokens, baked_strength, throughput_prompts,
+                                       repeats=1 if quick else 3))
     finally:
         for server in (plugin, stock, baked):
             server.stop()
@@ -287,13 +320,7 @@ def run(quick: bool = False, prompts: int = 10, new_tokens: int = 40, strengths:
     r.rows.append(Row(f"faithfulness --remote_steering: strengths calibrated on one plugin server (RTE first answers "
                       f"parsed of {fc['dev_samples']['rte']}: plain {fc['plain_parsed']['plugin server']['rte']}, {parsed})",
                       f"{len(tried)}", f"{len(fc['alphas'])}", len(tried) / len(fc["alphas"]), "every strength", True))
-    for concurrency, t in data["tokens_per_s"].items():
-        base = t["stock vLLM"]
-        for name in ("plugin, unused", "plugin, every request steered", "plugin, half steered"):
-            goal, met = ("within noise (> 0.95x)", t[name] / base > 0.95) if name == "plugin, unused" else (
-                "> 0.85x", t[name] / base > 0.85)
-            r.rows.append(Row(f"{name} vs stock vLLM, {concurrency} concurrent: output tokens/s", f"{t[name]:.1f}/s",
-                              f"{base:.1f}/s", t[name] / base, goal, met))
+    r.rows.extend(throughput_rows(data))
     r.data = data
     return r
 

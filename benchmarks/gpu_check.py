@@ -1,5 +1,6 @@
 """``make gpu-check``: the library on a CUDA GPU, every dtype and a model split over two devices, checked against the
-CPU fp32 run of the same model, inputs and intervention, in one command (under 6 minutes on one GPU).
+CPU fp32 run of the same model, inputs and intervention, in one command (under 6 minutes on one GPU, and about 3
+more for the vLLM stage).
 
 Cases, GPU mode (SmolLM2-135M, and Gemma 3 270M when its package is installed):
 
@@ -37,6 +38,12 @@ Checks per case (a row each; any failing row makes the command exit 1, after the
 The logit noise of a case is the largest |logit difference| between its runtime-intervened forward and CPU fp32's on
 the same prompts (a row of its own). A case that fails to run is a failed row with the error, not a crash. Cases
 left when ``--budget-s`` is spent are listed as not run (printed; not failures).
+
+Then, in GPU mode, the vLLM stage (``benchmarks/gpu_vllm_plugin.py``; ``--no-vllm`` leaves it out): iti's vLLM plugin
+against stock vLLM on the same GPU (the plugin unused gives stock's tokens, steering changes them, output tokens/s at
+1 and 16 concurrent requests unused / steered / half steered, and the price of eager mode against CUDA graphs). It
+needs a CUDA vllm==0.32.0 (``--vllm-python`` or ``ITI_VLLM_PYTHON``); without one it is a row that says so. About
+3 minutes more.
 
 CPU mode (no CUDA, or ``--mode cpu``): the same code on fp32 and bf16 on the CPU with a few prompts and questions, a
 smoke run (about a minute) that a default test runs so this script cannot rot; it writes to a temporary directory.
@@ -494,8 +501,10 @@ def models_to_check(requested: list[str] | None) -> list[str]:
     return names
 
 
-def run(gpu: bool, models: list[str] | None = None, budget_s: float | None = 270.0) -> tuple[BenchResult, Report]:
-    """Every case of every model; ``budget_s``: start no new case after this many seconds (None: no limit)."""
+def run(gpu: bool, models: list[str] | None = None, budget_s: float | None = 270.0, vllm: bool = True,
+        vllm_python: str | None = None) -> tuple[BenchResult, Report]:
+    """Every case of every model; ``budget_s``: start no new case after this many seconds (None: no limit); then, on
+    a GPU and with ``vllm``, the vLLM plugin stage (:mod:`benchmarks.gpu_vllm_plugin`)."""
     sizes = GPU_SIZES if gpu else CPU_SIZES
     budget = float("inf") if budget_s is None else budget_s
     report = Report()
@@ -526,6 +535,14 @@ def run(gpu: bool, models: list[str] | None = None, budget_s: float | None = 270
                 torch.cuda.empty_cache()
     for item in report.not_run:
         print(f"[gpu-check] not run (time budget of {budget:.0f} s spent): {item}", flush=True)
+    if gpu and vllm:
+        from .gpu_vllm_plugin import run_stage
+
+        t0 = time.perf_counter()
+        vllm_rows, report.data["vllm_plugin"] = run_stage("cuda", vllm_python)
+        report.data["vllm_plugin"]["seconds"] = round(time.perf_counter() - t0, 1)
+        for row in vllm_rows:
+            report.add(row)
     where = torch.cuda.get_device_name(0) if gpu else "CPU only (smoke mode)"
     result = BenchResult("gpu_check", f"GPU check: dtypes and device maps against CPU fp32 ({where})", "make gpu-check  # python -m benchmarks.gpu_check",
                          report.rows, quick=not gpu)
@@ -560,6 +577,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--results-dir", default=None, help=f"default: {RESULTS_DIR} on a GPU, a new temporary directory in CPU mode")
     p.add_argument("--models", nargs="*", default=None, help="default: smollm2-135m, and gemma3-270m when installed (GPU mode)")
     p.add_argument("--budget-s", type=float, default=270.0, help="GPU mode: start no new case after this many seconds")
+    p.add_argument("--no-vllm", action="store_true", help="GPU mode: leave out the vLLM plugin stage")
+    p.add_argument("--vllm-python", default=None, help="GPU mode: a Python with a CUDA vllm==0.32.0 for the plugin stage "
+                   "(default: $ITI_VLLM_PYTHON, else this one; without one the stage is a row saying so)")
     args = p.parse_args(argv)
     gpu = args.mode == "gpu" or (args.mode == "auto" and torch.cuda.is_available())
     if gpu and not torch.cuda.is_available():
@@ -567,7 +587,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if not gpu:
         print("[gpu-check] no CUDA device: CPU smoke mode (fp32 and bf16 on the CPU, a few prompts)", flush=True)
-    result, report = run(gpu, args.models, args.budget_s if gpu else None)
+    result, report = run(gpu, args.models, args.budget_s if gpu else None, vllm=not args.no_vllm, vllm_python=args.vllm_python)
     results_dir = Path(args.results_dir) if args.results_dir else (RESULTS_DIR if gpu else quick_results_dir())
     path = write(result, results_dir)
     print(f"[gpu-check] {len(report.rows)} rows in {result.data['seconds']:.0f} s -> {path} and {path.with_suffix('.md')}")

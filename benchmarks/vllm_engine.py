@@ -190,21 +190,33 @@ class VllmServer:
     argv: list[str] | None = None
     #: serve with iti's vLLM plugin and this steering library (None: stock vLLM, the plugin not loaded)
     steering_library: Path | None = None
+    #: the Python whose vLLM serves (None: the CPU engine's venv, :func:`install_engine`); a CUDA build for the GPU check
+    python: Path | None = None
+    dtype: str = "float32"
+    #: ``--enforce-eager``: the plugin needs it (a compiled model skips its hooks); stock vLLM on a GPU may leave it off
+    enforce_eager: bool = True
+    #: more server arguments (on a GPU: ``--gpu-memory-utilization`` when two servers share it)
+    extra_args: list[str] = field(default_factory=list)
+    #: folders put on the server's PYTHONPATH (the plugin installed with ``pip --target``, leaving that Python as it is)
+    python_path: list[Path] = field(default_factory=list)
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/v1"
 
     def command(self) -> list[str]:
-        return [str(engine_python(self.version)), "-m", "vllm.entrypoints.openai.api_server", "--model", str(self.model_dir),
+        python = self.python or engine_python(self.version)
+        return [str(python), "-m", "vllm.entrypoints.openai.api_server", "--model", str(self.model_dir),
                 "--served-model-name", self.served_name, "--host", "127.0.0.1", "--port", str(self.port),
-                "--dtype", "float32", "--max-model-len", str(self.max_model_len), "--enforce-eager", "--seed", "0"]
-
+                "--dtype", self.dtype, "--max-model-len", str(self.max_model_len), "--seed", "0",
+                *(["--enforce-eager"] if self.enforce_eager else []), *self.extra_args]
 
     def launch(self) -> VllmServer:
         """Start the process without waiting (two servers can load at once); see :meth:`wait`."""
         env = dict(os.environ, **SERVER_ENV)
         env.pop("PYTHONPATH", None)  # the engine's venv, not the project's
+        if self.python_path:
+            env["PYTHONPATH"] = os.pathsep.join(str(p) for p in self.python_path)
         if self.steering_library is None:
             env["VLLM_PLUGINS"] = STOCK_PLUGINS  # stock vLLM: iti's plugin, installed in the same venv, left out
         else:

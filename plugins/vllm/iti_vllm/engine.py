@@ -162,7 +162,7 @@ def batch_steering(runner: Any, positions: torch.Tensor, num_tokens: int) -> Bat
         layers = {layer for c in cols for layer in lib[names[c]].unit}
         runner._iti_stacked[key] = {layer: torch.stack([runner._iti_shifts[names[c]].get(layer, zero) for c in cols])
                                     for layer in layers}
-    return BatchSteering(torch.from_numpy(coef), runner._iti_stacked[key])
+    return BatchSteering(torch.from_numpy(coef).to(runner._iti_zero.device), runner._iti_stacked[key])
 
 
 def _o_proj_hook(layer: int, offset: int):
@@ -205,9 +205,10 @@ def _install_hooks(runner: Any) -> None:
 
     width = num_heads * head_dim // get_tensor_model_parallel_world_size()
     offset = get_tensor_model_parallel_rank() * width
-    runner._iti_shifts = {name: {l: torch.from_numpy(v) for l, v in e.unit.items()} for name, e in lib.items()}
+    device = next(model.parameters()).device  # the shifts live there once, not copied to the GPU in every hook call
+    runner._iti_shifts = {name: {l: torch.from_numpy(v).to(device) for l, v in e.unit.items()} for name, e in lib.items()}
     runner._iti_names, runner._iti_choices, runner._iti_stacked = list(lib), {}, {}
-    runner._iti_zero = torch.zeros(num_heads * head_dim)
+    runner._iti_zero = torch.zeros(num_heads * head_dim, device=device)
     hooked = sorted({layer for e in lib.values() for layer in e.unit})  # only the layers some value shifts
     for layer in hooked:
         o_projs[layer].register_forward_pre_hook(_o_proj_hook(layer, offset))
