@@ -18,8 +18,9 @@ Every check raises :class:`~benchmarks.bench_serving.ServeCheckError` when it fa
    strength, equal to iti's in-process ``generate_answers``; ``iti faithfulness --remote_steering`` calibrates the
    strength over the same strengths against this one server (parse rates per strength), and its intervened answers
    at the chosen strength equal the in-process run's;
-7. cost: output tokens/s at 1 and 16 concurrent requests, stock vLLM against the plugin unused, every request steered,
-   and half steered, interleaved in one run.
+7. cost: output tokens/s at 1 and 16 concurrent requests (16 prompts x 40 tokens), stock vLLM against the plugin unused,
+   every request steered, and half steered, in 4 interleaved repeats whose order rotates (each case's best kept); the
+   unused plugin is within noise when it is within stock vLLM's own spread over its repeats, or 5%, whichever is wider.
 """
 from __future__ import annotations
 
@@ -79,8 +80,8 @@ def measure_throughput(stock_url: str, plugin_url: str, ids: list[list[int]], ne
                        prompts: int, repeats: int = 3, concurrencies: tuple[int, ...] = (1, 16)) -> dict[str, Any]:
     """Output tokens/s of stock vLLM and of the plugin unused, every request steered (``strength``, ``last``) and half
     steered, at each concurrency: ``prompts`` requests (the ``ids`` repeated), ``repeats`` interleaved runs per case
-    after a warm-up. ``tokens_per_s`` keeps each case's best run; ``stock_spread`` is stock vLLM's own best/worst - 1
-    per concurrency, the noise the "unused" goal is read against."""
+    after a warm-up, each repeat starting with another case. ``tokens_per_s`` keeps each case's best run;
+    ``stock_spread`` is stock vLLM's own best/worst - 1 per concurrency, the noise the "unused" goal is read against."""
     tp_ids = (ids * (prompts // len(ids) + 1))[:prompts]
     cases = {"stock vLLM": (stock_url, [None] * len(tp_ids)),
              "plugin, unused": (plugin_url, [None] * len(tp_ids)),
@@ -92,8 +93,10 @@ def measure_throughput(stock_url: str, plugin_url: str, ids: list[list[int]], ne
         for url, steer in cases.values():  # warm-up, not timed
             _throughput(url, tp_ids[:4], 8, concurrency, steer[:4])
         samples: dict[str, list[float]] = {name: [] for name in cases}
-        for _ in range(repeats):  # interleaved, so a slow spell of the machine hits every case
-            for name, (url, steer) in cases.items():
+        names = list(cases)
+        for r in range(repeats):  # interleaved, so a slow spell of the machine hits every case; the order rotates,
+            for name in names[r % len(names):] + names[: r % len(names)]:  # so no case always runs first
+                url, steer = cases[name]
                 samples[name].append(_throughput(url, tp_ids, new_tokens, concurrency, steer))
         best[str(concurrency)] = {name: round(max(v), 2) for name, v in samples.items()}
         runs[str(concurrency)] = {name: [round(x, 2) for x in v] for name, v in samples.items()}
@@ -189,7 +192,7 @@ def _faithfulness_calibration(url: str, work: Path, n: int, strengths: tuple[flo
 
 
 def run(quick: bool = False, prompts: int = 10, new_tokens: int = 40, strengths: tuple[float, ...] = (5.0, 15.0, 30.0),
-        throughput_prompts: int = 32) -> BenchResult:
+        throughput_prompts: int = 16) -> BenchResult:
     from iti.bake import bake, save_baked
     from iti.models import embedded_model_dir, load_model
 
@@ -293,7 +296,7 @@ def run(quick: bool = False, prompts: int = 10, new_tokens: int = 40, strengths:
                "equals the plain arm's: the steering did nothing")
 
         data.update(measure_throughput(stock.url, plugin.url, ids, new_tokens, baked_strength, throughput_prompts,
-                                       repeats=1 if quick else 3))
+                                       repeats=1 if quick else 4))
     finally:
         for server in (plugin, stock, baked):
             server.stop()
