@@ -19,8 +19,9 @@ Every check raises :class:`~benchmarks.bench_serving.ServeCheckError` when it fa
    strength over the same strengths against this one server (parse rates per strength), and its intervened answers
    at the chosen strength equal the in-process run's;
 7. cost: output tokens/s at 1 and 16 concurrent requests (16 prompts x 40 tokens), stock vLLM against the plugin unused,
-   every request steered, and half steered, in 4 interleaved repeats whose order rotates (each case's best kept); the
-   unused plugin is within noise when it is within stock vLLM's own spread over its repeats, or 5%, whichever is wider.
+   every request steered, and half steered, after an untimed round of each, in 4 interleaved repeats whose order
+   rotates (each case's best kept); the unused plugin is within noise when it is within stock vLLM's own spread over
+   its repeats, or 5%, whichever is wider.
 """
 from __future__ import annotations
 
@@ -80,7 +81,7 @@ def measure_throughput(stock_url: str, plugin_url: str, ids: list[list[int]], ne
                        prompts: int, repeats: int = 3, concurrencies: tuple[int, ...] = (1, 16)) -> dict[str, Any]:
     """Output tokens/s of stock vLLM and of the plugin unused, every request steered (``strength``, ``last``) and half
     steered, at each concurrency: ``prompts`` requests (the ``ids`` repeated), ``repeats`` interleaved runs per case
-    after a warm-up, each repeat starting with another case. ``tokens_per_s`` keeps each case's best run;
+    after an untimed round of every case, each repeat starting with another case. ``tokens_per_s`` keeps each case's best run;
     ``stock_spread`` is stock vLLM's own best/worst - 1 per concurrency, the noise the "unused" goal is read against."""
     tp_ids = (ids * (prompts // len(ids) + 1))[:prompts]
     cases = {"stock vLLM": (stock_url, [None] * len(tp_ids)),
@@ -90,8 +91,8 @@ def measure_throughput(stock_url: str, plugin_url: str, ids: list[list[int]], ne
     best: dict[str, dict[str, float]] = {}
     runs: dict[str, dict[str, list[float]]] = {}
     for concurrency in concurrencies:
-        for url, steer in cases.values():  # warm-up, not timed
-            _throughput(url, tp_ids[:4], 8, concurrency, steer[:4])
+        for url, steer in cases.values():  # a whole untimed round first (a shorter warm-up left the first round 25-35% slow)
+            _throughput(url, tp_ids, new_tokens, concurrency, steer)
         samples: dict[str, list[float]] = {name: [] for name in cases}
         names = list(cases)
         for r in range(repeats):  # interleaved, so a slow spell of the machine hits every case; the order rotates,
