@@ -78,16 +78,19 @@ def _throughput(url: str, ids: list[list[int]], new_tokens: int, concurrency: in
 
 
 def measure_throughput(stock_url: str, plugin_url: str, ids: list[list[int]], new_tokens: int, strength: float,
-                       prompts: int, repeats: int = 3, concurrencies: tuple[int, ...] = (1, 16)) -> dict[str, Any]:
+                       prompts: int, repeats: int = 3, concurrencies: tuple[int, ...] = (1, 16),
+                       more_plain: dict[str, str] | None = None) -> dict[str, Any]:
     """Output tokens/s of stock vLLM and of the plugin unused, every request steered (``strength``, ``last``) and half
     steered, at each concurrency: ``prompts`` requests (the ``ids`` repeated), ``repeats`` interleaved runs per case
     after an untimed round of every case, each repeat starting with another case. ``tokens_per_s`` keeps each case's best run;
-    ``stock_spread`` is stock vLLM's own best/worst - 1 per concurrency, the noise the "unused" goal is read against."""
+    ``stock_spread`` is stock vLLM's own best/worst - 1 per concurrency, the noise the "unused" goal is read against.
+    ``more_plain``: further servers (name -> URL) timed with plain requests in the same interleaved rounds."""
     tp_ids = (ids * (prompts // len(ids) + 1))[:prompts]
     cases = {"stock vLLM": (stock_url, [None] * len(tp_ids)),
              "plugin, unused": (plugin_url, [None] * len(tp_ids)),
              "plugin, every request steered": (plugin_url, [_steering(strength, "last")] * len(tp_ids)),
-             "plugin, half steered": (plugin_url, [_steering(strength, "last") if k % 2 else None for k in range(len(tp_ids))])}
+             "plugin, half steered": (plugin_url, [_steering(strength, "last") if k % 2 else None for k in range(len(tp_ids))]),
+             **{name: (url, [None] * len(tp_ids)) for name, url in (more_plain or {}).items()}}
     best: dict[str, dict[str, float]] = {}
     runs: dict[str, dict[str, list[float]]] = {}
     for concurrency in concurrencies:
@@ -114,11 +117,11 @@ def throughput_rows(data: dict[str, Any], where: str = "") -> list[Row]:
     """One row per (concurrency, plugin case) of :func:`measure_throughput`'s result, against stock vLLM."""
     rows = []
     for concurrency, t in data["tokens_per_s"].items():
-        base, noise = t["stock vLLM"], max(UNUSED_TOLERANCE, data.get("stock_spread", {}).get(concurrency, 0.0))
+        base, spread = t["stock vLLM"], data.get("stock_spread", {}).get(concurrency, 0.0)
         for name in ("plugin, unused", "plugin, every request steered", "plugin, half steered"):
             if name == "plugin, unused":
-                floor = 1 / (1 + noise)
-                goal = f"within noise (> {floor:.2f}x; stock's own runs {data.get('stock_spread', {}).get(concurrency, 0):.0%} apart)"
+                floor = 1 / (1 + max(UNUSED_TOLERANCE, spread))
+                goal = f"within noise (> {floor:.2f}x; stock's own runs {spread:.0%} apart)"
             else:
                 floor, goal = STEERED_GOAL, f"> {STEERED_GOAL}x"
             rows.append(Row(f"{name} vs stock vLLM{where}, {concurrency} concurrent: output tokens/s", f"{t[name]:.1f}/s",

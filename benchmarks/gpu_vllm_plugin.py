@@ -130,16 +130,14 @@ def run_stage(engine: str = "cuda", python: str | None = None, prompts: int = 10
             rows.append(Row(f"{what}: {label} tokens vs iti in process ({device} fp32)",
                             f"{eq}/{len(ids)} prompts, {prefix}/{total} tokens before divergence", f"{len(ids)}",
                             eq / len(ids), "reported (kernels may part at a near-tie)", None))
-        tp = measure_throughput(stock, plugin, ids, new_tokens, STEER_STRENGTH, throughput_prompts, repeats=repeats)
-        if "stock, CUDA graphs" in servers:
-            graphs = measure_throughput(servers["stock, CUDA graphs"].url, plugin, ids, new_tokens, STEER_STRENGTH,
-                                        throughput_prompts, repeats=1)
-            for concurrency, t in graphs["tokens_per_s"].items():
-                eager = tp["tokens_per_s"][concurrency]["stock vLLM"]
+        graphs = {"stock, CUDA graphs": servers["stock, CUDA graphs"].url} if "stock, CUDA graphs" in servers else {}
+        tp = measure_throughput(stock, plugin, ids, new_tokens, STEER_STRENGTH, throughput_prompts, repeats=repeats,
+                                more_plain=graphs)  # the graphs server in the same interleaved rounds
+        for concurrency, t in tp["tokens_per_s"].items():
+            if graphs:
                 rows.append(Row(f"{what}: stock eager vs stock with CUDA graphs, {concurrency} concurrent: output tokens/s",
-                                f"{eager:.1f}/s", f"{t['stock vLLM']:.1f}/s", eager / t["stock vLLM"],
-                                "reported (the price of --enforce-eager)", None))
-            data["tokens_per_s_cuda_graphs"] = graphs["tokens_per_s"]
+                                f"{t['stock vLLM']:.1f}/s", f"{t['stock, CUDA graphs']:.1f}/s",
+                                t["stock vLLM"] / t["stock, CUDA graphs"], "reported (the price of --enforce-eager)", None))
         data.update(tp)
         rows.extend(throughput_rows(tp, where=f" ({engine})"))
     except Exception as e:  # noqa: BLE001 - one failed stage is a failed row, the rest of gpu-check stands
