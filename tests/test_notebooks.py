@@ -19,7 +19,11 @@ def test_notebooks_are_stored_without_outputs():
         assert all(not c.get("outputs") and c.get("execution_count") is None for c in nb.cells if c.cell_type == "code"), path.name
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+# the quickstart in the default suite; the two longer notebooks (45 s and 66 s here) in the slow tier
+PARAMS = [pytest.param(p, marks=[pytest.mark.slow] if p.stem != "01_quickstart" else []) for p in NOTEBOOKS]
+
+
+@pytest.mark.parametrize("path", PARAMS, ids=[p.stem for p in NOTEBOOKS])
 def test_notebook_runs(path, tmp_path, monkeypatch, smollm2):
     import nbformat
     from nbclient import NotebookClient
