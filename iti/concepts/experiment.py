@@ -120,8 +120,10 @@ def _dense(Xtr, Ctr, ytr, Xte, seed) -> tuple[np.ndarray, np.ndarray]:
 def _l1_sweep(cfg: ConceptConfig, X, C, y, groups: list[str]) -> list[dict[str, Any]]:
     """The L1 variant: heads per aspect chosen by a group lasso on train (no ranking on dev), then the same
     bottleneck on those heads (label head cross-fitted over ``groups``); one row per strength and split."""
+    from tqdm.auto import tqdm
+
     rows = []
-    for strength in cfg.l1_strengths:
+    for strength in tqdm(cfg.l1_strengths, desc="group-lasso strengths", unit="strength", disable=not cfg.progress):
         heads = {a: GroupLassoHeads(strength).fit(X["train_exclusive"], C["train_exclusive"][:, j]).heads()
                  for j, a in enumerate(ASPECTS)}
         if not all(heads.values()):  # a penalty that switched every head of an aspect off: nothing to fit
@@ -152,7 +154,7 @@ def run_directory(out: str | Path) -> RunDirectory:
 
 
 def head_bottleneck_sweep(X: dict[str, np.ndarray], C: dict[str, np.ndarray], y: dict[str, np.ndarray],
-                          groups: list[str], ks: Sequence[int], seed: int, label_folds: int
+                          groups: list[str], ks: Sequence[int], seed: int, label_folds: int, progress: bool = False
                           ) -> tuple[dict[str, np.ndarray], list[dict[str, Any]], int, SparseConceptBottleneck]:
     """The frozen-head bottleneck over ``ks`` (top-k heads per aspect, ranked by dev accuracy), scored on dev and
     test; k is chosen by dev concept accuracy, then dev task accuracy. Returns (per-aspect head accuracies, the sweep
@@ -161,7 +163,9 @@ def head_bottleneck_sweep(X: dict[str, np.ndarray], C: dict[str, np.ndarray], y:
     head_acc = {a: head_concept_accuracy(X[tr], C[tr][:, j], X[dv], C[dv][:, j]) for j, a in enumerate(ASPECTS)}
     sweep: list[dict[str, Any]] = []
     fitted: dict[int, SparseConceptBottleneck] = {}
-    for k in ks:
+    from tqdm.auto import tqdm
+
+    for k in tqdm(ks, desc="bottleneck over k (cross-fitted label head)", unit="k", disable=not progress):
         bn = SparseConceptBottleneck(k=k, seed=seed, label_folds=label_folds, head_accuracy=dict(head_acc))
         bn.heads = {a: _top(head_acc[a], k) for a in ASPECTS}
         fitted[k] = bn.fit(X[tr], C[tr], y[tr], groups)
@@ -202,7 +206,7 @@ def _run_claimed(cfg: ConceptConfig, model, tok, t0: float) -> dict[str, Any]:
     y = {s: v.ratings for s, v in used.items()}
     tr, dv, te = "train_exclusive", "dev", "test"
 
-    head_acc, sweep, best_k, bn = head_bottleneck_sweep(X, C, y, groups, cfg.ks, cfg.seed, cfg.label_folds)
+    head_acc, sweep, best_k, bn = head_bottleneck_sweep(X, C, y, groups, cfg.ks, cfg.seed, cfg.label_folds, cfg.progress)
     test_metrics = {k: v for k, v in next(r for r in sweep if r["k"] == best_k and r["split"] == te).items()
                     if k not in ("k", "split")}
     oracle = float((oracle_correction(bn, X[te], C[te]) == y[te]).mean())

@@ -365,7 +365,7 @@ def _frozen_head_baseline(cfg: SparseCBMConfig, model, tok, used: dict[str, Ceba
     X = {s: _features(model, tok, name, v, out, cfg.batch_size, cfg.progress) for s, v in used.items()}
     C = {s: v.concepts for s, v in used.items()}
     y = {s: v.ratings for s, v in used.items()}
-    _, sweep, best_k, bn = head_bottleneck_sweep(X, C, y, groups, cfg.head_ks, cfg.seed, label_folds)
+    _, sweep, best_k, bn = head_bottleneck_sweep(X, C, y, groups, cfg.head_ks, cfg.seed, label_folds, cfg.progress)
     test = next(r for r in sweep if r["k"] == best_k and r["split"] == "test")
     fixed = oracle_correction(bn, X["test"], C["test"])
     return {"chosen_k": best_k, "test": {k: v for k, v in test.items() if k not in ("k", "split")},
