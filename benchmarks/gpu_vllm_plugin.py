@@ -133,8 +133,8 @@ def run_stage(engine: str = "cuda", python: str | None = None, prompts: int = 10
         graphs = {"stock, CUDA graphs": servers["stock, CUDA graphs"].url} if "stock, CUDA graphs" in servers else {}
         tp = measure_throughput(stock, plugin, ids, new_tokens, STEER_STRENGTH, throughput_prompts, repeats=repeats,
                                 more_plain=graphs)  # the graphs server in the same interleaved rounds
-        for concurrency, t in tp["tokens_per_s"].items():
-            if graphs:
+        if graphs:
+            for concurrency, t in tp["tokens_per_s"].items():
                 rows.append(Row(f"{what}: stock eager vs stock with CUDA graphs, {concurrency} concurrent: output tokens/s",
                                 f"{t['stock vLLM']:.1f}/s", f"{t['stock, CUDA graphs']:.1f}/s",
                                 t["stock vLLM"] / t["stock, CUDA graphs"], "reported (the price of --enforce-eager)", None))

@@ -20,10 +20,10 @@ def test_notebooks_are_stored_without_outputs():
 
 
 # the quickstart in the default suite; the two longer notebooks (45 s and 66 s here) in the slow tier
-PARAMS = [pytest.param(p, marks=[pytest.mark.slow] if p.stem != "01_quickstart" else []) for p in NOTEBOOKS]
+PARAMS = [pytest.param(p, id=p.stem, marks=[pytest.mark.slow] if p.stem != "01_quickstart" else []) for p in NOTEBOOKS]
 
 
-@pytest.mark.parametrize("path", PARAMS, ids=[p.stem for p in NOTEBOOKS])
+@pytest.mark.parametrize("path", PARAMS)
 def test_notebook_runs(path, tmp_path, monkeypatch, smollm2):
     import nbformat
     from nbclient import NotebookClient
