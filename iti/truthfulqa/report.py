@@ -218,7 +218,8 @@ def plot_results(out: Path, accuracy: np.ndarray, summary: dict[str, Any], cfg: 
     fig.savefig(out / "probe_accuracy.png", dpi=120)
     plt.close(fig)
     plot_frontier(out / "frontier.png", summary.get("cost_matched", []),
-                  f"MC2 gain against disruption ({cfg.model_name}, K={cfg.num_heads})",
+                  f"MC2 gain against disruption ({cfg.model_name}, K={cfg.num_heads}"
+                  + (", CAA/RepE: 1 layer)" if {"CAA", "RepE"} & set(cfg.methods) else ")"),
                   "reported texts, OpenWebText" if cfg.ce_corpus == "owt" else "reported texts, offline IMDB sample")
     rows = sorted([r for r in summary["rows"] if r["name"] in ("ITI", "baseline") and (r["num_heads"] == cfg.num_heads or r["name"] == "baseline")
                    and r["seed"] == cfg.seed and r.get("budget") is None], key=lambda r: r["alpha"])
