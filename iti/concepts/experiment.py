@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import accuracy_score, f1_score
+from tqdm.auto import tqdm
 
 from ..errors import EmptyInputError
 from ..features import PromptSet, load_features, write_features
@@ -120,8 +121,6 @@ def _dense(Xtr, Ctr, ytr, Xte, seed) -> tuple[np.ndarray, np.ndarray]:
 def _l1_sweep(cfg: ConceptConfig, X, C, y, groups: list[str]) -> list[dict[str, Any]]:
     """The L1 variant: heads per aspect chosen by a group lasso on train (no ranking on dev), then the same
     bottleneck on those heads (label head cross-fitted over ``groups``); one row per strength and split."""
-    from tqdm.auto import tqdm
-
     rows = []
     for strength in tqdm(cfg.l1_strengths, desc="group-lasso strengths", unit="strength", disable=not cfg.progress):
         heads = {a: GroupLassoHeads(strength).fit(X["train_exclusive"], C["train_exclusive"][:, j]).heads()
@@ -163,8 +162,6 @@ def head_bottleneck_sweep(X: dict[str, np.ndarray], C: dict[str, np.ndarray], y:
     head_acc = {a: head_concept_accuracy(X[tr], C[tr][:, j], X[dv], C[dv][:, j]) for j, a in enumerate(ASPECTS)}
     sweep: list[dict[str, Any]] = []
     fitted: dict[int, SparseConceptBottleneck] = {}
-    from tqdm.auto import tqdm
-
     for k in tqdm(ks, desc="bottleneck over k (cross-fitted label head)", unit="k", disable=not progress):
         bn = SparseConceptBottleneck(k=k, seed=seed, label_folds=label_folds, head_accuracy=dict(head_acc))
         bn.heads = {a: _top(head_acc[a], k) for a in ASPECTS}

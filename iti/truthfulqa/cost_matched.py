@@ -154,8 +154,8 @@ def plot_frontier(path: Path, entries: list[dict[str, Any]], title: str, corpus:
     import matplotlib.pyplot as plt
 
     main_seed = entries[0]["seed"]
-    many = len({name for e in entries for name in e["kinds"]}) > 3  # with the residual methods: legend beside the axes
-    fig, ax = plt.subplots(figsize=(8.6 if many else 6.5, 4.2))
+    wide = any(name in (*RESIDUAL_KINDS, SITE_CONTROL) for e in entries for name in e["kinds"])  # legend beside the axes
+    fig, ax = plt.subplots(figsize=(8.6 if wide else 6.5, 4.2))
     for name, color in zip(KINDS, ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:gray")):
         pts = sorted((e["kinds"][name]["KL"], e["kinds"][name]["dMC2"]) for e in entries
                      if e["seed"] == main_seed and name in e["kinds"] and "dMC2" in e["kinds"][name])
@@ -173,7 +173,7 @@ def plot_frontier(path: Path, entries: list[dict[str, Any]], title: str, corpus:
     ax.set_xlabel(f"KL(original || intervened), nats per token ({corpus})")
     ax.set_ylabel("MC2 gain over the baseline")
     ax.set_title(title)
-    if many:
+    if wide:
         ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")
     else:
         ax.legend()

@@ -12,7 +12,14 @@ from ..errors import DataFileError, EmptyInputError
 from ..io import read_json
 from ..stats import bootstrap_ci, paired_bootstrap_ci
 from .config import RowSpec, ValidationConfig, plan_rows
-from .cost_matched import cost_matched_markdown, cost_matched_rows, plot_frontier, seed_spread, seed_spread_markdown
+from .cost_matched import (
+    RESIDUAL_KINDS,
+    cost_matched_markdown,
+    cost_matched_rows,
+    plot_frontier,
+    seed_spread,
+    seed_spread_markdown,
+)
 from .lm_cost import IMDB_FILE, OWT_HUB_ID
 from .text_metrics import SIMILARITY_KEYS
 from .transfer_report import transfer_markdown, transfer_summary
@@ -219,7 +226,7 @@ def plot_results(out: Path, accuracy: np.ndarray, summary: dict[str, Any], cfg: 
     plt.close(fig)
     plot_frontier(out / "frontier.png", summary.get("cost_matched", []),
                   f"MC2 gain against disruption ({cfg.model_name}, K={cfg.num_heads}"
-                  + (", CAA/RepE: 1 layer)" if {"CAA", "RepE"} & set(cfg.methods) else ")"),
+                  + (", CAA/RepE: 1 layer)" if set(RESIDUAL_KINDS) & set(cfg.methods) else ")"),
                   "reported texts, OpenWebText" if cfg.ce_corpus == "owt" else "reported texts, offline IMDB sample")
     rows = sorted([r for r in summary["rows"] if r["name"] in ("ITI", "baseline") and (r["num_heads"] == cfg.num_heads or r["name"] == "baseline")
                    and r["seed"] == cfg.seed and r.get("budget") is None], key=lambda r: r["alpha"])
