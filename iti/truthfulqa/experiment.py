@@ -43,7 +43,7 @@ from .lm_cost import NeutralCost, ce_and_kl, load_neutral_texts
 from .mc_scoring import mc_metrics, score_choices
 from .prompts import few_shot_text, generation_prompt, mc_questions, shared_prefix
 from .report import plot_results, summarize, summary_markdown
-from .transfer import TransferData, load_transfer, transfer_questions
+from .transfer import TransferData, length_order, load_transfer, transfer_questions
 
 #: ValidationConfig fields that change what a stored row holds; the others choose which rows run (controls,
 #: sweeps), how fast (batch_size) or where from (paths, replaced by the content they point at).
@@ -400,7 +400,10 @@ def _run_locked(model, tokenizer, cfg: ValidationConfig, directory: RunDirectory
     accuracies = [fold_probes(i, cfg.seed).accuracies for i in range(len(folds))]
     for i in range(len(folds)):  # honest_llama's save_probes, as safetensors + JSON (iti.probes.load_probes reads them)
         save_probes(fold_probes(i, cfg.seed).probes, out / f"probes_fold{i}")
-    summary = summarize(out, rows, cfg)
+    prefix = shared_prefix(cfg.preset, cfg.instruction_prompt)
+    lengths = {name: length_order(tokenizer, transfer_questions(data, prefix, range(_transfer_questions(data, cfg))))
+               for name, data in transfer.items()}
+    summary = summarize(out, rows, cfg, lengths)
     summary["runtime_seconds_this_invocation"] = time.perf_counter() - start
     np.save(out / "probe_accuracy.npy", np.mean(accuracies, axis=0))
     atomic_write_json(out / "summary.json", summary)

@@ -37,7 +37,7 @@ def _token_logprobs(logits: torch.Tensor, targets: Sequence[int]) -> float:
     return float(logits.float().log_softmax(-1).gather(1, t[:, None]).sum())
 
 
-def _tokenize(tokenizer: Any, questions: Sequence[MCQuestion]) -> tuple[list[list[int]], list[list[list[int]]]]:
+def tokenize_choices(tokenizer: Any, questions: Sequence[MCQuestion]) -> tuple[list[list[int]], list[list[list[int]]]]:
     """Context tokens, and each continuation's tokens as lm-evaluation-harness splits them: the tokens of
     ``context + continuation`` beyond the length of the context's own tokenization."""
     contexts = [list(x) for x in tokenizer([q.context for q in questions])["input_ids"]]
@@ -101,7 +101,7 @@ def score_choices(
     """
     device = model_device(model)
     pad = pad_token_id(tokenizer)
-    contexts, conts = _tokenize(tokenizer, questions)
+    contexts, conts = tokenize_choices(tokenizer, questions)
     scores = [np.full(len(q.continuations), np.nan) for q in questions]
     prefix_ids = list(tokenizer(prefix)["input_ids"]) if prefix else []
     lp = len(prefix_ids)

@@ -10,7 +10,7 @@ import numpy as np
 
 from ..errors import DataFileError, EmptyInputError
 from ..io import read_json
-from ..stats import bootstrap_ci, paired_bootstrap_ci
+from ..stats import bootstrap_ci, paired_bootstrap_ci, paired_permutation_p
 from .config import RowSpec, ValidationConfig, plan_rows
 from .cost_matched import (
     RESIDUAL_KINDS,
@@ -94,8 +94,10 @@ def true_times_info(true_folds: Sequence[Sequence[float]], info_folds: Sequence[
     return value, float(lo), float(hi)
 
 
-def summarize(out: Path, rows: list[RowSpec], cfg: ValidationConfig) -> dict[str, Any]:
-    """Pool the folds (every question is tested once) and aggregate per row, with CIs and seed spread."""
+def summarize(out: Path, rows: list[RowSpec], cfg: ValidationConfig,
+              transfer_lengths: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
+    """Pool the folds (every question is tested once) and aggregate per row, with CIs and seed spread
+    (``transfer_lengths``: see :func:`.transfer_report.transfer_summary`)."""
     pooled: dict[str, dict[str, Any]] = {}
     for spec in rows:
         parts = sorted((out / "rows").glob(f"fold*_{spec.key}.json"))
@@ -154,11 +156,27 @@ def summarize(out: Path, rows: list[RowSpec], cfg: ValidationConfig) -> dict[str
             spread[name]["seeds"] = [r["seed"] for r in same]
             spread[name]["KL"] = {"mean": float(np.mean([r["KL"] for r in same])), "std": float(np.std([r["KL"] for r in same], ddof=1))}
     matched = cost_matched_rows(pooled, plan_rows(cfg)[0].key, cfg.seed)
-    transfer = transfer_summary(out, rows, cfg) if cfg.eval_dataset else {}
+    few_shot = _few_shot_lead(pooled, rows, cfg.seed)
+    transfer = transfer_summary(out, rows, cfg, transfer_lengths) if cfg.eval_dataset else {}
     return {"rows": table, "transfer": transfer, "seed_spread": spread, "num_questions": int(len(base["question_ids"])) if base else 0,
             "evaluation_seconds": float(sum(r["seconds"] for r in table)),
-            "cost_matched": matched, "cost_matched_seed_spread": seed_spread(matched),
+            "cost_matched": matched, "cost_matched_seed_spread": seed_spread(matched), "few_shot_lead": few_shot,
             "ce_corpus": cfg.ce_corpus, "ce_kl_texts": ce_corpus_note(cfg), "metric_notes": METRIC_NOTES}
+
+
+def _few_shot_lead(pooled: dict[str, dict[str, Any]], rows: list[RowSpec], seed: int) -> dict[str, Any]:
+    """few-shot + ITI minus few-shot, paired over the same questions under the same shots (MC1 and MC2: bootstrap CI and
+    permutation p): what ITI adds on top of the paper's few-shot baseline, which the ΔMC2 column (to the zero-shot
+    baseline) does not say. Empty unless both rows finished."""
+    keys = {spec.name: spec.key for spec in rows if spec.shots}
+    plain, steered = pooled.get(keys.get("few-shot", "")), pooled.get(keys.get("few-shot + ITI", ""))
+    if plain is None or steered is None or not np.array_equal(plain["question_ids"], steered["question_ids"]):
+        return {}
+    lead: dict[str, Any] = {}
+    for metric in ("MC1", "MC2"):
+        d, lo, hi = paired_bootstrap_ci(steered[metric], plain[metric], seed=seed)
+        lead[metric] = {"mean": d, "ci": [lo, hi], "p": paired_permutation_p(steered[metric], plain[metric], seed=seed)}
+    return lead
 
 
 def _fmt(cell: Any, digits: int = 3) -> str:
@@ -195,6 +213,10 @@ def summary_markdown(summary: dict[str, Any], cfg: ValidationConfig) -> str:
         cells += [_fmt(r.get(m)) for m in SIMILARITY_KEYS] if has_gen else []
         lines.append("| " + " | ".join(cells) + " |")
     lines += cost_matched_markdown(summary.get("cost_matched", []), texts=ce_corpus_note(cfg))
+    if summary.get("few_shot_lead"):
+        lead = summary["few_shot_lead"]
+        lines += ["", "- few-shot + ITI − few-shot (paired over the same questions and shots; 95% bootstrap CI, permutation p): "
+                  + ", ".join(f"Δ{m} {_fmt(lead[m])} (p {lead[m]['p']:.3g})" for m in ("MC1", "MC2"))]
     lines += transfer_markdown(summary.get("transfer", {}))
     if summary.get("cost_matched_seed_spread"):
         lines += ["", "Cost-matched, spread over seeds (mean ± std of the per-seed values):", ""]

@@ -15,13 +15,18 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from ..errors import DataFileError, DataNotFoundError, EmptyInputError
 from ..paths import data_search
 from .data import close_answer
+from .mc_scoring import tokenize_choices
 from .prompts import MCQuestion
 
 
@@ -159,3 +164,15 @@ def transfer_questions(data: TransferData, prefix: str, indices=None) -> list[MC
         out.append(MCQuestion(int(i), context, (" " + close_answer(item.answers[0]), " " + close_answer(item.false_answer)),
                               (0,), (1,), 0))
     return out
+
+
+#: the token-count classes of the transfer tables: the gold answer has more tokens than the false one, as many, fewer
+LENGTH_CLASSES = {"more": 1, "equal": 0, "fewer": -1}
+
+
+def length_order(tokenizer: Any, questions: Sequence[MCQuestion]) -> np.ndarray:
+    """Per two-candidate question, the sign of (gold answer's tokens - false answer's tokens), the tokens as MC scoring
+    splits them (:data:`LENGTH_CLASSES`). Why: a summed log-probability favours the candidate with fewer tokens, so
+    accuracy is read apart for each class."""
+    _, conts = tokenize_choices(tokenizer, questions)
+    return np.array([int(np.sign(len(c[0]) - len(c[1]))) for c in conts], dtype=int)

@@ -15,7 +15,7 @@ from ..io import read_json
 from ..stats import bootstrap_ci, paired_bootstrap_ci, paired_permutation_p
 from .config import RowSpec, ValidationConfig, plan_rows
 from .cost_matched import KINDS
-from .transfer import TRANSFER_SETS
+from .transfer import LENGTH_CLASSES, TRANSFER_SETS
 
 
 def _row_scores(out: Path, spec: RowSpec, name: str, num_fold: int) -> tuple[np.ndarray, np.ndarray, list[float], list[float]] | None:
@@ -40,10 +40,12 @@ def _cell(values: np.ndarray, seed: int) -> dict[str, Any]:
     return {"mean": mean, "ci": [lo, hi], "n": int(values.size)}
 
 
-def transfer_summary(out: Path, rows: list[RowSpec], cfg: ValidationConfig) -> dict[str, Any]:
+def transfer_summary(out: Path, rows: list[RowSpec], cfg: ValidationConfig,
+                     length_orders: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
     """Per transfer set: one entry per row with the headline accuracy (false answers that are gold left out), the
     accuracy on all questions and on the left-out ones, and the paired difference to the plain row on the headline
-    questions (bootstrap CI and permutation p)."""
+    questions (bootstrap CI and permutation p). With ``length_orders`` (per set, :func:`.transfer.length_order` of its
+    scored questions), also the headline accuracy for each token-count class."""
     result: dict[str, Any] = {}
     base_spec = plan_rows(cfg)[0]
     for name in cfg.eval_dataset:
@@ -65,6 +67,9 @@ def transfer_summary(out: Path, rows: list[RowSpec], cfg: ValidationConfig) -> d
                 b = base[0][~gold]
                 d, lo, hi = paired_bootstrap_ci(correct[~gold], b, seed=cfg.seed)
                 entry["delta"] = {"mean": d, "ci": [lo, hi], "p": paired_permutation_p(correct[~gold], b, seed=cfg.seed)}
+            order = (length_orders or {}).get(name)
+            if order is not None and len(order) == len(correct):
+                entry["by_length"] = {cls: _cell(correct[~gold & (order == sign)], cfg.seed) for cls, sign in LENGTH_CLASSES.items()}
             table.append(entry)
             scores[(spec.name, spec.budget, spec.seed, spec.alpha, spec.num_heads)] = correct[~gold]
         for entry in table:  # ITI minus each control steered at the same cost (or strength) and seed, same questions
@@ -104,4 +109,20 @@ def transfer_markdown(transfer: dict[str, Any]) -> list[str]:
             alpha = "/".join(f"{a:.3g}" for a in r["alphas"]) if r.get("alphas") else f"{r['alpha']:g}"
             lines.append(f"| {label} | {alpha} | {_fmt(r['headline'])} | {_fmt(delta)} | {p(delta)} | {_fmt(lead)} | {p(lead)} | "
                          f"{_fmt(r['all'])} | {_fmt(r['false_is_gold'])} |")
+        lines += _length_markdown(t["rows"])
+    return lines
+
+
+def _length_markdown(rows: list[dict[str, Any]]) -> list[str]:
+    """The headline accuracy of each row split by the candidates' token counts (when the summary has it)."""
+    split = [r for r in rows if "by_length" in r]
+    if not split:
+        return []
+    n = {cls: split[0]["by_length"][cls]["n"] for cls in LENGTH_CLASSES}
+    lines = ["", "By token count (headline questions; a summed log-probability favours the candidate with fewer tokens): "
+                 "accuracy where the gold answer has more tokens than the false one, as many, fewer.", "",
+             f"| Row | gold more (n = {n['more']}) | equal (n = {n['equal']}) | gold fewer (n = {n['fewer']}) |", "|---|---|---|---|"]
+    for r in split:
+        label = f"{r['name']} ({r['budget_metric']} {r['budget']:g})" if r.get("budget") is not None else r["name"]
+        lines.append(f"| {label} | " + " | ".join(_fmt(r["by_length"][cls]) for cls in LENGTH_CLASSES) + " |")
     return lines

@@ -105,9 +105,12 @@ def test_transfer_rows_score_first_gold_against_false_and_the_table_pools_folds(
     rows = {p.name: json.loads(p.read_text()) for p in (tmp_path / "v" / "rows").glob("*.json")}
     base = rows["fold0_baseline_a0_k0_s42.json"]["transfer"]["nq_open"]
     primer = INSTRUCTION + "\n\n" + QA_PRIMER
+    signs = []  # the gold answer's token count against the false one's, counted by hand
     for i, item in enumerate(data.items[:4]):
         context = primer + "\n\nQ: " + item.question + "\nA:"
         closed = [a.strip() if a.strip().endswith(".") else a.strip() + "." for a in (item.answers[0], item.false_answer)]
+        counts = [len(tok(context + " " + a)["input_ids"]) - len(tok(context)["input_ids"]) for a in closed]
+        signs.append(int(np.sign(counts[0] - counts[1])))
         true, false = (_sum_logprob(model, tok, context, " " + a) for a in closed)  # TruthfulQA's format_best
         assert base["margin"][i] == pytest.approx(true - false, abs=2e-3)
         assert base["correct"][i] == float(true > false)
@@ -118,4 +121,39 @@ def test_transfer_rows_score_first_gold_against_false_and_the_table_pools_folds(
     by_hand = np.mean([np.asarray(f["correct"]) for f in iti], axis=0)  # each question's mean over the folds
     assert table["ITI"]["headline"]["mean"] == pytest.approx(by_hand.mean())
     assert table["ITI"]["delta"]["mean"] == pytest.approx(by_hand.mean() - np.mean(base["correct"]))
-    assert "Transfer: Natural Questions (nq_open), 4 questions" in (tmp_path / "v" / "summary.md").read_text()
+    headline = ~np.array([item.false_is_gold for item in data.items[:4]])
+    for cls, sign in (("more", 1), ("equal", 0), ("fewer", -1)):  # accuracy apart for each token-count class
+        picked = headline & (np.array(signs) == sign)
+        assert table["ITI"]["by_length"][cls]["n"] == picked.sum()
+        if picked.any():
+            assert table["ITI"]["by_length"][cls]["mean"] == pytest.approx(by_hand[picked].mean())
+    assert len(set(signs)) > 1, "the four questions should not all fall in one class: the split would be untested"
+    markdown = (tmp_path / "v" / "summary.md").read_text()
+    assert "Transfer: Natural Questions (nq_open), 4 questions" in markdown
+    assert "By token count" in markdown
+
+
+def test_few_shot_rows_score_under_training_shots_and_report_what_iti_adds(tiny_long, tqa, tmp_path):
+    model, tok, features = tiny_long
+    cfg = ValidationConfig(model_name="tinyllama", features_dir=str(features), ce_samples=2, generate=False, num_heads=3,
+                           alpha=8.0, max_questions=10, many_shot=2)
+    summary = run_validation(model, tok, cfg, tmp_path / "v")
+    rows = {p.name: json.loads(p.read_text()) for p in (tmp_path / "v" / "rows").glob("*.json")}
+    folds = [rows[f"fold{i}_baseline_a0_k0_s42.json"]["question_ids"] for i in (0, 1)]
+    for i in (0, 1):  # the plain few-shot row: each test question scored by hand under shots from the other fold
+        shots = few_shot_text(tqa, folds[1 - i], 2, seed=42)
+        stored = rows[f"fold{i}_few-shot_a0_k0_s42_fs2.json"]
+        for j, qid in enumerate(folds[i][:2]):
+            q = mc_questions(tqa, [qid], shots=shots)[0]
+            assert shots in q.context and tqa.refs[qid].question not in shots
+            s = np.array([_sum_logprob(model, tok, q.context, c) for c in q.continuations])
+            p = np.exp(s - s.max())
+            mc2 = p[list(q.true_idx)].sum() / p.sum()  # TruthfulQA's MC2, written out
+            assert stored["MC2"][j] == pytest.approx(mc2, abs=1e-6)  # MC2 moves by ~1e-4 here: keep it tight
+    plain = np.concatenate([rows[f"fold{i}_few-shot_a0_k0_s42_fs2.json"]["MC2"] for i in (0, 1)])
+    steered = np.concatenate([rows[f"fold{i}_few-shot+ITI_a8_k3_s42_fs2.json"]["MC2"] for i in (0, 1)])
+    assert not np.allclose(plain, steered)  # the steering reaches the few-shot prompts
+    lead = summary["few_shot_lead"]["MC2"]
+    assert lead["mean"] == pytest.approx(float(np.mean(steered - plain)))
+    assert lead["ci"][0] <= lead["mean"] <= lead["ci"][1] and 0 < lead["p"] <= 1
+    assert "- few-shot + ITI − few-shot (paired" in (tmp_path / "v" / "summary.md").read_text()
