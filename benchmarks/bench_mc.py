@@ -1,4 +1,6 @@
-"""TruthfulQA MC scoring: shared-prefix cached scoring vs one full forward pass per answer, same questions."""
+"""TruthfulQA MC scoring: shared-prefix cached scoring vs one full forward pass per answer, same questions; and, under
+the few-shot baseline's long prefix, grouped key/value heads read in place (iti.grouped_attention, what load_model
+installs on a CPU model) vs transformers' copies of them."""
 from __future__ import annotations
 
 import time
@@ -7,7 +9,7 @@ import numpy as np
 
 from iti import load_model, load_truthfulqa
 from iti.truthfulqa.mc_scoring import mc_metrics, score_choices
-from iti.truthfulqa.prompts import mc_questions, shared_prefix
+from iti.truthfulqa.prompts import few_shot_text, mc_questions, shared_prefix
 
 from .common import BenchResult, Row, bench_main
 
@@ -33,7 +35,33 @@ def run(quick: bool = False, num_questions: int = 100) -> BenchResult:
     r.rows.append(Row("largest |score difference| (summed answer log-prob)", f"{diff:.1e}", "0", 1.0, "< 1e-4", diff < 1e-4))
     r.data = {"fast_s": fast_t, "slow_s": slow_t, "max_abs_score_diff": diff, "metrics_fast": mf, "metrics_slow": ms, "answers": answers,
               "projected_full_817_s": fast_t / n * 817}
+    r.rows += few_shot_rows(model, tok, r.data, 4 if quick else 16)
     return r
+
+
+def few_shot_rows(model, tok, data: dict, n: int) -> list[Row]:
+    """The few-shot baseline's prompts (41 shots, validate's --many_shot 41: a prefix of about 1,500 tokens) scored with
+    the grouped key/value heads read in place, then with transformers' copies (the hooks removed), same questions."""
+    tqa = load_truthfulqa()
+    shots = few_shot_text(tqa, range(400, 817), 41, seed=42)
+    qs = mc_questions(tqa, range(n), shots=shots)
+    prefix = shared_prefix(shots=shots)
+    handle = model.iti_grouped_kv
+    assert handle is not None, "load_model installs the in-place read on a CPU SmolLM2"
+    timed = {}
+    for name in ("in place", "copied"):
+        if name == "copied":
+            handle.remove()
+        t = time.perf_counter()
+        timed[name] = (score_choices(model, tok, qs, prefix=prefix, progress=False), time.perf_counter() - t)
+    diff = max(float(np.abs(a - b).max()) for a, b in zip(timed["in place"][0], timed["copied"][0]))
+    (_, ours), (_, base) = timed["in place"], timed["copied"]
+    answers = sum(len(q.continuations) for q in qs)
+    data.update({"few_shot_questions": n, "few_shot_answers": answers, "few_shot_prefix_tokens": len(tok(prefix)["input_ids"]),
+                 "few_shot_in_place_s": ours, "few_shot_copied_s": base, "few_shot_max_abs_score_diff": diff})
+    return [Row(f"41-shot prefix ({answers} answers): grouped K/V heads read in place vs copied per query head", f"{ours:.1f} s",
+                f"{base:.1f} s", base / ours, ">= 1.3x", base / ours >= 1.3),
+            Row("largest |score difference|, in place vs copied", f"{diff:.1e}", "0", 1.0, "< 1e-5", diff < 1e-5)]
 
 
 def main(argv=None) -> None:

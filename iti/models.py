@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from .errors import DroppedWeightsError, ModelLoadError, UnknownModelError
+from .grouped_attention import read_grouped_kv_in_place
 from .hardware import auto_cpu_dtype
 from .io import fsync_dir, set_plain_modes
 from .paths import cache_dir
@@ -407,6 +408,7 @@ def load_model(
     # batching pads explicitly (collect.pad_batch), so this only sets what `tokenizer(..., padding=True)` does.
     tokenizer.padding_side = "left"
     model.eval()
+    model.iti_grouped_kv = read_grouped_kv_in_place(model)  # a CPU model's GQA without K/V copies; .remove() undoes it
     return model, tokenizer
 
 
