@@ -174,6 +174,11 @@ class ValidationConfig:
                 "TruthfulQA questions of the fold's training questions (never an evaluated one) with their best "
                 "answers, after the instruction and before the QA primer (where honest_llama's many_shot_prefix goes); "
                 "default 0: none"})
+    instruction_rows: list[str] = field(default_factory=list, metadata={
+        "choices": ("default", "informative", "none"), "nargs": "+",
+        "help": "the paper's instruction-prompting comparison: a plain row for each of these --instruction_prompt "
+                "variants beside the run's own (e.g. none informative: no instruction, and honest_llama's shorter one), "
+                "in the same summary with CIs and the paired difference to the baseline; qa preset only"})
     model_prefix: str = field(default="", metadata={
         "choices": ("", "honest_", "local_"),
         "help": "honest_llama's --model_prefix: evaluate the baked model honest_<model_name> (its hub copy) or "
@@ -293,6 +298,11 @@ class ValidationConfig:
                                      f"(never an evaluated one), and the smallest fold has {smallest_train} ({n} questions, "
                                      f"{self.num_fold} folds); ask for at most {smallest_train}")
         check_choice("model_prefix", self.model_prefix, ("", "honest_", "local_"))
+        for variant in self.instruction_rows:
+            check_choice("instruction_rows", variant, ("default", "informative", "none"))
+        if self.instruction_rows and self.preset != "qa":
+            raise InvalidOptionError(f"--instruction_rows {' '.join(self.instruction_rows)}: the {self.preset} preset's prompts "
+                                     "carry no instruction; use --preset qa")
 
     def features_path(self, dataset: str) -> Path:
         """The features directory of ``dataset`` for this model: ``<features_dir>/<model_name>_<dataset>``."""
@@ -325,6 +335,7 @@ class RowSpec:
     budget_metric: str = "KL"
     site: str = "head_out"  # resid_post: one vector on the residual stream after the layer the probes rank first
     shots: int = 0  # few-shot rows: TruthfulQA questions of the fold's training split in the prompt
+    instruction: str = ""  # instruction-prompting rows: the --instruction_prompt variant this plain row is asked with
 
     @property
     def steers(self) -> bool:
@@ -343,11 +354,18 @@ class RowSpec:
         strength = f"{self.budget_metric.lower()}{self.budget:g}" if self.budget is not None else f"a{self.alpha:g}"
         units = f"k{self.num_heads}" if self.site == "head_out" else f"l{self.num_heads}"  # heads, or layers
         shots = f"_fs{self.shots}" if self.shots else ""
+        shots += f"_ins-{self.instruction}" if self.instruction else ""
         return f"{self.name.replace(' + ', '+').replace(' ', '-')}_{strength}_{units}_s{self.seed}{shots}"
 
+    @property
+    def prompted(self) -> bool:
+        """Whether the row is a TruthfulQA prompting baseline (few-shot, another instruction): not transferred."""
+        return bool(self.shots or self.instruction)
 
-#: the rows that evaluate the model as loaded: the plain model, a baked one (--model_prefix), few-shot prompting
-PLAIN_ROWS = ("baseline", "baked-in", "few-shot")
+
+#: the rows that evaluate the model as loaded: the plain model, a baked one (--model_prefix), few-shot prompting,
+#: another instruction prompt
+PLAIN_ROWS = ("baseline", "baked-in", "few-shot", "instruction prompt")
 
 
 #: the direction method of each residual-stream row kind (iti.methods names)
@@ -383,7 +401,9 @@ def plan_rows(cfg: ValidationConfig) -> list[RowSpec]:
             rows.append(RowSpec("few-shot", 0.0, 0, s, generate=cfg.generate, shots=cfg.many_shot))
             rows.append(RowSpec("few-shot + ITI", cfg.alpha, k, s, heads, d, generate=cfg.generate, budget=strengths[0],
                                 budget_metric=metric, shots=cfg.many_shot))
-        if i == 0:
+        if i == 0:  # the paper's instruction-prompting rows: the plain model under the other instruction variants
+            rows += [RowSpec("instruction prompt", 0.0, 0, s, generate=cfg.generate, instruction=v)
+                     for v in dict.fromkeys(cfg.instruction_rows) if v != cfg.instruction_prompt]
             rows += [RowSpec("ITI", a, k, cfg.seed, heads, d) for a in cfg.sweep_alphas if a != cfg.alpha]
             rows += [RowSpec("ITI", cfg.alpha, n, cfg.seed, heads, d) for n in cfg.sweep_heads if n != k]
     return rows

@@ -82,10 +82,11 @@ def run_directory(out: str | Path) -> RunDirectory:
                         outputs=("rows/*.json", "intervention_fold*", "probes_fold*", "summary.json", "summary.md"))
 
 
-def _mc_part(model, tokenizer, tqa, test_q, intervention, cfg, texts, shots: str = "") -> dict[str, Any]:
-    questions = mc_questions(tqa, test_q, cfg.preset, cfg.instruction_prompt, shots)
+def _mc_part(model, tokenizer, tqa, test_q, intervention, cfg, texts, shots: str = "", instruction: str = "") -> dict[str, Any]:
+    instruction = instruction or cfg.instruction_prompt
+    questions = mc_questions(tqa, test_q, cfg.preset, instruction, shots)
     t0 = time.perf_counter()
-    scores = score_choices(model, tokenizer, questions, prefix=shared_prefix(cfg.preset, cfg.instruction_prompt, shots),
+    scores = score_choices(model, tokenizer, questions, prefix=shared_prefix(cfg.preset, instruction, shots),
                            intervention=intervention, batch_size=cfg.batch_size, shift_start=cfg.mc_shift_start)
     mc = mc_metrics(questions, scores, cfg.preset)
     out: dict[str, Any] = {"question_ids": [int(q) for q in test_q], "MC1": mc.mc1.tolist(), "MC2": mc.mc2.tolist(), "MC3": mc.mc3.tolist(),
@@ -111,11 +112,11 @@ def search_alpha(meter: NeutralCost, intervention, spec: RowSpec) -> BudgetSearc
     return alpha_for_budget(cost, spec.budget, metric=spec.budget_metric, start=spec.alpha or 1.0)
 
 
-def _generation_part(model, tokenizer, tqa, test_q, intervention, cfg, shots: str = "") -> dict[str, Any]:
+def _generation_part(model, tokenizer, tqa, test_q, intervention, cfg, shots: str = "", instruction: str = "") -> dict[str, Any]:
     from .text_metrics import similarity_scores
 
     t1 = time.perf_counter()
-    prompts = [generation_prompt(tqa.refs[q].question, cfg.preset, cfg.instruction_prompt, shots) for q in test_q]
+    prompts = [generation_prompt(tqa.refs[q].question, cfg.preset, instruction or cfg.instruction_prompt, shots) for q in test_q]
     answers = generate_answers(model, tokenizer, prompts, intervention=intervention, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size)
     sim = similarity_scores(answers, [tqa.refs[q] for q in test_q])
     return {"answers": answers, **sim.per_answer(), "gen_seconds": time.perf_counter() - t1}
@@ -147,8 +148,8 @@ def _transfer_part(model, tokenizer, data: TransferData, intervention, cfg) -> d
 
 def _transfer_todo(row: dict[str, Any], spec: RowSpec, transfer: dict[str, TransferData], cfg: ValidationConfig) -> list[str]:
     """The transfer sets still to score for a row (again when the stored result is of other data or another
-    question count); few-shot rows are TruthfulQA prompting baselines and are not transferred."""
-    if spec.shots:
+    question count); few-shot and instruction rows are TruthfulQA prompting baselines and are not transferred."""
+    if spec.prompted:
         return []
     return [f"transfer:{name}" for name, data in transfer.items() if not _transfer_current(row.get("transfer", {}).get(name), data, cfg)]
 
@@ -376,14 +377,14 @@ def _run_locked(model, tokenizer, cfg: ValidationConfig, directory: RunDirectory
             for part in todo:
                 t = time.perf_counter()
                 if part == "mc":
-                    row.update(_mc_part(model, tokenizer, tqa, test_q, intervention, cfg, texts, shots))
+                    row.update(_mc_part(model, tokenizer, tqa, test_q, intervention, cfg, texts, shots, spec.instruction))
                     row.update({"fold": i, "spec": spec.__dict__, "heads": getattr(intervention, "heads", [])})
                     if isinstance(intervention, Steering):
                         row["layers"] = intervention.layers(spec.site)
                 elif part == "generate":
                     for stale in JUDGE_KEYS:
                         row.pop(stale, None)
-                    row.update(_generation_part(model, tokenizer, tqa, test_q, intervention, cfg, shots))
+                    row.update(_generation_part(model, tokenizer, tqa, test_q, intervention, cfg, shots, spec.instruction))
                 elif part == "rescore":
                     row.update(_rescore_part(tqa, test_q, row))
                 elif part.startswith("transfer:"):

@@ -207,6 +207,7 @@ def summary_markdown(summary: dict[str, Any], cfg: ValidationConfig) -> str:
     for r in summary["rows"]:
         alpha = "/".join(f"{a:.3g}" for a in r["alphas"]) if "alphas" in r else f"{r['alpha']:g}"
         name = f"{r['name']} ({r['budget_metric']} {r['budget']:g})" if r.get("budget") is not None else r["name"]
+        name += f": {r['instruction']}" if r.get("instruction") else ""
         cells = [name, alpha, str(r["num_heads"]), str(r["seed"])]
         cells += [_fmt(r.get(m)) for m in judged]
         cells += [_fmt(r.get("MC1")), _fmt(r.get("MC2")), _fmt(r.get("dMC2")), _fmt(r["CE"]), _fmt(r["KL"])]

@@ -70,6 +70,8 @@ def test_shots_come_from_training_questions_only_in_the_original_place(tqa):
     assert {r.key for r in rows if r.shots} == {"few-shot_a0_k0_s42_fs5", "few-shot+ITI_kl0.5_k48_s42_fs5"}
     with pytest.raises(InvalidOptionError, match="--many_shot 3: the shots come from the fold's training questions"):
         ValidationConfig(many_shot=3, max_questions=4).validate()
+    with pytest.raises(InvalidOptionError, match="--instruction_rows none: the lm-eval preset's prompts carry no instruction"):
+        ValidationConfig(instruction_rows=["none"], preset="lm-eval").validate()
 
 
 def _sum_logprob(model, tok, context: str, answer: str) -> float:
@@ -133,10 +135,10 @@ def test_transfer_rows_score_first_gold_against_false_and_the_table_pools_folds(
     assert "By token count" in markdown
 
 
-def test_few_shot_rows_score_under_training_shots_and_report_what_iti_adds(tiny_long, tqa, tmp_path):
+def test_few_shot_and_instruction_rows_score_their_own_prompts_and_report_what_iti_adds(tiny_long, tqa, tmp_path):
     model, tok, features = tiny_long
     cfg = ValidationConfig(model_name="tinyllama", features_dir=str(features), ce_samples=2, generate=False, num_heads=3,
-                           alpha=8.0, max_questions=10, many_shot=2)
+                           alpha=8.0, max_questions=10, many_shot=2, instruction_rows=["none", "default"])
     summary = run_validation(model, tok, cfg, tmp_path / "v")
     rows = {p.name: json.loads(p.read_text()) for p in (tmp_path / "v" / "rows").glob("*.json")}
     folds = [rows[f"fold{i}_baseline_a0_k0_s42.json"]["question_ids"] for i in (0, 1)]
@@ -156,4 +158,21 @@ def test_few_shot_rows_score_under_training_shots_and_report_what_iti_adds(tiny_
     lead = summary["few_shot_lead"]["MC2"]
     assert lead["mean"] == pytest.approx(float(np.mean(steered - plain)))
     assert lead["ci"][0] <= lead["mean"] <= lead["ci"][1] and 0 < lead["p"] <= 1
-    assert "- few-shot + ITI − few-shot (paired" in (tmp_path / "v" / "summary.md").read_text()
+    markdown = (tmp_path / "v" / "summary.md").read_text()
+    assert "- few-shot + ITI − few-shot (paired" in markdown
+    # the instruction-prompting row: the plain model asked without the instruction ("default" is the run's own: no row)
+    assert not any("ins-default" in name for name in rows)
+    stored = rows["fold0_instruction-prompt_a0_k0_s42_ins-none.json"]
+    assert "transfer" not in stored
+    qid = folds[0][0]
+    context = QA_PRIMER + "\n\nQ: " + tqa.refs[qid].question + "\nA:"  # honest_llama's "none": the primer alone
+    q = mc_questions(tqa, [qid], instruction="none")[0]
+    assert q.context == context
+    s = np.array([_sum_logprob(model, tok, context, c) for c in q.continuations])
+    p = np.exp(s - s.max())
+    assert stored["MC2"][0] == pytest.approx(p[list(q.true_idx)].sum() / p.sum(), abs=1e-6)
+    table = {r["key"]: r for r in summary["rows"]}
+    plain = np.concatenate([rows[f"fold{i}_instruction-prompt_a0_k0_s42_ins-none.json"]["MC2"] for i in (0, 1)])
+    base = np.concatenate([rows[f"fold{i}_baseline_a0_k0_s42.json"]["MC2"] for i in (0, 1)])
+    assert table["instruction-prompt_a0_k0_s42_ins-none"]["dMC2"]["mean"] == pytest.approx(float(np.mean(plain - base)))
+    assert "| instruction prompt: none | 0 | 0 | 42 |" in markdown
