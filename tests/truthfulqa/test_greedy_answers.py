@@ -10,7 +10,9 @@ from iti.truthfulqa.prompts import generation_prompt
 
 from ..conftest import make_intervention
 
-pytestmark = pytest.mark.real
+# slow (about 50 s on 2 cores): the default suite checks the same equality on tiny Llama and GPT-NeoX models
+# (test_evaluation_parts.py::test_answers_on_the_shared_prefix_cache_equal_generate_on_full_prompts)
+pytestmark = [pytest.mark.real, pytest.mark.slow]
 
 
 def test_shared_prefix_and_stopping_keep_every_answer_and_save_time(smollm2):
