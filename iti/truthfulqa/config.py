@@ -79,6 +79,11 @@ def resolve_method_selector(cfg: Any) -> None:
     cfg.use_center_of_mass, cfg.use_random_dir = method == "mass_mean", selector == "random"
 
 
+#: the instruction prompts of honest_llama's MC and generation prompts (iti.truthfulqa.prompts.INSTRUCTIONS, named here
+#: without importing it)
+INSTRUCTION_VARIANTS = ("default", "informative", "none")
+
+
 @dataclass
 class ValidationConfig:
     """Settings of one ``iti validate`` run: what to fit on, the controls, sweeps and seeds, and what to evaluate."""
@@ -104,7 +109,7 @@ class ValidationConfig:
     method: str | None = field(default=None, metadata={"help": _METHOD_HELP, "choices": HEAD_METHODS})
     selector: str | None = field(default=None, metadata={"help": _SELECTOR_HELP, "choices": HEAD_SELECTORS})
     instruction_prompt: str = field(default="default", metadata={
-        "help": "instruction before the questions", "choices": ("default", "informative", "none")})
+        "help": "instruction before the questions", "choices": INSTRUCTION_VARIANTS})
     preset: str = field(default="qa", metadata={
         "help": "prompt format: honest_llama's (qa) or lm-evaluation-harness's", "choices": ("qa", "lm-eval")})
     judge: str | None = field(default=None, metadata={
@@ -175,7 +180,7 @@ class ValidationConfig:
                 "answers, after the instruction and before the QA primer (where honest_llama's many_shot_prefix goes); "
                 "default 0: none"})
     instruction_rows: list[str] = field(default_factory=list, metadata={
-        "choices": ("default", "informative", "none"), "nargs": "+",
+        "choices": INSTRUCTION_VARIANTS, "nargs": "+",
         "help": "the paper's instruction-prompting comparison: a plain row for each of these --instruction_prompt "
                 "variants beside the run's own (e.g. none informative: no instruction, and honest_llama's shorter one), "
                 "in the same summary with CIs and the paired difference to the baseline; qa preset only"})
@@ -299,7 +304,7 @@ class ValidationConfig:
                                      f"{self.num_fold} folds); ask for at most {smallest_train}")
         check_choice("model_prefix", self.model_prefix, ("", "honest_", "local_"))
         for variant in self.instruction_rows:
-            check_choice("instruction_rows", variant, ("default", "informative", "none"))
+            check_choice("instruction_rows", variant, INSTRUCTION_VARIANTS)
         if self.instruction_rows and self.preset != "qa":
             raise InvalidOptionError(f"--instruction_rows {' '.join(self.instruction_rows)}: the {self.preset} preset's prompts "
                                      "carry no instruction; use --preset qa")
@@ -361,6 +366,13 @@ class RowSpec:
     def prompted(self) -> bool:
         """Whether the row is a TruthfulQA prompting baseline (few-shot, another instruction): not transferred."""
         return bool(self.shots or self.instruction)
+
+
+def row_label(entry: dict[str, Any]) -> str:
+    """How a summary table names a row entry: its kind, then its cost budget and its instruction variant if it has them
+    (``ITI (KL 1)``, ``instruction prompt: none``)."""
+    label = f"{entry['name']} ({entry['budget_metric']} {entry['budget']:g})" if entry.get("budget") is not None else entry["name"]
+    return label + (f": {entry['instruction']}" if entry.get("instruction") else "")
 
 
 #: the rows that evaluate the model as loaded: the plain model, a baked one (--model_prefix), few-shot prompting,

@@ -41,7 +41,7 @@ from .generation import generate_answers
 from .judge import JUDGE_KEYS, Judge, JudgeConfig, check_judge_endpoint
 from .lm_cost import NeutralCost, ce_and_kl, load_neutral_texts
 from .mc_scoring import mc_metrics, score_choices
-from .prompts import few_shot_text, generation_prompt, mc_questions, shared_prefix
+from .prompts import MCQuestion, few_shot_text, generation_prompt, mc_questions, shared_prefix
 from .report import plot_results, summarize, summary_markdown
 from .transfer import TransferData, length_order, load_transfer, transfer_questions
 
@@ -82,8 +82,7 @@ def run_directory(out: str | Path) -> RunDirectory:
                         outputs=("rows/*.json", "intervention_fold*", "probes_fold*", "summary.json", "summary.md"))
 
 
-def _mc_part(model, tokenizer, tqa, test_q, intervention, cfg, texts, shots: str = "", instruction: str = "") -> dict[str, Any]:
-    instruction = instruction or cfg.instruction_prompt
+def _mc_part(model, tokenizer, tqa, test_q, intervention, cfg, texts, shots: str, instruction: str) -> dict[str, Any]:
     questions = mc_questions(tqa, test_q, cfg.preset, instruction, shots)
     t0 = time.perf_counter()
     scores = score_choices(model, tokenizer, questions, prefix=shared_prefix(cfg.preset, instruction, shots),
@@ -112,11 +111,11 @@ def search_alpha(meter: NeutralCost, intervention, spec: RowSpec) -> BudgetSearc
     return alpha_for_budget(cost, spec.budget, metric=spec.budget_metric, start=spec.alpha or 1.0)
 
 
-def _generation_part(model, tokenizer, tqa, test_q, intervention, cfg, shots: str = "", instruction: str = "") -> dict[str, Any]:
+def _generation_part(model, tokenizer, tqa, test_q, intervention, cfg, shots: str, instruction: str) -> dict[str, Any]:
     from .text_metrics import similarity_scores
 
     t1 = time.perf_counter()
-    prompts = [generation_prompt(tqa.refs[q].question, cfg.preset, instruction or cfg.instruction_prompt, shots) for q in test_q]
+    prompts = [generation_prompt(tqa.refs[q].question, cfg.preset, instruction, shots) for q in test_q]
     answers = generate_answers(model, tokenizer, prompts, intervention=intervention, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size)
     sim = similarity_scores(answers, [tqa.refs[q] for q in test_q])
     return {"answers": answers, **sim.per_answer(), "gen_seconds": time.perf_counter() - t1}
@@ -132,13 +131,18 @@ def _transfer_current(done: dict[str, Any] | None, data: TransferData, cfg: Vali
     return done is not None and done.get("data_sha256") == data.sha256 and done.get("questions") == _transfer_questions(data, cfg)
 
 
+def _transfer_mc_questions(data: TransferData, cfg: ValidationConfig) -> tuple[str, list[MCQuestion]]:
+    """The shared prefix and the two-candidate MC questions a run scores on a transfer set."""
+    prefix = shared_prefix(cfg.preset, cfg.instruction_prompt)
+    return prefix, transfer_questions(data, prefix, range(_transfer_questions(data, cfg)))
+
+
 def _transfer_part(model, tokenizer, data: TransferData, intervention, cfg) -> dict[str, Any]:
     """One transfer set scored under the row's steering (:mod:`iti.truthfulqa.transfer`): per question whether the
     first gold answer outscores the false one, and the margin between their summed log-probabilities."""
     t = time.perf_counter()
-    n = _transfer_questions(data, cfg)
-    prefix = shared_prefix(cfg.preset, cfg.instruction_prompt)
-    questions = transfer_questions(data, prefix, range(n))
+    prefix, questions = _transfer_mc_questions(data, cfg)
+    n = len(questions)
     scores = score_choices(model, tokenizer, questions, prefix=prefix, intervention=intervention, batch_size=cfg.batch_size,
                            shift_start=cfg.mc_shift_start)
     return {"correct": mc_metrics(questions, scores).mc1.tolist(), "margin": [float(s[0] - s[1]) for s in scores],
@@ -372,19 +376,20 @@ def _run_locked(model, tokenizer, cfg: ValidationConfig, directory: RunDirectory
             if spec.shots:  # drawn from this fold's training questions only
                 train_q = np.concatenate([f for j, f in enumerate(folds) if j != i])
                 shots = few_shot_text(tqa, train_q, spec.shots, seed=spec.seed)
+            instruction = spec.instruction or cfg.instruction_prompt  # instruction rows: another variant
             print(f"[validate] {spec.key}, fold {i}: {' + '.join(todo)} ({len(test_q)} "
                   f"test questions, {time.perf_counter() - start:.0f} s so far)", flush=True)
             for part in todo:
                 t = time.perf_counter()
                 if part == "mc":
-                    row.update(_mc_part(model, tokenizer, tqa, test_q, intervention, cfg, texts, shots, spec.instruction))
+                    row.update(_mc_part(model, tokenizer, tqa, test_q, intervention, cfg, texts, shots, instruction))
                     row.update({"fold": i, "spec": spec.__dict__, "heads": getattr(intervention, "heads", [])})
                     if isinstance(intervention, Steering):
                         row["layers"] = intervention.layers(spec.site)
                 elif part == "generate":
                     for stale in JUDGE_KEYS:
                         row.pop(stale, None)
-                    row.update(_generation_part(model, tokenizer, tqa, test_q, intervention, cfg, shots, spec.instruction))
+                    row.update(_generation_part(model, tokenizer, tqa, test_q, intervention, cfg, shots, instruction))
                 elif part == "rescore":
                     row.update(_rescore_part(tqa, test_q, row))
                 elif part.startswith("transfer:"):
@@ -401,9 +406,7 @@ def _run_locked(model, tokenizer, cfg: ValidationConfig, directory: RunDirectory
     accuracies = [fold_probes(i, cfg.seed).accuracies for i in range(len(folds))]
     for i in range(len(folds)):  # honest_llama's save_probes, as safetensors + JSON (iti.probes.load_probes reads them)
         save_probes(fold_probes(i, cfg.seed).probes, out / f"probes_fold{i}")
-    prefix = shared_prefix(cfg.preset, cfg.instruction_prompt)
-    lengths = {name: length_order(tokenizer, transfer_questions(data, prefix, range(_transfer_questions(data, cfg))))
-               for name, data in transfer.items()}
+    lengths = {name: length_order(tokenizer, _transfer_mc_questions(data, cfg)[1]) for name, data in transfer.items()}
     summary = summarize(out, rows, cfg, lengths)
     summary["runtime_seconds_this_invocation"] = time.perf_counter() - start
     np.save(out / "probe_accuracy.npy", np.mean(accuracies, axis=0))

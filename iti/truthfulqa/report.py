@@ -11,7 +11,7 @@ import numpy as np
 from ..errors import DataFileError, EmptyInputError
 from ..io import read_json
 from ..stats import bootstrap_ci, paired_bootstrap_ci, paired_permutation_p
-from .config import RowSpec, ValidationConfig, plan_rows
+from .config import RowSpec, ValidationConfig, plan_rows, row_label
 from .cost_matched import (
     RESIDUAL_KINDS,
     cost_matched_markdown,
@@ -206,9 +206,7 @@ def summary_markdown(summary: dict[str, Any], cfg: ValidationConfig) -> str:
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in summary["rows"]:
         alpha = "/".join(f"{a:.3g}" for a in r["alphas"]) if "alphas" in r else f"{r['alpha']:g}"
-        name = f"{r['name']} ({r['budget_metric']} {r['budget']:g})" if r.get("budget") is not None else r["name"]
-        name += f": {r['instruction']}" if r.get("instruction") else ""
-        cells = [name, alpha, str(r["num_heads"]), str(r["seed"])]
+        cells = [row_label(r), alpha, str(r["num_heads"]), str(r["seed"])]
         cells += [_fmt(r.get(m)) for m in judged]
         cells += [_fmt(r.get("MC1")), _fmt(r.get("MC2")), _fmt(r.get("dMC2")), _fmt(r["CE"]), _fmt(r["KL"])]
         cells += [_fmt(r.get(m)) for m in SIMILARITY_KEYS] if has_gen else []

@@ -13,7 +13,7 @@ import numpy as np
 
 from ..io import read_json
 from ..stats import bootstrap_ci, paired_bootstrap_ci, paired_permutation_p
-from .config import RowSpec, ValidationConfig, plan_rows
+from .config import RowSpec, ValidationConfig, plan_rows, row_label
 from .cost_matched import KINDS
 from .transfer import LENGTH_CLASSES, TRANSFER_SETS
 
@@ -103,11 +103,10 @@ def transfer_markdown(transfer: dict[str, Any]) -> list[str]:
                   "| Row | alpha | accuracy | Δ | p | ITI − this row | p | all questions | false answer is gold |",
                   "|---|---|---|---|---|---|---|---|---|"]
         for r in t["rows"]:
-            label = f"{r['name']} ({r['budget_metric']} {r['budget']:g})" if r.get("budget") is not None else r["name"]
             delta, lead = r.get("delta"), r.get("iti_minus")
             p = lambda c: "" if not c else f"{c['p']:.3g}"  # noqa: E731
             alpha = "/".join(f"{a:.3g}" for a in r["alphas"]) if r.get("alphas") else f"{r['alpha']:g}"
-            lines.append(f"| {label} | {alpha} | {_fmt(r['headline'])} | {_fmt(delta)} | {p(delta)} | {_fmt(lead)} | {p(lead)} | "
+            lines.append(f"| {row_label(r)} | {alpha} | {_fmt(r['headline'])} | {_fmt(delta)} | {p(delta)} | {_fmt(lead)} | {p(lead)} | "
                          f"{_fmt(r['all'])} | {_fmt(r['false_is_gold'])} |")
         lines += _length_markdown(t["rows"])
     return lines
@@ -123,6 +122,5 @@ def _length_markdown(rows: list[dict[str, Any]]) -> list[str]:
                  "accuracy where the gold answer has more tokens than the false one, as many, fewer.", "",
              f"| Row | gold more (n = {n['more']}) | equal (n = {n['equal']}) | gold fewer (n = {n['fewer']}) |", "|---|---|---|---|"]
     for r in split:
-        label = f"{r['name']} ({r['budget_metric']} {r['budget']:g})" if r.get("budget") is not None else r["name"]
-        lines.append(f"| {label} | " + " | ".join(_fmt(r["by_length"][cls]) for cls in LENGTH_CLASSES) + " |")
+        lines.append(f"| {row_label(r)} | " + " | ".join(_fmt(r["by_length"][cls]) for cls in LENGTH_CLASSES) + " |")
     return lines
