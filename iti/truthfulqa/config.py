@@ -20,6 +20,7 @@ from ..options import (
 )
 from .budget import head_count_arg, parse_head_count
 from .judge import DEFAULT_INFO_JUDGE, DEFAULT_TRUE_JUDGE, JUDGE_KINDS
+from .prompts import INSTRUCTIONS
 
 #: files of which a local model directory holds at least one for its tokenizer
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "spiece.model")
@@ -79,9 +80,8 @@ def resolve_method_selector(cfg: Any) -> None:
     cfg.use_center_of_mass, cfg.use_random_dir = method == "mass_mean", selector == "random"
 
 
-#: the instruction prompts of honest_llama's MC and generation prompts (iti.truthfulqa.prompts.INSTRUCTIONS, named here
-#: without importing it)
-INSTRUCTION_VARIANTS = ("default", "informative", "none")
+#: the instruction prompts of honest_llama's MC and generation prompts, by name
+INSTRUCTION_VARIANTS = tuple(INSTRUCTIONS)
 
 
 @dataclass
